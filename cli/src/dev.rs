@@ -1,0 +1,171 @@
+//! `runlog dev`: a local installation on this machine.
+//!
+//! Starts the pinned nats-server with its store in a project-local data
+//! folder (so history survives restarts), creates the streams, then runs one
+//! execution end to end: the engine's intake records it, a worker claims it
+//! and records its result, and the execution's log is replayed through the
+//! core and compared with the live state.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use async_nats::jetstream;
+use chrono::Utc;
+use runlog_engine::{Intake, Submission};
+use runlog_events::event::Progress;
+use runlog_events::journal::Journal;
+use runlog_events::stream::Layout;
+use runlog_events::{Subjects, TaskSpec};
+use runlog_testkit::NatsServer;
+use runlog_worker::{Attempt, Claim};
+
+/// Options of `runlog dev`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Where the local nats-server keeps its store.
+    #[arg(long, env = "RUNLOG_DATA_DIR", default_value = ".runlog/data")]
+    data_dir: PathBuf,
+    /// Client port of the local nats-server (0 picks a free one).
+    #[arg(long, env = "RUNLOG_NATS_PORT", default_value_t = 4222)]
+    nats_port: u16,
+    /// Run the demonstration and exit instead of keeping nats-server up.
+    #[arg(long)]
+    once: bool,
+    /// The message the demonstration task echoes.
+    #[arg(long, default_value = "hello from runlog dev")]
+    message: String,
+}
+
+/// Runs `runlog dev`.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let store = args.data_dir.join("nats");
+    std::fs::create_dir_all(&store)
+        .with_context(|| format!("cannot create the data folder {}", store.display()))?;
+    let mut builder = NatsServer::builder().store_dir(&store);
+    if args.nats_port != 0 {
+        builder = builder.port(args.nats_port);
+    }
+    let mut server = builder.start().with_context(|| {
+        format!(
+            "cannot start nats-server on port {} (is another `runlog dev` running? \
+             use --nats-port 0 for a free port)",
+            args.nats_port
+        )
+    })?;
+    println!("nats-server  {}  (store {})", server.url(), store.display());
+
+    let client = async_nats::connect(server.url())
+        .await
+        .with_context(|| format!("cannot reach NATS at {}", server.url()))?;
+    let js = jetstream::new(client);
+    let layout = Layout::default();
+    layout.ensure(&js).await?;
+    let subjects = Subjects::default();
+    let known = js
+        .get_stream(subjects.exec_stream())
+        .await?
+        .info()
+        .await?
+        .state
+        .messages;
+    println!(
+        "streams      {}, {}, {} ready; the log holds {known} events from earlier runs",
+        subjects.exec_stream(),
+        subjects.logs_stream(),
+        subjects.dlq_stream()
+    );
+
+    let host = std::process::id();
+    let engine = Journal::new(
+        js.clone(),
+        subjects.clone(),
+        format!("/runlog/engine/dev-{host}"),
+    );
+    let worker_journal = Journal::new(js, subjects.clone(), format!("/runlog/worker/dev-{host}"));
+    let worker_id = format!("dev-worker-{host}");
+
+    let mut spec = TaskSpec::new("echo");
+    spec.input = serde_json::json!({ "message": args.message });
+    let accepted = Intake::new(engine)
+        .submit(Submission::new(spec), Utc::now())
+        .await?;
+    let exec = accepted.execution.clone();
+    println!(
+        "submitted    {exec} (kind echo) → {}",
+        accepted.state.status
+    );
+
+    let attempt =
+        match Attempt::claim(&worker_journal, &exec, &worker_id, false, Utc::now()).await? {
+            Claim::Started(attempt) => attempt,
+            Claim::Skip { code, status } => {
+                bail!("the worker could not claim {exec}: {code} ({status})")
+            }
+        };
+    println!(
+        "claimed      attempt {} by {}",
+        attempt.number(),
+        attempt.worker()
+    );
+    // The echo kind returns its input: the work is the log, not the task.
+    let output = attempt.spec().input.clone();
+    attempt
+        .progress(
+            Progress {
+                percent: Some(100.0),
+                message: Some("echoed".into()),
+                counters: Default::default(),
+            },
+            Utc::now(),
+        )
+        .await?;
+    let live = attempt.succeed(output, Utc::now()).await?;
+    println!(
+        "finished     {} with output {}",
+        live.state.status,
+        live.state.output.clone().unwrap_or_default()
+    );
+
+    let replayed = worker_journal.load(&exec).await?;
+    println!(
+        "replayed     {} events of {}:",
+        replayed.events.len(),
+        subjects.execution_events(&exec)
+    );
+    for recorded in &replayed.events {
+        let e = &recorded.envelope;
+        println!(
+            "  seq {:>6}  {:<16} attempt {}  {}  {}",
+            recorded.seq,
+            e.event_type().as_str(),
+            e.attempt,
+            e.time.format("%H:%M:%S%.3f"),
+            e.source
+        );
+    }
+    if replayed.state != live.state {
+        bail!(
+            "the replayed state differs from the live state: {:?} vs {:?}",
+            replayed.state,
+            live.state
+        );
+    }
+    println!(
+        "state        {} (the fold of the replayed log equals the live state)",
+        replayed.state.status
+    );
+
+    if !args.once {
+        println!(
+            "\nnats-server keeps running at {}; press Ctrl-C to stop.",
+            server.url()
+        );
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot wait for Ctrl-C")?;
+        println!("stopping");
+    }
+    // A graceful stop lets the server flush its store.
+    server.stop();
+    Ok(())
+}

@@ -1,0 +1,404 @@
+//! Appending to and replaying the execution log.
+//!
+//! Every lifecycle append states the last sequence its writer has seen for
+//! the execution (`Nats-Expected-Last-Subject-Sequence`, checked against the
+//! filter `<p>.ev.<exec>.>`), so transitions of one execution are
+//! linearizable: two workers can never both claim an attempt, and a result
+//! can never land after a recorded cancel. Expected 0 means "create".
+//!
+//! A conflict (JetStream error 10071) is resolved by the Msg-Id rule: read the
+//! newest event of the execution (and the newest on our own subject); if its
+//! `Nats-Msg-Id` is ours, our earlier try was stored and we won; otherwise
+//! someone else wrote first and the
+//! caller folds again and decides again ([`Journal::advance`] does this, and
+//! also recognises our event further back in the history).
+//!
+//! Timeouts and "no stream" errors during a cluster election are retried
+//! with the same Msg-Id. On a single replica the retry of a stored publish
+//! fails the expectation (10071) before de-duplication runs, and the Msg-Id
+//! rule resolves it; on a replicated stream the server answers "duplicate".
+
+use std::time::Duration;
+
+use async_nats::jetstream::Context;
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::context::PublishErrorKind;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+
+use crate::codec::{self, DecodeError, EncodeError, Format, Limits};
+use crate::decider::{self, Command, ExecutionState, Rejection};
+use crate::envelope::Envelope;
+use crate::id::ExecutionId;
+use crate::subject::Subjects;
+
+/// Header that widens the expected-sequence check from the publish subject
+/// to a filter (async-nats has no builder for it).
+pub const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str =
+    "Nats-Expected-Last-Subject-Sequence-Subject";
+/// The expected-sequence header.
+pub const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
+
+/// How long transient publish failures (timeouts, elections) are retried.
+const RETRY_HORIZON: Duration = Duration::from_secs(15);
+/// How many times [`Journal::transition`] re-folds after losing a race.
+const MAX_CONFLICTS: usize = 16;
+
+/// An event as stored, with its stream sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recorded {
+    /// Stream sequence: the event's position in the log, and its SSE id.
+    pub seq: u64,
+    /// The event.
+    pub envelope: Envelope,
+}
+
+/// The replayed history of one execution.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct History {
+    /// Every lifecycle event, in log order.
+    pub events: Vec<Recorded>,
+    /// The state folded from them.
+    pub state: ExecutionState,
+    /// The sequence of the newest event (0 when there is none): the
+    /// expectation for the next append.
+    pub last_seq: u64,
+    /// Events that did not decode or did not apply, with the reason.
+    pub skipped: Vec<(u64, String)>,
+}
+
+/// The outcome of a successful append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// The event's stream sequence.
+    pub seq: u64,
+    /// The event had been stored before (a retry of our own publish).
+    pub duplicate: bool,
+}
+
+/// Why an append failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Another writer appended first. Fold again and decide again.
+    #[error("execution {execution} changed since sequence {expected} (now at {actual:?})")]
+    Conflict {
+        /// The execution.
+        execution: ExecutionId,
+        /// The sequence we expected.
+        expected: u64,
+        /// The newest sequence, if it could be read.
+        actual: Option<u64>,
+    },
+    /// The event could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// NATS did not accept the publish within the retry horizon.
+    #[error("cannot append to the execution log: {0}; is the NATS server reachable?")]
+    Nats(String),
+}
+
+/// Why a history could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the history of execution {execution}: {reason}")]
+pub struct LoadError {
+    /// The execution.
+    pub execution: ExecutionId,
+    /// What failed.
+    pub reason: String,
+}
+
+/// Why [`Journal::transition`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionError {
+    /// The rules refuse the command.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// Reading the history failed.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// Appending failed.
+    #[error(transparent)]
+    Append(#[from] AppendError),
+    /// Other writers kept winning.
+    #[error("execution {0} kept changing under us; gave up after {MAX_CONFLICTS} tries")]
+    Contended(ExecutionId),
+}
+
+/// Reads and writes the execution log.
+#[derive(Debug, Clone)]
+pub struct Journal {
+    js: Context,
+    subjects: Subjects,
+    format: Format,
+    limits: Limits,
+    source: String,
+}
+
+impl Journal {
+    /// A journal on `js` for the installation named by `subjects`; `source`
+    /// identifies the writer in each event (`/runlog/worker/w1`).
+    pub fn new(js: Context, subjects: Subjects, source: impl Into<String>) -> Self {
+        Journal {
+            js,
+            subjects,
+            format: Format::MessagePack,
+            limits: Limits::default(),
+            source: source.into(),
+        }
+    }
+
+    /// Writes bodies in `format` instead of MessagePack.
+    pub fn with_format(mut self, format: Format) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// The subject names in use.
+    pub fn subjects(&self) -> &Subjects {
+        &self.subjects
+    }
+
+    /// The `source` this journal writes into envelopes.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Appends a lifecycle event, expecting `expected` to be the newest
+    /// sequence of its execution (0: the execution must not exist yet).
+    pub async fn append(
+        &self,
+        expected: u64,
+        envelope: &Envelope,
+    ) -> Result<Appended, AppendError> {
+        let (mut headers, body) = codec::encode(envelope, self.format)?;
+        let msg_id = envelope.msg_id();
+        let filter = self.subjects.execution_events(&envelope.execution);
+        headers.insert(EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string());
+        headers.insert(EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT, filter.as_str());
+        let subject = self.subjects.of(envelope);
+        let deadline = tokio::time::Instant::now() + RETRY_HORIZON;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let attempt = async {
+                self.js
+                    .publish_with_headers(subject.clone(), headers.clone(), body.clone())
+                    .await?
+                    .await
+            };
+            match attempt.await {
+                Ok(ack) => {
+                    return Ok(Appended {
+                        seq: ack.sequence,
+                        duplicate: ack.duplicate,
+                    });
+                }
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                    return self
+                        .resolve_conflict(envelope, &filter, &msg_id, expected)
+                        .await;
+                }
+                Err(e) if transient(e.kind()) && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, %subject, "append failed, retrying with the same Msg-Id");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(AppendError::Nats(e.to_string())),
+            }
+        }
+    }
+
+    /// The Msg-Id rule: the newest event of the execution is ours → we won.
+    /// Else the newest event on our own subject may still be ours (stored
+    /// before someone else appended); otherwise it is a conflict.
+    async fn resolve_conflict(
+        &self,
+        envelope: &Envelope,
+        filter: &str,
+        msg_id: &str,
+        expected: u64,
+    ) -> Result<Appended, AppendError> {
+        let stream = self
+            .js
+            .get_stream_no_info(self.subjects.exec_stream())
+            .await
+            .map_err(|e| AppendError::Nats(e.to_string()))?;
+        let mut actual = None;
+        for subject in [filter.to_owned(), self.subjects.of(envelope)] {
+            let Ok(stored) = stream.direct_get_last_for_subject(subject).await else {
+                continue;
+            };
+            actual = actual.or(Some(stored.sequence));
+            let stored_id = stored
+                .headers
+                .get(codec::header::MSG_ID)
+                .map(|v| v.as_str());
+            if stored_id == Some(msg_id) {
+                return Ok(Appended {
+                    seq: stored.sequence,
+                    duplicate: true,
+                });
+            }
+        }
+        Err(AppendError::Conflict {
+            execution: envelope.execution.clone(),
+            expected,
+            actual,
+        })
+    }
+
+    /// Appends telemetry (progress, log, heartbeat): no concurrency check.
+    pub async fn append_telemetry(&self, envelope: &Envelope) -> Result<Appended, AppendError> {
+        let (headers, body) = codec::encode(envelope, self.format)?;
+        let ack = self
+            .js
+            .publish_with_headers(self.subjects.of(envelope), headers, body)
+            .await
+            .map_err(|e| AppendError::Nats(e.to_string()))?
+            .await
+            .map_err(|e| AppendError::Nats(e.to_string()))?;
+        Ok(Appended {
+            seq: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+
+    /// Replays every lifecycle event of `execution` and folds it.
+    pub async fn load(&self, execution: &ExecutionId) -> Result<History, LoadError> {
+        let fail = |reason: String| LoadError {
+            execution: execution.clone(),
+            reason,
+        };
+        let stream = self
+            .js
+            .get_stream_no_info(self.subjects.exec_stream())
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: self.subjects.execution_events(execution),
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let pending = consumer.cached_info().num_pending;
+        let mut history = History::default();
+        if pending == 0 {
+            return Ok(history);
+        }
+        let mut messages = consumer.messages().await.map_err(|e| fail(e.to_string()))?;
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|e| fail(e.to_string()))?;
+            let info = message.info().map_err(|e| fail(e.to_string()))?;
+            let (seq, left) = (info.stream_sequence, info.pending);
+            history.last_seq = seq;
+            let empty = async_nats::HeaderMap::new();
+            let headers = message.headers.as_ref().unwrap_or(&empty);
+            match codec::decode(headers, &message.payload, &self.limits) {
+                Ok(envelope) => {
+                    match decider::check(&history.state, &envelope) {
+                        Ok(()) => {
+                            history.state =
+                                decider::evolve(std::mem::take(&mut history.state), &envelope);
+                        }
+                        Err(e) => history.skipped.push((seq, e.to_string())),
+                    }
+                    history.events.push(Recorded { seq, envelope });
+                }
+                Err(e) => history.skipped.push((seq, describe(&e))),
+            }
+            if left == 0 {
+                break;
+            }
+        }
+        Ok(history)
+    }
+
+    /// Load → decide → append, repeated when another writer wins the race.
+    ///
+    /// Returns the history after the command, with the appended events.
+    pub async fn transition(
+        &self,
+        execution: &ExecutionId,
+        command: &Command,
+        now: DateTime<Utc>,
+    ) -> Result<History, TransitionError> {
+        let history = self.load(execution).await?;
+        self.advance(execution, history, command, now).await
+    }
+
+    /// Decide → append from a history the caller already holds (no read on
+    /// the happy path: one publish per event); loads again only when another
+    /// writer wins the race.
+    pub async fn advance(
+        &self,
+        execution: &ExecutionId,
+        mut history: History,
+        command: &Command,
+        now: DateTime<Utc>,
+    ) -> Result<History, TransitionError> {
+        let mut tried: Option<String> = None;
+        for round in 0..MAX_CONFLICTS {
+            if round > 0 {
+                history = self.load(execution).await?;
+                // Our append may have been stored before someone else's:
+                // the Msg-Id rule, applied to the whole history.
+                if let Some(id) = &tried
+                    && history.events.iter().any(|r| r.envelope.msg_id() == *id)
+                {
+                    return Ok(history);
+                }
+            }
+            let facts = decider::decide(command, &history.state, now)?;
+            let mut raced = false;
+            for fact in facts {
+                let envelope = Envelope::new(
+                    execution.clone(),
+                    fact.attempt,
+                    now,
+                    self.source.clone(),
+                    fact.event,
+                );
+                match self.append(history.last_seq, &envelope).await {
+                    Ok(appended) => {
+                        history.last_seq = appended.seq;
+                        history.state =
+                            decider::evolve(std::mem::take(&mut history.state), &envelope);
+                        history.events.push(Recorded {
+                            seq: appended.seq,
+                            envelope,
+                        });
+                    }
+                    Err(AppendError::Conflict { .. }) => {
+                        tried = Some(envelope.msg_id());
+                        raced = true;
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if !raced {
+                return Ok(history);
+            }
+        }
+        Err(TransitionError::Contended(execution.clone()))
+    }
+
+    /// The JetStream context.
+    pub fn jetstream(&self) -> &Context {
+        &self.js
+    }
+}
+
+fn transient(kind: PublishErrorKind) -> bool {
+    matches!(
+        kind,
+        PublishErrorKind::TimedOut
+            | PublishErrorKind::StreamNotFound
+            | PublishErrorKind::BrokenPipe
+    )
+}
+
+fn describe(e: &DecodeError) -> String {
+    format!("undecodable event ({:?}): {e}", e.kind())
+}

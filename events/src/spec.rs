@@ -1,0 +1,384 @@
+//! What a caller asks for: the task specification, its priority, its retry
+//! policy, and the classified errors an attempt can end with.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::id::{ExecutionId, QueueName};
+
+/// Dispatch priority. Workers drain `high` before `normal` before `low`.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// Served first.
+    High,
+    /// The default.
+    #[default]
+    Normal,
+    /// Served last, but never starved.
+    Low,
+}
+
+impl Priority {
+    /// Every level, highest first.
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+
+    /// The subject token of this level.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Priority {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "high" => Ok(Priority::High),
+            "normal" => Ok(Priority::Normal),
+            "low" => Ok(Priority::Low),
+            other => Err(format!(
+                "unknown priority {other:?}: use high, normal or low"
+            )),
+        }
+    }
+}
+
+/// Why an attempt failed. Retries depend on the class, never on parsing a
+/// message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// Connection refused or reset, DNS failure: try again.
+    Network,
+    /// The attempt ran past its deadline.
+    Timeout,
+    /// The target said "slow down" (HTTP 429); honour `retry_after_ms`.
+    RateLimited,
+    /// Not enough memory, disk or a similar resource: try again later.
+    Resource,
+    /// Credentials were refused: retrying will not help.
+    Permission,
+    /// The task's input is wrong: retrying will not help.
+    InvalidInput,
+    /// The target does not exist: retrying will not help.
+    NotFound,
+    /// The process died (signal, OOM kill, non-zero exit without a class).
+    Crashed,
+    /// The attempt was stopped on request.
+    Cancelled,
+    /// Nothing better is known.
+    Unknown,
+}
+
+impl ErrorClass {
+    /// Whether this class is retried when the task's policy does not say
+    /// otherwise.
+    pub fn retryable_by_default(self) -> bool {
+        !matches!(
+            self,
+            ErrorClass::Permission
+                | ErrorClass::InvalidInput
+                | ErrorClass::NotFound
+                | ErrorClass::Cancelled
+        )
+    }
+}
+
+/// The error an attempt ended with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskError {
+    /// The class that decides retryability.
+    pub class: ErrorClass,
+    /// A human-readable message. Never holds secret values.
+    pub message: String,
+    /// Whether the executor believes another attempt could succeed. The
+    /// policy may still refuse (attempts exhausted, class listed as
+    /// non-retryable).
+    pub retryable: bool,
+    /// The smallest delay before the next attempt that the target asked for
+    /// (`Retry-After`), in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl TaskError {
+    /// An error of `class`, retryable as the class is by default.
+    pub fn new(class: ErrorClass, message: impl Into<String>) -> Self {
+        TaskError {
+            class,
+            message: message.into(),
+            retryable: class.retryable_by_default(),
+            retry_after_ms: None,
+        }
+    }
+}
+
+/// How failed attempts are retried: exponential backoff with full jitter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default)]
+pub struct RetryPolicy {
+    /// Failed attempts allowed before the execution is dead-lettered
+    /// (1 = no retry). Attempts lost to a dead worker do not count.
+    #[schemars(range(min = 1))]
+    pub max_attempts: u32,
+    /// Backoff before the first retry, in milliseconds.
+    pub backoff_base_ms: u64,
+    /// Upper bound of any backoff, in milliseconds.
+    pub backoff_max_ms: u64,
+    /// Growth factor per failed attempt.
+    pub backoff_multiplier: f64,
+    /// Classes never retried for this task, on top of the classes that are
+    /// not retryable by default.
+    pub non_retryable: Vec<ErrorClass>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 300_000,
+            backoff_multiplier: 2.0,
+            non_retryable: Vec::new(),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Whether `error`, the `failures`-th failure (1-based), gets another attempt.
+    pub fn allows_retry(&self, error: &TaskError, failures: u32) -> bool {
+        !self.is_permanent(error) && failures < self.max_attempts
+    }
+
+    /// Whether `error` is never retried under this policy, however many
+    /// attempts are left.
+    pub fn is_permanent(&self, error: &TaskError) -> bool {
+        !error.retryable
+            || !error.class.retryable_by_default()
+            || self.non_retryable.contains(&error.class)
+    }
+
+    /// The backoff after the `failures`-th failure (1-based), in
+    /// milliseconds. `jitter` in `[0, 1]` picks a point in the full-jitter
+    /// window `[0, min(max, base * multiplier^(failures-1))]`; a
+    /// `retry_after_ms` from the target is a floor.
+    pub fn backoff_ms(&self, failures: u32, jitter: f64, retry_after_ms: Option<u64>) -> u64 {
+        let exponent = failures.saturating_sub(1).min(64) as i32;
+        let growth = self.backoff_multiplier.max(1.0).powi(exponent);
+        let window = (self.backoff_base_ms as f64 * growth).min(self.backoff_max_ms as f64);
+        let jitter = if jitter.is_finite() {
+            jitter.clamp(0.0, 1.0)
+        } else {
+            1.0
+        };
+        let delay = (window * jitter) as u64;
+        delay.max(retry_after_ms.unwrap_or(0))
+    }
+}
+
+/// Everything a caller states about a task when submitting it.
+///
+/// Secret values never travel in the log: `secrets` maps an environment
+/// variable name to the *name* of a secret that the worker resolves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct TaskSpec {
+    /// The queue the task is dispatched on.
+    #[serde(default)]
+    pub queue: QueueName,
+    /// The task kind (`shell`, `http`, or a custom handler name).
+    pub kind: String,
+    /// Dispatch priority.
+    #[serde(default)]
+    pub priority: Priority,
+    /// The task's input, interpreted by its kind.
+    #[serde(default)]
+    pub input: serde_json::Value,
+    /// Non-secret environment variables for the task.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Secret environment variables: variable name → secret name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
+    /// Deadline of one attempt, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_timeout_ms: Option<u64>,
+    /// Deadline of the whole execution from submission, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Retry policy.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Free-form labels for filtering (`team=infra`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Labels a worker must carry to take the task (`pool=backup`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub worker_labels: BTreeMap<String, String>,
+    /// Caller-chosen key: every submission with the same key gets the same
+    /// execution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Do not dispatch before this instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<DateTime<Utc>>,
+    /// The execution this one retries, when it was started by a replay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<ExecutionId>,
+}
+
+/// Limits checked by [`TaskSpec::validate`].
+pub const MAX_KIND_LEN: usize = 128;
+
+/// A field of a [`TaskSpec`] that is invalid, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct FieldError {
+    /// The JSON path of the field (`retry.max_attempts`).
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl TaskSpec {
+    /// A spec with defaults for everything but the kind.
+    pub fn new(kind: impl Into<String>) -> Self {
+        TaskSpec {
+            queue: QueueName::default(),
+            kind: kind.into(),
+            priority: Priority::default(),
+            input: serde_json::Value::Null,
+            env: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            attempt_timeout_ms: None,
+            timeout_ms: None,
+            retry: RetryPolicy::default(),
+            labels: BTreeMap::new(),
+            worker_labels: BTreeMap::new(),
+            idempotency_key: None,
+            not_before: None,
+            retry_of: None,
+        }
+    }
+
+    /// Checks the rules a submission must meet; names the first bad field.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let bad = |field: &str, reason: &str| {
+            Err(FieldError {
+                field: field.to_owned(),
+                reason: reason.to_owned(),
+            })
+        };
+        if self.kind.trim().is_empty() {
+            return bad("kind", "must not be empty");
+        }
+        if self.kind.len() > MAX_KIND_LEN {
+            return bad("kind", "must be at most 128 bytes");
+        }
+        if self.retry.max_attempts == 0 {
+            return bad("retry.max_attempts", "must be at least 1");
+        }
+        if !(self.retry.backoff_multiplier.is_finite() && self.retry.backoff_multiplier >= 1.0) {
+            return bad("retry.backoff_multiplier", "must be a number >= 1");
+        }
+        if self.retry.backoff_max_ms < self.retry.backoff_base_ms {
+            return bad("retry.backoff_max_ms", "must be >= retry.backoff_base_ms");
+        }
+        if self.attempt_timeout_ms == Some(0) {
+            return bad("attempt_timeout_ms", "must be positive");
+        }
+        if self.timeout_ms == Some(0) {
+            return bad("timeout_ms", "must be positive");
+        }
+        if let Some(name) = self
+            .env
+            .keys()
+            .chain(self.secrets.keys())
+            .find(|k| !is_env_name(k))
+        {
+            return bad(
+                &format!("env.{name}"),
+                "is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)",
+            );
+        }
+        if let Some(name) = self.env.keys().find(|k| self.secrets.contains_key(*k)) {
+            return bad(&format!("secrets.{name}"), "is also set in env");
+        }
+        Ok(())
+    }
+}
+
+fn is_env_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.backoff_ms(1, 1.0, None), 1_000);
+        assert_eq!(p.backoff_ms(2, 1.0, None), 2_000);
+        assert_eq!(p.backoff_ms(3, 0.5, None), 2_000);
+        assert_eq!(p.backoff_ms(40, 1.0, None), 300_000);
+        assert_eq!(p.backoff_ms(1, 0.0, Some(5_000)), 5_000);
+        assert_eq!(p.backoff_ms(1, f64::NAN, None), 1_000);
+    }
+
+    #[test]
+    fn permanent_classes_are_never_retried() {
+        let p = RetryPolicy::default();
+        assert!(p.allows_retry(&TaskError::new(ErrorClass::Network, "reset"), 1));
+        assert!(!p.allows_retry(&TaskError::new(ErrorClass::Network, "reset"), 3));
+        let mut forced = TaskError::new(ErrorClass::Permission, "denied");
+        forced.retryable = true;
+        assert!(!p.allows_retry(&forced, 1));
+        let p = RetryPolicy {
+            non_retryable: vec![ErrorClass::Timeout],
+            ..RetryPolicy::default()
+        };
+        assert!(!p.allows_retry(&TaskError::new(ErrorClass::Timeout, "slow"), 1));
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut spec = TaskSpec::new("shell");
+        assert!(spec.validate().is_ok());
+        spec.retry.max_attempts = 0;
+        assert_eq!(spec.validate().unwrap_err().field, "retry.max_attempts");
+        let mut spec = TaskSpec::new("shell");
+        spec.env.insert("1BAD".into(), "x".into());
+        assert_eq!(spec.validate().unwrap_err().field, "env.1BAD");
+    }
+}

@@ -1,0 +1,298 @@
+//! The JetStream streams and consumers, defined once for every component.
+//!
+//! - **exec** (`RUNLOG_EXEC`): lifecycle events, work items and timers in one
+//!   stream, so a transition can be appended together with its work item or
+//!   timer in one atomic batch, and broker schedules can target work subjects
+//!   (a schedule must target its own stream). Limits retention: the log is
+//!   the truth and is never consumed away. Stored events are republished on
+//!   `<p>.live.ev.>` for live feeds.
+//! - **logs** (`RUNLOG_LOGS`): log lines, progress and heartbeats, capped per
+//!   subject and by age, out of the optimistic-concurrency filter.
+//! - **dlq** (`RUNLOG_DLQ`): the server's max-deliveries and terminated
+//!   advisories for work items, so crash-protection dead letters are durable.
+//!
+//! [`Layout::ensure`] creates or updates them idempotently and refuses to
+//! touch a stream whose existing configuration cannot be changed into ours.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
+use async_nats::jetstream::{self, Context};
+
+use crate::codec::DEFAULT_MAX_PAYLOAD;
+use crate::id::QueueName;
+use crate::spec::Priority;
+use crate::subject::Subjects;
+
+/// How long JetStream remembers `Nats-Msg-Id`s. Longer than any retry of a
+/// publish, including across a cluster election.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
+/// How long a work item may be held without an in-progress ack before the
+/// server assumes its worker died and redelivers it.
+pub const WORK_ACK_WAIT: Duration = Duration::from_secs(30);
+/// Deliveries of one work item before the server dead-letters it.
+pub const WORK_MAX_DELIVER: i64 = 5;
+/// Work items in flight across all workers of one consumer.
+pub const WORK_MAX_ACK_PENDING: i64 = 10_000;
+/// How long telemetry (logs, progress) is kept.
+pub const TELEMETRY_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Telemetry messages kept per execution and kind.
+pub const TELEMETRY_MAX_PER_SUBJECT: i64 = 100_000;
+/// How long dead-letter advisories are kept.
+pub const DLQ_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The stream and consumer layout of one installation.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Subject and stream names.
+    pub subjects: Subjects,
+    /// Replicas of every stream: 1 for a single server, 3 on a cluster.
+    pub replicas: usize,
+    /// Storage of every stream.
+    pub storage: StorageType,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout {
+            subjects: Subjects::default(),
+            replicas: 1,
+            storage: StorageType::File,
+        }
+    }
+}
+
+/// Why the streams could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    /// A stream exists with settings that cannot be updated into ours.
+    #[error(
+        "stream {stream} exists with an incompatible configuration ({reason}); \
+         another installation may use the prefix {prefix:?}: choose another prefix, \
+         or delete the stream if its data is not needed"
+    )]
+    Incompatible {
+        /// The stream.
+        stream: String,
+        /// The prefix in use.
+        prefix: String,
+        /// The setting that differs.
+        reason: String,
+    },
+    /// The JetStream API failed.
+    #[error("cannot set up stream {stream}: {source}; is JetStream enabled on the server?")]
+    Api {
+        /// The stream.
+        stream: String,
+        /// The client's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl Layout {
+    /// The execution stream.
+    pub fn exec_stream(&self) -> stream::Config {
+        let s = &self.subjects;
+        stream::Config {
+            name: s.exec_stream(),
+            description: Some("runlog execution log, work items and timers".to_owned()),
+            subjects: vec![s.all_events(), s.all_dispatch(), s.all_schedules()],
+            retention: RetentionPolicy::Limits,
+            storage: self.storage,
+            num_replicas: self.replicas,
+            duplicate_window: DUPLICATE_WINDOW,
+            max_message_size: message_size_limit(),
+            allow_direct: true,
+            allow_rollup: true,
+            allow_message_ttl: true,
+            allow_atomic_publish: true,
+            allow_message_schedules: true,
+            republish: Some(stream::Republish {
+                source: s.all_events(),
+                destination: format!("{}.live.ev.>", s.prefix()),
+                headers_only: false,
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The telemetry stream.
+    pub fn logs_stream(&self) -> stream::Config {
+        let s = &self.subjects;
+        stream::Config {
+            name: s.logs_stream(),
+            description: Some("runlog log lines, progress and heartbeats".to_owned()),
+            subjects: s.all_telemetry().to_vec(),
+            retention: RetentionPolicy::Limits,
+            storage: self.storage,
+            num_replicas: self.replicas,
+            max_age: TELEMETRY_MAX_AGE,
+            max_messages_per_subject: TELEMETRY_MAX_PER_SUBJECT,
+            discard: DiscardPolicy::Old,
+            max_message_size: message_size_limit(),
+            allow_direct: true,
+            allow_message_ttl: true,
+            ..Default::default()
+        }
+    }
+
+    /// The dead-letter advisory stream.
+    pub fn dlq_stream(&self) -> stream::Config {
+        let s = &self.subjects;
+        let exec = s.exec_stream();
+        stream::Config {
+            name: s.dlq_stream(),
+            description: Some("runlog dead-letter advisories of work items".to_owned()),
+            subjects: vec![
+                format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{exec}.*"),
+                format!("$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{exec}.*"),
+            ],
+            retention: RetentionPolicy::Limits,
+            storage: self.storage,
+            num_replicas: self.replicas,
+            max_age: DLQ_MAX_AGE,
+            ..Default::default()
+        }
+    }
+
+    /// Every stream, in creation order.
+    pub fn streams(&self) -> [stream::Config; 3] {
+        [self.exec_stream(), self.logs_stream(), self.dlq_stream()]
+    }
+
+    /// The durable pull consumer that all workers of `queue` share at
+    /// `priority`.
+    pub fn dispatch_consumer(&self, queue: &QueueName, priority: Priority) -> pull::Config {
+        let s = &self.subjects;
+        let name = s.dispatch_consumer(queue, priority);
+        pull::Config {
+            durable_name: Some(name.clone()),
+            name: Some(name),
+            description: Some(format!(
+                "runlog work items of queue {queue}, priority {priority}"
+            )),
+            filter_subject: s.dispatch_filter(queue, priority),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: WORK_ACK_WAIT,
+            max_deliver: WORK_MAX_DELIVER,
+            max_ack_pending: WORK_MAX_ACK_PENDING,
+            num_replicas: self.replicas,
+            ..Default::default()
+        }
+    }
+
+    /// Creates every stream, or updates it to this layout. Idempotent.
+    pub async fn ensure(&self, js: &Context) -> Result<(), LayoutError> {
+        for config in self.streams() {
+            self.ensure_stream(js, config).await?;
+        }
+        Ok(())
+    }
+
+    /// Creates the dispatch consumer of `queue` at `priority` if missing,
+    /// and returns it.
+    pub async fn ensure_dispatch_consumer(
+        &self,
+        js: &Context,
+        queue: &QueueName,
+        priority: Priority,
+    ) -> Result<jetstream::consumer::Consumer<pull::Config>, LayoutError> {
+        let stream_name = self.subjects.exec_stream();
+        let api = |e: Box<dyn std::error::Error + Send + Sync>| LayoutError::Api {
+            stream: stream_name.clone(),
+            source: e,
+        };
+        let stream = js
+            .get_stream(&stream_name)
+            .await
+            .map_err(|e| api(e.into()))?;
+        let config = self.dispatch_consumer(queue, priority);
+        let name = config.durable_name.clone().unwrap_or_default();
+        stream
+            .get_or_create_consumer(&name, config)
+            .await
+            .map_err(|e| api(e.into()))
+    }
+
+    async fn ensure_stream(&self, js: &Context, wanted: stream::Config) -> Result<(), LayoutError> {
+        let name = wanted.name.clone();
+        let api = |e: Box<dyn std::error::Error + Send + Sync>| LayoutError::Api {
+            stream: name.clone(),
+            source: e,
+        };
+        match js.get_stream(&name).await {
+            Ok(mut existing) => {
+                let info = existing.info().await.map_err(|e| api(e.into()))?;
+                if let Some(reason) = incompatibility(&info.config, &wanted) {
+                    return Err(LayoutError::Incompatible {
+                        stream: name,
+                        prefix: self.subjects.prefix().to_owned(),
+                        reason,
+                    });
+                }
+                if needs_update(&info.config, &wanted) {
+                    js.update_stream(wanted).await.map_err(|e| api(e.into()))?;
+                }
+                Ok(())
+            }
+            Err(e) if stream_not_found(&e) => {
+                js.create_stream(wanted).await.map_err(|e| api(e.into()))?;
+                Ok(())
+            }
+            Err(e) => Err(api(e.into())),
+        }
+    }
+}
+
+fn stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(err)
+            if err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
+}
+
+/// Settings JetStream cannot change on an existing stream, or that would
+/// change what the stream means.
+fn incompatibility(have: &stream::Config, want: &stream::Config) -> Option<String> {
+    if have.storage != want.storage {
+        return Some(format!(
+            "storage is {:?}, runlog needs {:?}",
+            have.storage, want.storage
+        ));
+    }
+    if have.retention != want.retention {
+        return Some(format!(
+            "retention is {:?}, runlog needs {:?}",
+            have.retention, want.retention
+        ));
+    }
+    if have.subjects != want.subjects {
+        return Some(format!(
+            "subjects are {:?}, runlog needs {:?}",
+            have.subjects, want.subjects
+        ));
+    }
+    None
+}
+
+fn needs_update(have: &stream::Config, want: &stream::Config) -> bool {
+    have.num_replicas != want.num_replicas
+        || have.duplicate_window != want.duplicate_window
+        || have.max_age != want.max_age
+        || have.max_messages_per_subject != want.max_messages_per_subject
+        || have.max_message_size != want.max_message_size
+        || have.allow_direct != want.allow_direct
+        || have.allow_message_ttl != want.allow_message_ttl
+        || have.allow_atomic_publish != want.allow_atomic_publish
+        || have.allow_message_schedules != want.allow_message_schedules
+        || have.republish != want.republish
+}
+
+/// A stored message holds a body of up to the codec limit plus headers.
+fn message_size_limit() -> i32 {
+    (DEFAULT_MAX_PAYLOAD + 64 * 1024) as i32
+}

@@ -1,0 +1,223 @@
+//! Every subject and stream name runlog uses, built in one place.
+//!
+//! All names share a prefix (`runlog` by default) so several installations
+//! can share one NATS account.
+//!
+//! | subject | holds |
+//! |---|---|
+//! | `<p>.ev.<exec>.<type>` | lifecycle events: the execution log, checked with optimistic concurrency on `<p>.ev.<exec>.>` |
+//! | `<p>.work.<queue>.<priority>.<exec>` | work items that workers pull, one durable consumer per queue and priority |
+//! | `<p>.sched.<exec>.<purpose>` | broker-held timers (retry backoff, deadlines) |
+//! | `<p>.live.ev.<exec>.<type>` | the stream's RePublish of every stored lifecycle event (live feeds) |
+//! | `<p>.log.<exec>`, `<p>.progress.<exec>`, `<p>.heartbeat.<exec>` | telemetry of running attempts |
+//! | `<p>.cancel.<exec>` | core-NATS cancel signal to the worker |
+//! | `<p>.submit.<queue>` | request/reply intake |
+//!
+//! # Examples
+//! ```
+//! use runlog_events::{EventType, ExecutionId, Priority, QueueName, Subjects};
+//!
+//! let s = Subjects::default();
+//! let exec = ExecutionId::new("e1").unwrap();
+//! assert_eq!(s.event(&exec, EventType::Started), "runlog.ev.e1.started");
+//! assert_eq!(s.execution_events(&exec), "runlog.ev.e1.>");
+//! assert_eq!(s.dispatch(&QueueName::default(), Priority::High, &exec), "runlog.work.default.high.e1");
+//! assert_eq!(s.exec_stream(), "RUNLOG_EXEC");
+//! ```
+
+use crate::envelope::Envelope;
+use crate::event::EventType;
+use crate::id::{ExecutionId, QueueName, TokenError, validate_token};
+use crate::spec::Priority;
+
+/// The default subject prefix.
+pub const DEFAULT_PREFIX: &str = "runlog";
+
+/// Builds subject and stream names under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    prefix: String,
+    upper: String,
+}
+
+impl Default for Subjects {
+    fn default() -> Self {
+        Subjects::new(DEFAULT_PREFIX).expect("the default prefix is a valid token")
+    }
+}
+
+impl Subjects {
+    /// Names under `prefix`, which must be a subject token.
+    pub fn new(prefix: &str) -> Result<Self, TokenError> {
+        validate_token(prefix)?;
+        Ok(Subjects {
+            prefix: prefix.to_owned(),
+            upper: prefix.to_ascii_uppercase(),
+        })
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The subject an event of `exec` of type `ty` is published on.
+    /// Lifecycle events go to the execution log, telemetry to its own subjects.
+    pub fn event(&self, exec: &ExecutionId, ty: EventType) -> String {
+        let p = &self.prefix;
+        match ty {
+            EventType::Log => format!("{p}.log.{exec}"),
+            EventType::Progress => format!("{p}.progress.{exec}"),
+            EventType::Heartbeat => format!("{p}.heartbeat.{exec}"),
+            _ => format!("{p}.ev.{exec}.{}", ty.as_str()),
+        }
+    }
+
+    /// The subject of an envelope.
+    pub fn of(&self, envelope: &Envelope) -> String {
+        self.event(&envelope.execution, envelope.event_type())
+    }
+
+    /// Every lifecycle event of one execution: the optimistic-concurrency
+    /// filter and the replay filter.
+    pub fn execution_events(&self, exec: &ExecutionId) -> String {
+        format!("{}.ev.{exec}.>", self.prefix)
+    }
+
+    /// Every lifecycle event of every execution.
+    pub fn all_events(&self) -> String {
+        format!("{}.ev.>", self.prefix)
+    }
+
+    /// Where the stream republishes stored lifecycle events.
+    pub fn live_events(&self) -> String {
+        format!("{}.live.ev.>", self.prefix)
+    }
+
+    /// The live feed of one execution.
+    pub fn live_execution_events(&self, exec: &ExecutionId) -> String {
+        format!("{}.live.ev.{exec}.>", self.prefix)
+    }
+
+    /// The work item of `exec` on `queue` at `priority`.
+    pub fn dispatch(&self, queue: &QueueName, priority: Priority, exec: &ExecutionId) -> String {
+        format!("{}.work.{queue}.{priority}.{exec}", self.prefix)
+    }
+
+    /// Every work item of `queue` at `priority`: one consumer's filter.
+    pub fn dispatch_filter(&self, queue: &QueueName, priority: Priority) -> String {
+        format!("{}.work.{queue}.{priority}.>", self.prefix)
+    }
+
+    /// Every work subject.
+    pub fn all_dispatch(&self) -> String {
+        format!("{}.work.>", self.prefix)
+    }
+
+    /// A broker-held timer of `exec` (`retry`, `deadline`).
+    pub fn schedule(&self, exec: &ExecutionId, purpose: &str) -> String {
+        format!("{}.sched.{exec}.{purpose}", self.prefix)
+    }
+
+    /// Every timer subject.
+    pub fn all_schedules(&self) -> String {
+        format!("{}.sched.>", self.prefix)
+    }
+
+    /// Telemetry subjects held by the logs stream.
+    pub fn all_telemetry(&self) -> [String; 3] {
+        let p = &self.prefix;
+        [
+            format!("{p}.log.>"),
+            format!("{p}.progress.>"),
+            format!("{p}.heartbeat.>"),
+        ]
+    }
+
+    /// The cancel signal of `exec`.
+    pub fn cancel(&self, exec: &ExecutionId) -> String {
+        format!("{}.cancel.{exec}", self.prefix)
+    }
+
+    /// Request/reply intake of `queue`.
+    pub fn submit(&self, queue: &QueueName) -> String {
+        format!("{}.submit.{queue}", self.prefix)
+    }
+
+    /// The execution stream (events, work items, timers).
+    pub fn exec_stream(&self) -> String {
+        format!("{}_EXEC", self.upper)
+    }
+
+    /// The telemetry stream.
+    pub fn logs_stream(&self) -> String {
+        format!("{}_LOGS", self.upper)
+    }
+
+    /// The stream that captures dead-letter advisories.
+    pub fn dlq_stream(&self) -> String {
+        format!("{}_DLQ", self.upper)
+    }
+
+    /// The durable consumer shared by all workers of `queue` at `priority`.
+    pub fn dispatch_consumer(&self, queue: &QueueName, priority: Priority) -> String {
+        format!("{}-work-{queue}-{priority}", self.prefix)
+    }
+
+    /// Reads the execution and type out of a lifecycle event subject
+    /// (`runlog.ev.<exec>.<type>` or its live republish).
+    pub fn parse_event(&self, subject: &str) -> Option<(ExecutionId, EventType)> {
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix('.')?;
+        let rest = rest.strip_prefix("live.").unwrap_or(rest);
+        let mut parts = rest.split('.');
+        let (Some("ev"), Some(exec), Some(ty), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        Some((ExecutionId::new(exec).ok()?, ty.parse().ok()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_prefix() {
+        let s = Subjects::new("acme").unwrap();
+        let e = ExecutionId::new("x1").unwrap();
+        assert_eq!(s.event(&e, EventType::Log), "acme.log.x1");
+        assert_eq!(
+            s.event(&e, EventType::RetryScheduled),
+            "acme.ev.x1.retry_scheduled"
+        );
+        assert_eq!(s.logs_stream(), "ACME_LOGS");
+        assert_eq!(
+            s.dispatch_consumer(&QueueName::default(), Priority::Low),
+            "acme-work-default-low"
+        );
+        assert!(Subjects::new("a.b").is_err());
+    }
+
+    #[test]
+    fn event_subjects_parse_back() {
+        let s = Subjects::default();
+        let e = ExecutionId::generate();
+        for ty in EventType::ALL.into_iter().filter(|t| t.is_lifecycle()) {
+            assert_eq!(s.parse_event(&s.event(&e, ty)), Some((e.clone(), ty)));
+        }
+        assert_eq!(
+            s.parse_event(&format!("runlog.live.ev.{e}.queued")),
+            Some((e.clone(), EventType::Queued))
+        );
+        for bad in [
+            "runlog.ev.e1",
+            "runlog.ev.e1.nope",
+            "other.ev.e1.queued",
+            "runlog.ev.e1.queued.x",
+        ] {
+            assert_eq!(s.parse_event(bad), None, "{bad}");
+        }
+    }
+}

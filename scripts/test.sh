@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: installs the pinned tools, then every test target and the doc
+# tests of the workspace. Extra arguments go to the main `cargo test` run, e.g.
+#   ./scripts/test.sh -p runlog-events
+#   ./scripts/test.sh -- --nocapture
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+./scripts/setup.sh
+export RUNLOG_NATS_SERVER="$PWD/.tools/pip/bin/nats-server"
+
+locked=()
+if [[ ${CI:-} == true && -f Cargo.lock ]]; then
+    locked=(--locked) # CI builds exactly the committed lock file
+fi
+
+# `--all-targets` leaves out doc tests and cargo refuses to mix `--doc` with other target
+# selections, hence two runs.
+cargo test "${locked[@]}" --workspace --all-targets "$@"
+cargo test "${locked[@]}" --workspace --doc
