@@ -21,7 +21,6 @@
 use std::time::Duration;
 
 use async_nats::jetstream::Context;
-use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::context::PublishErrorKind;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -41,6 +40,10 @@ pub const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Seq
 
 /// How long transient publish failures (timeouts, elections) are retried.
 const RETRY_HORIZON: Duration = Duration::from_secs(15);
+/// Events per direct-get batch when loading a history.
+const LOAD_BATCH: usize = 1_000;
+/// How long one direct-get batch may take.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many times [`Journal::transition`] re-folds after losing a race.
 const MAX_CONFLICTS: usize = 16;
 
@@ -263,55 +266,97 @@ impl Journal {
     }
 
     /// Replays every lifecycle event of `execution` and folds it.
+    ///
+    /// Reads with batched direct gets (`next_by_subj` on `<p>.ev.<exec>.>`):
+    /// no consumer is created per load, so loads cost the server nothing
+    /// once they return, however many run at once. On a replicated stream a
+    /// replica may answer and lag the leader slightly; writers never trust a
+    /// load for freshness, their appends are checked by the expected sequence.
     pub async fn load(&self, execution: &ExecutionId) -> Result<History, LoadError> {
         let fail = |reason: String| LoadError {
             execution: execution.clone(),
             reason,
         };
-        let stream = self
-            .js
-            .get_stream_no_info(self.subjects.exec_stream())
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: self.subjects.execution_events(execution),
-                deliver_policy: DeliverPolicy::All,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| fail(e.to_string()))?;
-        let pending = consumer.cached_info().num_pending;
+        let client = self.js.client();
+        let api = format!("$JS.API.DIRECT.GET.{}", self.subjects.exec_stream());
+        let filter = self.subjects.execution_events(execution);
         let mut history = History::default();
-        if pending == 0 {
-            return Ok(history);
-        }
-        let mut messages = consumer.messages().await.map_err(|e| fail(e.to_string()))?;
-        while let Some(message) = messages.next().await {
-            let message = message.map_err(|e| fail(e.to_string()))?;
-            let info = message.info().map_err(|e| fail(e.to_string()))?;
-            let (seq, left) = (info.stream_sequence, info.pending);
-            history.last_seq = seq;
-            let empty = async_nats::HeaderMap::new();
-            let headers = message.headers.as_ref().unwrap_or(&empty);
-            match codec::decode(headers, &message.payload, &self.limits) {
-                Ok(envelope) => {
-                    match decider::check(&history.state, &envelope) {
-                        Ok(()) => {
-                            history.state =
-                                decider::evolve(std::mem::take(&mut history.state), &envelope);
-                        }
-                        Err(e) => history.skipped.push((seq, e.to_string())),
+        let mut next = 1u64;
+        loop {
+            let inbox = client.new_inbox();
+            let mut replies = client
+                .subscribe(inbox.clone())
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let request = serde_json::json!({
+                "seq": next,
+                "next_by_subj": filter,
+                "batch": LOAD_BATCH,
+            });
+            client
+                .publish_with_reply(api.clone(), inbox, request.to_string().into())
+                .await
+                .map_err(|e| fail(e.to_string()))?;
+            let mut more = false;
+            loop {
+                let reply = tokio::time::timeout(LOAD_TIMEOUT, replies.next())
+                    .await
+                    .map_err(|_| fail("the server did not answer the direct get".into()))?
+                    .ok_or_else(|| fail("the connection closed during the direct get".into()))?;
+                match reply.status.map(|s| s.as_u16()) {
+                    // End of batch: more may follow.
+                    Some(204) => {
+                        more = header_u64(reply.headers.as_ref(), "Nats-Num-Pending") > 0;
+                        break;
                     }
-                    history.events.push(Recorded { seq, envelope });
+                    // Nothing (more) matches.
+                    Some(404) => break,
+                    Some(code) if code >= 300 => {
+                        return Err(fail(format!(
+                            "direct get answered {code} {}; the stream needs allow_direct",
+                            reply.description.unwrap_or_default()
+                        )));
+                    }
+                    _ => {}
                 }
-                Err(e) => history.skipped.push((seq, describe(&e))),
+                let empty = async_nats::HeaderMap::new();
+                let headers = reply.headers.as_ref().unwrap_or(&empty);
+                let seq = header_u64(Some(headers), "Nats-Sequence");
+                if seq < next {
+                    return Err(fail(format!(
+                        "direct get returned sequence {seq}, expected >= {next}"
+                    )));
+                }
+                next = seq + 1;
+                history.last_seq = seq;
+                self.fold_into(&mut history, seq, headers, &reply.payload);
             }
-            if left == 0 {
-                break;
+            if !more {
+                return Ok(history);
             }
         }
-        Ok(history)
+    }
+
+    fn fold_into(
+        &self,
+        history: &mut History,
+        seq: u64,
+        headers: &async_nats::HeaderMap,
+        body: &[u8],
+    ) {
+        match codec::decode(headers, body, &self.limits) {
+            Ok(envelope) => {
+                match decider::check(&history.state, &envelope) {
+                    Ok(()) => {
+                        history.state =
+                            decider::evolve(std::mem::take(&mut history.state), &envelope);
+                    }
+                    Err(e) => history.skipped.push((seq, e.to_string())),
+                }
+                history.events.push(Recorded { seq, envelope });
+            }
+            Err(e) => history.skipped.push((seq, describe(&e))),
+        }
     }
 
     /// Load → decide → append, repeated when another writer wins the race.
@@ -340,6 +385,9 @@ impl Journal {
         let mut tried: Option<String> = None;
         for round in 0..MAX_CONFLICTS {
             if round > 0 {
+                // Direct gets may be served by a replica that lags the leader
+                // by a few milliseconds: give it a moment before reading again.
+                tokio::time::sleep(Duration::from_millis(2 * round as u64)).await;
                 history = self.load(execution).await?;
                 // Our append may have been stored before someone else's:
                 // the Msg-Id rule, applied to the whole history.
@@ -397,6 +445,13 @@ fn transient(kind: PublishErrorKind) -> bool {
             | PublishErrorKind::StreamNotFound
             | PublishErrorKind::BrokenPipe
     )
+}
+
+fn header_u64(headers: Option<&async_nats::HeaderMap>, name: &str) -> u64 {
+    headers
+        .and_then(|h| h.get(name))
+        .and_then(|v| v.as_str().parse().ok())
+        .unwrap_or(0)
 }
 
 fn describe(e: &DecodeError) -> String {

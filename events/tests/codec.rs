@@ -303,3 +303,23 @@ proptest! {
         }
     }
 }
+
+/// Found by the fuzzer: a float read from MessagePack must survive a JSON
+/// round trip bit for bit.
+#[test]
+fn floats_round_trip_exactly_between_formats() {
+    let body = [
+        0x81, 0xa6, b'o', b'u', b't', b'p', b'u', b't', 0xcb, 0x40, 0x0a, 0x00, 0x00, 0x31, 0x2e,
+        0x30, 0xc2,
+    ];
+    let event = codec::decode_body(
+        runlog_events::EventType::Succeeded,
+        Format::MessagePack,
+        &body,
+    )
+    .unwrap();
+    let json = codec::encode_body(&event, Format::Json).unwrap();
+    let back =
+        codec::decode_body(runlog_events::EventType::Succeeded, Format::Json, &json).unwrap();
+    assert_eq!(back, event);
+}
