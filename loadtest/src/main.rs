@@ -6,7 +6,9 @@
 //!   task, consume+ack it, publish+ack a result;
 //! - `lifecycle`: the same cycle through runlog's core: the engine's intake
 //!   (`submitted`, `queued`), a worker's claim (`started`) and its result
-//!   (`succeeded`), each an optimistic append.
+//!   (`succeeded`), each an optimistic append;
+//! - `replay` (with `--replay-events`): the engine's projection rebuilt from
+//!   a log of that many events, in events per second.
 //!
 //! Each scenario prints a JSON line; a markdown table with the ratio of every
 //! figure to the floor follows.
@@ -41,6 +43,10 @@ struct Args {
     /// Repetitions of each scenario; the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Events in the log that the `replay` scenario rebuilds the projection
+    /// from (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    replay_events: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +77,19 @@ async fn main() -> anyhow::Result<()> {
     }
     let floor = median(floor);
     let lifecycle = median(lifecycle);
+    if args.replay_events > 0 {
+        let replay = replay(args.replay_events, args.runs).await?;
+        println!(
+            "{}",
+            serde_json::json!({
+                "scenario": "replay",
+                "events": replay.tasks,
+                "runs": args.runs,
+                "median_seconds": replay.seconds,
+                "events_per_second": replay.rate().round(),
+            })
+        );
+    }
     for f in [&floor, &lifecycle] {
         println!(
             "{}",
@@ -218,4 +237,116 @@ async fn lifecycle_cycle(server: &NatsServer, args: &Args) -> anyhow::Result<Fig
         tasks: args.n,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Seeds a fresh server with `events` lifecycle events (four per execution,
+/// published with pipelined acks), then rebuilds the engine's projection from
+/// them `runs` times.
+async fn replay(events: usize, runs: usize) -> anyhow::Result<Figure> {
+    use runlog_engine::Projection;
+    use runlog_events::codec::{self, Format};
+    use runlog_events::event::{Queued, Started, Submitted, Succeeded};
+    use runlog_events::{Envelope, Event, ExecutionId, QueueName};
+
+    let server = NatsServer::start().context("cannot start nats-server")?;
+    let js = jetstream::new(async_nats::connect(server.url()).await?);
+    Layout::default().ensure(&js).await?;
+    let subjects = Subjects::default();
+    let mut spec = TaskSpec::new("noop");
+    spec.input = serde_json::json!({ "payload": "x".repeat(80) });
+    let executions = events.div_ceil(4);
+    let now = Utc::now();
+    let seeding = Instant::now();
+    // Sends go out in order on one connection (an execution's events must be
+    // stored in order); only the acks are awaited out of line, 2,000 at most.
+    let mut acks = futures::stream::FuturesUnordered::new();
+    for _ in 0..executions {
+        let exec = ExecutionId::generate();
+        let events = [
+            (0, Event::Submitted(Submitted { spec: spec.clone() })),
+            (
+                1,
+                Event::Queued(Queued {
+                    queue: QueueName::default(),
+                    priority: spec.priority,
+                }),
+            ),
+            (
+                1,
+                Event::Started(Started {
+                    worker: "w1".into(),
+                }),
+            ),
+            (
+                1,
+                Event::Succeeded(Succeeded {
+                    output: serde_json::Value::Null,
+                }),
+            ),
+        ];
+        for (attempt, event) in events {
+            let envelope = Envelope::new(exec.clone(), attempt, now, "/loadtest", event);
+            let (headers, body) = codec::encode(&envelope, Format::MessagePack)?;
+            let ack = js
+                .publish_with_headers(subjects.of(&envelope), headers, body)
+                .await?;
+            acks.push(std::future::IntoFuture::into_future(ack));
+            if acks.len() >= 2_000 {
+                acks.next().await.expect("an ack is pending")?;
+            }
+        }
+    }
+    while let Some(ack) = acks.next().await {
+        ack?;
+    }
+    eprintln!(
+        "replay: seeded {} events in {:.1} s",
+        executions * 4,
+        seeding.elapsed().as_secs_f64()
+    );
+    let last = js
+        .get_stream(subjects.exec_stream())
+        .await?
+        .info()
+        .await?
+        .state
+        .last_sequence;
+    let mut figures = Vec::new();
+    for _ in 0..runs {
+        let projection = Arc::new(Projection::new());
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let started = Instant::now();
+        let follower = {
+            let (projection, js, subjects, shutdown) = (
+                projection.clone(),
+                js.clone(),
+                subjects.clone(),
+                shutdown.clone(),
+            );
+            tokio::spawn(async move { projection.follow(&js, &subjects, shutdown).await })
+        };
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(2));
+        while projection.applied_seq() < last {
+            if follower.is_finished() {
+                bail!("the projection stopped: {:?}", follower.await?);
+            }
+            tick.tick().await;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        shutdown.cancel();
+        follower.await??;
+        if projection.len() != executions || projection.skipped() != 0 {
+            bail!(
+                "replay folded {} executions ({} skipped events), expected {executions}",
+                projection.len(),
+                projection.skipped()
+            );
+        }
+        figures.push(Figure {
+            scenario: "replay",
+            tasks: executions * 4,
+            seconds,
+        });
+    }
+    Ok(median(figures))
 }
