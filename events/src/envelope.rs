@@ -27,9 +27,11 @@ pub struct Envelope {
     /// When the event was recorded.
     pub time: DateTime<Utc>,
     /// The component that recorded it (`/runlog/engine/host-1`).
+    #[schemars(length(min = 1, max = 1024))]
     pub source: String,
     /// Groups executions that belong together (a workflow, a request).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
     pub correlation_id: Option<String>,
     /// W3C trace context of the operation that caused the event.
     #[serde(default, skip_serializing_if = "Option::is_none")]

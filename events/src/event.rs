@@ -81,6 +81,7 @@ pub struct Started {
 pub struct Progress {
     /// Completion in percent, 0 to 100, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 100.0))]
     pub percent: Option<f32>,
     /// The task's own status line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -247,35 +248,35 @@ fn is_zero(n: &u64) -> bool {
 )]
 #[serde(rename_all = "snake_case")]
 pub enum EventType {
-    #[allow(missing_docs)]
+    /// `submitted`: see [`Event::Submitted`].
     Submitted,
-    #[allow(missing_docs)]
+    /// `queued`: see [`Event::Queued`].
     Queued,
-    #[allow(missing_docs)]
+    /// `started`: see [`Event::Started`].
     Started,
-    #[allow(missing_docs)]
+    /// `progress` (telemetry): see [`Event::Progress`].
     Progress,
-    #[allow(missing_docs)]
+    /// `log` (telemetry): see [`Event::Log`].
     Log,
-    #[allow(missing_docs)]
+    /// `heartbeat` (telemetry): see [`Event::Heartbeat`].
     Heartbeat,
-    #[allow(missing_docs)]
+    /// `succeeded`: see [`Event::Succeeded`].
     Succeeded,
-    #[allow(missing_docs)]
+    /// `failed`: see [`Event::Failed`].
     Failed,
-    #[allow(missing_docs)]
+    /// `retry_scheduled`: see [`Event::RetryScheduled`].
     RetryScheduled,
-    #[allow(missing_docs)]
+    /// `cancel_requested`: see [`Event::CancelRequested`].
     CancelRequested,
-    #[allow(missing_docs)]
+    /// `cancelled`: see [`Event::Cancelled`].
     Cancelled,
-    #[allow(missing_docs)]
+    /// `timed_out`: see [`Event::TimedOut`].
     TimedOut,
-    #[allow(missing_docs)]
+    /// `attempt_lost`: see [`Event::AttemptLost`].
     AttemptLost,
-    #[allow(missing_docs)]
+    /// `dead_lettered`: see [`Event::DeadLettered`].
     DeadLettered,
-    #[allow(missing_docs)]
+    /// `rejected`: see [`Event::Rejected`].
     Rejected,
 }
 

@@ -154,6 +154,7 @@ pub struct RetryPolicy {
     /// Upper bound of any backoff, in milliseconds.
     pub backoff_max_ms: u64,
     /// Growth factor per failed attempt.
+    #[schemars(range(min = 1.0))]
     pub backoff_multiplier: f64,
     /// Classes never retried for this task, on top of the classes that are
     /// not retryable by default.
@@ -214,6 +215,7 @@ pub struct TaskSpec {
     #[serde(default)]
     pub queue: QueueName,
     /// The task kind (`shell`, `http`, or a custom handler name).
+    #[schemars(length(min = 1, max = 128))]
     pub kind: String,
     /// Dispatch priority.
     #[serde(default)]
@@ -229,9 +231,11 @@ pub struct TaskSpec {
     pub secrets: BTreeMap<String, String>,
     /// Deadline of one attempt, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub attempt_timeout_ms: Option<u64>,
     /// Deadline of the whole execution from submission, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub timeout_ms: Option<u64>,
     /// Retry policy.
     #[serde(default)]
