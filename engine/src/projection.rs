@@ -52,10 +52,9 @@ impl Projection {
             .entry(envelope.execution.clone())
             .or_default();
         if seq > entry.last_seq {
-            if decider::check(&entry.state, envelope).is_err() {
+            if decider::apply(&mut entry.state, envelope).is_err() {
                 self.skipped.fetch_add(1, Ordering::Relaxed);
             }
-            entry.state = decider::evolve(std::mem::take(&mut entry.state), envelope);
             entry.last_seq = seq;
         }
         drop(entry);

@@ -187,11 +187,18 @@ pub enum InvalidTransition {
 
 /// Folds one event into the state. Impossible events leave the state
 /// unchanged; use [`check`] to learn why.
-pub fn evolve(state: ExecutionState, envelope: &Envelope) -> ExecutionState {
-    match check(&state, envelope) {
-        Ok(()) => transition(state, envelope),
-        Err(_) => state,
-    }
+pub fn evolve(mut state: ExecutionState, envelope: &Envelope) -> ExecutionState {
+    let _ignored = apply(&mut state, envelope);
+    state
+}
+
+/// Folds one event into `state` in place, checking it once; an impossible
+/// event leaves the state unchanged and says why. Folds that count skipped
+/// events (replays, projections) use this instead of `check` + `evolve`.
+pub fn apply(state: &mut ExecutionState, envelope: &Envelope) -> Result<(), InvalidTransition> {
+    check(state, envelope)?;
+    *state = transition(std::mem::take(state), envelope);
+    Ok(())
 }
 
 /// Folds a sequence of events from the empty state.

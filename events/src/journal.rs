@@ -346,12 +346,8 @@ impl Journal {
     ) {
         match codec::decode(headers, body, &self.limits) {
             Ok(envelope) => {
-                match decider::check(&history.state, &envelope) {
-                    Ok(()) => {
-                        history.state =
-                            decider::evolve(std::mem::take(&mut history.state), &envelope);
-                    }
-                    Err(e) => history.skipped.push((seq, e.to_string())),
+                if let Err(e) = decider::apply(&mut history.state, &envelope) {
+                    history.skipped.push((seq, e.to_string()));
                 }
                 history.events.push(Recorded { seq, envelope });
             }
