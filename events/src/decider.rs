@@ -571,7 +571,7 @@ pub fn decide(
             if status != S::New {
                 return Err(Rejection::AlreadyExists);
             }
-            spec.validate().map_err(Rejection::Invalid)?;
+            spec.validate_recorded().map_err(Rejection::Invalid)?;
             vec![fact(0, Event::Submitted(Submitted { spec: spec.clone() }))]
         }
         Command::Reject { field, reason } => {
@@ -599,6 +599,8 @@ pub fn decide(
                 Event::Queued(Queued {
                     queue: spec.queue.clone(),
                     priority: spec.priority,
+                    kind: spec.kind.clone(),
+                    worker_labels: spec.worker_labels.clone(),
                 }),
             )]
         }

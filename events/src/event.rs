@@ -67,6 +67,13 @@ pub struct Queued {
     pub queue: QueueName,
     /// Its dispatch priority.
     pub priority: Priority,
+    /// The task kind, copied from the spec so a work item can be routed and
+    /// limited without reading the history.
+    #[serde(default)]
+    pub kind: String,
+    /// Labels a worker must carry to take the attempt, copied from the spec.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub worker_labels: BTreeMap<String, String>,
 }
 
 /// Body of [`Event::Started`].

@@ -11,6 +11,7 @@
 //!   and consumer, so engine and workers agree on one layout.
 //! - [`journal`] appends events with optimistic concurrency and replays an
 //!   execution's history: the only way components write the log.
+//! - [`work`] is the work item a worker pulls for a queued attempt.
 //! - [`schema`] exports the JSON Schema of every event body, the envelope,
 //!   the commands and the task spec, for clients in other languages.
 
@@ -26,6 +27,7 @@ pub mod schema;
 pub mod spec;
 pub mod stream;
 pub mod subject;
+pub mod work;
 
 pub use decider::{Command, ExecutionState, Rejection, Status, decide, evolve};
 pub use envelope::{Envelope, TraceParent};
@@ -33,3 +35,4 @@ pub use event::{Event, EventType};
 pub use id::{ExecutionId, QueueName};
 pub use spec::{ErrorClass, Priority, RetryPolicy, TaskError, TaskSpec};
 pub use subject::Subjects;
+pub use work::WorkItem;

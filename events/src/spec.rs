@@ -223,9 +223,16 @@ pub struct TaskSpec {
     /// The task's input, interpreted by its kind.
     #[serde(default)]
     pub input: serde_json::Value,
-    /// Non-secret environment variables for the task.
+    /// Environment values as a caller hands them to intake. Never recorded:
+    /// intake seals the values in the `<p>-env` key-value bucket under the
+    /// execution id and lists the names in `sealed_env`, so a recorded spec
+    /// with values here is refused by [`validate`](Self::validate).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Names of the environment variables sealed in the `<p>-env` bucket
+    /// (key: the execution id, value: a JSON object of name → value).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sealed_env: Vec<String>,
     /// Secret environment variables: variable name → secret name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, String>,
@@ -280,6 +287,7 @@ impl TaskSpec {
             priority: Priority::default(),
             input: serde_json::Value::Null,
             env: BTreeMap::new(),
+            sealed_env: Vec::new(),
             secrets: BTreeMap::new(),
             attempt_timeout_ms: None,
             timeout_ms: None,
@@ -324,6 +332,7 @@ impl TaskSpec {
         if let Some(name) = self
             .env
             .keys()
+            .chain(&self.sealed_env)
             .chain(self.secrets.keys())
             .find(|k| !is_env_name(k))
         {
@@ -332,8 +341,24 @@ impl TaskSpec {
                 "is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)",
             );
         }
-        if let Some(name) = self.env.keys().find(|k| self.secrets.contains_key(*k)) {
+        if let Some(name) = self.sealed_env.iter().find(|k| self.secrets.contains_key(*k)) {
             return bad(&format!("secrets.{name}"), "is also set in env");
+        }
+        Ok(())
+    }
+
+    /// [`validate`](Self::validate), plus the rule for a spec about to be
+    /// recorded: no environment values in it.
+    pub fn validate_recorded(&self) -> Result<(), FieldError> {
+        self.validate()?;
+        if !self.env.is_empty() {
+            return Err(FieldError {
+                field: "env".to_owned(),
+                reason: "environment values would be recorded in the log: submit them through \
+                         the HTTP or NATS intake, which seals them, or put them in the env \
+                         bucket yourself and list their names in sealed_env"
+                    .to_owned(),
+            });
         }
         Ok(())
     }

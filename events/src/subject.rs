@@ -7,7 +7,7 @@
 //! |---|---|
 //! | `<p>.ev.<exec>.<type>` | lifecycle events: the execution log, checked with optimistic concurrency on `<p>.ev.<exec>.>` |
 //! | `<p>.work.<queue>.<priority>.<exec>` | work items that workers pull, one durable consumer per queue and priority |
-//! | `<p>.sched.<exec>.<purpose>` | broker-held timers (retry backoff, deadlines) |
+//! | `<p>.sched.<exec>.<purpose>` | broker-held timers (retry backoff, deadlines); each fires on `<p>.sched.<exec>.<purpose>.due` |
 //! | `<p>.live.ev.<exec>.<type>` | the stream's RePublish of every stored lifecycle event (live feeds) |
 //! | `<p>.log.<exec>`, `<p>.progress.<exec>`, `<p>.heartbeat.<exec>` | telemetry of running attempts |
 //! | `<p>.cancel.<exec>` | core-NATS cancel signal to the worker |
@@ -157,6 +157,32 @@ impl Subjects {
     /// The stream that captures dead-letter advisories.
     pub fn dlq_stream(&self) -> String {
         format!("{}_DLQ", self.upper)
+    }
+
+    /// The key-value bucket of sealed task environments (key: execution id).
+    pub fn env_bucket(&self) -> String {
+        format!("{}-env", self.prefix)
+    }
+
+    /// The key-value bucket of live workers (key: worker id, with a TTL).
+    pub fn workers_bucket(&self) -> String {
+        format!("{}-workers", self.prefix)
+    }
+
+    /// The key-value bucket of idempotency keys (key: a digest of the
+    /// caller's key, value: the execution id).
+    pub fn idempotency_bucket(&self) -> String {
+        format!("{}-idempotency", self.prefix)
+    }
+
+    /// Where a broker-held timer of `exec` fires: the reactor consumes these.
+    pub fn timer(&self, exec: &ExecutionId, purpose: &str) -> String {
+        format!("{}.sched.{exec}.{purpose}.due", self.prefix)
+    }
+
+    /// Every fired timer.
+    pub fn all_timers(&self) -> String {
+        format!("{}.sched.*.*.due", self.prefix)
     }
 
     /// The durable consumer shared by all workers of `queue` at `priority`.

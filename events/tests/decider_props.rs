@@ -219,7 +219,9 @@ fn arb_event() -> impl Strategy<Value = Event> {
         arb_spec().prop_map(|spec| Event::Submitted(Submitted { spec })),
         Just(Event::Queued(Queued {
             queue: QueueName::default(),
-            priority: Priority::Normal
+            priority: Priority::Normal,
+            kind: "shell".into(),
+            worker_labels: Default::default(),
         })),
         (0u8..3).prop_map(|w| Event::Started(Started {
             worker: format!("w{w}")

@@ -202,7 +202,7 @@ fn example(ty: EventType) -> Event {
             spec.queue = QueueName::new("backups").unwrap();
             spec.priority = Priority::High;
             spec.input = json!({"command": ["pg_dump", "--format=custom", "app"]});
-            spec.env.insert("PGHOST".into(), "db.internal".into());
+            spec.sealed_env.push("PGPASSWORD".into());
             spec.secrets
                 .insert("PGPASSWORD".into(), "prod/db/backup".into());
             spec.attempt_timeout_ms = Some(600_000);
@@ -218,6 +218,8 @@ fn example(ty: EventType) -> Event {
         EventType::Queued => Event::Queued(Queued {
             queue: QueueName::new("backups").unwrap(),
             priority: Priority::High,
+            kind: "shell".into(),
+            worker_labels: [("pool".to_owned(), "backup".to_owned())].into(),
         }),
         EventType::Started => Event::Started(Started {
             worker: "w-host1-7".into(),

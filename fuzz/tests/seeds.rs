@@ -46,6 +46,8 @@ fn events() -> Vec<Event> {
         Event::Queued(Queued {
             queue: QueueName::new("backups").unwrap(),
             priority: Priority::High,
+            kind: "shell".into(),
+            worker_labels: Default::default(),
         }),
         Event::Started(Started { worker: "w1".into() }),
         Event::Progress(Progress {

@@ -269,6 +269,8 @@ async fn replay(events: usize, runs: usize) -> anyhow::Result<Figure> {
                 Event::Queued(Queued {
                     queue: QueueName::default(),
                     priority: spec.priority,
+                    kind: spec.kind.clone(),
+                    worker_labels: Default::default(),
                 }),
             ),
             (

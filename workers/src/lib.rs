@@ -8,5 +8,9 @@
 #![warn(missing_docs)]
 
 pub mod attempt;
+pub mod executor;
+pub mod handler;
+pub mod runtime;
 
 pub use attempt::{Attempt, AttemptError, Claim};
+pub use handler::{Context, Handler, HandlerResult, Registry};

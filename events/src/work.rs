@@ -1,0 +1,79 @@
+//! Work items: what a worker pulls from `<p>.work.<queue>.<priority>.<exec>`.
+//!
+//! The engine's reactor publishes one work item for every `queued` event,
+//! with `Nats-Msg-Id` `<exec>:work:<attempt>` so a repeated reaction is
+//! dropped by the server. A work item is only a hint: the claim (an
+//! optimistic append of `started`) decides whether there is still work, so
+//! a duplicate or stale item is skipped and acknowledged.
+//!
+//! The item carries the kind and the required worker labels so a worker can
+//! apply its capacity rules and label filter before it reads the history.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::Queued;
+use crate::id::ExecutionId;
+
+/// The body of a work item (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct WorkItem {
+    /// The execution to claim.
+    pub execution: ExecutionId,
+    /// The attempt that was queued.
+    pub attempt: u32,
+    /// The task kind.
+    pub kind: String,
+    /// Labels the worker must carry.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub worker_labels: BTreeMap<String, String>,
+    /// The stream sequence of the `queued` event.
+    pub queued_seq: u64,
+}
+
+impl WorkItem {
+    /// The work item of a `queued` event stored at `seq`.
+    pub fn of(execution: ExecutionId, attempt: u32, queued: &Queued, seq: u64) -> Self {
+        WorkItem {
+            execution,
+            attempt,
+            kind: queued.kind.clone(),
+            worker_labels: queued.worker_labels.clone(),
+            queued_seq: seq,
+        }
+    }
+
+    /// Its `Nats-Msg-Id`.
+    pub fn msg_id(&self) -> String {
+        format!("{}:work:{}", self.execution, self.attempt)
+    }
+
+    /// Whether a worker with `labels` may take it: every required label
+    /// must be present with the same value.
+    pub fn accepts(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.worker_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_must_all_match() {
+        let item = WorkItem {
+            execution: ExecutionId::new("e1").unwrap(),
+            attempt: 1,
+            kind: "shell".into(),
+            worker_labels: [("pool".to_owned(), "backup".to_owned())].into(),
+            queued_seq: 7,
+        };
+        assert_eq!(item.msg_id(), "e1:work:1");
+        assert!(!item.accepts(&BTreeMap::new()));
+        assert!(item.accepts(&[("pool".to_owned(), "backup".to_owned())].into()));
+        assert!(!item.accepts(&[("pool".to_owned(), "eu".to_owned())].into()));
+    }
+}

@@ -1,0 +1,1 @@
+//! Built-in executors: `shell` and `http`, each a [`Handler`](crate::Handler).

@@ -1,0 +1,2 @@
+//! The worker runtime: priority consumption, capacity rules, liveness and
+//! graceful shutdown.
