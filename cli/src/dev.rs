@@ -11,11 +11,10 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use async_nats::jetstream;
 use chrono::Utc;
-use runlog_engine::{Intake, Submission};
+use runlog_engine::{Engine, EngineConfig};
 use runlog_events::event::Progress;
 use runlog_events::journal::Journal;
-use runlog_events::stream::Layout;
-use runlog_events::{Subjects, TaskSpec};
+use runlog_events::{ExecutionId, Status, Subjects};
 use runlog_testkit::NatsServer;
 use runlog_worker::{Attempt, Claim};
 
@@ -28,6 +27,9 @@ pub struct Args {
     /// Client port of the local nats-server (0 picks a free one).
     #[arg(long, env = "RUNLOG_NATS_PORT", default_value_t = 4222)]
     nats_port: u16,
+    /// Where the engine's HTTP API listens.
+    #[arg(long, env = "RUNLOG_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
     /// Run the demonstration and exit instead of keeping nats-server up.
     #[arg(long)]
     once: bool,
@@ -54,46 +56,47 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     })?;
     println!("nats-server  {}  (store {})", server.url(), store.display());
 
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut config = EngineConfig::default();
+    config.nats.urls = vec![server.url()];
+    config.listen = args.listen;
+    let engine = Engine::start(config, shutdown.clone()).await?;
+    let subjects = Subjects::default();
+    let projection = engine.projection().clone();
+    wait_until(|| projection.is_caught_up()).await?;
+    println!(
+        "engine       http://{}  (streams {}, {}, {}); the log holds {} executions from earlier runs",
+        engine.addr(),
+        subjects.exec_stream(),
+        subjects.logs_stream(),
+        subjects.dlq_stream(),
+        projection.len()
+    );
+
     let client = async_nats::connect(server.url())
         .await
         .with_context(|| format!("cannot reach NATS at {}", server.url()))?;
-    let js = jetstream::new(client);
-    let layout = Layout::default();
-    layout.ensure(&js).await?;
-    let subjects = Subjects::default();
-    let known = js
-        .get_stream(subjects.exec_stream())
-        .await?
-        .info()
-        .await?
-        .state
-        .messages;
-    println!(
-        "streams      {}, {}, {} ready; the log holds {known} events from earlier runs",
-        subjects.exec_stream(),
-        subjects.logs_stream(),
-        subjects.dlq_stream()
-    );
-
+    let js = jetstream::new(client.clone());
     let host = std::process::id();
-    let engine = Journal::new(
-        js.clone(),
-        subjects.clone(),
-        format!("/runlog/engine/dev-{host}"),
-    );
     let worker_journal = Journal::new(js, subjects.clone(), format!("/runlog/worker/dev-{host}"));
     let worker_id = format!("dev-worker-{host}");
 
-    let mut spec = TaskSpec::new("echo");
-    spec.input = serde_json::json!({ "message": args.message });
-    let accepted = Intake::new(engine)
-        .submit(Submission::new(spec), Utc::now())
-        .await?;
-    let exec = accepted.execution.clone();
-    println!(
-        "submitted    {exec} (kind echo) → {}",
-        accepted.state.status
-    );
+    let request = serde_json::json!({"kind": "echo", "input": {"message": args.message}});
+    let reply = client
+        .request(format!("{}.submit.default", subjects.prefix()), request.to_string().into())
+        .await
+        .context("the engine did not answer the submission")?;
+    let reply: serde_json::Value = serde_json::from_slice(&reply.payload)?;
+    let exec = ExecutionId::new(reply["id"].as_str().unwrap_or_default())
+        .with_context(|| format!("the engine refused the submission: {reply}"))?;
+    println!("submitted    {exec} (kind echo) → {}", reply["status"]);
+    loop {
+        let history = worker_journal.load(&exec).await?;
+        if history.state.status == Status::Queued {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 
     let attempt =
         match Attempt::claim(&worker_journal, &exec, &worker_id, false, Utc::now()).await? {
@@ -165,7 +168,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .context("cannot wait for Ctrl-C")?;
         println!("stopping");
     }
+    shutdown.cancel();
+    engine.wait().await;
     // A graceful stop lets the server flush its store.
     server.stop();
+    Ok(())
+}
+
+/// Waits (at most 30 s) for a condition the engine reaches by itself.
+async fn wait_until(mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ready() {
+        if tokio::time::Instant::now() > deadline {
+            bail!("the engine did not catch up with the log within 30 s");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     Ok(())
 }

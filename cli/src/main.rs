@@ -1,6 +1,7 @@
 //! `runlog`: the one binary. Parses the command line and runs a command.
 
 mod dev;
+mod engine;
 
 use clap::{Parser, Subcommand};
 
@@ -17,6 +18,8 @@ enum Cmd {
     /// Start a local nats-server and run one execution through the engine's
     /// intake, a worker's claim and a replay of its log.
     Dev(dev::Args),
+    /// Run the engine: intake, reactor, projections and the HTTP API.
+    Engine(engine::Args),
     /// Write the JSON Schema of every event and command (for clients in
     /// other languages).
     Schema {
@@ -38,6 +41,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Dev(args) => dev::run(args).await,
+        Cmd::Engine(args) => engine::run(args).await,
         Cmd::Schema { out } => write_schema(&out),
     };
     match result {

@@ -5,7 +5,7 @@ use std::process::Command;
 
 fn dev(data: &std::path::Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_runlog"))
-        .args(["dev", "--once", "--nats-port", "0", "--data-dir"])
+        .args(["dev", "--once", "--nats-port", "0", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
         .output()
         .expect("runlog runs");
@@ -23,7 +23,7 @@ fn dev_runs_one_execution_through_the_core_and_keeps_its_history() {
     let data = tempfile::tempdir().unwrap();
     let first = dev(data.path());
     assert!(
-        first.contains("the log holds 0 events from earlier runs"),
+        first.contains("the log holds 0 executions from earlier runs"),
         "{first}"
     );
     for line in [
@@ -45,7 +45,7 @@ fn dev_runs_one_execution_through_the_core_and_keeps_its_history() {
     // The store is kept: a second start finds the first run's events.
     let second = dev(data.path());
     assert!(
-        second.contains("the log holds 4 events from earlier runs"),
+        second.contains("the log holds 1 executions from earlier runs"),
         "{second}"
     );
 }

@@ -1,8 +1,20 @@
-//! Intake: from a submission to a queued execution.
+//! Intake: from a submission to a recorded execution.
 //!
-//! Every door (HTTP, NATS request/reply, a direct append) ends here, so the
-//! rules are checked once, by [`decide`](runlog_events::decide).
+//! The HTTP and NATS doors end here; the third door, a `submitted` event
+//! appended directly by any publisher, meets the same rules in the reactor.
+//! Intake records only `submitted` (one append, expecting sequence 0, so an
+//! execution is created exactly once); the reactor validates it again and
+//! queues it, for every door alike.
+//!
+//! Before the append, intake
+//! - **seals the environment**: values go to the `<p>-env` key-value bucket
+//!   under the execution id, and only their names are recorded
+//!   (`sealed_env`), so no event, log line or error ever holds a value;
+//! - **claims the idempotency key** with a create-only put in the
+//!   `<p>-idempotency` bucket: every submission with the same key gets the
+//!   execution of the first, long after JetStream's duplicate window.
 
+use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
 use runlog_events::decider::{self, Command, ExecutionState, Rejection};
 use runlog_events::journal::{AppendError, Journal, LoadError};
@@ -11,7 +23,7 @@ use runlog_events::{Envelope, ExecutionId, TaskSpec, TraceParent};
 /// A request to run a task.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Submission {
-    /// What to run.
+    /// What to run. Its `env` values are sealed, never recorded.
     pub spec: TaskSpec,
     /// The execution id to use; a UUIDv7 is generated when absent.
     pub execution: Option<ExecutionId>,
@@ -42,7 +54,8 @@ pub struct Accepted {
     pub state: ExecutionState,
     /// The sequence of its newest event.
     pub last_seq: u64,
-    /// The execution existed already: this submission was a duplicate.
+    /// The execution existed already: this submission was a duplicate (same
+    /// id, or same idempotency key).
     pub existing: bool,
 }
 
@@ -58,67 +71,172 @@ pub enum IntakeError {
     /// The log could not be read.
     #[error(transparent)]
     Load(#[from] LoadError),
+    /// A key-value bucket (sealed environments, idempotency keys) failed.
+    #[error("cannot {0}; is the NATS server reachable?")]
+    Store(String),
+}
+
+impl IntakeError {
+    /// A stable code for the API.
+    pub fn code(&self) -> &'static str {
+        match self {
+            IntakeError::Rejected(r) => r.code(),
+            IntakeError::Append(AppendError::Conflict { .. }) => "conflict",
+            IntakeError::Append(_) | IntakeError::Load(_) | IntakeError::Store(_) => {
+                "unavailable"
+            }
+        }
+    }
 }
 
 /// Records submissions in the execution log.
 #[derive(Debug, Clone)]
 pub struct Intake {
     journal: Journal,
+    env: kv::Store,
+    idempotency: kv::Store,
 }
 
 impl Intake {
-    /// Intake on `journal`.
-    pub fn new(journal: Journal) -> Self {
-        Intake { journal }
+    /// Intake on `journal`, sealing environments in `env` and claiming
+    /// idempotency keys in `idempotency`.
+    pub fn new(journal: Journal, env: kv::Store, idempotency: kv::Store) -> Self {
+        Intake {
+            journal,
+            env,
+            idempotency,
+        }
     }
 
-    /// Records `submission` as `submitted` then `queued` for attempt 1.
+    /// The journal it appends through.
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// Records `submission` as `submitted`; the reactor queues it.
     ///
-    /// A second submission with the same execution id returns the existing
-    /// execution (`existing: true`) and records nothing.
+    /// A submission whose id or idempotency key was seen before returns the
+    /// existing execution (`existing: true`) and records nothing.
     pub async fn submit(
         &self,
         submission: Submission,
         now: DateTime<Utc>,
     ) -> Result<Accepted, IntakeError> {
-        let execution = submission
-            .execution
-            .clone()
-            .unwrap_or_else(ExecutionId::generate);
+        let Submission {
+            mut spec,
+            execution,
+            correlation_id,
+            traceparent,
+        } = submission;
+        // Validate before touching any store; names are checked here, values
+        // never leave this function except into the env bucket.
+        let env = std::mem::take(&mut spec.env);
+        if !env.is_empty() {
+            spec.sealed_env = env.keys().cloned().collect();
+        }
+        spec.validate_recorded().map_err(Rejection::Invalid)?;
+        let mut execution = execution.unwrap_or_else(ExecutionId::generate);
+        if let Some(key) = &spec.idempotency_key {
+            execution = self.claim_key(key, execution).await?;
+        }
+        if !env.is_empty() {
+            let sealed = serde_json::to_vec(&env).expect("a string map always serialises");
+            self.env
+                .put(execution.as_str(), sealed.into())
+                .await
+                .map_err(|e| IntakeError::Store(format!("seal the task environment ({e})")))?;
+        }
+        let facts = decider::decide(&Command::Submit { spec }, &ExecutionState::default(), now)?;
         let mut state = ExecutionState::default();
         let mut last_seq = 0;
-        let spec = submission.spec.clone();
-        for command in [Command::Submit { spec }, Command::Enqueue] {
-            for fact in decider::decide(&command, &state, now)? {
-                let mut envelope = Envelope::new(
-                    execution.clone(),
-                    fact.attempt,
-                    now,
-                    self.journal.source(),
-                    fact.event,
-                );
-                envelope.correlation_id = submission.correlation_id.clone();
-                envelope.traceparent = submission.traceparent.clone();
-                let appended = self.journal.append(last_seq, &envelope).await?;
-                if appended.duplicate && matches!(command, Command::Submit { .. }) {
-                    let history = self.journal.load(&execution).await?;
-                    return Ok(Accepted {
-                        execution,
-                        state: history.state,
-                        last_seq: history.last_seq,
-                        existing: true,
-                    });
+        for fact in facts {
+            let mut envelope = Envelope::new(
+                execution.clone(),
+                fact.attempt,
+                now,
+                self.journal.source(),
+                fact.event,
+            );
+            envelope.correlation_id = correlation_id.clone();
+            envelope.traceparent = traceparent.clone();
+            let appended = match self.journal.append(last_seq, &envelope).await {
+                Ok(appended) if !appended.duplicate => appended,
+                // Our own retry, another door, or a second submission of
+                // the same id or key: the execution exists.
+                Ok(_) | Err(AppendError::Conflict { .. }) => {
+                    return self.existing(execution).await;
                 }
-                last_seq = appended.seq;
-                state = decider::evolve(state, &envelope);
-            }
+                Err(e) => return Err(e.into()),
+            };
+            last_seq = appended.seq;
+            state = decider::evolve(state, &envelope);
         }
-        tracing::debug!(%execution, "submitted and queued");
+        tracing::debug!(%execution, "submitted");
         Ok(Accepted {
             execution,
             state,
             last_seq,
             existing: false,
         })
+    }
+
+    /// The execution that owns idempotency `key`: `candidate` if this
+    /// submission is the first with the key.
+    async fn claim_key(
+        &self,
+        key: &str,
+        candidate: ExecutionId,
+    ) -> Result<ExecutionId, IntakeError> {
+        let store_key = key_of(key);
+        match self
+            .idempotency
+            .create(&store_key, candidate.as_str().to_owned().into())
+            .await
+        {
+            Ok(_) => Ok(candidate),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let owner = self
+                    .idempotency
+                    .get(&store_key)
+                    .await
+                    .map_err(|e| IntakeError::Store(format!("read an idempotency key ({e})")))?
+                    .and_then(|v| ExecutionId::new(String::from_utf8_lossy(&v)).ok());
+                // The key was claimed but its owner may not have recorded
+                // the execution yet (or died first): submitting under the
+                // owner's id is still exactly-once (expected sequence 0).
+                Ok(owner.unwrap_or(candidate))
+            }
+            Err(e) => Err(IntakeError::Store(format!(
+                "claim an idempotency key ({e})"
+            ))),
+        }
+    }
+
+    async fn existing(&self, execution: ExecutionId) -> Result<Accepted, IntakeError> {
+        let history = self.journal.load(&execution).await?;
+        Ok(Accepted {
+            execution,
+            state: history.state,
+            last_seq: history.last_seq,
+            existing: true,
+        })
+    }
+}
+
+/// A bucket key for any caller key: hex of its bytes (keys may hold any
+/// character; bucket keys may not).
+fn key_of(key: &str) -> String {
+    use std::fmt::Write;
+    key.bytes().fold(String::with_capacity(key.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn any_key_becomes_a_bucket_key() {
+        assert_eq!(super::key_of("a b/ü"), "6120622fc3bc");
     }
 }

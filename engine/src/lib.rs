@@ -1,17 +1,32 @@
-//! The runlog engine: the only component that turns a caller's request into
-//! the first events of an execution.
+//! The runlog engine: the component that turns requests into the first
+//! events of an execution, reacts to every event, and serves the read side.
 //!
-//! - [`intake`]: a submission is checked by the core's `decide`, recorded as
-//!   `submitted` with an expected sequence of 0 (so an execution is created
-//!   exactly once), and queued for its first attempt.
+//! - [`intake`]: a submission is checked by the core's `decide`, its
+//!   environment sealed, its idempotency key claimed, and it is recorded as
+//!   `submitted` (created exactly once). [`submit`] is its NATS door, the
+//!   [`api`] its HTTP door.
+//! - [`reactor`]: a durable consumer that turns events into consequences:
+//!   queueing and dispatch, retries and deadlines held as broker schedules,
+//!   dead letters, cancel signals.
 //! - [`projection`]: the log folded into an in-memory read model that can be
-//!   thrown away and rebuilt by replay.
-//!
-//! The reactor and the HTTP API grow here next, on the same journal.
+//!   thrown away and rebuilt by replay; [`live`] fans stored events out to
+//!   SSE clients.
+//! - [`api`]: HTTP JSON, problem+json errors, Server-Sent Events.
+//! - [`engine`] puts them together under one shutdown token; [`config`]
+//!   describes it.
 #![warn(missing_docs)]
 
+pub mod api;
+pub mod config;
+pub mod engine;
 pub mod intake;
+pub mod live;
 pub mod projection;
+pub mod reactor;
+pub mod submit;
 
+pub use config::{EngineConfig, NatsConfig};
+pub use engine::{Engine, EngineError};
 pub use intake::{Accepted, Intake, IntakeError, Submission};
 pub use projection::Projection;
+pub use reactor::Reactor;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use async_nats::jetstream;
 use chrono::Utc;
-use runlog_engine::{Intake, Projection, Submission};
+use runlog_engine::Projection;
 use runlog_events::decider::Command;
 use runlog_events::journal::Journal;
 use runlog_events::stream::Layout;
@@ -40,15 +40,16 @@ async fn a_replayed_projection_equals_a_fresh_fold_of_every_execution() -> Resul
     let js = jetstream::new(async_nats::connect(server.url()).await?);
     Layout::default().ensure(&js).await?;
     let journal = Journal::new(js.clone(), Subjects::default(), "/test");
-    let intake = Intake::new(journal.clone());
 
     // Executions left in different states.
     let mut ids: Vec<ExecutionId> = Vec::new();
     for i in 0..30 {
-        let exec = intake
-            .submit(Submission::new(TaskSpec::new("shell")), Utc::now())
-            .await?
-            .execution;
+        let exec = ExecutionId::generate();
+        let submit = Command::Submit {
+            spec: TaskSpec::new("shell"),
+        };
+        journal.transition(&exec, &submit, Utc::now()).await?;
+        journal.transition(&exec, &Command::Enqueue, Utc::now()).await?;
         let claim = Command::Claim {
             worker: "w1".into(),
             redelivered: false,

@@ -18,7 +18,7 @@
 //!     1,
 //!     chrono::Utc::now(),
 //!     "/runlog/worker/w1",
-//!     Event::Started(Started { worker: "w1".into() }),
+//!     Event::Started(Started { worker: "w1".into(), deadline: None }),
 //! );
 //! let (headers, body) = codec::encode(&env, Format::MessagePack).unwrap();
 //! let back = codec::decode(&headers, &body, &Limits::default()).unwrap();

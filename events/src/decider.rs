@@ -54,7 +54,20 @@ use crate::id::{ExecutionId, validate_token};
 use crate::spec::{ErrorClass, FieldError, RetryPolicy, TaskError, TaskSpec};
 
 /// Where an execution is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Nothing recorded yet.
@@ -150,6 +163,9 @@ pub struct ExecutionState {
     pub submitted_at: Option<DateTime<Utc>>,
     /// When the current attempt started.
     pub started_at: Option<DateTime<Utc>>,
+    /// When the current attempt must end, if it has a deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_deadline: Option<DateTime<Utc>>,
     /// When the execution reached a terminal state.
     pub finished_at: Option<DateTime<Utc>>,
 }
@@ -282,10 +298,11 @@ fn transition(mut s: ExecutionState, env: &Envelope) -> ExecutionState {
             s.attempt = env.attempt;
             s.retry_at = None;
         }
-        Event::Started(Started { worker }) => {
+        Event::Started(Started { worker, deadline }) => {
             s.status = Status::Running;
             s.worker = Some(worker.clone());
             s.started_at = Some(env.time);
+            s.attempt_deadline = *deadline;
             s.progress = None;
         }
         Event::Progress(p) => {
@@ -618,6 +635,7 @@ pub fn decide(
                 a,
                 Event::Started(Started {
                     worker: worker.clone(),
+                    deadline: attempt_deadline(state, now),
                 }),
             )],
             // A first delivery that finds the attempt running lost a race
@@ -642,6 +660,7 @@ pub fn decide(
                         a.saturating_add(1),
                         Event::Started(Started {
                             worker: worker.clone(),
+                            deadline: attempt_deadline(state, now),
                         }),
                     ),
                 ]
@@ -774,6 +793,11 @@ pub fn decide(
             )]
         }
     })
+}
+
+fn attempt_deadline(state: &ExecutionState, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let ms = state.spec.as_ref()?.attempt_timeout_ms?;
+    now.checked_add_signed(TimeDelta::milliseconds(i64::try_from(ms).ok()?))
 }
 
 fn command_name(command: &Command) -> &'static str {

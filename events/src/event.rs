@@ -81,6 +81,11 @@ pub struct Queued {
 pub struct Started {
     /// The worker that claimed the attempt.
     pub worker: String,
+    /// When the attempt must end (its start plus the spec's
+    /// `attempt_timeout_ms`): the worker stops it then, and the engine
+    /// records `timed_out` if the worker cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<DateTime<Utc>>,
 }
 
 /// Body of [`Event::Progress`].

@@ -23,7 +23,6 @@ use std::time::Duration;
 use async_nats::jetstream::Context;
 use async_nats::jetstream::context::PublishErrorKind;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 
 use crate::codec::{self, DecodeError, EncodeError, Format, Limits};
 use crate::decider::{self, Command, ExecutionState, Rejection};
@@ -40,10 +39,6 @@ pub const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Seq
 
 /// How long transient publish failures (timeouts, elections) are retried.
 const RETRY_HORIZON: Duration = Duration::from_secs(15);
-/// Events per direct-get batch when loading a history.
-const LOAD_BATCH: usize = 1_000;
-/// How long one direct-get batch may take.
-const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many times [`Journal::transition`] re-folds after losing a race.
 const MAX_CONFLICTS: usize = 16;
 
@@ -277,64 +272,22 @@ impl Journal {
             execution: execution.clone(),
             reason,
         };
-        let client = self.js.client();
-        let api = format!("$JS.API.DIRECT.GET.{}", self.subjects.exec_stream());
         let filter = self.subjects.execution_events(execution);
         let mut history = History::default();
-        let mut next = 1u64;
-        loop {
-            let inbox = client.new_inbox();
-            let mut replies = client
-                .subscribe(inbox.clone())
-                .await
-                .map_err(|e| fail(e.to_string()))?;
-            let request = serde_json::json!({
-                "seq": next,
-                "next_by_subj": filter,
-                "batch": LOAD_BATCH,
-            });
-            client
-                .publish_with_reply(api.clone(), inbox, request.to_string().into())
-                .await
-                .map_err(|e| fail(e.to_string()))?;
-            let mut more = false;
-            loop {
-                let reply = tokio::time::timeout(LOAD_TIMEOUT, replies.next())
-                    .await
-                    .map_err(|_| fail("the server did not answer the direct get".into()))?
-                    .ok_or_else(|| fail("the connection closed during the direct get".into()))?;
-                match reply.status.map(|s| s.as_u16()) {
-                    // End of batch: more may follow.
-                    Some(204) => {
-                        more = header_u64(reply.headers.as_ref(), "Nats-Num-Pending") > 0;
-                        break;
-                    }
-                    // Nothing (more) matches.
-                    Some(404) => break,
-                    Some(code) if code >= 300 => {
-                        return Err(fail(format!(
-                            "direct get answered {code} {}; the stream needs allow_direct",
-                            reply.description.unwrap_or_default()
-                        )));
-                    }
-                    _ => {}
-                }
-                let empty = async_nats::HeaderMap::new();
-                let headers = reply.headers.as_ref().unwrap_or(&empty);
-                let seq = header_u64(Some(headers), "Nats-Sequence");
-                if seq < next {
-                    return Err(fail(format!(
-                        "direct get returned sequence {seq}, expected >= {next}"
-                    )));
-                }
-                next = seq + 1;
-                history.last_seq = seq;
-                self.fold_into(&mut history, seq, headers, &reply.payload);
-            }
-            if !more {
-                return Ok(history);
-            }
-        }
+        crate::direct::read(
+            &self.js.client(),
+            &self.subjects.exec_stream(),
+            &filter,
+            1,
+            usize::MAX,
+            |stored| {
+                history.last_seq = stored.seq;
+                self.fold_into(&mut history, stored.seq, &stored.headers, &stored.payload);
+            },
+        )
+        .await
+        .map_err(|e| fail(e.reason))?;
+        Ok(history)
     }
 
     fn fold_into(
@@ -443,12 +396,6 @@ fn transient(kind: PublishErrorKind) -> bool {
     )
 }
 
-fn header_u64(headers: Option<&async_nats::HeaderMap>, name: &str) -> u64 {
-    headers
-        .and_then(|h| h.get(name))
-        .and_then(|v| v.as_str().parse().ok())
-        .unwrap_or(0)
-}
 
 fn describe(e: &DecodeError) -> String {
     format!("undecodable event ({:?}): {e}", e.kind())

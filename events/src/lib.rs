@@ -19,6 +19,7 @@
 
 pub mod codec;
 pub mod decider;
+pub mod direct;
 pub mod envelope;
 pub mod event;
 pub mod id;

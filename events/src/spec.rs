@@ -238,11 +238,11 @@ pub struct TaskSpec {
     pub secrets: BTreeMap<String, String>,
     /// Deadline of one attempt, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 31_622_400_000u64))]
     pub attempt_timeout_ms: Option<u64>,
     /// Deadline of the whole execution from submission, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 31_622_400_000u64))]
     pub timeout_ms: Option<u64>,
     /// Retry policy.
     #[serde(default)]
@@ -256,6 +256,7 @@ pub struct TaskSpec {
     /// Caller-chosen key: every submission with the same key gets the same
     /// execution.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
     pub idempotency_key: Option<String>,
     /// Do not dispatch before this instant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -267,6 +268,10 @@ pub struct TaskSpec {
 
 /// Limits checked by [`TaskSpec::validate`].
 pub const MAX_KIND_LEN: usize = 128;
+/// The longest deadline a spec may state: a year (366 days), in milliseconds.
+pub const MAX_TIMEOUT_MS: u64 = 366 * 24 * 3600 * 1000;
+/// The longest idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 256;
 
 /// A field of a [`TaskSpec`] that is invalid, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, thiserror::Error)]
@@ -328,6 +333,19 @@ impl TaskSpec {
         }
         if self.timeout_ms == Some(0) {
             return bad("timeout_ms", "must be positive");
+        }
+        if self.attempt_timeout_ms.is_some_and(|ms| ms > MAX_TIMEOUT_MS) {
+            return bad("attempt_timeout_ms", "must be at most a year (31622400000)");
+        }
+        if self.timeout_ms.is_some_and(|ms| ms > MAX_TIMEOUT_MS) {
+            return bad("timeout_ms", "must be at most a year (31622400000)");
+        }
+        if self
+            .idempotency_key
+            .as_ref()
+            .is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_LEN)
+        {
+            return bad("idempotency_key", "must be 1 to 256 bytes");
         }
         if let Some(name) = self
             .env

@@ -41,6 +41,10 @@ pub const TELEMETRY_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const TELEMETRY_MAX_PER_SUBJECT: i64 = 100_000;
 /// How long dead-letter advisories are kept.
 pub const DLQ_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How long a sealed task environment outlives its submission at most.
+pub const ENV_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long an idempotency key keeps answering with its execution.
+pub const IDEMPOTENCY_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The stream and consumer layout of one installation.
 #[derive(Debug, Clone)]
@@ -134,6 +138,11 @@ impl Layout {
             max_message_size: message_size_limit(),
             allow_direct: true,
             allow_message_ttl: true,
+            republish: Some(stream::Republish {
+                source: format!("{}.log.>", s.prefix()),
+                destination: format!("{}.live.log.>", s.prefix()),
+                headers_only: false,
+            }),
             ..Default::default()
         }
     }
@@ -190,6 +199,44 @@ impl Layout {
             self.ensure_stream(js, config).await?;
         }
         Ok(())
+    }
+
+    /// The key-value bucket of sealed task environments, created if missing.
+    pub async fn env_bucket(&self, js: &Context) -> Result<jetstream::kv::Store, LayoutError> {
+        self.bucket(js, self.subjects.env_bucket(), ENV_MAX_AGE).await
+    }
+
+    /// The key-value bucket of idempotency keys, created if missing.
+    pub async fn idempotency_bucket(
+        &self,
+        js: &Context,
+    ) -> Result<jetstream::kv::Store, LayoutError> {
+        self.bucket(js, self.subjects.idempotency_bucket(), IDEMPOTENCY_MAX_AGE)
+            .await
+    }
+
+    async fn bucket(
+        &self,
+        js: &Context,
+        bucket: String,
+        max_age: Duration,
+    ) -> Result<jetstream::kv::Store, LayoutError> {
+        if let Ok(store) = js.get_key_value(&bucket).await {
+            return Ok(store);
+        }
+        js.create_key_value(jetstream::kv::Config {
+            bucket: bucket.clone(),
+            history: 1,
+            max_age,
+            storage: self.storage,
+            num_replicas: self.replicas,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| LayoutError::Api {
+            stream: format!("KV_{bucket}"),
+            source: e.into(),
+        })
     }
 
     /// Creates the dispatch consumer of `queue` at `priority` if missing,

@@ -99,6 +99,12 @@ impl Subjects {
         format!("{}.live.ev.{exec}.>", self.prefix)
     }
 
+    /// The live feed of one execution's log lines (the logs stream's
+    /// RePublish, with `Nats-Sequence`).
+    pub fn live_log(&self, exec: &ExecutionId) -> String {
+        format!("{}.live.log.{exec}", self.prefix)
+    }
+
     /// The work item of `exec` on `queue` at `priority`.
     pub fn dispatch(&self, queue: &QueueName, priority: Priority, exec: &ExecutionId) -> String {
         format!("{}.work.{queue}.{priority}.{exec}", self.prefix)

@@ -16,6 +16,7 @@ fn started() -> Envelope {
         "/runlog/worker/w1",
         Event::Started(Started {
             worker: "w1".into(),
+            deadline: None,
         }),
     );
     env.correlation_id = Some("order-42".into());

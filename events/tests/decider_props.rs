@@ -224,7 +224,8 @@ fn arb_event() -> impl Strategy<Value = Event> {
             worker_labels: Default::default(),
         })),
         (0u8..3).prop_map(|w| Event::Started(Started {
-            worker: format!("w{w}")
+            worker: format!("w{w}"),
+            deadline: None,
         })),
         Just(Event::Progress(Progress {
             percent: Some(f32::NAN),

@@ -223,6 +223,7 @@ fn example(ty: EventType) -> Event {
         }),
         EventType::Started => Event::Started(Started {
             worker: "w-host1-7".into(),
+            deadline: None,
         }),
         EventType::Progress => Event::Progress(Progress {
             percent: Some(42.5),

@@ -49,7 +49,7 @@ fn events() -> Vec<Event> {
             kind: "shell".into(),
             worker_labels: Default::default(),
         }),
-        Event::Started(Started { worker: "w1".into() }),
+        Event::Started(Started { worker: "w1".into(), deadline: None }),
         Event::Progress(Progress {
             percent: Some(42.5),
             message: Some("copying".into()),

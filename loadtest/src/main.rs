@@ -22,10 +22,9 @@ use bytes::Bytes;
 use chrono::Utc;
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
-use runlog_engine::{Intake, Submission};
 use runlog_events::journal::Journal;
 use runlog_events::stream::Layout;
-use runlog_events::{Subjects, TaskSpec};
+use runlog_events::{Command, ExecutionId, Subjects, TaskSpec};
 use runlog_testkit::NatsServer;
 use runlog_worker::{Attempt, Claim};
 use tokio::sync::Semaphore;
@@ -205,21 +204,24 @@ async fn lifecycle_cycle(server: &NatsServer, args: &Args) -> anyhow::Result<Fig
     let engine_js = jetstream::new(async_nats::connect(server.url()).await?);
     let worker_js = jetstream::new(async_nats::connect(server.url()).await?);
     Layout::default().ensure(&engine_js).await?;
-    let intake = Intake::new(Journal::new(
-        engine_js,
-        Subjects::default(),
-        "/loadtest/engine",
-    ));
+    let engine = Journal::new(engine_js, Subjects::default(), "/loadtest/engine");
     let worker = Journal::new(worker_js, Subjects::default(), "/loadtest/worker");
     let mut spec = TaskSpec::new("noop");
     spec.input = serde_json::json!({ "payload": "x".repeat(80) });
     let started = Instant::now();
     futures::stream::iter(0..args.n)
         .map(|_| {
-            let (intake, worker, spec) = (&intake, &worker, spec.clone());
+            let (engine, worker, spec) = (&engine, &worker, spec.clone());
             async move {
-                let accepted = intake.submit(Submission::new(spec), Utc::now()).await?;
-                let exec = accepted.execution;
+                // Submit and queue as the engine's intake and reactor do,
+                // without their hops: the core's cost alone.
+                let exec = ExecutionId::generate();
+                let history = engine
+                    .transition(&exec, &Command::Submit { spec }, Utc::now())
+                    .await?;
+                engine
+                    .advance(&exec, history, &Command::Enqueue, Utc::now())
+                    .await?;
                 match Attempt::claim(worker, &exec, "w1", false, Utc::now()).await? {
                     Claim::Started(attempt) => {
                         attempt.succeed(serde_json::Value::Null, Utc::now()).await?;
@@ -277,6 +279,7 @@ async fn replay(events: usize, runs: usize) -> anyhow::Result<Figure> {
                 1,
                 Event::Started(Started {
                     worker: "w1".into(),
+                    deadline: None,
                 }),
             ),
             (

@@ -6,12 +6,16 @@
 //! attempt, recording the lost one. Results are appended against the
 //! newest sequence the worker has seen, so a result can never land after a
 //! cancel that was recorded in between.
+//!
+//! While it runs, a [`Reporter`] publishes the attempt's telemetry
+//! (progress, log batches, heartbeats) on the telemetry subjects, outside
+//! the concurrency check. [`Attempt::finish`] records how it ended.
 
 use chrono::{DateTime, Utc};
 use runlog_events::decider::{Command, Rejection, Status};
-use runlog_events::event::Progress;
+use runlog_events::event::{Heartbeat, LogBatch, Progress};
 use runlog_events::journal::{History, Journal, TransitionError};
-use runlog_events::{Envelope, ExecutionId, TaskError, TaskSpec};
+use runlog_events::{Envelope, ErrorClass, Event, ExecutionId, TaskError, TaskSpec};
 
 /// The outcome of a claim.
 #[derive(Debug)]
@@ -37,6 +41,19 @@ pub enum AttemptError {
     /// The claimed execution has no spec (its submission was never recorded).
     #[error("execution {0} has no recorded submission")]
     NoSpec(ExecutionId),
+}
+
+/// How an attempt ended, as the worker saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The handler returned an output.
+    Succeeded(serde_json::Value),
+    /// The handler returned an error.
+    Failed(TaskError),
+    /// The worker stopped the attempt after a cancel signal.
+    Cancelled,
+    /// The attempt ran past its deadline and was stopped.
+    TimedOut,
 }
 
 /// A claimed, running attempt.
@@ -122,6 +139,22 @@ impl Attempt {
         &self.spec
     }
 
+    /// The history as of the claim (or the newest append of this worker).
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// A handle that publishes this attempt's telemetry; it can outlive
+    /// the borrow of the attempt (the runtime moves it into a task).
+    pub fn reporter(&self) -> Reporter {
+        Reporter {
+            journal: self.journal.clone(),
+            execution: self.execution.clone(),
+            number: self.number,
+            worker: self.worker.clone(),
+        }
+    }
+
     /// Reports progress on the telemetry subject (no concurrency check:
     /// progress never changes the execution's state).
     pub async fn progress(
@@ -129,18 +162,7 @@ impl Attempt {
         progress: Progress,
         now: DateTime<Utc>,
     ) -> Result<(), AttemptError> {
-        let envelope = Envelope::new(
-            self.execution.clone(),
-            self.number,
-            now,
-            self.journal.source(),
-            runlog_events::Event::Progress(progress),
-        );
-        self.journal
-            .append_telemetry(&envelope)
-            .await
-            .map_err(|e| AttemptError::Transition(e.into()))?;
-        Ok(())
+        self.reporter().progress(progress, now).await
     }
 
     /// Records success with `output`.
@@ -165,11 +187,145 @@ impl Attempt {
         self.record(command, now).await
     }
 
+    /// Records that the attempt stopped after a cancel request.
+    pub async fn confirm_cancel(self, now: DateTime<Utc>) -> Result<History, AttemptError> {
+        let command = Command::ConfirmCancel {
+            attempt: self.number,
+        };
+        self.record(command, now).await
+    }
+
+    /// Records that the attempt ran past its deadline.
+    pub async fn time_out(self, now: DateTime<Utc>) -> Result<History, AttemptError> {
+        let command = Command::TimeOutAttempt {
+            attempt: self.number,
+        };
+        self.record(command, now).await
+    }
+
+    /// Records `outcome`, following the rules where the log knows better
+    /// than the worker:
+    ///
+    /// - a result refused because a cancel was recorded meanwhile (the
+    ///   signal was missed) is recorded as `cancelled` instead;
+    /// - a cancel signal without a recorded request (a foreign publish on
+    ///   the cancel subject) stopped the task all the same: it is recorded
+    ///   as a failure of class `cancelled`.
+    ///
+    /// Any other refusal means the attempt is no longer this worker's (it
+    /// was declared lost, or the execution ended): the caller drops it.
+    pub async fn finish(
+        self,
+        outcome: Outcome,
+        now: DateTime<Utc>,
+    ) -> Result<History, AttemptError> {
+        let attempt = self.number;
+        let command = match &outcome {
+            Outcome::Succeeded(output) => Command::Succeed {
+                attempt,
+                output: output.clone(),
+            },
+            Outcome::Failed(error) => Command::Fail {
+                attempt,
+                error: error.clone(),
+            },
+            Outcome::Cancelled => Command::ConfirmCancel { attempt },
+            Outcome::TimedOut => Command::TimeOutAttempt { attempt },
+        };
+        let fallback = match self.try_record(&command, now).await {
+            Ok(history) => return Ok(history),
+            Err(TransitionError::Rejected(Rejection::CancelRequested)) => {
+                Command::ConfirmCancel { attempt }
+            }
+            Err(TransitionError::Rejected(Rejection::WrongStatus {
+                status: Status::Running,
+                ..
+            })) if matches!(outcome, Outcome::Cancelled) => Command::Fail {
+                attempt,
+                error: TaskError::new(
+                    ErrorClass::Cancelled,
+                    "stopped by a cancel signal that has no recorded cancel request",
+                ),
+            },
+            Err(e) => return Err(e.into()),
+        };
+        self.record(fallback, now).await
+    }
+
+    async fn try_record(
+        &self,
+        command: &Command,
+        now: DateTime<Utc>,
+    ) -> Result<History, TransitionError> {
+        self.journal
+            .advance(&self.execution, self.history.clone(), command, now)
+            .await
+    }
+
     /// Appends the result against the newest sequence seen at the claim.
     async fn record(self, command: Command, now: DateTime<Utc>) -> Result<History, AttemptError> {
         Ok(self
             .journal
             .advance(&self.execution, self.history, &command, now)
             .await?)
+    }
+}
+
+/// Publishes the telemetry of one attempt: progress, log batches and
+/// heartbeats. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Reporter {
+    journal: Journal,
+    execution: ExecutionId,
+    number: u32,
+    worker: String,
+}
+
+impl Reporter {
+    /// The execution.
+    pub fn execution(&self) -> &ExecutionId {
+        &self.execution
+    }
+
+    /// The attempt number.
+    pub fn number(&self) -> u32 {
+        self.number
+    }
+
+    /// Publishes the attempt's progress.
+    pub async fn progress(
+        &self,
+        progress: Progress,
+        now: DateTime<Utc>,
+    ) -> Result<(), AttemptError> {
+        self.publish(Event::Progress(progress), now).await
+    }
+
+    /// Publishes a batch of log lines.
+    pub async fn log(&self, batch: LogBatch, now: DateTime<Utc>) -> Result<(), AttemptError> {
+        self.publish(Event::Log(batch), now).await
+    }
+
+    /// Publishes that this worker still runs the attempt.
+    pub async fn heartbeat(&self, now: DateTime<Utc>) -> Result<(), AttemptError> {
+        let beat = Heartbeat {
+            worker: self.worker.clone(),
+        };
+        self.publish(Event::Heartbeat(beat), now).await
+    }
+
+    async fn publish(&self, event: Event, now: DateTime<Utc>) -> Result<(), AttemptError> {
+        let envelope = Envelope::new(
+            self.execution.clone(),
+            self.number,
+            now,
+            self.journal.source(),
+            event,
+        );
+        self.journal
+            .append_telemetry(&envelope)
+            .await
+            .map_err(|e| AttemptError::Transition(e.into()))?;
+        Ok(())
     }
 }

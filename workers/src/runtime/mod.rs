@@ -1,2 +1,464 @@
 //! The worker runtime: priority consumption, capacity rules, liveness and
 //! graceful shutdown.
+//!
+//! [`Worker::run`] (or [`run`]) connects the pieces:
+//!
+//! - [`fetch`] pulls work items from the shared durable consumers of the
+//!   worker's queues, `high` before `normal` before `low`, with an aging
+//!   rule so lower levels never starve;
+//! - [`capacity`] counts slots, per-kind limits and exclusive kinds, and
+//!   `dispatch` (the worker's one loop) decides for each fetched item:
+//!   start, wait in the worker, or hand back;
+//! - `execution` runs one item: claim, [`environment`], handler under a
+//!   cancel signal and deadline, result, ack;
+//! - [`telemetry`] publishes progress, log batches and heartbeats of
+//!   running attempts;
+//! - [`liveness`] keeps the worker's entry in the registry bucket and its
+//!   held items alive with in-progress acks;
+//! - [`guard`] pauses fetching while the host is overloaded.
+//!
+//! Shutdown is one [`CancellationToken`]: fetching stops, running attempts
+//! get `drain_timeout` to finish, the rest are stopped and their items
+//! handed back for another worker at once. `docs/workers.md` is the user
+//! guide.
+//!
+//! # Examples
+//! ```no_run
+//! use runlog_worker::Registry;
+//! use runlog_worker::runtime::{self, WorkerConfig};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # async fn example() -> Result<(), runtime::WorkerError> {
+//! let config = WorkerConfig {
+//!     queues: vec!["backups".parse().unwrap()],
+//!     ..WorkerConfig::default()
+//! };
+//! let shutdown = CancellationToken::new();
+//! runtime::run(config, Registry::new(), shutdown).await
+//! # }
+//! ```
+
+pub mod capacity;
+mod dispatch;
+pub mod environment;
+mod execution;
+pub mod fetch;
+pub mod guard;
+pub mod liveness;
+pub mod telemetry;
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use chrono::Utc;
+use runlog_events::id::validate_token;
+use runlog_events::journal::Journal;
+use runlog_events::stream::{Layout, LayoutError};
+use runlog_events::{Priority, QueueName, Subjects};
+use tokio::sync::{OnceCell, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use capacity::{CapacityRule, CapacityRuleError};
+pub use environment::{EnvSecrets, SecretSource};
+pub use guard::{GuardConfig, ResourceProbe, SystemProbe, Usage};
+pub use liveness::{RunningAttempt, WorkerEntry};
+pub use telemetry::TelemetryConfig;
+
+use crate::handler::Registry;
+
+/// Everything that configures one worker.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The NATS server(s), comma-separated.
+    pub nats_url: String,
+    /// The installation's subject prefix.
+    pub prefix: String,
+    /// The worker id: 1–64 of `[A-Za-z0-9_-]`.
+    pub id: String,
+    /// The queues to take work from.
+    pub queues: Vec<QueueName>,
+    /// Attempts run at once.
+    pub concurrency: NonZeroUsize,
+    /// Labels a task may require (`pool=eu`).
+    pub labels: BTreeMap<String, String>,
+    /// Per-kind limits and exclusive kinds.
+    pub capacity: Vec<CapacityRule>,
+    /// How often the registry entry and running attempts' heartbeats are
+    /// written.
+    pub heartbeat: Duration,
+    /// `ack_wait` of the dispatch consumers this worker creates. An existing
+    /// consumer keeps its own; in-progress acks follow the consumer's value.
+    pub ack_wait: Duration,
+    /// How long running attempts may finish after shutdown is requested.
+    pub drain_timeout: Duration,
+    /// How long a handler may take to stop once its token is cancelled.
+    pub cancel_grace: Duration,
+    /// How long an idle long poll waits at the server.
+    pub poll_expires: Duration,
+    /// Every `aging_every`-th pick starts one priority level lower (≥ 2).
+    pub aging_every: u32,
+    /// Base delay of a NAK for an item this worker cannot take.
+    pub nak_delay: Duration,
+    /// When fetching pauses for the host's sake.
+    pub guard: GuardConfig,
+    /// How telemetry is paced (its `heartbeat` follows [`Self::heartbeat`]).
+    pub telemetry: TelemetryConfig,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            nats_url: "nats://127.0.0.1:4222".to_owned(),
+            prefix: runlog_events::subject::DEFAULT_PREFIX.to_owned(),
+            id: generate_id(),
+            queues: vec![QueueName::default()],
+            concurrency: NonZeroUsize::new(4).expect("4 is not zero"),
+            labels: BTreeMap::new(),
+            capacity: Vec::new(),
+            heartbeat: Duration::from_secs(5),
+            ack_wait: runlog_events::stream::WORK_ACK_WAIT,
+            drain_timeout: Duration::from_secs(30),
+            cancel_grace: Duration::from_secs(10),
+            poll_expires: Duration::from_secs(5),
+            aging_every: 8,
+            nak_delay: Duration::from_secs(1),
+            guard: GuardConfig::default(),
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+/// Why a worker could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A setting is invalid.
+    #[error("invalid worker configuration: {0}")]
+    Config(String),
+    /// NATS is unreachable.
+    #[error(
+        "cannot reach NATS at {url} ({reason}): is nats-server running? `runlog dev` starts one"
+    )]
+    Connect {
+        /// The URL tried.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The streams could not be set up.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    /// A dispatch consumer could not be created or read.
+    #[error("cannot set up the dispatch consumer {consumer}: {reason}")]
+    Consumer {
+        /// The consumer.
+        consumer: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The registry bucket could not be opened.
+    #[error(transparent)]
+    Registry(#[from] liveness::RegistryError),
+}
+
+impl WorkerConfig {
+    /// Checks the settings that have rules.
+    pub fn validate(&self) -> Result<(), WorkerError> {
+        let bad = |m: String| Err(WorkerError::Config(m));
+        if let Err(e) = validate_token(&self.id) {
+            return bad(format!("worker id {:?} {e}", self.id));
+        }
+        if let Err(e) = Subjects::new(&self.prefix) {
+            return bad(format!("prefix {:?} {e}", self.prefix));
+        }
+        if self.queues.is_empty() {
+            return bad("give at least one queue".into());
+        }
+        if self.aging_every < 2 {
+            return bad("aging_every must be at least 2".into());
+        }
+        for (name, d) in [
+            ("heartbeat", self.heartbeat),
+            ("ack_wait", self.ack_wait),
+            ("poll_expires", self.poll_expires),
+            ("guard interval", self.guard.interval),
+        ] {
+            if d < Duration::from_millis(10) {
+                return bad(format!("{name} must be at least 10ms"));
+            }
+        }
+        capacity::Capacity::new(self.concurrency.get(), self.capacity.clone())
+            .map_err(|e| WorkerError::Config(e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// A generated worker id: `<host>-<6 random characters>`, the host name
+/// reduced to subject-token characters.
+///
+/// # Examples
+/// ```
+/// let id = runlog_worker::runtime::generate_id();
+/// assert!(runlog_events::id::validate_token(&id).is_ok());
+/// ```
+pub fn generate_id() -> String {
+    use rand::Rng;
+    let host = host_name();
+    let mut host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(57)
+        .collect();
+    if host.is_empty() {
+        host.push_str("worker");
+    }
+    let suffix: String = rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(6)
+        .map(|b| char::from(b).to_ascii_lowercase())
+        .collect();
+    format!("{host}-{suffix}")
+}
+
+fn host_name() -> String {
+    sysinfo::System::host_name().unwrap_or_default()
+}
+
+/// A worker ready to run: connected, with its handlers.
+pub struct Worker {
+    config: WorkerConfig,
+    registry: Registry,
+    client: async_nats::Client,
+    probe: Box<dyn ResourceProbe>,
+    secrets: Arc<dyn SecretSource>,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("config", &self.config)
+            .field("registry", &self.registry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// Connects to `config.nats_url`.
+    pub async fn connect(config: WorkerConfig, registry: Registry) -> Result<Self, WorkerError> {
+        config.validate()?;
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("runlog-worker-{}", config.id))
+            .connect(config.nats_url.as_str())
+            .await
+            .map_err(|e| WorkerError::Connect {
+                url: config.nats_url.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self::new(client, config, registry))
+    }
+
+    /// A worker on an existing connection.
+    pub fn new(client: async_nats::Client, config: WorkerConfig, registry: Registry) -> Self {
+        Worker {
+            config,
+            registry,
+            client,
+            probe: Box::new(SystemProbe::new()),
+            secrets: Arc::new(EnvSecrets),
+        }
+    }
+
+    /// Measures the host with `probe` instead of the operating system.
+    pub fn with_probe(mut self, probe: impl ResourceProbe) -> Self {
+        self.probe = Box::new(probe);
+        self
+    }
+
+    /// Resolves secrets from `secrets` instead of `RUNLOG_SECRET_*`.
+    pub fn with_secrets(mut self, secrets: impl SecretSource) -> Self {
+        self.secrets = Arc::new(secrets);
+        self
+    }
+
+    /// Runs until `shutdown` is cancelled and the drain is over.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let Worker {
+            config,
+            registry,
+            client,
+            mut probe,
+            secrets,
+        } = self;
+        config.validate()?;
+        let subjects =
+            Subjects::new(&config.prefix).map_err(|e| WorkerError::Config(e.to_string()))?;
+        let js = jetstream::new(client.clone());
+        let layout = Layout {
+            subjects: subjects.clone(),
+            ..Layout::default()
+        };
+        layout.ensure(&js).await?;
+
+        let mut sources = Vec::new();
+        let mut ack_wait = config.ack_wait;
+        for queue in &config.queues {
+            for priority in Priority::ALL {
+                let consumer = dispatch_consumer(&js, &layout, &config, queue, priority).await?;
+                ack_wait = ack_wait.min(consumer.cached_info().config.ack_wait);
+                sources.push(fetch::Source { priority, consumer });
+            }
+        }
+        // Well under ack_wait/3, so a held item is never redelivered while we live.
+        let keep_alive = (ack_wait / 4).max(Duration::from_millis(20));
+
+        let registry_store = liveness::open_registry(
+            &js,
+            &subjects.workers_bucket(),
+            config.heartbeat,
+            layout.replicas,
+        )
+        .await?;
+
+        let (paused_tx, paused_rx) = watch::channel(config.guard.overloaded(probe.sample()));
+        let running = Arc::new(liveness::Running::default());
+        let journal = Journal::new(
+            js.clone(),
+            subjects.clone(),
+            format!("/runlog/worker/{}", config.id),
+        );
+        let shared = Arc::new(execution::Shared {
+            client,
+            journal,
+            subjects,
+            worker: config.id.clone(),
+            registry,
+            secrets,
+            env_bucket: OnceCell::new(),
+            telemetry: TelemetryConfig {
+                heartbeat: config.heartbeat,
+                ..config.telemetry
+            },
+            cancel_grace: config.cancel_grace,
+            keep_alive,
+            nak_delay: config.nak_delay,
+            running: running.clone(),
+        });
+
+        let entry = WorkerEntry {
+            id: config.id.clone(),
+            host: host_name(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            queues: config.queues.iter().map(|q| q.to_string()).collect(),
+            labels: config.labels.clone(),
+            concurrency: config.concurrency.get(),
+            capacity: config.capacity.clone(),
+            running: Vec::new(),
+            paused_for_resources: *paused_rx.borrow(),
+            started_at: Utc::now(),
+            last_seen: Utc::now(),
+        };
+        let services_stop = CancellationToken::new();
+        let mut services = JoinSet::new();
+        services.spawn(guard::watch(
+            probe,
+            config.guard,
+            paused_tx,
+            services_stop.clone(),
+        ));
+        services.spawn(liveness::keep_registered(
+            registry_store,
+            entry,
+            running,
+            paused_rx.clone(),
+            config.heartbeat,
+            services_stop.clone(),
+        ));
+        tracing::info!(worker = %config.id, queues = ?config.queues, concurrency = config.concurrency, "worker started");
+
+        let capacity = capacity::Capacity::new(config.concurrency.get(), config.capacity.clone())
+            .map_err(|e| WorkerError::Config(e.to_string()))?;
+        let fetcher = fetch::Fetcher::new(sources, config.aging_every, config.poll_expires);
+        dispatch::Dispatcher::new(
+            fetcher,
+            capacity,
+            config.labels.clone(),
+            shared,
+            paused_rx,
+            config.drain_timeout,
+        )
+        .run(shutdown)
+        .await;
+
+        services_stop.cancel();
+        while services.join_next().await.is_some() {}
+        tracing::info!(worker = %config.id, "worker stopped");
+        Ok(())
+    }
+}
+
+/// Connects to `config.nats_url` and runs a worker with `registry` until
+/// `shutdown`.
+pub async fn run(
+    config: WorkerConfig,
+    registry: Registry,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    Worker::connect(config, registry).await?.run(shutdown).await
+}
+
+/// The shared consumer of `queue` at `priority`, created from the layout
+/// (with this worker's `ack_wait`) if missing.
+async fn dispatch_consumer(
+    js: &jetstream::Context,
+    layout: &Layout,
+    config: &WorkerConfig,
+    queue: &QueueName,
+    priority: Priority,
+) -> Result<jetstream::consumer::PullConsumer, WorkerError> {
+    let mut wanted = layout.dispatch_consumer(queue, priority);
+    wanted.ack_wait = config.ack_wait;
+    let name = layout.subjects.dispatch_consumer(queue, priority);
+    let fail = |reason: String| WorkerError::Consumer {
+        consumer: name.clone(),
+        reason,
+    };
+    let stream = js
+        .get_stream(layout.subjects.exec_stream())
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    stream
+        .get_or_create_consumer(&name, wanted)
+        .await
+        .map_err(|e| fail(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_config_is_valid_and_bad_ids_are_refused() {
+        WorkerConfig::default().validate().unwrap();
+        for id in ["", "a.b", "white space", &"x".repeat(65)] {
+            let config = WorkerConfig {
+                id: id.to_owned(),
+                ..WorkerConfig::default()
+            };
+            assert!(config.validate().is_err(), "{id:?}");
+        }
+        let config = WorkerConfig {
+            capacity: vec!["a=1".parse().unwrap(), "a=2".parse().unwrap()],
+            ..WorkerConfig::default()
+        };
+        assert!(config.validate().is_err());
+    }
+}

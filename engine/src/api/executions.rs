@@ -1,0 +1,551 @@
+//! `/v1/executions`: submit, read, list, cancel, retry.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use runlog_events::decider::{Command, Status};
+use runlog_events::event::{Event, LogBatch, LogStream, TimeoutScope};
+use runlog_events::journal::{History, TransitionError};
+use runlog_events::{Envelope, ExecutionId, QueueName, TaskError, TaskSpec, codec, direct};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{ApiState, Problem};
+use crate::intake::Submission;
+use crate::projection::Filter;
+
+/// The body of `POST /v1/executions`: a task spec, plus the caller's
+/// execution id and correlation id. `env` values are sealed, never stored.
+#[derive(Debug, Deserialize)]
+pub struct SubmitBody {
+    /// The task.
+    #[serde(flatten)]
+    pub spec: TaskSpec,
+    /// The execution id to use (a subject token); generated when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Groups executions that belong together.
+    #[serde(default)]
+    pub correlation_id: Option<String>,
+}
+
+pub(super) async fn submit(
+    State(state): State<ApiState>,
+    body: Result<Json<SubmitBody>, JsonRejection>,
+) -> Response {
+    let Json(body) = match body {
+        Ok(body) => body,
+        Err(e) => return invalid_body(e).into_response(),
+    };
+    let execution = match body.id.map(ExecutionId::new).transpose() {
+        Ok(id) => id,
+        Err(e) => {
+            return Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_task", format!("id: {e}"))
+                .field("id")
+                .into_response();
+        }
+    };
+    let submission = Submission {
+        spec: body.spec,
+        execution,
+        correlation_id: body.correlation_id,
+        traceparent: None,
+    };
+    match state.intake.submit(submission, Utc::now()).await {
+        Ok(accepted) => {
+            let status = if accepted.existing {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            let body = json!({
+                "id": accepted.execution,
+                "status": accepted.state.status,
+                "existing": accepted.existing,
+            });
+            (status, Json(body)).into_response()
+        }
+        Err(e) => Problem::from(e).into_response(),
+    }
+}
+
+fn invalid_body(e: JsonRejection) -> Problem {
+    let status = match e {
+        JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        JsonRejection::BytesRejection(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    let detail = e.body_text();
+    let problem = Problem::new(status, "invalid_body", detail.clone());
+    // serde names the field: "missing field `kind`", "unknown variant ... at
+    // `priority`": pass it on where it can be picked out.
+    match detail.split('`').nth(1) {
+        Some(field) if status == StatusCode::UNPROCESSABLE_ENTITY && !field.contains(' ') => {
+            problem.field(field)
+        }
+        _ => problem,
+    }
+}
+
+/// Query of `GET /v1/executions`.
+#[derive(Debug, Deserialize)]
+pub(super) struct ListQuery {
+    /// Comma-separated states.
+    status: Option<String>,
+    queue: Option<String>,
+    kind: Option<String>,
+    /// `key=value`, comma-separated for several.
+    label: Option<String>,
+    since: Option<DateTime<Utc>>,
+    until: Option<DateTime<Utc>>,
+    cursor: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// The default and largest page.
+const PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+pub(super) async fn list(
+    State(state): State<ApiState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => {
+            return Problem::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text())
+                .into_response();
+        }
+    };
+    let mut filter = Filter::default();
+    for s in q.status.iter().flat_map(|s| s.split(',')).filter(|s| !s.is_empty()) {
+        match serde_json::from_value::<Status>(json!(s)) {
+            Ok(status) => filter.status.push(status),
+            Err(_) => {
+                return Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    format!("unknown status {s:?}; use pending, queued, running, succeeded, ..."),
+                )
+                .field("status")
+                .into_response();
+            }
+        }
+    }
+    if let Some(queue) = q.queue {
+        match QueueName::new(queue) {
+            Ok(queue) => filter.queue = Some(queue),
+            Err(e) => {
+                return Problem::new(StatusCode::BAD_REQUEST, "invalid_query", format!("queue: {e}"))
+                    .field("queue")
+                    .into_response();
+            }
+        }
+    }
+    filter.kind = q.kind;
+    for pair in q.label.iter().flat_map(|l| l.split(',')).filter(|s| !s.is_empty()) {
+        let Some((k, v)) = pair.split_once('=') else {
+            return Problem::new(StatusCode::BAD_REQUEST, "invalid_query", "label must be key=value")
+                .field("label")
+                .into_response();
+        };
+        filter.labels.insert(k.to_owned(), v.to_owned());
+    }
+    filter.since = q.since;
+    filter.until = q.until;
+    let limit = q.limit.unwrap_or(PAGE).clamp(1, MAX_PAGE);
+    let page = state.projection.list(&filter, q.cursor, limit);
+    let items: Vec<_> = page
+        .items
+        .iter()
+        .map(|(id, entry)| summary(id, &entry.state, entry.last_seq))
+        .collect();
+    Json(json!({ "executions": items, "next_cursor": page.next })).into_response()
+}
+
+fn summary(id: &ExecutionId, s: &runlog_events::ExecutionState, last_seq: u64) -> serde_json::Value {
+    let spec = s.spec.as_ref();
+    json!({
+        "id": id,
+        "status": s.status,
+        "attempt": s.attempt,
+        "queue": spec.map(|s| &s.queue),
+        "kind": spec.map(|s| &s.kind),
+        "priority": spec.map(|s| s.priority),
+        "labels": spec.map(|s| &s.labels),
+        "worker": s.worker,
+        "submitted_at": s.submitted_at,
+        "started_at": s.started_at,
+        "finished_at": s.finished_at,
+        "reason": s.reason,
+        "last_seq": last_seq,
+    })
+}
+
+/// One attempt, as `GET /v1/executions/{id}` shows it.
+#[derive(Debug, Clone, Serialize)]
+struct AttemptView {
+    attempt: u32,
+    worker: Option<String>,
+    queued_at: Option<DateTime<Utc>>,
+    started_at: Option<DateTime<Utc>>,
+    deadline: Option<DateTime<Utc>>,
+    ended_at: Option<DateTime<Utc>>,
+    outcome: Option<&'static str>,
+    error: Option<TaskError>,
+}
+
+fn attempts(history: &History) -> Vec<AttemptView> {
+    let mut out: BTreeMap<u32, AttemptView> = BTreeMap::new();
+    for recorded in &history.events {
+        let env = &recorded.envelope;
+        if env.attempt == 0 {
+            continue;
+        }
+        let view = out.entry(env.attempt).or_insert_with(|| AttemptView {
+            attempt: env.attempt,
+            worker: None,
+            queued_at: None,
+            started_at: None,
+            deadline: None,
+            ended_at: None,
+            outcome: None,
+            error: None,
+        });
+        let mut end = |outcome: &'static str| {
+            if view.outcome.is_none() {
+                view.outcome = Some(outcome);
+                view.ended_at = Some(env.time);
+            }
+        };
+        match &env.event {
+            Event::Queued(_) => view.queued_at = Some(env.time),
+            Event::Started(s) => {
+                view.worker = Some(s.worker.clone());
+                view.started_at = Some(env.time);
+                view.deadline = s.deadline;
+            }
+            Event::Succeeded(_) => end("succeeded"),
+            Event::Failed(f) => {
+                end("failed");
+                view.error = Some(f.error.clone());
+            }
+            Event::TimedOut(t) if t.scope == TimeoutScope::Attempt => end("timed_out"),
+            Event::TimedOut(_) => end("execution_timed_out"),
+            Event::AttemptLost(_) => end("lost"),
+            Event::Cancelled(_) => end("cancelled"),
+            _ => {}
+        }
+    }
+    out.into_values().filter(|a| a.started_at.is_some() || a.queued_at.is_some()).collect()
+}
+
+/// A spec as the API shows it: environment values are never echoed (a
+/// foreign client may have recorded some against the rules).
+fn redacted(spec: &TaskSpec) -> TaskSpec {
+    let mut spec = spec.clone();
+    for value in spec.env.values_mut() {
+        *value = "<redacted>".to_owned();
+    }
+    spec
+}
+
+fn redacted_envelope(envelope: &Envelope) -> Envelope {
+    let mut envelope = envelope.clone();
+    if let Event::Submitted(submitted) = &mut envelope.event {
+        submitted.spec = redacted(&submitted.spec);
+    }
+    envelope
+}
+
+/// An event as the API and the SSE feeds show it.
+pub(super) fn event_json(seq: u64, envelope: &Envelope) -> serde_json::Value {
+    let mut value = serde_json::to_value(redacted_envelope(envelope)).unwrap_or_default();
+    if let Some(map) = value.as_object_mut() {
+        map.insert("seq".to_owned(), json!(seq));
+    }
+    value
+}
+
+async fn history(state: &ApiState, id: &str) -> Result<(ExecutionId, History), Problem> {
+    let execution = ExecutionId::new(id).map_err(|_| Problem::not_found(format!("execution {id:?}")))?;
+    let history = state
+        .journal
+        .load(&execution)
+        .await
+        .map_err(Problem::unavailable)?;
+    if history.state.status == Status::New {
+        return Err(Problem::not_found(format!("execution {execution}")));
+    }
+    Ok((execution, history))
+}
+
+pub(super) async fn get(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    let (execution, history) = match self::history(&state, &id).await {
+        Ok(found) => found,
+        Err(problem) => return problem.into_response(),
+    };
+    let s = &history.state;
+    let progress = if s.status == Status::Running {
+        latest_progress(&state, &execution, s.attempt).await
+    } else {
+        None
+    };
+    let last_error = s.errors.last().map(|e| &e.error);
+    Json(json!({
+        "id": execution,
+        "status": s.status,
+        "attempt": s.attempt,
+        "worker": s.worker,
+        "cancel_requested": s.cancel_requested,
+        "progress": progress.or_else(|| s.progress.clone()),
+        "output": s.output,
+        "error": last_error,
+        "errors": s.errors,
+        "reason": s.reason,
+        "retry_at": s.retry_at,
+        "submitted_at": s.submitted_at,
+        "started_at": s.started_at,
+        "finished_at": s.finished_at,
+        "spec": s.spec.as_ref().map(redacted),
+        "attempts": attempts(&history),
+        "last_seq": history.last_seq,
+    }))
+    .into_response()
+}
+
+/// The newest progress report of the running attempt (telemetry stream).
+async fn latest_progress(
+    state: &ApiState,
+    execution: &ExecutionId,
+    attempt: u32,
+) -> Option<runlog_events::event::Progress> {
+    let subject = format!("{}.progress.{execution}", state.subjects.prefix());
+    let stored = direct::last(&state.js, &state.subjects.logs_stream(), &subject)
+        .await
+        .ok()??;
+    let envelope =
+        codec::decode(&stored.headers, &stored.payload, &codec::Limits::default()).ok()?;
+    match envelope.event {
+        Event::Progress(p) if envelope.attempt == attempt => Some(p),
+        _ => None,
+    }
+}
+
+pub(super) async fn events(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    match self::history(&state, &id).await {
+        Ok((execution, history)) => {
+            let events: Vec<_> = history
+                .events
+                .iter()
+                .map(|r| event_json(r.seq, &r.envelope))
+                .collect();
+            let skipped: Vec<_> = history
+                .skipped
+                .iter()
+                .map(|(seq, reason)| json!({"seq": seq, "reason": reason}))
+                .collect();
+            Json(json!({"id": execution, "events": events, "skipped": skipped})).into_response()
+        }
+        Err(problem) => problem.into_response(),
+    }
+}
+
+/// Query of the log routes.
+#[derive(Debug, Deserialize)]
+pub(super) struct LogQuery {
+    /// Only batches stored after this stream sequence.
+    pub after: Option<u64>,
+    /// At most this many batches.
+    pub limit: Option<usize>,
+}
+
+/// One log line as the API shows it.
+pub(super) fn log_lines(seq: u64, envelope: &Envelope, batch: &LogBatch) -> Vec<serde_json::Value> {
+    batch
+        .lines
+        .iter()
+        .enumerate()
+        .map(|(i, line)| {
+            json!({
+                "seq": seq,
+                "attempt": envelope.attempt,
+                "n": batch.first_line + i as u64,
+                "stream": match line.stream { LogStream::Stdout => "stdout", LogStream::Stderr => "stderr" },
+                "line": line.line,
+                "time": envelope.time,
+            })
+        })
+        .collect()
+}
+
+/// Reads stored log batches of `execution` after `after`.
+pub(super) async fn read_logs(
+    state: &ApiState,
+    execution: &ExecutionId,
+    after: u64,
+    limit: usize,
+) -> Result<(Vec<serde_json::Value>, u64, u64), Problem> {
+    let subject = format!("{}.log.{execution}", state.subjects.prefix());
+    let mut lines = Vec::new();
+    let mut last = after;
+    let mut dropped = 0;
+    let limits = codec::Limits::default();
+    direct::read(
+        &state.js.client(),
+        &state.subjects.logs_stream(),
+        &subject,
+        after + 1,
+        limit,
+        |stored| {
+            last = stored.seq;
+            if let Ok(envelope) = codec::decode(&stored.headers, &stored.payload, &limits)
+                && let Event::Log(batch) = &envelope.event
+            {
+                dropped += batch.dropped;
+                lines.extend(log_lines(stored.seq, &envelope, batch));
+            }
+        },
+    )
+    .await
+    .map_err(Problem::unavailable)?;
+    Ok((lines, last, dropped))
+}
+
+pub(super) async fn logs(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Response {
+    let Ok(execution) = ExecutionId::new(&id) else {
+        return Problem::not_found(format!("execution {id:?}")).into_response();
+    };
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    match read_logs(&state, &execution, q.after.unwrap_or(0), limit).await {
+        Ok((lines, last, dropped)) => Json(json!({
+            "id": execution,
+            "lines": lines,
+            "next_after": last,
+            "dropped_lines": dropped,
+        }))
+        .into_response(),
+        Err(problem) => problem.into_response(),
+    }
+}
+
+/// Body of the cancel route.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct CancelBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+pub(super) async fn cancel(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    body: Option<Json<CancelBody>>,
+) -> Response {
+    let Ok(execution) = ExecutionId::new(&id) else {
+        return Problem::not_found(format!("execution {id:?}")).into_response();
+    };
+    let reason = body
+        .and_then(|Json(b)| b.reason)
+        .unwrap_or_else(|| "cancelled through the API".to_owned());
+    let command = Command::RequestCancel { reason };
+    match state.journal.transition(&execution, &command, Utc::now()).await {
+        Ok(history) => (
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "id": execution,
+                "status": history.state.status,
+                "cancel_requested": history.state.cancel_requested,
+            })),
+        )
+            .into_response(),
+        Err(TransitionError::Rejected(r)) => Problem::from(r).into_response(),
+        Err(e) => Problem::unavailable(e).into_response(),
+    }
+}
+
+pub(super) async fn retry(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    let (execution, history) = match self::history(&state, &id).await {
+        Ok(found) => found,
+        Err(problem) => return problem.into_response(),
+    };
+    let status = history.state.status;
+    if !matches!(
+        status,
+        Status::DeadLettered | Status::TimedOut | Status::Cancelled | Status::Failed
+    ) {
+        return Problem::new(
+            StatusCode::CONFLICT,
+            "not_retryable",
+            format!(
+                "execution {execution} is {status}; only a failed, dead-lettered, timed-out or cancelled execution can be retried"
+            ),
+        )
+        .into_response();
+    }
+    let Some(mut spec) = history.state.spec.clone() else {
+        return Problem::not_found(format!("the submission of {execution}")).into_response();
+    };
+    spec.retry_of = Some(execution.clone());
+    spec.idempotency_key = None;
+    spec.env.clear();
+    let retry_id = ExecutionId::generate();
+    if !spec.sealed_env.is_empty()
+        && let Err(e) = copy_sealed_env(&state, &execution, &retry_id).await
+    {
+        return Problem::unavailable(e).into_response();
+    }
+    let submission = Submission {
+        spec,
+        execution: Some(retry_id),
+        correlation_id: history
+            .events
+            .first()
+            .and_then(|r| r.envelope.correlation_id.clone()),
+        traceparent: None,
+    };
+    match state.intake.submit(submission, Utc::now()).await {
+        Ok(accepted) => (
+            StatusCode::CREATED,
+            Json(json!({
+                "id": accepted.execution,
+                "status": accepted.state.status,
+                "retry_of": execution,
+            })),
+        )
+            .into_response(),
+        Err(e) => Problem::from(e).into_response(),
+    }
+}
+
+async fn copy_sealed_env(
+    state: &ApiState,
+    from: &ExecutionId,
+    to: &ExecutionId,
+) -> Result<(), String> {
+    let store = state
+        .js
+        .get_key_value(state.subjects.env_bucket())
+        .await
+        .map_err(|e| format!("cannot open the env bucket: {e}"))?;
+    let value = store
+        .get(from.as_str())
+        .await
+        .map_err(|e| format!("cannot read the sealed environment: {e}"))?
+        .ok_or_else(|| {
+            format!("the sealed environment of {from} has expired; submit the task again with its env")
+        })?;
+    store
+        .put(to.as_str(), value)
+        .await
+        .map_err(|e| format!("cannot seal the environment: {e}"))?;
+    Ok(())
+}

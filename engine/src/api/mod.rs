@@ -1,0 +1,169 @@
+//! The HTTP API: JSON over axum, problem+json errors, Server-Sent Events.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/executions` | submit (the HTTP intake door) |
+//! | `GET /v1/executions` | list with filters and cursor pagination |
+//! | `GET /v1/executions/{id}` | state, attempts, progress, output or error |
+//! | `GET /v1/executions/{id}/events` | the raw history |
+//! | `GET /v1/executions/{id}/logs` | log lines |
+//! | `POST /v1/executions/{id}/cancel` | cancel |
+//! | `POST /v1/executions/{id}/retry` | a new attempt chain for an ended execution |
+//! | `GET /v1/executions/{id}/stream` | SSE: its events, ending after the terminal one |
+//! | `GET /v1/executions/{id}/logs/stream` | SSE: its log lines |
+//! | `GET /v1/stream` | SSE: every execution's events (filters: queue, status, type) |
+//! | `GET /v1/queues`, `GET /v1/workers`, `GET /v1/stats` | queues, live workers, counts and rates |
+//! | `GET /healthz`, `GET /readyz` | liveness; readiness once the projection caught up |
+
+mod executions;
+pub mod problem;
+mod sse;
+
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::StreamExt;
+use runlog_events::journal::Journal;
+use runlog_events::Subjects;
+use serde_json::json;
+
+use crate::intake::Intake;
+use crate::live::Live;
+use crate::projection::Projection;
+pub use executions::SubmitBody;
+pub use problem::Problem;
+
+/// The largest request body accepted (a submission with its input).
+pub const MAX_BODY: usize = runlog_events::codec::DEFAULT_MAX_PAYLOAD + 64 * 1024;
+
+/// What every handler reads.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    /// Submissions.
+    pub intake: Intake,
+    /// Reads and transitions.
+    pub journal: Journal,
+    /// The read model.
+    pub projection: Arc<Projection>,
+    /// Live feeds.
+    pub live: Live,
+    /// Names.
+    pub subjects: Subjects,
+    /// The consuming connection's JetStream context (reads).
+    pub js: jetstream::Context,
+}
+
+/// The API's routes.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route(
+            "/v1/executions",
+            post(executions::submit).get(executions::list),
+        )
+        .route("/v1/executions/{id}", get(executions::get))
+        .route("/v1/executions/{id}/events", get(executions::events))
+        .route("/v1/executions/{id}/logs", get(executions::logs))
+        .route("/v1/executions/{id}/cancel", post(executions::cancel))
+        .route("/v1/executions/{id}/retry", post(executions::retry))
+        .route("/v1/executions/{id}/stream", get(sse::execution))
+        .route("/v1/executions/{id}/logs/stream", get(sse::logs))
+        .route("/v1/stream", get(sse::all))
+        .route("/v1/queues", get(queues))
+        .route("/v1/workers", get(workers))
+        .route("/v1/stats", get(stats))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(|| async {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "no_route",
+                "no such route; the API lives under /v1 (see docs/api.md)",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+async fn healthz(State(state): State<ApiState>) -> Response {
+    match state.js.client().connection_state() {
+        async_nats::connection::State::Connected => {
+            axum::Json(json!({"status": "ok"})).into_response()
+        }
+        other => Problem::unavailable(format!("the NATS connection is {other:?}")).into_response(),
+    }
+}
+
+async fn readyz(State(state): State<ApiState>) -> Response {
+    if state.projection.is_caught_up() {
+        axum::Json(json!({
+            "status": "ready",
+            "applied_seq": state.projection.applied_seq(),
+        }))
+        .into_response()
+    } else {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!(
+                "the projection is replaying the log (at sequence {}); ready once it caught up",
+                state.projection.applied_seq()
+            ),
+        )
+        .into_response()
+    }
+}
+
+async fn queues(State(state): State<ApiState>) -> Response {
+    let queues: Vec<_> = state
+        .projection
+        .queues()
+        .into_iter()
+        .map(|(name, tally)| {
+            json!({
+                "queue": name,
+                "queued": tally.queued,
+                "depth": tally.queued.values().sum::<u64>(),
+                "running": tally.running,
+                "retry_scheduled": tally.retry_scheduled,
+            })
+        })
+        .collect();
+    axum::Json(json!({ "queues": queues })).into_response()
+}
+
+async fn stats(State(state): State<ApiState>) -> Response {
+    let p = &state.projection;
+    axum::Json(json!({
+        "executions": p.len(),
+        "by_status": p.counts(),
+        "rates": p.rates(chrono::Utc::now()),
+        "applied_seq": p.applied_seq(),
+        "skipped_events": p.skipped(),
+    }))
+    .into_response()
+}
+
+/// Live workers, from the registry bucket (absent until a worker started).
+async fn workers(State(state): State<ApiState>) -> Response {
+    let Ok(store) = state.js.get_key_value(state.subjects.workers_bucket()).await else {
+        return axum::Json(json!({ "workers": [] })).into_response();
+    };
+    let mut workers = Vec::new();
+    let keys = match store.keys().await {
+        Ok(keys) => keys.collect::<Vec<_>>().await,
+        Err(e) => return Problem::unavailable(e).into_response(),
+    };
+    for key in keys.into_iter().flatten() {
+        if let Ok(Some(value)) = store.get(&key).await
+            && let Ok(entry) = serde_json::from_slice::<serde_json::Value>(&value)
+        {
+            workers.push(entry);
+        }
+    }
+    axum::Json(json!({ "workers": workers })).into_response()
+}

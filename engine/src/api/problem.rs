@@ -1,0 +1,102 @@
+//! RFC 9457 problem details: every API error has a stable `code`, a
+//! sentence that says what to do, and the offending field where there is one.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use runlog_events::Rejection;
+use serde::Serialize;
+
+use crate::intake::IntakeError;
+
+/// An API error as `application/problem+json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    /// A URN naming the problem kind.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// A short summary of the kind.
+    pub title: &'static str,
+    /// The HTTP status.
+    pub status: u16,
+    /// What happened here, and what to do.
+    pub detail: String,
+    /// The stable, machine-readable code (`not_found`).
+    pub code: &'static str,
+    /// The offending field (`retry.max_attempts`), for validation errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl Problem {
+    /// A problem with `status`, `code` and `detail`.
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        Problem {
+            kind: format!("urn:runlog:problem:{code}"),
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: detail.into(),
+            code,
+            field: None,
+        }
+    }
+
+    /// Names the offending field.
+    pub fn field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
+    }
+
+    /// 404 for an execution that does not exist.
+    pub fn not_found(what: impl std::fmt::Display) -> Self {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} does not exist; list executions with GET /v1/executions"),
+        )
+    }
+
+    /// 503 when NATS cannot be reached.
+    pub fn unavailable(e: impl std::fmt::Display) -> Self {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("{e}; try again in a moment"),
+        )
+    }
+}
+
+impl From<Rejection> for Problem {
+    fn from(r: Rejection) -> Self {
+        match r {
+            Rejection::Invalid(field) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_task",
+                format!("{}: {}", field.field, field.reason),
+            )
+            .field(field.field),
+            Rejection::NotFound => Problem::not_found("the execution"),
+            other => Problem::new(StatusCode::CONFLICT, other.code(), other.to_string()),
+        }
+    }
+}
+
+impl From<IntakeError> for Problem {
+    fn from(e: IntakeError) -> Self {
+        match e {
+            IntakeError::Rejected(r) => r.into(),
+            other => Problem::unavailable(other),
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, axum::Json(&self)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        response
+    }
+}

@@ -1,0 +1,462 @@
+//! Server-Sent Event feeds with exact resume.
+//!
+//! An SSE id is the event's stream sequence, so `Last-Event-ID` resumes a
+//! feed right after the last event the client saw: the feed subscribes to
+//! the live broadcast first, then catches up from the log (direct gets),
+//! then follows the broadcast, dropping every sequence it already sent. No
+//! gap, no duplicate, and the order of the log.
+//!
+//! Each client gets a bounded buffer. A client too slow to drain it stops
+//! its feed task from reading the broadcast; the broadcast then reports the
+//! feed lagged and the feed catches up from the log again, up to a limit,
+//! after which the client gets a final `overflow` event and is closed. The
+//! engine never waits for a client and never buffers without bound.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use runlog_events::codec::{self, Limits};
+use runlog_events::decider::Status;
+use runlog_events::event::{Event, TimeoutScope};
+use runlog_events::{Envelope, ExecutionId, QueueName, direct};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{broadcast, mpsc};
+
+use super::executions::{event_json, log_lines, read_logs};
+use super::{ApiState, Problem};
+
+/// Events buffered per client.
+const BUFFER: usize = 256;
+/// Events one catch-up may replay before the client is told to reload.
+const MAX_CATCH_UP: usize = 100_000;
+/// Keep-alive comment interval.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+type Tx = mpsc::Sender<Result<SseEvent, Infallible>>;
+
+fn sse(rx: mpsc::Receiver<Result<SseEvent, Infallible>>) -> Response {
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response()
+}
+
+/// `Last-Event-ID` (or `?last_event_id=` for clients that cannot set it).
+fn last_event_id(headers: &HeaderMap, query: Option<u64>) -> Option<u64> {
+    headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .or(query)
+}
+
+fn event(seq: u64, envelope: &Envelope) -> SseEvent {
+    SseEvent::default()
+        .id(seq.to_string())
+        .event(envelope.event_type().as_str())
+        .data(event_json(seq, envelope).to_string())
+}
+
+fn ends_execution(event: &Event) -> bool {
+    match event {
+        Event::TimedOut(t) => t.scope == TimeoutScope::Execution,
+        Event::Succeeded(_) | Event::Cancelled(_) | Event::DeadLettered(_) | Event::Rejected(_) => {
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The status an event leaves its execution in (for the `status` filter).
+fn status_after(event: &Event) -> Status {
+    match event {
+        Event::Submitted(_) => Status::Pending,
+        Event::Queued(_) | Event::AttemptLost(_) => Status::Queued,
+        Event::Started(_)
+        | Event::Progress(_)
+        | Event::Log(_)
+        | Event::Heartbeat(_)
+        | Event::CancelRequested(_) => Status::Running,
+        Event::Succeeded(_) => Status::Succeeded,
+        Event::Failed(_) => Status::Failed,
+        Event::TimedOut(t) if t.scope == TimeoutScope::Attempt => Status::Failed,
+        Event::TimedOut(_) => Status::TimedOut,
+        Event::RetryScheduled(_) => Status::RetryScheduled,
+        Event::Cancelled(_) => Status::Cancelled,
+        Event::DeadLettered(_) => Status::DeadLettered,
+        Event::Rejected(_) => Status::Rejected,
+    }
+}
+
+/// Query of the SSE routes.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct StreamQuery {
+    last_event_id: Option<u64>,
+    /// `/v1/stream`: only this queue.
+    queue: Option<String>,
+    /// `/v1/stream`: only events leaving an execution in one of these
+    /// states (comma-separated).
+    status: Option<String>,
+    /// `/v1/stream`: also progress reports (default true).
+    progress: Option<bool>,
+}
+
+/// `GET /v1/executions/{id}/stream`: the execution's events, ending after
+/// the terminal one.
+pub(super) async fn execution(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<StreamQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let Ok(execution) = ExecutionId::new(&id) else {
+        return Problem::not_found(format!("execution {id:?}")).into_response();
+    };
+    let mut live = state.live.events();
+    let mut last = last_event_id(&headers, q.last_event_id).unwrap_or(0);
+    let history = match state.journal.load(&execution).await {
+        Ok(h) if h.state.status != Status::New => h,
+        Ok(_) => return Problem::not_found(format!("execution {execution}")).into_response(),
+        Err(e) => return Problem::unavailable(e).into_response(),
+    };
+    let (tx, rx) = mpsc::channel(BUFFER);
+    tokio::spawn(async move {
+        let mut history = Some(history);
+        loop {
+            let recorded = match history.take() {
+                Some(h) => h,
+                None => match state.journal.load(&execution).await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        let _ = tx.send(Ok(failure(&e.to_string()))).await;
+                        return;
+                    }
+                },
+            };
+            let from = last;
+            for r in recorded.events.iter().filter(|r| r.seq > from) {
+                if !send(&tx, event(r.seq, &r.envelope)).await {
+                    return;
+                }
+                last = r.seq;
+                if ends_execution(&r.envelope.event) {
+                    let _ = send(&tx, end(recorded.state.status)).await;
+                    return;
+                }
+            }
+            loop {
+                match live.recv().await {
+                    Ok(stored) if stored.envelope.execution == execution && stored.seq > last => {
+                        if !send(&tx, event(stored.seq, &stored.envelope)).await {
+                            return;
+                        }
+                        last = stored.seq;
+                        if ends_execution(&stored.envelope.event) {
+                            let _ = send(&tx, end(status_after(&stored.envelope.event))).await;
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    // Fell behind the broadcast: catch up from the log.
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        }
+    });
+    sse(rx)
+}
+
+fn end(status: Status) -> SseEvent {
+    SseEvent::default()
+        .event("end")
+        .data(json!({ "status": status }).to_string())
+}
+
+fn failure(reason: &str) -> SseEvent {
+    SseEvent::default()
+        .event("error")
+        .data(json!({ "reason": reason }).to_string())
+}
+
+async fn send(tx: &Tx, event: SseEvent) -> bool {
+    tx.send(Ok(event)).await.is_ok()
+}
+
+/// `GET /v1/stream`: every execution's events (filters: `queue`,
+/// `status`), and progress reports.
+pub(super) async fn all(
+    State(state): State<ApiState>,
+    Query(q): Query<StreamQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let queue = match q.queue.as_deref().map(QueueName::new).transpose() {
+        Ok(queue) => queue,
+        Err(e) => {
+            return Problem::new(
+                axum::http::StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("queue: {e}"),
+            )
+            .field("queue")
+            .into_response();
+        }
+    };
+    let mut statuses = Vec::new();
+    for s in q.status.iter().flat_map(|s| s.split(',')).filter(|s| !s.is_empty()) {
+        match serde_json::from_value::<Status>(json!(s)) {
+            Ok(status) => statuses.push(status),
+            Err(_) => {
+                return Problem::new(
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    format!("unknown status {s:?}"),
+                )
+                .field("status")
+                .into_response();
+            }
+        }
+    }
+    let with_progress = q.progress.unwrap_or(true);
+    let mut live = state.live.events();
+    let mut progress = state.live.progress();
+    let mut last = last_event_id(&headers, q.last_event_id);
+    let (tx, rx) = mpsc::channel(BUFFER);
+    tokio::spawn(async move {
+        let wanted = |envelope: &Envelope| -> bool {
+            if !statuses.is_empty() && !statuses.contains(&status_after(&envelope.event)) {
+                return false;
+            }
+            match &queue {
+                None => true,
+                Some(queue) => match &envelope.event {
+                    Event::Submitted(s) => s.spec.queue == *queue,
+                    Event::Queued(q) => q.queue == *queue,
+                    _ => state
+                        .projection
+                        .get(&envelope.execution)
+                        .and_then(|e| e.state.spec.map(|s| s.queue == *queue))
+                        .unwrap_or(false),
+                },
+            }
+        };
+        let mut catch_up_from = last;
+        loop {
+            if let Some(from) = catch_up_from.take() {
+                match catch_up(&state, from).await {
+                    Ok(events) if events.len() < MAX_CATCH_UP => {
+                        for (seq, envelope) in events {
+                            last = Some(seq);
+                            if wanted(&envelope) && !send(&tx, event(seq, &envelope)).await {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(_) => {
+                        let _ = send(&tx, overflow()).await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = send(&tx, failure(&e)).await;
+                        return;
+                    }
+                }
+            }
+            tokio::select! {
+                next = live.recv() => match next {
+                    Ok(stored) => {
+                        if last.is_some_and(|l| stored.seq <= l) {
+                            continue;
+                        }
+                        last = Some(stored.seq);
+                        if wanted(&stored.envelope) && !send(&tx, event(stored.seq, &stored.envelope)).await {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => match last {
+                        Some(l) => catch_up_from = Some(l),
+                        None => {
+                            let _ = send(&tx, overflow()).await;
+                            return;
+                        }
+                    },
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                next = progress.recv(), if with_progress => match next {
+                    Ok(report) => {
+                        let in_queue = queue.as_ref().is_none_or(|queue| {
+                            state
+                                .projection
+                                .get(&report.execution)
+                                .and_then(|e| e.state.spec.map(|s| s.queue == *queue))
+                                .unwrap_or(false)
+                        });
+                        if in_queue && statuses.is_empty() || statuses.contains(&Status::Running) {
+                            let data = json!({
+                                "execution": report.execution,
+                                "attempt": report.attempt,
+                                "percent": report.progress.percent,
+                                "message": report.progress.message,
+                                "counters": report.progress.counters,
+                            });
+                            let sse = SseEvent::default().event("progress").data(data.to_string());
+                            // Progress is advisory: a full buffer drops it.
+                            if tx.try_send(Ok(sse)).is_err() && tx.is_closed() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    sse(rx)
+}
+
+fn overflow() -> SseEvent {
+    SseEvent::default().event("overflow").data(
+        json!({
+            "reason": "this client fell too far behind the live feed; reload the list and reconnect"
+        })
+        .to_string(),
+    )
+}
+
+/// Every lifecycle event stored after `from`, at most [`MAX_CATCH_UP`].
+async fn catch_up(state: &ApiState, from: u64) -> Result<Vec<(u64, Envelope)>, String> {
+    let mut events = Vec::new();
+    let limits = Limits::default();
+    direct::read(
+        &state.js.client(),
+        &state.subjects.exec_stream(),
+        &state.subjects.all_events(),
+        from + 1,
+        MAX_CATCH_UP,
+        |stored| {
+            if let Ok(envelope) = codec::decode(&stored.headers, &stored.payload, &limits) {
+                events.push((stored.seq, envelope));
+            }
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(events)
+}
+
+/// `GET /v1/executions/{id}/logs/stream`: log batches as they are stored,
+/// ending once the execution ended and its last lines were sent.
+pub(super) async fn logs(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(q): Query<StreamQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let Ok(execution) = ExecutionId::new(&id) else {
+        return Problem::not_found(format!("execution {id:?}")).into_response();
+    };
+    let client = state.js.client();
+    let mut live_logs = match client.subscribe(state.subjects.live_log(&execution)).await {
+        Ok(sub) => sub,
+        Err(e) => return Problem::unavailable(e).into_response(),
+    };
+    let mut live = state.live.events();
+    let history = match state.journal.load(&execution).await {
+        Ok(h) if h.state.status != Status::New => h,
+        Ok(_) => return Problem::not_found(format!("execution {execution}")).into_response(),
+        Err(e) => return Problem::unavailable(e).into_response(),
+    };
+    let mut last = last_event_id(&headers, q.last_event_id).unwrap_or(0);
+    let (tx, rx) = mpsc::channel(BUFFER);
+    tokio::spawn(async move {
+        let mut ended = history.state.status.is_terminal();
+        let limits = Limits::default();
+        loop {
+            // Catch up from the stored batches.
+            match read_logs(&state, &execution, last, 10_000).await {
+                Ok((lines, upto, _)) => {
+                    for (seq, batch) in group(lines) {
+                        if !send(&tx, log_event(seq, batch)).await {
+                            return;
+                        }
+                    }
+                    last = last.max(upto);
+                }
+                Err(e) => {
+                    let _ = send(&tx, failure(&e.detail)).await;
+                    return;
+                }
+            }
+            if ended {
+                let _ = send(&tx, SseEvent::default().event("end").data("{}")).await;
+                return;
+            }
+            loop {
+                tokio::select! {
+                    message = live_logs.next() => {
+                        let Some(message) = message else { return };
+                        let empty = async_nats::HeaderMap::new();
+                        let headers = message.headers.as_ref().unwrap_or(&empty);
+                        let seq: u64 = headers
+                            .get("Nats-Sequence")
+                            .and_then(|v| v.as_str().parse().ok())
+                            .unwrap_or(0);
+                        if seq <= last {
+                            continue;
+                        }
+                        if let Ok(envelope) = codec::decode(headers, &message.payload, &limits)
+                            && let Event::Log(batch) = &envelope.event
+                        {
+                            let lines = log_lines(seq, &envelope, batch);
+                            if !send(&tx, log_event(seq, lines)).await {
+                                return;
+                            }
+                        }
+                        last = seq;
+                    }
+                    next = live.recv() => match next {
+                        Ok(stored) if stored.envelope.execution == execution
+                            && ends_execution(&stored.envelope.event) => {
+                            ended = true;
+                            break;
+                        }
+                        Ok(_) => {}
+                        Err(broadcast::error::RecvError::Lagged(_)) => break,
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                    _ = tx.closed() => return,
+                }
+            }
+        }
+    });
+    sse(rx)
+}
+
+fn group(lines: Vec<serde_json::Value>) -> Vec<(u64, Vec<serde_json::Value>)> {
+    let mut out: Vec<(u64, Vec<serde_json::Value>)> = Vec::new();
+    for line in lines {
+        let seq = line["seq"].as_u64().unwrap_or(0);
+        match out.last_mut() {
+            Some((s, batch)) if *s == seq => batch.push(line),
+            _ => out.push((seq, vec![line])),
+        }
+    }
+    out
+}
+
+fn log_event(seq: u64, lines: Vec<serde_json::Value>) -> SseEvent {
+    SseEvent::default()
+        .id(seq.to_string())
+        .event("log")
+        .data(json!({ "lines": lines }).to_string())
+}

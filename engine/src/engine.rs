@@ -1,0 +1,167 @@
+//! The engine process: connects, sets up the streams, and runs intake,
+//! reactor, projection, live feeds and the HTTP API under one shutdown token.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use runlog_events::journal::Journal;
+use runlog_events::stream::LayoutError;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState};
+use crate::config::{ConfigError, EngineConfig};
+use crate::intake::Intake;
+use crate::live::Live;
+use crate::projection::Projection;
+use crate::reactor::{Reactor, ReactorStats};
+
+/// How long a failed background loop (projection, reactor) waits before it
+/// starts again, e.g. while NATS restarts.
+const RESTART_DELAY: Duration = Duration::from_millis(500);
+
+/// Why the engine could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Configuration or connection.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The streams could not be set up (or belong to someone else).
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    /// The HTTP listener could not bind.
+    #[error("cannot listen on {addr}: {reason}; is another engine running there? choose another address with --listen")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// A NATS subscription failed.
+    #[error("cannot subscribe: {0}")]
+    Subscribe(String),
+}
+
+/// A running engine.
+#[derive(Debug)]
+pub struct Engine {
+    addr: SocketAddr,
+    projection: Arc<Projection>,
+    reactor: Arc<ReactorStats>,
+    tasks: JoinSet<()>,
+}
+
+impl Engine {
+    /// Connects, sets up, and starts every part; returns once the HTTP API
+    /// listens. Everything stops when `shutdown` is cancelled.
+    pub async fn start(config: EngineConfig, shutdown: CancellationToken) -> Result<Engine, EngineError> {
+        let layout = config.nats.layout()?;
+        let subjects = layout.subjects.clone();
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "engine".to_owned());
+        // Heavy publishing and consuming on separate connections (a busy
+        // publisher's acks must not starve the consumers).
+        let publisher = config.nats.connect("runlog-engine-publish").await?;
+        let consumer = config.nats.connect("runlog-engine-consume").await?;
+        let pub_js = async_nats::jetstream::new(publisher.clone());
+        let sub_js = async_nats::jetstream::new(consumer.clone());
+        layout.ensure(&pub_js).await?;
+        let env = layout.env_bucket(&pub_js).await?;
+        let idempotency = layout.idempotency_bucket(&pub_js).await?;
+        let journal = Journal::new(pub_js.clone(), subjects.clone(), format!("/runlog/engine/{host}"));
+        let intake = Intake::new(journal.clone(), env, idempotency);
+        let projection = Arc::new(Projection::new());
+        let live = Live::new();
+        let mut tasks = JoinSet::new();
+
+        live.start(&consumer, &subjects, shutdown.clone())
+            .await
+            .map_err(|e| EngineError::Subscribe(e.to_string()))?;
+        crate::submit::serve(publisher.clone(), subjects.clone(), intake.clone(), shutdown.clone())
+            .await
+            .map_err(|e| EngineError::Subscribe(e.to_string()))?;
+
+        {
+            let (projection, js, subjects, stop) =
+                (projection.clone(), sub_js.clone(), subjects.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                while !stop.is_cancelled() {
+                    if let Err(e) = projection.follow(&js, &subjects, stop.clone()).await {
+                        tracing::warn!(error = %e, "projection stopped; following again");
+                        tokio::time::sleep(RESTART_DELAY).await;
+                    }
+                }
+            });
+        }
+        let reactor = Reactor::new(journal.clone());
+        let reactor_stats = reactor.stats();
+        if config.reactor {
+            let (js, stop, replicas) = (sub_js.clone(), shutdown.clone(), layout.replicas);
+            tasks.spawn(async move {
+                while !stop.is_cancelled() {
+                    if let Err(e) = reactor.run(&js, replicas, stop.clone()).await {
+                        tracing::warn!(error = %e, "reactor stopped; starting again");
+                        tokio::time::sleep(RESTART_DELAY).await;
+                    }
+                }
+            });
+        }
+
+        let state = ApiState {
+            intake,
+            journal,
+            projection: projection.clone(),
+            live,
+            subjects,
+            js: sub_js,
+        };
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| EngineError::Listen {
+                addr: config.listen,
+                reason: e.to_string(),
+            })?;
+        let addr = listener.local_addr().map_err(|e| EngineError::Listen {
+            addr: config.listen,
+            reason: e.to_string(),
+        })?;
+        let app = api::router(state);
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %e, "the HTTP API stopped");
+            }
+        });
+        tracing::info!(%addr, "engine started");
+        Ok(Engine {
+            addr,
+            projection,
+            reactor: reactor_stats,
+            tasks,
+        })
+    }
+
+    /// Where the HTTP API listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The read model.
+    pub fn projection(&self) -> &Arc<Projection> {
+        &self.projection
+    }
+
+    /// The reactor's counters.
+    pub fn reactor_stats(&self) -> &Arc<ReactorStats> {
+        &self.reactor
+    }
+
+    /// Waits until every part stopped (after the shutdown token was
+    /// cancelled).
+    pub async fn wait(mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
+}

@@ -1,0 +1,517 @@
+//! The reactor: turns recorded events into their consequences.
+//!
+//! A durable consumer (`<p>-reactor`, shared by every engine replica) reads
+//! the lifecycle events and the fired timers of the execution stream, and
+//! for each one does what must follow:
+//!
+//! | event | reaction |
+//! |---|---|
+//! | `submitted` | validate; `rejected` with the reason, or `queued` (or a start timer for `not_before`); an execution deadline timer |
+//! | an undecodable `submitted` | `rejected` with the decode error |
+//! | `queued` | publish the work item on `<p>.work.<queue>.<priority>.<exec>` |
+//! | `started` with a deadline | an attempt deadline timer |
+//! | `failed`, `timed_out` (attempt) | `retry_scheduled` or `dead_lettered` (the core's `ResolveFailure`) |
+//! | `retry_scheduled` | a retry timer at its `at` |
+//! | `cancel_requested`, `timed_out` | the cancel signal to the worker |
+//! | timer `retry` / `start` | `queued` |
+//! | timer `attempt` / `deadline` | `timed_out` of the attempt / the execution |
+//!
+//! Every reaction is idempotent: appends go through the core's `decide` with
+//! optimistic concurrency (a reaction to a stale event is refused and
+//! dropped), work items and timers carry a `Nats-Msg-Id`. So a redelivered
+//! event, or two replicas reacting to neighbouring events, change nothing.
+//! A message is acknowledged only after its reaction is stored; a reaction
+//! that fails for a transient reason is retried by redelivery.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::{self, AckKind};
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures::StreamExt;
+use runlog_events::codec::{self, DecodeError, Limits};
+use runlog_events::decider::{self, Command, ExecutionState};
+use runlog_events::event::{Event, TimeoutScope};
+use runlog_events::journal::{AppendError, Journal, TransitionError};
+use runlog_events::{Envelope, EventType, ExecutionId, Subjects, WorkItem};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+/// Reactions in flight at once in one engine.
+pub const CONCURRENCY: usize = 256;
+/// How long the server waits for a reaction before redelivering its event.
+pub const ACK_WAIT: Duration = Duration::from_secs(30);
+/// The pause before a reaction that failed transiently is tried again.
+const RETRY_DELAY: Duration = Duration::from_millis(500);
+
+/// Why a broker-held timer exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Timer {
+    /// Queue the next attempt after its backoff.
+    Retry,
+    /// Queue the first attempt at the spec's `not_before`.
+    Start,
+    /// End the running attempt at its deadline.
+    Attempt,
+    /// End the execution at its deadline.
+    Deadline,
+}
+
+impl Timer {
+    /// The subject token (`retry`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Timer::Retry => "retry",
+            Timer::Start => "start",
+            Timer::Attempt => "attempt",
+            Timer::Deadline => "deadline",
+        }
+    }
+}
+
+/// The body of a timer, as the schedule publishes it when it fires.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TimerFired {
+    /// Why.
+    pub timer: Timer,
+    /// The attempt it belongs to.
+    pub attempt: u32,
+}
+
+/// Counters of one reactor.
+#[derive(Debug, Default)]
+pub struct ReactorStats {
+    /// Messages reacted to.
+    pub handled: AtomicU64,
+    /// Work items published.
+    pub dispatched: AtomicU64,
+    /// Timers set.
+    pub timers: AtomicU64,
+    /// Messages that could not be read (counted, acknowledged, logged).
+    pub bad: AtomicU64,
+    /// Reactions that failed transiently and were retried.
+    pub retried: AtomicU64,
+}
+
+/// What to do with a message after its reaction.
+enum Done {
+    Ack,
+    Retry,
+}
+
+/// Reacts to the execution log.
+#[derive(Debug, Clone)]
+pub struct Reactor {
+    journal: Journal,
+    subjects: Subjects,
+    limits: Limits,
+    stats: Arc<ReactorStats>,
+}
+
+/// Why the reactor stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("the reactor cannot consume the execution log: {0}")]
+pub struct ReactorError(String);
+
+impl Reactor {
+    /// A reactor that appends through `journal`.
+    pub fn new(journal: Journal) -> Self {
+        Reactor {
+            subjects: journal.subjects().clone(),
+            journal,
+            limits: Limits::default(),
+            stats: Arc::default(),
+        }
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> Arc<ReactorStats> {
+        self.stats.clone()
+    }
+
+    /// The durable consumer every engine replica shares.
+    pub fn consumer_config(subjects: &Subjects, replicas: usize) -> pull::Config {
+        let name = format!("{}-reactor", subjects.prefix());
+        pull::Config {
+            durable_name: Some(name.clone()),
+            name: Some(name),
+            description: Some("runlog engine reactor".to_owned()),
+            filter_subjects: vec![subjects.all_events(), subjects.all_timers()],
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: ACK_WAIT,
+            max_ack_pending: (CONCURRENCY * 8) as i64,
+            num_replicas: replicas,
+            ..Default::default()
+        }
+    }
+
+    /// Consumes with `js` (a connection kept for consuming) until `shutdown`.
+    pub async fn run(
+        &self,
+        js: &jetstream::Context,
+        replicas: usize,
+        shutdown: CancellationToken,
+    ) -> Result<(), ReactorError> {
+        let err = |e: &dyn std::fmt::Display| ReactorError(e.to_string());
+        let stream = js
+            .get_stream_no_info(self.subjects.exec_stream())
+            .await
+            .map_err(|e| err(&e))?;
+        let config = Self::consumer_config(&self.subjects, replicas);
+        let name = config.durable_name.clone().unwrap_or_default();
+        let consumer = stream
+            .get_or_create_consumer(&name, config)
+            .await
+            .map_err(|e| err(&e))?;
+        while !shutdown.is_cancelled() {
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(CONCURRENCY)
+                .messages()
+                .await
+                .map_err(|e| err(&e))?;
+            let flow = messages
+                .take_until(shutdown.cancelled())
+                .for_each_concurrent(CONCURRENCY, |message| async move {
+                    match message {
+                        Ok(message) => self.handle(message).await,
+                        Err(e) => tracing::warn!(error = %e, "reactor consumer error"),
+                    }
+                });
+            flow.await;
+            if !shutdown.is_cancelled() {
+                tracing::warn!("the reactor's message stream ended; resubscribing");
+                tokio::time::sleep(RETRY_DELAY).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle(&self, message: jetstream::Message) {
+        let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let done = self.react(seq, &message.subject, message.headers.as_ref(), &message.payload);
+        let ack = match done.await {
+            Done::Ack => AckKind::Ack,
+            Done::Retry => {
+                self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                AckKind::Nak(Some(RETRY_DELAY))
+            }
+        };
+        self.stats.handled.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = message.ack_with(ack).await {
+            tracing::warn!(error = %e, seq, "cannot acknowledge a reaction");
+        }
+    }
+
+    /// Reacts to one stored message (`seq` on `subject`).
+    async fn react(
+        &self,
+        seq: u64,
+        subject: &str,
+        headers: Option<&async_nats::HeaderMap>,
+        body: &[u8],
+    ) -> Done {
+        if subject.ends_with(".due") {
+            return self.fired(subject, body).await;
+        }
+        let Some((execution, ty)) = self.subjects.parse_event(subject) else {
+            self.bad(seq, subject, "not a lifecycle event subject");
+            return Done::Ack;
+        };
+        let empty = async_nats::HeaderMap::new();
+        match codec::decode(headers.unwrap_or(&empty), body, &self.limits) {
+            Ok(envelope) if envelope.execution == execution && envelope.event_type() == ty => {
+                self.on_event(seq, envelope).await
+            }
+            Ok(envelope) => {
+                let reason = format!(
+                    "the event names execution {} and type {}, its subject {execution} and {ty}",
+                    envelope.execution,
+                    envelope.event_type()
+                );
+                self.invalid(seq, &execution, ty, reason).await
+            }
+            Err(e) => self.invalid(seq, &execution, ty, describe(&e)).await,
+        }
+    }
+
+    /// A message on an event subject that is not a valid event. A bad
+    /// submission ends `rejected` with the reason; anything else is counted
+    /// and skipped (the fold skips it too).
+    async fn invalid(&self, seq: u64, execution: &ExecutionId, ty: EventType, reason: String) -> Done {
+        self.bad(seq, execution.as_str(), &reason);
+        if ty != EventType::Submitted {
+            return Done::Ack;
+        }
+        let command = Command::Reject {
+            field: None,
+            reason: format!("the submission could not be read: {reason}"),
+        };
+        self.transition(execution, &command).await
+    }
+
+    async fn on_event(&self, seq: u64, envelope: Envelope) -> Done {
+        let execution = envelope.execution.clone();
+        match &envelope.event {
+            Event::Submitted(submitted) => {
+                let spec = &submitted.spec;
+                if let Err(field) = spec.validate_recorded() {
+                    let command = Command::Reject {
+                        field: Some(field.field),
+                        reason: field.reason,
+                    };
+                    return self.transition(&execution, &command).await;
+                }
+                if let Some(ms) = spec.timeout_ms {
+                    let at = add_ms(envelope.time, ms);
+                    if let Err(done) = self.set_timer(&execution, Timer::Deadline, at, 0).await {
+                        return done;
+                    }
+                }
+                match spec.not_before {
+                    Some(at) if at > Utc::now() => {
+                        match self.set_timer(&execution, Timer::Start, at, 0).await {
+                            Ok(()) => Done::Ack,
+                            Err(done) => done,
+                        }
+                    }
+                    _ => self.enqueue_after(seq, envelope).await,
+                }
+            }
+            Event::Queued(queued) => {
+                let item = WorkItem::of(execution.clone(), envelope.attempt, queued, seq);
+                self.dispatch(&item, queued).await
+            }
+            Event::Started(started) => match started.deadline {
+                Some(at) => match self
+                    .set_timer(&execution, Timer::Attempt, at, envelope.attempt)
+                    .await
+                {
+                    Ok(()) => Done::Ack,
+                    Err(done) => done,
+                },
+                None => Done::Ack,
+            },
+            Event::Failed(_)
+            | Event::TimedOut(runlog_events::event::TimedOut {
+                scope: TimeoutScope::Attempt,
+            }) => {
+                if matches!(envelope.event, Event::TimedOut(_)) {
+                    self.signal_cancel(&execution, "the attempt ran past its deadline")
+                        .await;
+                }
+                let command = Command::ResolveFailure {
+                    jitter: rand::random::<f64>(),
+                };
+                self.transition(&execution, &command).await
+            }
+            Event::RetryScheduled(retry) => {
+                match self
+                    .set_timer(&execution, Timer::Retry, retry.at, envelope.attempt)
+                    .await
+                {
+                    Ok(()) => Done::Ack,
+                    Err(done) => done,
+                }
+            }
+            Event::CancelRequested(request) => {
+                self.signal_cancel(&execution, &request.reason).await;
+                Done::Ack
+            }
+            Event::TimedOut(_) => {
+                self.signal_cancel(&execution, "the execution ran past its deadline")
+                    .await;
+                Done::Ack
+            }
+            _ => Done::Ack,
+        }
+    }
+
+    /// Queues the first attempt right after `submitted` (stored at `seq`):
+    /// one append, expecting nothing else happened since. If something did
+    /// (another replica queued it, a cancel came first), decide again on
+    /// the whole history.
+    async fn enqueue_after(&self, seq: u64, submitted: Envelope) -> Done {
+        let mut state = ExecutionState::default();
+        if decider::apply(&mut state, &submitted).is_err() {
+            // A second `submitted` for an existing execution: nothing follows.
+            return Done::Ack;
+        }
+        let now = Utc::now();
+        let Ok(facts) = decider::decide(&Command::Enqueue, &state, now) else {
+            return Done::Ack;
+        };
+        let mut expected = seq;
+        for fact in facts {
+            let mut envelope = Envelope::new(
+                submitted.execution.clone(),
+                fact.attempt,
+                now,
+                self.journal.source(),
+                fact.event,
+            );
+            envelope.correlation_id = submitted.correlation_id.clone();
+            envelope.traceparent = submitted.traceparent.clone();
+            match self.journal.append(expected, &envelope).await {
+                Ok(appended) => expected = appended.seq,
+                Err(AppendError::Conflict { .. }) => {
+                    return self.transition(&submitted.execution, &Command::Enqueue).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, execution = %submitted.execution, "cannot queue");
+                    return Done::Retry;
+                }
+            }
+        }
+        Done::Ack
+    }
+
+    /// Publishes the work item of a queued attempt.
+    async fn dispatch(&self, item: &WorkItem, queued: &runlog_events::event::Queued) -> Done {
+        let subject = self
+            .subjects
+            .dispatch(&queued.queue, queued.priority, &item.execution);
+        let body = match serde_json::to_vec(item) {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a work item");
+                return Done::Ack;
+            }
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(codec::header::MSG_ID, item.msg_id().as_str());
+        headers.insert(codec::header::CONTENT_TYPE, codec::JSON);
+        match self.publish(subject, headers, body.into()).await {
+            Ok(()) => {
+                self.stats.dispatched.fetch_add(1, Ordering::Relaxed);
+                Done::Ack
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, execution = %item.execution, "cannot dispatch");
+                Done::Retry
+            }
+        }
+    }
+
+    /// Sets a broker-held timer: a schedule on `<p>.sched.<exec>.<timer>`
+    /// firing once at `at` on `<p>.sched.<exec>.<timer>.due`. A newer timer
+    /// of the same kind replaces the older one.
+    async fn set_timer(
+        &self,
+        execution: &ExecutionId,
+        timer: Timer,
+        at: DateTime<Utc>,
+        attempt: u32,
+    ) -> Result<(), Done> {
+        let body = serde_json::to_vec(&TimerFired { timer, attempt })
+            .expect("a timer body always serialises");
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            "Nats-Schedule",
+            format!("@at {}", at.to_rfc3339_opts(SecondsFormat::Millis, true)).as_str(),
+        );
+        headers.insert(
+            "Nats-Schedule-Target",
+            self.subjects.timer(execution, timer.as_str()).as_str(),
+        );
+        headers.insert(
+            codec::header::MSG_ID,
+            format!("{execution}:timer:{}:{attempt}", timer.as_str()).as_str(),
+        );
+        let subject = self.subjects.schedule(execution, timer.as_str());
+        match self.publish(subject, headers, body.into()).await {
+            Ok(()) => {
+                self.stats.timers.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, %execution, timer = timer.as_str(), "cannot set a timer");
+                Err(Done::Retry)
+            }
+        }
+    }
+
+    /// A timer fired.
+    async fn fired(&self, subject: &str, body: &[u8]) -> Done {
+        let execution = subject
+            .strip_prefix(&format!("{}.sched.", self.subjects.prefix()))
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|id| ExecutionId::new(id).ok());
+        let (Some(execution), Ok(fired)) = (execution, serde_json::from_slice::<TimerFired>(body))
+        else {
+            self.bad(0, subject, "a timer that cannot be read");
+            return Done::Ack;
+        };
+        let command = match fired.timer {
+            Timer::Retry | Timer::Start => Command::Enqueue,
+            Timer::Attempt => Command::TimeOutAttempt {
+                attempt: fired.attempt,
+            },
+            Timer::Deadline => Command::TimeOutExecution,
+        };
+        self.transition(&execution, &command).await
+    }
+
+    /// Load → decide → append. A refusal means the reaction is moot (the
+    /// execution moved on); only I/O failures are retried.
+    async fn transition(&self, execution: &ExecutionId, command: &Command) -> Done {
+        match self.journal.transition(execution, command, Utc::now()).await {
+            Ok(_) => Done::Ack,
+            Err(TransitionError::Rejected(rejection)) => {
+                tracing::debug!(%execution, code = rejection.code(), "reaction not needed");
+                Done::Ack
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, %execution, "reaction failed; will retry");
+                Done::Retry
+            }
+        }
+    }
+
+    /// Tells the worker of `execution` to stop (core NATS: a worker that
+    /// misses it is stopped by its attempt's deadline or its claim).
+    async fn signal_cancel(&self, execution: &ExecutionId, reason: &str) {
+        let client = self.journal.jetstream().client();
+        if let Err(e) = client
+            .publish(self.subjects.cancel(execution), reason.to_owned().into())
+            .await
+        {
+            tracing::warn!(error = %e, %execution, "cannot signal a cancel");
+        }
+    }
+
+    async fn publish(
+        &self,
+        subject: String,
+        headers: async_nats::HeaderMap,
+        body: bytes::Bytes,
+    ) -> Result<(), String> {
+        let js = self.journal.jetstream();
+        js.publish_with_headers(subject, headers, body)
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn bad(&self, seq: u64, what: &str, reason: &str) {
+        self.stats.bad.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(seq, what, reason, "the reactor skipped a message it cannot read");
+    }
+}
+
+fn add_ms(time: DateTime<Utc>, ms: u64) -> DateTime<Utc> {
+    i64::try_from(ms)
+        .ok()
+        .and_then(|ms| time.checked_add_signed(chrono::TimeDelta::milliseconds(ms)))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+fn describe(e: &DecodeError) -> String {
+    format!("{e} ({:?})", e.kind())
+}

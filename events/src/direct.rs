@@ -1,0 +1,155 @@
+//! Batched direct gets: read every stored message of a subject filter
+//! without creating a consumer (`$JS.API.DIRECT.GET.<stream>` with
+//! `next_by_subj` and `batch`; async-nats has no API for it).
+//!
+//! Used to load an execution's history, its log lines and its progress.
+//! Needs `allow_direct` on the stream. A replica may answer, so a read is
+//! not guaranteed to include a write that was acknowledged a moment ago.
+
+use std::time::Duration;
+
+use async_nats::{Client, HeaderMap};
+use bytes::Bytes;
+use futures::StreamExt;
+
+/// Messages per direct-get batch.
+pub const BATCH: usize = 1_000;
+/// How long one batch may take.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A stored message.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// Its stream sequence.
+    pub seq: u64,
+    /// Its headers.
+    pub headers: HeaderMap,
+    /// Its body.
+    pub payload: Bytes,
+}
+
+/// Why a direct get failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("direct get on {stream} failed: {reason}")]
+pub struct DirectGetError {
+    /// The stream.
+    pub stream: String,
+    /// What failed.
+    pub reason: String,
+}
+
+/// Reads the messages of `stream` matching `filter` with sequence ≥ `from`,
+/// at most `max` of them, in stream order; calls `each` for every one.
+pub async fn read(
+    client: &Client,
+    stream: &str,
+    filter: &str,
+    from: u64,
+    max: usize,
+    mut each: impl FnMut(Stored),
+) -> Result<(), DirectGetError> {
+    let fail = |reason: String| DirectGetError {
+        stream: stream.to_owned(),
+        reason,
+    };
+    let api = format!("$JS.API.DIRECT.GET.{stream}");
+    let mut next = from.max(1);
+    let mut left = max;
+    while left > 0 {
+        let inbox = client.new_inbox();
+        let mut replies = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let request = serde_json::json!({
+            "seq": next,
+            "next_by_subj": filter,
+            "batch": left.min(BATCH),
+        });
+        client
+            .publish_with_reply(api.clone(), inbox, request.to_string().into())
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let mut more = false;
+        loop {
+            let reply = tokio::time::timeout(TIMEOUT, replies.next())
+                .await
+                .map_err(|_| fail("the server did not answer".into()))?
+                .ok_or_else(|| fail("the connection closed during the read".into()))?;
+            match reply.status.map(|s| s.as_u16()) {
+                // End of batch: more may follow.
+                Some(204) => {
+                    more = header_u64(reply.headers.as_ref(), "Nats-Num-Pending") > 0;
+                    break;
+                }
+                // Nothing (more) matches.
+                Some(404) => break,
+                Some(code) if code >= 300 => {
+                    return Err(fail(format!(
+                        "the server answered {code} {}; the stream needs allow_direct",
+                        reply.description.unwrap_or_default()
+                    )));
+                }
+                _ => {}
+            }
+            let headers = reply.headers.unwrap_or_default();
+            let seq = header_u64(Some(&headers), "Nats-Sequence");
+            if seq < next {
+                return Err(fail(format!(
+                    "the server returned sequence {seq}, expected >= {next}"
+                )));
+            }
+            next = seq + 1;
+            left -= 1;
+            each(Stored {
+                seq,
+                headers,
+                payload: reply.payload,
+            });
+            if left == 0 {
+                break;
+            }
+        }
+        if !more {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The newest message of `stream` on `subject`, if any.
+pub async fn last(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    subject: &str,
+) -> Result<Option<Stored>, DirectGetError> {
+    let fail = |reason: String| DirectGetError {
+        stream: stream.to_owned(),
+        reason,
+    };
+    let handle = js
+        .get_stream_no_info(stream)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    match handle.direct_get_last_for_subject(subject).await {
+        Ok(message) => Ok(Some(Stored {
+            seq: message.sequence,
+            headers: message.headers,
+            payload: message.payload,
+        })),
+        Err(e)
+            if e.kind()
+                == async_nats::jetstream::stream::DirectGetErrorKind::NotFound =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(fail(e.to_string())),
+    }
+}
+
+pub(crate) fn header_u64(headers: Option<&HeaderMap>, name: &str) -> u64 {
+    headers
+        .and_then(|h| h.get(name))
+        .and_then(|v| v.as_str().parse().ok())
+        .unwrap_or(0)
+}

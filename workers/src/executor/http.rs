@@ -1,0 +1,620 @@
+//! The `http` executor: one HTTP request per attempt.
+//!
+//! The answer's status decides the result: an expected status is the
+//! output; anything else is a [`TaskError`] classified so the retry policy
+//! does the right thing (429 honours `Retry-After`, 5xx is retried, other
+//! 4xx are permanent). Secrets reach the request through `${NAME}`
+//! references to the task's environment, and never appear in errors or
+//! output.
+//!
+//! [`HttpInput`] is the input format; `docs/executors.md` describes it for
+//! users.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
+use reqwest::{Method, StatusCode, Url};
+use runlog_events::{ErrorClass, TaskError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{StopReason, mask, stop_requested};
+use crate::handler::{Context, Handler, HandlerResult};
+
+/// Request timeout when the input does not say.
+pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
+/// Bytes of the response body kept when the input does not say.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+/// The largest `max_body_bytes` accepted: the output travels in one event.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// Bytes of an unexpected answer's body quoted in the error.
+const ERROR_BODY_CHARS: usize = 200;
+
+/// The input of an `http` task.
+///
+/// `${NAME}` in `url`, header values and body strings is replaced by the
+/// variable `NAME` of the task's environment (sealed env or secret), so
+/// tokens stay out of the recorded input; `$${` writes a literal `${`.
+///
+/// # Examples
+/// ```
+/// use runlog_worker::executor::HttpInput;
+///
+/// let input: HttpInput = serde_json::from_value(serde_json::json!({
+///     "method": "POST",
+///     "url": "https://api.example.com/v1/deploys",
+///     "headers": {"authorization": "Bearer ${DEPLOY_TOKEN}"},
+///     "body": {"service": "billing"},
+///     "expect_status": [201],
+/// }))
+/// .unwrap();
+/// assert_eq!(input.method, "POST");
+/// ```
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpInput {
+    /// The method; `GET` when absent.
+    #[serde(default = "get")]
+    pub method: String,
+    /// An `http` or `https` URL.
+    pub url: String,
+    /// Request headers. Their values never appear in errors or output.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The body: a string is sent as is; any other JSON value is sent as
+    /// JSON (with `content-type: application/json` unless a header says
+    /// otherwise).
+    #[serde(default)]
+    pub body: Option<Value>,
+    /// Milliseconds for the whole exchange, body included. Default
+    /// [`DEFAULT_TIMEOUT_MS`]; the attempt deadline applies too.
+    pub timeout_ms: Option<u64>,
+    /// The statuses that mean success; any 2xx when absent.
+    pub expect_status: Option<Vec<u16>>,
+    /// Bytes of the response body kept in the output. Default
+    /// [`DEFAULT_MAX_BODY_BYTES`], at most [`MAX_BODY_BYTES`].
+    pub max_body_bytes: Option<usize>,
+}
+
+fn get() -> String {
+    "GET".to_owned()
+}
+
+/// Runs `http` tasks with one shared connection pool.
+#[derive(Debug, Clone)]
+pub struct HttpExecutor {
+    client: reqwest::Client,
+}
+
+impl Default for HttpExecutor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HttpExecutor {
+    /// An executor with a default client (rustls, up to 10 redirects).
+    ///
+    /// # Panics
+    /// When the TLS backend cannot be initialised, as
+    /// [`reqwest::Client::new`] does.
+    pub fn new() -> Self {
+        Self::with_client(reqwest::Client::new())
+    }
+
+    /// An executor sending through `client` (proxies, custom roots, ...).
+    /// Per-request timeouts come from the input.
+    pub fn with_client(client: reqwest::Client) -> Self {
+        HttpExecutor { client }
+    }
+}
+
+impl Handler for HttpExecutor {
+    async fn run(&self, ctx: Context) -> HandlerResult {
+        let request = Request::new(ctx.input(), ctx.env())?;
+        if let Some(reason) = StopReason::now(&ctx) {
+            return Err(reason.error(format!(
+                "{} was not sent: the attempt was stopped",
+                request.shown
+            )));
+        }
+        tokio::select! {
+            result = request.send(&self.client) => result,
+            reason = stop_requested(&ctx) => Err(reason.error(match reason {
+                StopReason::Cancelled => format!("cancelled: {} was abandoned", request.shown),
+                StopReason::Timeout => format!(
+                    "ran past the attempt deadline: {} was abandoned",
+                    request.shown
+                ),
+            })),
+        }
+    }
+}
+
+fn invalid(message: impl Into<String>) -> TaskError {
+    TaskError::new(
+        ErrorClass::InvalidInput,
+        format!("http input: {} (see docs/executors.md)", message.into()),
+    )
+}
+
+/// A validated request, secrets substituted.
+#[derive(Debug)]
+struct Request {
+    method: Method,
+    url: Url,
+    /// `METHOD url` as the input wrote it (before substitution), for messages.
+    shown: String,
+    headers: HeaderMap,
+    body: Option<Vec<u8>>,
+    timeout: Duration,
+    expect: Option<Vec<u16>>,
+    max_body: usize,
+    /// Values masked in every message.
+    secrets: Vec<String>,
+}
+
+impl Request {
+    fn new(input: &Value, env: &BTreeMap<String, String>) -> Result<Self, TaskError> {
+        let input: HttpInput =
+            serde_json::from_value(input.clone()).map_err(|e| invalid(e.to_string()))?;
+        let method = Method::from_bytes(input.method.to_ascii_uppercase().as_bytes())
+            .map_err(|_| invalid(format!("`method` {:?} is not an HTTP method", input.method)))?;
+        let shown = format!("{method} {}", input.url);
+        let mut secrets = Vec::new();
+
+        let url = expand(&input.url, env, &mut secrets, "`url`")?;
+        let url = Url::parse(&url).map_err(|e| invalid(format!("`url` is not a URL ({e})")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(invalid("`url` must start with http:// or https://"));
+        }
+
+        let mut headers = HeaderMap::new();
+        for (name, value) in &input.headers {
+            let what = format!("`headers.{name}`");
+            let header = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid(format!("{what} is not a valid header name")))?;
+            let value = expand(value, env, &mut secrets, &what)?;
+            let mut value = HeaderValue::from_str(&value).map_err(|_| {
+                invalid(format!(
+                    "the value of {what} has characters a header cannot hold"
+                ))
+            })?;
+            value.set_sensitive(true);
+            secrets.push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+            headers.append(header, value);
+        }
+        if !headers.contains_key(USER_AGENT) {
+            headers.insert(
+                USER_AGENT,
+                HeaderValue::from_static(concat!("runlog-worker/", env!("CARGO_PKG_VERSION"))),
+            );
+        }
+
+        let body = match input.body {
+            None | Some(Value::Null) => None,
+            Some(Value::String(text)) => {
+                Some(expand(&text, env, &mut secrets, "`body`")?.into_bytes())
+            }
+            Some(mut value) => {
+                expand_json(&mut value, env, &mut secrets)?;
+                if !headers.contains_key(CONTENT_TYPE) {
+                    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                }
+                Some(serde_json::to_vec(&value).map_err(|e| invalid(format!("`body`: {e}")))?)
+            }
+        };
+
+        let max_body = input.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        if max_body > MAX_BODY_BYTES {
+            return Err(invalid(format!(
+                "`max_body_bytes` is {max_body}, at most {MAX_BODY_BYTES} are kept"
+            )));
+        }
+        if let Some(bad) = input
+            .expect_status
+            .iter()
+            .flatten()
+            .find(|s| !(100..=599).contains(*s))
+        {
+            return Err(invalid(format!(
+                "`expect_status` {bad} is not an HTTP status"
+            )));
+        }
+        Ok(Request {
+            method,
+            url,
+            shown,
+            headers,
+            body,
+            timeout: Duration::from_millis(input.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)),
+            expect: input.expect_status,
+            max_body,
+            secrets,
+        })
+    }
+
+    fn mask(&self, message: &str) -> String {
+        mask(message, self.secrets.iter().map(String::as_str))
+    }
+
+    fn expected(&self, status: StatusCode) -> bool {
+        match &self.expect {
+            Some(expect) => expect.contains(&status.as_u16()),
+            None => status.is_success(),
+        }
+    }
+
+    async fn send(&self, client: &reqwest::Client) -> HandlerResult {
+        let mut request = client
+            .request(self.method.clone(), self.url.clone())
+            .headers(self.headers.clone())
+            .timeout(self.timeout);
+        if let Some(body) = &self.body {
+            request = request.body(body.clone());
+        }
+        let mut response = request.send().await.map_err(|e| self.transport_error(e))?;
+        let status = response.status();
+        let expected = self.expected(status);
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| retry_after_ms(v, Utc::now()));
+        let is_json = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(is_json_type);
+        let headers = visible_headers(response.headers());
+
+        // An unexpected answer only needs enough body for the message.
+        let keep = if expected {
+            self.max_body
+        } else {
+            ERROR_BODY_CHARS * 4
+        };
+        let mut body = Vec::new();
+        let mut truncated: u64 = 0;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.transport_error(e))?
+        {
+            let room = keep.saturating_sub(body.len());
+            body.extend_from_slice(&chunk[..room.min(chunk.len())]);
+            truncated += chunk.len().saturating_sub(room) as u64;
+            if !expected && truncated > 0 {
+                break;
+            }
+        }
+
+        if !expected {
+            return Err(self.status_error(status, retry_after, &body));
+        }
+        let body = match is_json && truncated == 0 {
+            true => serde_json::from_slice(&body).ok(),
+            false => None,
+        }
+        .unwrap_or_else(|| Value::String(String::from_utf8_lossy(&body).into_owned()));
+        Ok(json!({
+            "status": status.as_u16(),
+            "headers": headers,
+            "body": body,
+            "body_truncated_bytes": truncated,
+        }))
+    }
+
+    /// The error for a request that got no (complete) answer.
+    fn transport_error(&self, error: reqwest::Error) -> TaskError {
+        let error = error.without_url();
+        let mut cause = String::new();
+        let mut source = std::error::Error::source(&error);
+        while let Some(inner) = source {
+            cause = inner.to_string();
+            source = inner.source();
+        }
+        let cause = if cause.is_empty() {
+            error.to_string()
+        } else {
+            cause
+        };
+        let (class, message) = if error.is_timeout() {
+            (
+                ErrorClass::Timeout,
+                format!(
+                    "{} timed out after {} ms: raise `timeout_ms` if the server is just slow",
+                    self.shown,
+                    self.timeout.as_millis()
+                ),
+            )
+        } else if error.is_connect() {
+            (
+                ErrorClass::Network,
+                format!(
+                    "cannot connect for {} ({cause}): is the server up and the host name right?",
+                    self.shown
+                ),
+            )
+        } else if error.is_builder() {
+            (
+                ErrorClass::InvalidInput,
+                format!("cannot build {} ({cause})", self.shown),
+            )
+        } else if error.is_request() || error.is_body() || error.is_decode() {
+            (
+                ErrorClass::Network,
+                format!("the connection failed during {} ({cause})", self.shown),
+            )
+        } else {
+            (
+                ErrorClass::Unknown,
+                format!("{} failed ({cause})", self.shown),
+            )
+        };
+        TaskError::new(class, self.mask(&message))
+    }
+
+    /// The error for an answer whose status was not expected.
+    fn status_error(&self, status: StatusCode, retry_after: Option<u64>, body: &[u8]) -> TaskError {
+        let class = match status.as_u16() {
+            429 => ErrorClass::RateLimited,
+            408 => ErrorClass::Timeout,
+            401 | 403 => ErrorClass::Permission,
+            404 | 410 => ErrorClass::NotFound,
+            500..=599 => ErrorClass::Unknown,
+            _ => ErrorClass::InvalidInput,
+        };
+        let snippet: String = String::from_utf8_lossy(body)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .chars()
+            .take(ERROR_BODY_CHARS)
+            .collect();
+        let hint = match class {
+            ErrorClass::InvalidInput if status.as_u16() < 400 => {
+                " (not in `expect_status`: add it there if it means success)"
+            }
+            _ => "",
+        };
+        let mut message = format!("{} answered {status}{hint}", self.shown);
+        if !snippet.is_empty() {
+            message.push_str(": ");
+            message.push_str(&snippet);
+        }
+        let mut error = TaskError::new(class, self.mask(&message));
+        if matches!(class, ErrorClass::RateLimited | ErrorClass::Unknown) {
+            error.retry_after_ms = retry_after;
+        }
+        error
+    }
+}
+
+/// `template` with `${NAME}` replaced from `env`; the values used are
+/// added to `secrets`.
+fn expand(
+    template: &str,
+    env: &BTreeMap<String, String>,
+    secrets: &mut Vec<String>,
+    what: &str,
+) -> Result<String, TaskError> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        if let Some(after) = rest.strip_prefix("$${") {
+            out.push_str("${");
+            rest = after;
+        } else if let Some(after) = rest.strip_prefix("${") {
+            let end = after
+                .find('}')
+                .ok_or_else(|| invalid(format!("{what} has a `${{` without its `}}`")))?;
+            let name = &after[..end];
+            let value = env.get(name).ok_or_else(|| {
+                invalid(format!(
+                    "{what} uses ${{{name}}}, which is not in the task's environment: \
+                     set it in the task's env or secrets (write $${{ for a literal ${{)"
+                ))
+            })?;
+            out.push_str(value);
+            secrets.push(value.clone());
+            rest = &after[end + 1..];
+        } else {
+            out.push('$');
+            rest = &rest[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// [`expand`] on every string of a JSON body.
+fn expand_json(
+    value: &mut Value,
+    env: &BTreeMap<String, String>,
+    secrets: &mut Vec<String>,
+) -> Result<(), TaskError> {
+    match value {
+        Value::String(text) => *text = expand(text, env, secrets, "`body`")?,
+        Value::Array(items) => {
+            for item in items {
+                expand_json(item, env, secrets)?;
+            }
+        }
+        Value::Object(fields) => {
+            for item in fields.values_mut() {
+                expand_json(item, env, secrets)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn is_json_type(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json" || essence.ends_with("+json")
+}
+
+/// Whether a response header may carry credentials, and so is left out of
+/// the output.
+fn is_sensitive_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.contains("cookie")
+        || name.contains("auth")
+        || name.contains("token")
+        || name.contains("secret")
+        || name.contains("key")
+}
+
+/// The response headers the output shows; repeated ones joined by `, `.
+fn visible_headers(headers: &HeaderMap) -> BTreeMap<String, String> {
+    let mut visible: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in headers {
+        if is_sensitive_header(name.as_str()) {
+            continue;
+        }
+        let value = String::from_utf8_lossy(value.as_bytes());
+        visible
+            .entry(name.as_str().to_owned())
+            .and_modify(|v| {
+                v.push_str(", ");
+                v.push_str(&value);
+            })
+            .or_insert_with(|| value.into_owned());
+    }
+    visible
+}
+
+/// The delay a `Retry-After` value asks for, in milliseconds: delay
+/// seconds, or an HTTP date (in the past means now).
+pub fn retry_after_ms(value: &str, now: DateTime<Utc>) -> Option<u64> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(seconds.saturating_mul(1_000));
+    }
+    let at = DateTime::parse_from_rfc2822(value).ok()?;
+    Some(
+        (at.with_timezone(&Utc) - now)
+            .num_milliseconds()
+            .max(0)
+            .try_into()
+            .unwrap_or(0),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> BTreeMap<String, String> {
+        [("TOKEN".to_owned(), "t0ken-value".to_owned())].into()
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let now = DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(retry_after_ms("120", now), Some(120_000));
+        assert_eq!(
+            retry_after_ms("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(30_000)
+        );
+        assert_eq!(
+            retry_after_ms("Wed, 21 Oct 2015 07:27:00 GMT", now),
+            Some(0)
+        );
+        assert_eq!(retry_after_ms("soon", now), None);
+    }
+
+    #[test]
+    fn references_expand_from_the_task_environment() {
+        let mut secrets = Vec::new();
+        let out = expand("Bearer ${TOKEN} costs $5 $${X}", &env(), &mut secrets, "h").unwrap();
+        assert_eq!(out, "Bearer t0ken-value costs $5 ${X}");
+        assert_eq!(secrets, ["t0ken-value"]);
+        let error = expand("${MISSING}", &env(), &mut secrets, "`url`").unwrap_err();
+        assert_eq!(error.class, ErrorClass::InvalidInput);
+        assert!(error.message.contains("MISSING"));
+    }
+
+    #[test]
+    fn header_values_are_masked_in_messages() {
+        let input = json!({
+            "url": "http://example.invalid/${TOKEN}",
+            "headers": {"x-api-key": "literal-key-123", "authorization": "Bearer ${TOKEN}"},
+        });
+        let request = Request::new(&input, &env()).unwrap();
+        let error = request.status_error(
+            StatusCode::UNAUTHORIZED,
+            None,
+            b"bad key literal-key-123 for t0ken-value",
+        );
+        assert_eq!(error.class, ErrorClass::Permission);
+        assert!(
+            !error.message.contains("literal-key-123"),
+            "{}",
+            error.message
+        );
+        assert!(!error.message.contains("t0ken-value"), "{}", error.message);
+        assert!(error.message.contains("${TOKEN}"), "{}", error.message);
+    }
+
+    #[test]
+    fn statuses_map_to_classes() {
+        let request = Request::new(&json!({"url": "http://x.invalid"}), &env()).unwrap();
+        let class = |code| {
+            let error = request.status_error(StatusCode::from_u16(code).unwrap(), Some(5), b"");
+            (error.class, error.retryable, error.retry_after_ms)
+        };
+        assert_eq!(class(429), (ErrorClass::RateLimited, true, Some(5)));
+        assert_eq!(class(503), (ErrorClass::Unknown, true, Some(5)));
+        assert_eq!(class(404), (ErrorClass::NotFound, false, None));
+        assert_eq!(class(403), (ErrorClass::Permission, false, None));
+        assert_eq!(class(422), (ErrorClass::InvalidInput, false, None));
+        assert_eq!(class(204), (ErrorClass::InvalidInput, false, None));
+    }
+
+    #[test]
+    fn credential_headers_are_left_out() {
+        let mut headers = HeaderMap::new();
+        headers.append("set-cookie", HeaderValue::from_static("a=1"));
+        headers.append("x-auth-token", HeaderValue::from_static("t"));
+        headers.append("x-request-id", HeaderValue::from_static("r1"));
+        headers.append("vary", HeaderValue::from_static("a"));
+        headers.append("vary", HeaderValue::from_static("b"));
+        let visible = visible_headers(&headers);
+        assert_eq!(
+            visible,
+            BTreeMap::from([
+                ("vary".to_owned(), "a, b".to_owned()),
+                ("x-request-id".to_owned(), "r1".to_owned()),
+            ])
+        );
+    }
+
+    #[test]
+    fn bad_input_is_invalid_input() {
+        for input in [
+            json!({}),
+            json!({"url": "ftp://x"}),
+            json!({"url": "http://x", "method": "GE T"}),
+            json!({"url": "http://x", "max_body_bytes": 10_000_000}),
+            json!({"url": "http://x", "headers": {"bad name": "v"}}),
+        ] {
+            let error = Request::new(&input, &env()).unwrap_err();
+            assert_eq!(error.class, ErrorClass::InvalidInput, "{input}");
+        }
+    }
+}

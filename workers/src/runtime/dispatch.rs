@@ -1,0 +1,310 @@
+//! The dispatcher: the one loop of a worker that fetches by priority,
+//! applies the capacity rules, starts attempts, and drains on shutdown.
+//!
+//! Admission of a fetched item:
+//!
+//! 1. Its required labels are not all on this worker: NAK with a delay of
+//!    `nak_delay × deliveries` (at most 30 s), so a matching worker takes it.
+//! 2. It can start (a slot is free, its kind is under its limit, no
+//!    exclusive attempt runs or waits): it starts.
+//! 3. No slot is free (an item over-fetched by the idle long polls): it
+//!    waits in the worker for a slot.
+//! 4. Its kind is at its limit, or an exclusive conflict blocks it: on its
+//!    first delivery it is NAKed with `nak_delay`, so an idle worker can take
+//!    it; a redelivered item waits in the worker instead, so capacity costs
+//!    an item at most one of the consumer's `max_deliver` deliveries.
+//!
+//! Waiting items count against the slots (fetches ask only for what is
+//! left), get in-progress acks, and start in priority order as soon as the
+//! rules allow. While an exclusive item waits, nothing else starts and the
+//! worker stops fetching, so the exclusive item starts once the running
+//! attempts end.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{AckKind, Message};
+use runlog_events::{Priority, WorkItem};
+use tokio::sync::watch;
+use tokio::task::{self, JoinError, JoinSet};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::capacity::{Blocked, Capacity};
+use super::execution::{self, Shared};
+use super::fetch::{Fetched, Fetcher};
+
+/// The longest delay a label mismatch NAKs an item with.
+const MAX_NAK_DELAY: Duration = Duration::from_secs(30);
+/// How long the dispatcher waits after a failed fetch before the next one.
+const FETCH_RETRY: Duration = Duration::from_secs(1);
+
+/// An item that waits in the worker for a slot or for its kind's limit.
+struct Waiting {
+    message: Message,
+    item: WorkItem,
+    priority: Priority,
+    arrival: u64,
+    redelivered: bool,
+}
+
+/// One worker's dispatch loop and the attempts it owns.
+pub(crate) struct Dispatcher {
+    fetcher: Fetcher,
+    capacity: Capacity,
+    labels: BTreeMap<String, String>,
+    shared: Arc<Shared>,
+    paused: watch::Receiver<bool>,
+    drain_timeout: Duration,
+    waiting: Vec<Waiting>,
+    arrivals: u64,
+    attempts: JoinSet<()>,
+    kinds: HashMap<task::Id, String>,
+    hard_stop: CancellationToken,
+}
+
+impl Dispatcher {
+    pub fn new(
+        fetcher: Fetcher,
+        capacity: Capacity,
+        labels: BTreeMap<String, String>,
+        shared: Arc<Shared>,
+        paused: watch::Receiver<bool>,
+        drain_timeout: Duration,
+    ) -> Self {
+        Dispatcher {
+            fetcher,
+            capacity,
+            labels,
+            shared,
+            paused,
+            drain_timeout,
+            waiting: Vec::new(),
+            arrivals: 0,
+            attempts: JoinSet::new(),
+            kinds: HashMap::new(),
+            hard_stop: CancellationToken::new(),
+        }
+    }
+
+    /// Runs until `shutdown`, then drains.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let keep_alive = self.shared.keep_alive;
+        let mut tick = tokio::time::interval_at(Instant::now() + keep_alive, keep_alive);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut retry_at: Option<Instant> = None;
+        let mut paused_open = true;
+        let far = Duration::from_secs(3600);
+        loop {
+            self.start_waiting();
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let quota = self.quota();
+            if quota > 0 && retry_at.is_none() && self.may_fetch() {
+                match self.fetcher.round(quota).await {
+                    Ok(items) if !items.is_empty() => {
+                        for fetched in items {
+                            self.admit(fetched).await;
+                        }
+                        continue;
+                    }
+                    Ok(_) => {
+                        if let Err(e) = self.fetcher.long_poll().await {
+                            tracing::warn!(error = %e, "cannot park a long poll; retrying");
+                            retry_at = Some(Instant::now() + FETCH_RETRY);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot fetch work items; retrying");
+                        retry_at = Some(Instant::now() + FETCH_RETRY);
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                Some(done) = self.attempts.join_next_with_id(), if !self.attempts.is_empty() => {
+                    self.finished(done);
+                }
+                polled = self.fetcher.next_polled(), if self.fetcher.is_polling() => match polled {
+                    Some(Ok(fetched)) => self.admit(fetched).await,
+                    Some(Err(e)) => tracing::warn!(error = %e, "a long poll failed"),
+                    None => {}
+                },
+                changed = self.paused.changed(), if paused_open => paused_open = changed.is_ok(),
+                _ = tick.tick() => self.keep_waiting_alive().await,
+                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(|| Instant::now() + far)),
+                    if retry_at.is_some() => retry_at = None,
+            }
+        }
+        self.drain().await;
+    }
+
+    /// How many items the next fetch round may take: the free slots, and
+    /// no more than keeps the possible over-fetch of parked polls at
+    /// `sources − 1`.
+    fn quota(&self) -> usize {
+        let concurrency = self.capacity.concurrency();
+        let held = self.capacity.running() + self.waiting.len();
+        let room = concurrency.saturating_sub(held);
+        let bound = (concurrency + self.fetcher.sources())
+            .saturating_sub(1)
+            .saturating_sub(held + self.fetcher.outstanding());
+        room.min(bound)
+    }
+
+    fn may_fetch(&self) -> bool {
+        !*self.paused.borrow() && !self.capacity.exclusive_running() && !self.exclusive_waiting()
+    }
+
+    fn exclusive_waiting(&self) -> bool {
+        self.waiting
+            .iter()
+            .any(|w| self.capacity.is_exclusive(&w.item.kind))
+    }
+
+    /// Whether an item of `kind` may start now.
+    fn check(&self, kind: &str) -> Result<(), Blocked> {
+        self.capacity.check(kind)?;
+        if !self.capacity.is_exclusive(kind) && self.exclusive_waiting() {
+            return Err(Blocked::Exclusive);
+        }
+        Ok(())
+    }
+
+    async fn admit(&mut self, fetched: Fetched) {
+        let Fetched { message, priority } = fetched;
+        let delivered = message.info().map(|i| i.delivered).unwrap_or(1).max(1);
+        let item: WorkItem = match serde_json::from_slice(&message.payload) {
+            Ok(item) => item,
+            Err(e) => {
+                tracing::warn!(subject = %message.subject, error = %e, "undecodable work item; terminating it");
+                if let Err(e) = message.ack_with(AckKind::Term).await {
+                    tracing::warn!(error = %e, "cannot terminate a work item");
+                }
+                return;
+            }
+        };
+        if !item.accepts(&self.labels) {
+            let factor = u32::try_from(delivered).unwrap_or(u32::MAX);
+            let delay = self.shared.nak_delay.saturating_mul(factor).min(MAX_NAK_DELAY);
+            tracing::debug!(execution = %item.execution, ?delay, "labels do not match; handing the item back");
+            execution::nak(&message, Some(delay)).await;
+            return;
+        }
+        self.arrivals += 1;
+        let waiting = Waiting {
+            message,
+            item,
+            priority,
+            arrival: self.arrivals,
+            redelivered: delivered > 1,
+        };
+        match self.check(&waiting.item.kind) {
+            Ok(()) => self.start(waiting),
+            Err(Blocked::Full) => self.wait(waiting),
+            Err(_) if delivered == 1 => {
+                tracing::debug!(execution = %waiting.item.execution, kind = %waiting.item.kind, "kind at its limit; handing the item back once");
+                execution::nak(&waiting.message, Some(self.shared.nak_delay)).await;
+            }
+            Err(_) => self.wait(waiting),
+        }
+    }
+
+    fn wait(&mut self, waiting: Waiting) {
+        let key = (waiting.priority, waiting.arrival);
+        let at = self
+            .waiting
+            .partition_point(|w| (w.priority, w.arrival) <= key);
+        self.waiting.insert(at, waiting);
+    }
+
+    /// Starts every waiting item the rules allow, in priority order.
+    fn start_waiting(&mut self) {
+        while let Some(at) = self
+            .waiting
+            .iter()
+            .position(|w| self.check(&w.item.kind).is_ok())
+        {
+            let waiting = self.waiting.remove(at);
+            self.start(waiting);
+        }
+    }
+
+    fn start(&mut self, waiting: Waiting) {
+        let Waiting {
+            message,
+            item,
+            redelivered,
+            ..
+        } = waiting;
+        let kind = item.kind.clone();
+        self.capacity.start(&kind);
+        let handle = self.attempts.spawn(execution::execute(
+            self.shared.clone(),
+            message,
+            item,
+            redelivered,
+            self.hard_stop.clone(),
+        ));
+        self.kinds.insert(handle.id(), kind);
+    }
+
+    fn finished(&mut self, done: Result<(task::Id, ()), JoinError>) {
+        let id = match done {
+            Ok((id, ())) => id,
+            Err(e) => {
+                if e.is_panic() {
+                    tracing::error!("an attempt task panicked; its work item returns after ack_wait");
+                }
+                e.id()
+            }
+        };
+        if let Some(kind) = self.kinds.remove(&id) {
+            self.capacity.finish(&kind);
+        }
+    }
+
+    async fn keep_waiting_alive(&mut self) {
+        for waiting in &self.waiting {
+            execution::progress(&waiting.message).await;
+        }
+    }
+
+    /// Stops fetching, hands waiting items back, lets running attempts
+    /// finish within the drain timeout, then stops the rest and hands their
+    /// items back without recording anything.
+    async fn drain(mut self) {
+        self.fetcher.stop_polling();
+        for waiting in std::mem::take(&mut self.waiting) {
+            execution::nak(&waiting.message, None).await;
+        }
+        let deadline = Instant::now() + self.drain_timeout;
+        while !self.attempts.is_empty() {
+            tokio::select! {
+                Some(done) = self.attempts.join_next_with_id() => self.finished(done),
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        if self.attempts.is_empty() {
+            return;
+        }
+        tracing::info!(
+            attempts = self.attempts.len(),
+            "drain timeout passed: stopping the remaining attempts and handing their work back"
+        );
+        self.hard_stop.cancel();
+        let limit = Instant::now() + self.shared.cancel_grace + Duration::from_secs(5);
+        while !self.attempts.is_empty() {
+            match tokio::time::timeout_at(limit, self.attempts.join_next_with_id()).await {
+                Ok(Some(done)) => self.finished(done),
+                Ok(None) => break,
+                Err(_) => {
+                    self.attempts.shutdown().await;
+                    break;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! The life of one work item once it has a slot: claim, environment,
+//! handler, result, acknowledgement.
+//!
+//! 1. Subscribe to the execution's cancel signal (before the claim, so a
+//!    signal sent right after it is not missed), then claim the attempt.
+//!    A skip is acknowledged and dropped.
+//! 2. Resolve the environment, find the handler by kind, start it under a
+//!    token that a cancel signal, the attempt deadline or a hard shutdown
+//!    cancels. Telemetry is published alongside; the work item gets
+//!    in-progress acks.
+//! 3. Record how it ended (`succeeded`, `failed`, `cancelled`, `timed_out`),
+//!    then acknowledge the work item. If recording fails for a transient
+//!    reason the item is left unacknowledged, and the server redelivers it.
+//!    On a hard shutdown the item is handed back with an immediate NAK and
+//!    nothing is recorded: the next claim records the lost attempt.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::Message;
+use async_nats::jetstream::kv;
+use chrono::Utc;
+use futures::StreamExt;
+use runlog_events::journal::{Journal, TransitionError};
+use runlog_events::{ErrorClass, Subjects, TaskError, WorkItem};
+use tokio::sync::OnceCell;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::environment::{self, SecretSource};
+use super::liveness::{Running, RunningAttempt};
+use super::telemetry::{self, TelemetryConfig};
+use crate::attempt::{Attempt, AttemptError, Claim, Outcome};
+use crate::handler::{Context, HandlerResult, Registry};
+
+/// What every attempt task of a worker shares.
+pub(crate) struct Shared {
+    pub client: async_nats::Client,
+    pub journal: Journal,
+    pub subjects: Subjects,
+    pub worker: String,
+    pub registry: Registry,
+    pub secrets: Arc<dyn SecretSource>,
+    pub env_bucket: OnceCell<kv::Store>,
+    pub telemetry: TelemetryConfig,
+    pub cancel_grace: Duration,
+    /// Interval of in-progress acks.
+    pub keep_alive: Duration,
+    pub nak_delay: Duration,
+    pub running: Arc<Running>,
+}
+
+impl Shared {
+    /// The `<p>-env` bucket, `None` while it does not exist.
+    async fn env_bucket(&self) -> Option<&kv::Store> {
+        let js = self.journal.jetstream();
+        let name = self.subjects.env_bucket();
+        self.env_bucket
+            .get_or_try_init(|| async { js.get_key_value(name).await })
+            .await
+            .ok()
+    }
+}
+
+/// How the handler's run ended, before it is recorded.
+enum Ending {
+    Recorded(Outcome),
+    /// Hand the item back without recording anything.
+    HandBack,
+}
+
+/// Aborts a spawned task when dropped, so an aborted attempt task takes
+/// its handler and telemetry down with it.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Runs one work item to its end. `hard_stop` is cancelled when the
+/// worker's drain timeout passes.
+pub(crate) async fn execute(
+    shared: Arc<Shared>,
+    message: Message,
+    item: WorkItem,
+    redelivered: bool,
+    hard_stop: CancellationToken,
+) {
+    let exec = item.execution.clone();
+    let mut cancel_signal = match shared.client.subscribe(shared.subjects.cancel(&exec)).await {
+        Ok(subscriber) => subscriber,
+        Err(e) => {
+            tracing::warn!(execution = %exec, error = %e, "cannot subscribe to the cancel signal");
+            nak(&message, Some(shared.nak_delay)).await;
+            return;
+        }
+    };
+    let (claimed_at, claimed_instant) = (Utc::now(), Instant::now());
+    let claim = Attempt::claim(
+        &shared.journal,
+        &exec,
+        &shared.worker,
+        redelivered,
+        claimed_at,
+    )
+    .await;
+    let attempt = match claim {
+        Ok(Claim::Started(attempt)) => attempt,
+        Ok(Claim::Skip { code, status }) => {
+            tracing::debug!(execution = %exec, code, %status, "nothing to run");
+            ack(&message).await;
+            return;
+        }
+        Err(AttemptError::Transition(TransitionError::Rejected(rejection))) => {
+            tracing::warn!(execution = %exec, code = rejection.code(), error = %rejection, "work item refused; dropping it");
+            ack(&message).await;
+            return;
+        }
+        Err(AttemptError::NoSpec(_)) => {
+            tracing::warn!(execution = %exec, "work item of an execution without a submission; dropping it");
+            ack(&message).await;
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(execution = %exec, error = %e, "cannot claim; the item comes back later");
+            nak(&message, Some(shared.nak_delay)).await;
+            return;
+        }
+    };
+    let spec = attempt.spec().clone();
+    let _running = shared.running.enter(RunningAttempt {
+        execution: exec.clone(),
+        attempt: attempt.number(),
+        kind: spec.kind.clone(),
+        started_at: claimed_at,
+    });
+    tracing::debug!(execution = %exec, attempt = attempt.number(), kind = %spec.kind, "attempt started");
+
+    let mut keep_alive =
+        tokio::time::interval_at(Instant::now() + shared.keep_alive, shared.keep_alive);
+    keep_alive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let prepared = async {
+        let bucket = if spec.sealed_env.is_empty() {
+            None
+        } else {
+            shared.env_bucket().await
+        };
+        let env = environment::resolve(&spec, &exec, bucket, shared.secrets.as_ref()).await?;
+        let handler = shared.registry.get(&spec.kind).ok_or_else(|| {
+            let mut error = TaskError::new(
+                ErrorClass::InvalidInput,
+                format!(
+                    "worker {} has no handler for kind {:?} (it runs {})",
+                    shared.worker,
+                    spec.kind,
+                    shared.registry.kinds().join(", ")
+                ),
+            );
+            error.retryable = false;
+            error
+        })?;
+        Ok::<_, TaskError>((env, handler))
+    };
+    let ending = match prepared.await {
+        Err(error) => Ending::Recorded(Outcome::Failed(error)),
+        Ok((env, handler)) => {
+            let deadline = spec
+                .attempt_timeout_ms
+                .map(|ms| claimed_instant + Duration::from_millis(ms));
+            let token = CancellationToken::new();
+            let (ctx, telemetry) =
+                Context::builder(exec.clone(), attempt.number(), &spec.kind, spec.input.clone())
+                    .env(env)
+                    .deadline(deadline)
+                    .cancel(token.clone())
+                    .build();
+            let finish = CancellationToken::new();
+            let mut publisher = AbortOnDrop(tokio::spawn(telemetry::publish(
+                attempt.reporter(),
+                telemetry,
+                shared.telemetry,
+                finish.clone(),
+            )));
+            let mut run = AbortOnDrop(tokio::spawn(handler.run_boxed(ctx)));
+            let ending = supervise(
+                &shared,
+                &message,
+                &mut run,
+                &mut cancel_signal,
+                &mut keep_alive,
+                &token,
+                deadline,
+                &hard_stop,
+            )
+            .await;
+            // Flush the telemetry before the result, so readers see every line first.
+            finish.cancel();
+            let flush = tokio::time::timeout(Duration::from_secs(5), &mut publisher.0);
+            if flush.await.is_err() {
+                tracing::warn!(execution = %exec, "telemetry did not flush in time");
+            }
+            ending
+        }
+    };
+    drop(cancel_signal);
+    let outcome = match ending {
+        Ending::HandBack => {
+            tracing::info!(execution = %exec, attempt = attempt.number(), "handing the work item back");
+            nak(&message, None).await;
+            return;
+        }
+        Ending::Recorded(outcome) => outcome,
+    };
+    // Recording may take a while (retries during an election): keep the item.
+    let record = attempt.finish(outcome, Utc::now());
+    tokio::pin!(record);
+    let recorded = loop {
+        tokio::select! {
+            recorded = &mut record => break recorded,
+            _ = keep_alive.tick() => progress(&message).await,
+        }
+    };
+    match recorded {
+        Ok(history) => {
+            tracing::debug!(execution = %exec, status = %history.state.status, "attempt recorded");
+            ack(&message).await;
+        }
+        Err(AttemptError::Transition(TransitionError::Rejected(rejection))) => {
+            // The attempt is no longer ours (declared lost, or the execution ended).
+            tracing::info!(execution = %exec, code = rejection.code(), error = %rejection, "result refused; dropping the work item");
+            ack(&message).await;
+        }
+        Err(e) => {
+            // Leave it unacknowledged: the server redelivers it after ack_wait.
+            tracing::warn!(execution = %exec, error = %e, "cannot record the result; the work item will be redelivered");
+        }
+    }
+}
+
+/// Waits for the handler, a cancel signal, the deadline or a hard stop,
+/// keeping the work item alive meanwhile.
+#[allow(clippy::too_many_arguments)]
+async fn supervise(
+    shared: &Shared,
+    message: &Message,
+    run: &mut AbortOnDrop<HandlerResult>,
+    cancel_signal: &mut async_nats::Subscriber,
+    keep_alive: &mut tokio::time::Interval,
+    token: &CancellationToken,
+    deadline: Option<Instant>,
+    hard_stop: &CancellationToken,
+) -> Ending {
+    let far = Instant::now() + Duration::from_secs(366 * 24 * 3600);
+    let mut signal_open = true;
+    let stopped = loop {
+        tokio::select! {
+            biased;
+            result = &mut run.0 => return Ending::Recorded(outcome_of(result)),
+            signal = cancel_signal.next(), if signal_open => match signal {
+                Some(_) => break Ending::Recorded(Outcome::Cancelled),
+                None => signal_open = false,
+            },
+            _ = tokio::time::sleep_until(deadline.unwrap_or(far)) => {
+                break Ending::Recorded(Outcome::TimedOut);
+            }
+            _ = hard_stop.cancelled() => break Ending::HandBack,
+            _ = keep_alive.tick() => progress(message).await,
+        }
+    };
+    // Ask the handler to stop and give it the grace period to do so; its
+    // result no longer matters.
+    token.cancel();
+    let grace = tokio::time::sleep(shared.cancel_grace);
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            _ = &mut run.0 => break,
+            _ = &mut grace => {
+                tracing::warn!(grace = ?shared.cancel_grace, "the handler did not stop within its grace period; abandoning it");
+                run.0.abort();
+                break;
+            }
+            _ = keep_alive.tick() => progress(message).await,
+        }
+    }
+    stopped
+}
+
+fn outcome_of(result: Result<HandlerResult, tokio::task::JoinError>) -> Outcome {
+    match result {
+        Ok(Ok(output)) => Outcome::Succeeded(output),
+        Ok(Err(error)) => Outcome::Failed(error),
+        Err(e) if e.is_panic() => Outcome::Failed(TaskError::new(
+            ErrorClass::Crashed,
+            "the handler panicked",
+        )),
+        Err(_) => Outcome::Failed(TaskError::new(
+            ErrorClass::Crashed,
+            "the handler was aborted",
+        )),
+    }
+}
+
+/// Acknowledges, confirmed by the server; retried a few times.
+pub(crate) async fn ack(message: &Message) {
+    for pause in [50u64, 200, 1000] {
+        match message.double_ack().await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "ack not confirmed, retrying");
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+        }
+    }
+    if let Err(e) = message.ack().await {
+        tracing::warn!(error = %e, "cannot acknowledge a work item; it may be redelivered");
+    }
+}
+
+/// Hands an item back: redelivered after `delay`, or at once.
+pub(crate) async fn nak(message: &Message, delay: Option<Duration>) {
+    if let Err(e) = message.ack_with(AckKind::Nak(delay)).await {
+        tracing::warn!(error = %e, "cannot hand a work item back; it returns after ack_wait");
+    }
+}
+
+/// Tells the server the item is still being worked on.
+pub(crate) async fn progress(message: &Message) {
+    if let Err(e) = message.ack_with(AckKind::Progress).await {
+        tracing::debug!(error = %e, "in-progress ack failed");
+    }
+}
