@@ -10,13 +10,12 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use async_nats::jetstream;
-use chrono::Utc;
 use runlog_engine::{Engine, EngineConfig};
-use runlog_events::event::Progress;
 use runlog_events::journal::Journal;
-use runlog_events::{ExecutionId, Status, Subjects};
+use runlog_events::{ExecutionId, Subjects};
 use runlog_testkit::NatsServer;
-use runlog_worker::{Attempt, Claim};
+use runlog_worker::handler::{Context as TaskContext, Handler, HandlerResult};
+use runlog_worker::runtime::{Worker, WorkerConfig};
 
 /// Options of `runlog dev`.
 #[derive(Debug, clap::Args)]
@@ -76,53 +75,50 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let client = async_nats::connect(server.url())
         .await
         .with_context(|| format!("cannot reach NATS at {}", server.url()))?;
+    let mut registry = runlog_worker::executor::builtin();
+    registry.register("echo", Echo);
+    let worker_config = WorkerConfig {
+        nats_url: server.url(),
+        id: format!("dev-worker-{}", std::process::id()),
+        concurrency: std::num::NonZeroUsize::new(8).expect("8 is not zero"),
+        ..WorkerConfig::default()
+    };
+    println!(
+        "worker       {} (kinds {})",
+        worker_config.id,
+        registry.kinds().join(", ")
+    );
+    let worker = Worker::new(client.clone(), worker_config, registry);
+    let worker_stop = shutdown.clone();
+    let worker_task = tokio::spawn(async move { worker.run(worker_stop).await });
     let js = jetstream::new(client.clone());
-    let host = std::process::id();
-    let worker_journal = Journal::new(js, subjects.clone(), format!("/runlog/worker/dev-{host}"));
-    let worker_id = format!("dev-worker-{host}");
+    let worker_journal = Journal::new(js, subjects.clone(), "/runlog/dev");
 
     let request = serde_json::json!({"kind": "echo", "input": {"message": args.message}});
     let reply = client
-        .request(format!("{}.submit.default", subjects.prefix()), request.to_string().into())
+        .request(
+            format!("{}.submit.default", subjects.prefix()),
+            request.to_string().into(),
+        )
         .await
         .context("the engine did not answer the submission")?;
     let reply: serde_json::Value = serde_json::from_slice(&reply.payload)?;
     let exec = ExecutionId::new(reply["id"].as_str().unwrap_or_default())
         .with_context(|| format!("the engine refused the submission: {reply}"))?;
     println!("submitted    {exec} (kind echo) → {}", reply["status"]);
-    loop {
+    let live = loop {
         let history = worker_journal.load(&exec).await?;
-        if history.state.status == Status::Queued {
-            break;
+        if history.state.status.is_terminal() {
+            break history;
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    if let Some(worker) = live.events.iter().find_map(|r| match &r.envelope.event {
+        runlog_events::Event::Started(s) => Some((r.envelope.attempt, s.worker.clone())),
+        _ => None,
+    }) {
+        println!("claimed      attempt {} by {}", worker.0, worker.1);
     }
-
-    let attempt =
-        match Attempt::claim(&worker_journal, &exec, &worker_id, false, Utc::now()).await? {
-            Claim::Started(attempt) => attempt,
-            Claim::Skip { code, status } => {
-                bail!("the worker could not claim {exec}: {code} ({status})")
-            }
-        };
-    println!(
-        "claimed      attempt {} by {}",
-        attempt.number(),
-        attempt.worker()
-    );
-    // The echo kind returns its input: the work is the log, not the task.
-    let output = attempt.spec().input.clone();
-    attempt
-        .progress(
-            Progress {
-                percent: Some(100.0),
-                message: Some("echoed".into()),
-                counters: Default::default(),
-            },
-            Utc::now(),
-        )
-        .await?;
-    let live = attempt.succeed(output, Utc::now()).await?;
     println!(
         "finished     {} with output {}",
         live.state.status,
@@ -169,6 +165,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         println!("stopping");
     }
     shutdown.cancel();
+    match worker_task.await {
+        Ok(Err(e)) => eprintln!("the worker stopped with an error: {e}"),
+        Err(e) => eprintln!("the worker task failed: {e}"),
+        Ok(Ok(())) => {}
+    }
     engine.wait().await;
     // A graceful stop lets the server flush its store.
     server.stop();
@@ -185,4 +186,14 @@ async fn wait_until(mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     Ok(())
+}
+
+/// The `echo` kind: returns its input (the work is the log, not the task).
+struct Echo;
+
+impl Handler for Echo {
+    async fn run(&self, ctx: TaskContext) -> HandlerResult {
+        ctx.progress(Some(100.0), Some("echoed".into()));
+        Ok(ctx.input().clone())
+    }
 }

@@ -104,7 +104,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let engine = Engine::start(config, shutdown.clone()).await?;
     println!("runlog engine listening on http://{}", engine.addr());
-    wait_for_signal().await.context("cannot wait for a signal")?;
+    wait_for_signal()
+        .await
+        .context("cannot wait for a signal")?;
     eprintln!("stopping");
     shutdown.cancel();
     engine.wait().await;

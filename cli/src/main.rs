@@ -2,6 +2,7 @@
 
 mod dev;
 mod engine;
+mod worker;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +21,8 @@ enum Cmd {
     Dev(dev::Args),
     /// Run the engine: intake, reactor, projections and the HTTP API.
     Engine(engine::Args),
+    /// Run a worker: pull work by priority, run it, record the result.
+    Worker(worker::Args),
     /// Write the JSON Schema of every event and command (for clients in
     /// other languages).
     Schema {
@@ -42,6 +45,7 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Cmd::Dev(args) => dev::run(args).await,
         Cmd::Engine(args) => engine::run(args).await,
+        Cmd::Worker(args) => worker::run(args).await,
         Cmd::Schema { out } => write_schema(&out),
     };
     match result {

@@ -5,7 +5,15 @@ use std::process::Command;
 
 fn dev(data: &std::path::Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_runlog"))
-        .args(["dev", "--once", "--nats-port", "0", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "dev",
+            "--once",
+            "--nats-port",
+            "0",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(data)
         .output()
         .expect("runlog runs");

@@ -31,7 +31,9 @@ pub enum EngineError {
     #[error(transparent)]
     Layout(#[from] LayoutError),
     /// The HTTP listener could not bind.
-    #[error("cannot listen on {addr}: {reason}; is another engine running there? choose another address with --listen")]
+    #[error(
+        "cannot listen on {addr}: {reason}; is another engine running there? choose another address with --listen"
+    )]
     Listen {
         /// The address.
         addr: SocketAddr,
@@ -55,7 +57,10 @@ pub struct Engine {
 impl Engine {
     /// Connects, sets up, and starts every part; returns once the HTTP API
     /// listens. Everything stops when `shutdown` is cancelled.
-    pub async fn start(config: EngineConfig, shutdown: CancellationToken) -> Result<Engine, EngineError> {
+    pub async fn start(
+        config: EngineConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Engine, EngineError> {
         let layout = config.nats.layout()?;
         let subjects = layout.subjects.clone();
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "engine".to_owned());
@@ -68,7 +73,11 @@ impl Engine {
         layout.ensure(&pub_js).await?;
         let env = layout.env_bucket(&pub_js).await?;
         let idempotency = layout.idempotency_bucket(&pub_js).await?;
-        let journal = Journal::new(pub_js.clone(), subjects.clone(), format!("/runlog/engine/{host}"));
+        let journal = Journal::new(
+            pub_js.clone(),
+            subjects.clone(),
+            format!("/runlog/engine/{host}"),
+        );
         let intake = Intake::new(journal.clone(), env, idempotency);
         let projection = Arc::new(Projection::new());
         let live = Live::new();
@@ -77,13 +86,22 @@ impl Engine {
         live.start(&consumer, &subjects, shutdown.clone())
             .await
             .map_err(|e| EngineError::Subscribe(e.to_string()))?;
-        crate::submit::serve(publisher.clone(), subjects.clone(), intake.clone(), shutdown.clone())
-            .await
-            .map_err(|e| EngineError::Subscribe(e.to_string()))?;
+        crate::submit::serve(
+            publisher.clone(),
+            subjects.clone(),
+            intake.clone(),
+            shutdown.clone(),
+        )
+        .await
+        .map_err(|e| EngineError::Subscribe(e.to_string()))?;
 
         {
-            let (projection, js, subjects, stop) =
-                (projection.clone(), sub_js.clone(), subjects.clone(), shutdown.clone());
+            let (projection, js, subjects, stop) = (
+                projection.clone(),
+                sub_js.clone(),
+                subjects.clone(),
+                shutdown.clone(),
+            );
             tasks.spawn(async move {
                 while !stop.is_cancelled() {
                     if let Err(e) = projection.follow(&js, &subjects, stop.clone()).await {
@@ -114,6 +132,7 @@ impl Engine {
             live,
             subjects,
             js: sub_js,
+            shutdown: shutdown.clone(),
         };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await

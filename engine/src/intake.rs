@@ -82,9 +82,7 @@ impl IntakeError {
         match self {
             IntakeError::Rejected(r) => r.code(),
             IntakeError::Append(AppendError::Conflict { .. }) => "conflict",
-            IntakeError::Append(_) | IntakeError::Load(_) | IntakeError::Store(_) => {
-                "unavailable"
-            }
+            IntakeError::Append(_) | IntakeError::Load(_) | IntakeError::Store(_) => "unavailable",
         }
     }
 }
@@ -227,10 +225,11 @@ impl Intake {
 /// character; bucket keys may not).
 fn key_of(key: &str) -> String {
     use std::fmt::Write;
-    key.bytes().fold(String::with_capacity(key.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    key.bytes()
+        .fold(String::with_capacity(key.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]

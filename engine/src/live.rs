@@ -102,7 +102,9 @@ impl Live {
                     Ok(envelope) => {
                         let _no_receivers = sender.send(Arc::new(Stored { seq, envelope }));
                     }
-                    Err(e) => tracing::debug!(seq, error = %e, "live feed skips an undecodable event"),
+                    Err(e) => {
+                        tracing::debug!(seq, error = %e, "live feed skips an undecodable event")
+                    }
                 }
             }
         });

@@ -157,6 +157,7 @@ impl Projection {
             .executions
             .entry(envelope.execution.clone())
             .or_default();
+        let mut first = false;
         if seq > entry.last_seq {
             let before = Key::of(&entry.state);
             if decider::apply(&mut entry.state, envelope).is_err() {
@@ -164,10 +165,7 @@ impl Projection {
             }
             if entry.first_seq == 0 {
                 entry.first_seq = seq;
-                self.order
-                    .write()
-                    .expect("the order index is never poisoned")
-                    .insert(seq, envelope.execution.clone());
+                first = true;
             }
             entry.last_seq = seq;
             let after = Key::of(&entry.state);
@@ -176,6 +174,13 @@ impl Projection {
             }
         }
         drop(entry);
+        // Outside the entry's lock: `list` takes these two the other way round.
+        if first {
+            self.order
+                .write()
+                .expect("the order index is never poisoned")
+                .insert(seq, envelope.execution.clone());
+        }
         self.applied.fetch_max(seq, Ordering::Relaxed);
     }
 
@@ -217,11 +222,14 @@ impl Projection {
     /// Executions matching `filter`, newest first, `limit` at most, starting
     /// below the `before` cursor of a previous page.
     pub fn list(&self, filter: &Filter, before: Option<u64>, limit: usize) -> Page {
-        let order = self.order.read().expect("the order index is never poisoned");
+        let order = self
+            .order
+            .read()
+            .expect("the order index is never poisoned");
         let mut items = Vec::with_capacity(limit.min(1024));
         let mut next = None;
         let range = order.range(..before.unwrap_or(u64::MAX));
-        for (&seq, id) in range.rev() {
+        for (_, id) in range.rev() {
             let Some(entry) = self.executions.get(id) else {
                 continue;
             };
@@ -229,10 +237,11 @@ impl Projection {
                 continue;
             }
             if items.len() == limit {
-                next = items.last().map(|(_, e): &(ExecutionId, Entry)| e.first_seq);
+                next = items
+                    .last()
+                    .map(|(_, e): &(ExecutionId, Entry)| e.first_seq);
                 break;
             }
-            let _ = seq;
             items.push((id.clone(), entry.clone()));
         }
         Page { items, next }
@@ -259,7 +268,11 @@ impl Projection {
     pub fn rates(&self, now: DateTime<Utc>) -> Rates {
         let tally = self.tally.lock().expect("the tally is never poisoned");
         let minute_ago = now - chrono::TimeDelta::minutes(1);
-        let completed = tally.recent.iter().filter(|(t, _)| *t >= minute_ago).count() as u64;
+        let completed = tally
+            .recent
+            .iter()
+            .filter(|(t, _)| *t >= minute_ago)
+            .count() as u64;
         let mut latencies: Vec<i64> = tally.recent.iter().map(|(_, ms)| *ms).collect();
         latencies.sort_unstable();
         let pct = |p: f64| {

@@ -193,7 +193,12 @@ impl Reactor {
 
     async fn handle(&self, message: jetstream::Message) {
         let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
-        let done = self.react(seq, &message.subject, message.headers.as_ref(), &message.payload);
+        let done = self.react(
+            seq,
+            &message.subject,
+            message.headers.as_ref(),
+            &message.payload,
+        );
         let ack = match done.await {
             Done::Ack => AckKind::Ack,
             Done::Retry => {
@@ -242,7 +247,13 @@ impl Reactor {
     /// A message on an event subject that is not a valid event. A bad
     /// submission ends `rejected` with the reason; anything else is counted
     /// and skipped (the fold skips it too).
-    async fn invalid(&self, seq: u64, execution: &ExecutionId, ty: EventType, reason: String) -> Done {
+    async fn invalid(
+        &self,
+        seq: u64,
+        execution: &ExecutionId,
+        ty: EventType,
+        reason: String,
+    ) -> Done {
         self.bad(seq, execution.as_str(), &reason);
         if ty != EventType::Submitted {
             return Done::Ack;
@@ -359,7 +370,9 @@ impl Reactor {
             match self.journal.append(expected, &envelope).await {
                 Ok(appended) => expected = appended.seq,
                 Err(AppendError::Conflict { .. }) => {
-                    return self.transition(&submitted.execution, &Command::Enqueue).await;
+                    return self
+                        .transition(&submitted.execution, &Command::Enqueue)
+                        .await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, execution = %submitted.execution, "cannot queue");
@@ -459,7 +472,11 @@ impl Reactor {
     /// Load → decide → append. A refusal means the reaction is moot (the
     /// execution moved on); only I/O failures are retried.
     async fn transition(&self, execution: &ExecutionId, command: &Command) -> Done {
-        match self.journal.transition(execution, command, Utc::now()).await {
+        match self
+            .journal
+            .transition(execution, command, Utc::now())
+            .await
+        {
             Ok(_) => Done::Ack,
             Err(TransitionError::Rejected(rejection)) => {
                 tracing::debug!(%execution, code = rejection.code(), "reaction not needed");
@@ -501,7 +518,12 @@ impl Reactor {
 
     fn bad(&self, seq: u64, what: &str, reason: &str) {
         self.stats.bad.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(seq, what, reason, "the reactor skipped a message it cannot read");
+        tracing::warn!(
+            seq,
+            what,
+            reason,
+            "the reactor skipped a message it cannot read"
+        );
     }
 }
 

@@ -61,7 +61,11 @@ async fn handle(intake: &Intake, message: &async_nats::Message) -> serde_json::V
         .and_then(|h| h.get(codec::header::CONTENT_TYPE))
         .is_some_and(|v| v.as_str() == codec::MSGPACK);
     if message.payload.len() > crate::api::MAX_BODY {
-        return error("payload_too_large", "the submission is larger than 1 MiB", None);
+        return error(
+            "payload_too_large",
+            "the submission is larger than 1 MiB",
+            None,
+        );
     }
     let body: Result<crate::api::SubmitBody, String> = if msgpack {
         rmp_serde::from_slice(&message.payload).map_err(|e| e.to_string())

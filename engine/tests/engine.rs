@@ -26,7 +26,12 @@ async fn claim(run: &common::Running, exec: &ExecutionId, worker: &str) -> Resul
     Ok(())
 }
 
-async fn fail(run: &common::Running, exec: &ExecutionId, attempt: u32, class: ErrorClass) -> Result<()> {
+async fn fail(
+    run: &common::Running,
+    exec: &ExecutionId,
+    attempt: u32,
+    class: ErrorClass,
+) -> Result<()> {
     let command = Command::Fail {
         attempt,
         error: TaskError::new(class, "it broke"),
@@ -36,7 +41,12 @@ async fn fail(run: &common::Running, exec: &ExecutionId, attempt: u32, class: Er
 }
 
 /// The work item published for `exec`, if any.
-async fn work_item(run: &common::Running, queue: &str, priority: Priority, exec: &ExecutionId) -> Option<WorkItem> {
+async fn work_item(
+    run: &common::Running,
+    queue: &str,
+    priority: Priority,
+    exec: &ExecutionId,
+) -> Option<WorkItem> {
     let subject = run
         .subjects
         .dispatch(&QueueName::new(queue).ok()?, priority, exec);
@@ -98,7 +108,10 @@ async fn the_three_doors_reach_the_same_queued_state() -> Result<()> {
         .await?;
         assert_eq!(item.attempt, 1);
         assert_eq!(item.kind, "shell");
-        assert_eq!(item.worker_labels.get("pool").map(String::as_str), Some("backup"));
+        assert_eq!(
+            item.worker_labels.get("pool").map(String::as_str),
+            Some("backup")
+        );
         states.push(history.state);
     }
     let same = |s: &runlog_events::ExecutionState| (s.status, s.attempt, s.spec.clone());
@@ -123,18 +136,33 @@ async fn a_malformed_direct_submission_ends_rejected_with_its_reason() -> Result
     let mut spec = TaskSpec::new("shell");
     spec.retry.max_attempts = 0;
     let bad_rule = ExecutionId::generate();
-    let envelope = Envelope::new(bad_rule.clone(), 0, Utc::now(), "/test", Event::Submitted(Submitted { spec }));
+    let envelope = Envelope::new(
+        bad_rule.clone(),
+        0,
+        Utc::now(),
+        "/test",
+        Event::Submitted(Submitted { spec }),
+    );
     run.journal.append(0, &envelope).await?;
     // Environment values recorded in the log.
     let mut spec = TaskSpec::new("shell");
     spec.env.insert("TOKEN".into(), "s3cr3t".into());
     let leaked = ExecutionId::generate();
-    let envelope = Envelope::new(leaked.clone(), 0, Utc::now(), "/test", Event::Submitted(Submitted { spec }));
+    let envelope = Envelope::new(
+        leaked.clone(),
+        0,
+        Utc::now(),
+        "/test",
+        Event::Submitted(Submitted { spec }),
+    );
     run.journal.append(0, &envelope).await?;
     // Garbage bytes on a submitted subject.
     let garbage = ExecutionId::generate();
     run.js
-        .publish(format!("runlog.ev.{garbage}.submitted"), vec![0xc1, 0xff, 0x00].into())
+        .publish(
+            format!("runlog.ev.{garbage}.submitted"),
+            vec![0xc1, 0xff, 0x00].into(),
+        )
         .await?
         .await?;
 
@@ -144,13 +172,20 @@ async fn a_malformed_direct_submission_ends_rejected_with_its_reason() -> Result
     let history = run.wait_status(&leaked, Status::Rejected, None).await?;
     assert!(history.state.reason.unwrap_or_default().starts_with("env:"));
     let (_, view) = run.get(&format!("/v1/executions/{leaked}")).await?;
-    assert!(!view.to_string().contains("s3cr3t"), "the API never echoes env values");
+    assert!(
+        !view.to_string().contains("s3cr3t"),
+        "the API never echoes env values"
+    );
     let (_, events) = run.get(&format!("/v1/executions/{leaked}/events")).await?;
     assert!(!events.to_string().contains("s3cr3t"));
     let history = run.wait_status(&garbage, Status::Rejected, None).await?;
     let reason = history.state.reason.unwrap_or_default();
     assert!(reason.contains("could not be read"), "{reason}");
-    assert!(work_item(&run, "default", Priority::Normal, &bad_rule).await.is_none());
+    assert!(
+        work_item(&run, "default", Priority::Normal, &bad_rule)
+            .await
+            .is_none()
+    );
     run.stop().await;
     Ok(())
 }
@@ -168,18 +203,38 @@ async fn a_failed_attempt_is_retried_after_its_backoff_then_dead_lettered() -> R
     claim(&run, &exec, "w1").await?;
     fail(&run, &exec, 1, ErrorClass::Network).await?;
     let history = run.wait_status(&exec, Status::Queued, Some(2)).await?;
-    let types: Vec<_> = history.events.iter().map(|r| r.envelope.event_type().as_str()).collect();
-    assert_eq!(types, ["submitted", "queued", "started", "failed", "retry_scheduled", "queued"]);
-    eventually(Duration::from_secs(10), || work_item(&run, "default", Priority::Normal, &exec))
-        .await
-        .and_then(|item| {
-            anyhow::ensure!(item.attempt == 2 || item.attempt == 1);
-            Ok(())
-        })?;
+    let types: Vec<_> = history
+        .events
+        .iter()
+        .map(|r| r.envelope.event_type().as_str())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "submitted",
+            "queued",
+            "started",
+            "failed",
+            "retry_scheduled",
+            "queued"
+        ]
+    );
+    eventually(Duration::from_secs(10), || {
+        work_item(&run, "default", Priority::Normal, &exec)
+    })
+    .await
+    .and_then(|item| {
+        anyhow::ensure!(item.attempt == 2 || item.attempt == 1);
+        Ok(())
+    })?;
     claim(&run, &exec, "w2").await?;
     fail(&run, &exec, 2, ErrorClass::Network).await?;
     let history = run.wait_status(&exec, Status::DeadLettered, None).await?;
-    assert_eq!(history.state.errors.len(), 2, "the whole error history is kept");
+    assert_eq!(
+        history.state.errors.len(),
+        2,
+        "the whole error history is kept"
+    );
     match &history.events.last().unwrap().envelope.event {
         Event::DeadLettered(d) => assert_eq!(d.errors.len(), 2),
         other => panic!("expected dead_lettered, got {other:?}"),
@@ -191,7 +246,9 @@ async fn a_failed_attempt_is_retried_after_its_backoff_then_dead_lettered() -> R
 #[tokio::test]
 async fn a_permanent_error_is_dead_lettered_at_once() -> Result<()> {
     let mut run = start().await?;
-    let exec = run.submit(json!({"kind": "http", "retry": {"max_attempts": 5}})).await?;
+    let exec = run
+        .submit(json!({"kind": "http", "retry": {"max_attempts": 5}}))
+        .await?;
     run.wait_status(&exec, Status::Queued, Some(1)).await?;
     claim(&run, &exec, "w1").await?;
     fail(&run, &exec, 1, ErrorClass::InvalidInput).await?;
@@ -214,13 +271,24 @@ async fn deadlines_fire_for_a_silent_worker_and_an_idle_queue() -> Result<()> {
     let history = run.wait_status(&silent, Status::DeadLettered, None).await?;
     assert!(history.events.iter().any(|r| matches!(
         r.envelope.event,
-        Event::TimedOut(runlog_events::event::TimedOut { scope: runlog_events::event::TimeoutScope::Attempt })
+        Event::TimedOut(runlog_events::event::TimedOut {
+            scope: runlog_events::event::TimeoutScope::Attempt
+        })
     )));
     // The worker is told to stop.
-    let signal = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut cancels)).await?;
-    assert_eq!(signal.map(|m| m.subject.to_string()), Some(format!("runlog.cancel.{silent}")));
+    let signal = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures::StreamExt::next(&mut cancels),
+    )
+    .await?;
+    assert_eq!(
+        signal.map(|m| m.subject.to_string()),
+        Some(format!("runlog.cancel.{silent}"))
+    );
     // Nobody takes it: the execution's own deadline ends it.
-    let idle = run.submit(json!({"kind": "shell", "timeout_ms": 300})).await?;
+    let idle = run
+        .submit(json!({"kind": "shell", "timeout_ms": 300}))
+        .await?;
     run.wait_status(&idle, Status::TimedOut, None).await?;
     run.stop().await;
     Ok(())
@@ -230,7 +298,9 @@ async fn deadlines_fire_for_a_silent_worker_and_an_idle_queue() -> Result<()> {
 async fn not_before_holds_the_first_attempt() -> Result<()> {
     let mut run = start().await?;
     let at = Utc::now() + chrono::TimeDelta::milliseconds(700);
-    let exec = run.submit(json!({"kind": "shell", "not_before": at})).await?;
+    let exec = run
+        .submit(json!({"kind": "shell", "not_before": at}))
+        .await?;
     let history = run.wait_status(&exec, Status::Queued, Some(1)).await?;
     let queued_at = history.events.last().unwrap().envelope.time;
     assert!(queued_at >= at, "queued at {queued_at}, not before {at}");
@@ -244,7 +314,10 @@ async fn cancel_ends_a_queued_execution_at_once_and_signals_a_running_one() -> R
     let queued = run.submit(json!({"kind": "shell"})).await?;
     run.wait_status(&queued, Status::Queued, None).await?;
     let (status, body) = run
-        .post(&format!("/v1/executions/{queued}/cancel"), json!({"reason": "not needed"}))
+        .post(
+            &format!("/v1/executions/{queued}/cancel"),
+            json!({"reason": "not needed"}),
+        )
         .await?;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["status"], "cancelled");
@@ -253,14 +326,25 @@ async fn cancel_ends_a_queued_execution_at_once_and_signals_a_running_one() -> R
     let running = run.submit(json!({"kind": "shell"})).await?;
     run.wait_status(&running, Status::Queued, None).await?;
     claim(&run, &running, "w1").await?;
-    let (status, body) = run.post(&format!("/v1/executions/{running}/cancel"), json!({})).await?;
+    let (status, body) = run
+        .post(&format!("/v1/executions/{running}/cancel"), json!({}))
+        .await?;
     assert_eq!(status, 202);
     assert_eq!(body["status"], "running");
     assert_eq!(body["cancel_requested"], true);
-    let signal = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut cancels)).await?;
-    assert_eq!(signal.map(|m| m.subject.to_string()), Some(format!("runlog.cancel.{running}")));
+    let signal = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures::StreamExt::next(&mut cancels),
+    )
+    .await?;
+    assert_eq!(
+        signal.map(|m| m.subject.to_string()),
+        Some(format!("runlog.cancel.{running}"))
+    );
 
-    let (status, body) = run.post(&format!("/v1/executions/{queued}/cancel"), json!({})).await?;
+    let (status, body) = run
+        .post(&format!("/v1/executions/{queued}/cancel"), json!({}))
+        .await?;
     assert_eq!(status, 409);
     assert_eq!(body["code"], "already_ended");
     run.stop().await;
@@ -276,8 +360,11 @@ async fn a_retry_starts_a_new_chain_linked_to_its_original() -> Result<()> {
     run.wait_status(&original, Status::Queued, None).await?;
     claim(&run, &original, "w1").await?;
     fail(&run, &original, 1, ErrorClass::Unknown).await?;
-    run.wait_status(&original, Status::DeadLettered, None).await?;
-    let (status, body) = run.post(&format!("/v1/executions/{original}/retry"), json!({})).await?;
+    run.wait_status(&original, Status::DeadLettered, None)
+        .await?;
+    let (status, body) = run
+        .post(&format!("/v1/executions/{original}/retry"), json!({}))
+        .await?;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["retry_of"], original.as_str());
     let retry = ExecutionId::new(body["id"].as_str().unwrap())?;
@@ -288,11 +375,18 @@ async fn a_retry_starts_a_new_chain_linked_to_its_original() -> Result<()> {
     // The sealed value follows the retry, and never enters the log.
     let env = run.js.get_key_value("runlog-env").await?;
     let sealed = env.get(retry.as_str()).await?.expect("sealed env copied");
-    assert_eq!(serde_json::from_slice::<Value>(&sealed)?, json!({"TOKEN": "s3cr3t"}));
-    let (_, events) = run.get(&format!("/v1/executions/{original}/events")).await?;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&sealed)?,
+        json!({"TOKEN": "s3cr3t"})
+    );
+    let (_, events) = run
+        .get(&format!("/v1/executions/{original}/events"))
+        .await?;
     assert!(!events.to_string().contains("s3cr3t"));
 
-    let (status, body) = run.post(&format!("/v1/executions/{retry}/retry"), json!({})).await?;
+    let (status, body) = run
+        .post(&format!("/v1/executions/{retry}/retry"), json!({}))
+        .await?;
     assert_eq!(status, 409);
     assert_eq!(body["code"], "not_retryable");
     run.stop().await;
@@ -309,7 +403,10 @@ async fn an_idempotency_key_returns_the_same_execution_through_every_door() -> R
     assert_eq!(status, 200);
     assert_eq!(second["existing"], true);
     assert_eq!(first["id"], second["id"]);
-    let reply = run.client.request("runlog.submit.default", body.to_string().into()).await?;
+    let reply = run
+        .client
+        .request("runlog.submit.default", body.to_string().into())
+        .await?;
     let third: Value = serde_json::from_slice(&reply.payload)?;
     assert_eq!(third["id"], first["id"]);
     assert_eq!(third["existing"], true);
@@ -337,7 +434,10 @@ async fn api_errors_are_problem_details_with_stable_codes() -> Result<()> {
     assert_eq!(problem["field"], "kind");
 
     let (status, problem) = run
-        .post("/v1/executions", json!({"kind": "shell", "retry": {"max_attempts": 0}}))
+        .post(
+            "/v1/executions",
+            json!({"kind": "shell", "retry": {"max_attempts": 0}}),
+        )
         .await?;
     assert_eq!(status, 422);
     assert_eq!(problem["code"], "invalid_task");
@@ -365,7 +465,10 @@ async fn listing_filters_and_pages_newest_first() -> Result<()> {
     let mut ids = Vec::new();
     for i in 0..7 {
         let queue = if i % 2 == 0 { "even" } else { "odd" };
-        ids.push(run.submit(json!({"kind": "shell", "queue": queue, "labels": {"n": i.to_string()}})).await?);
+        ids.push(
+            run.submit(json!({"kind": "shell", "queue": queue, "labels": {"n": i.to_string()}}))
+                .await?,
+        );
     }
     for id in &ids {
         run.wait_status(id, Status::Queued, None).await?;
@@ -376,17 +479,36 @@ async fn listing_filters_and_pages_newest_first() -> Result<()> {
     })
     .await?;
     let (_, page) = run.get("/v1/executions?queue=even&limit=3").await?;
-    let got: Vec<_> = page["executions"].as_array().unwrap().iter().map(|e| e["id"].clone()).collect();
+    let got: Vec<_> = page["executions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].clone())
+        .collect();
     assert_eq!(got, vec![json!(ids[6]), json!(ids[4]), json!(ids[2])]);
     let cursor = page["next_cursor"].as_u64().unwrap();
-    let (_, page) = run.get(&format!("/v1/executions?queue=even&limit=3&cursor={cursor}")).await?;
-    let got: Vec<_> = page["executions"].as_array().unwrap().iter().map(|e| e["id"].clone()).collect();
+    let (_, page) = run
+        .get(&format!(
+            "/v1/executions?queue=even&limit=3&cursor={cursor}"
+        ))
+        .await?;
+    let got: Vec<_> = page["executions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].clone())
+        .collect();
     assert_eq!(got, vec![json!(ids[0])]);
     assert!(page["next_cursor"].is_null());
     let (_, page) = run.get("/v1/executions?label=n=3&status=queued").await?;
     assert_eq!(page["executions"][0]["id"], json!(ids[3]));
     let (_, queues) = run.get("/v1/queues").await?;
-    let even = queues["queues"].as_array().unwrap().iter().find(|q| q["queue"] == "even").unwrap();
+    let even = queues["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["queue"] == "even")
+        .unwrap();
     assert_eq!(even["depth"], 4);
     let (status, _) = run.get("/readyz").await?;
     assert_eq!(status, 200);

@@ -103,7 +103,10 @@ async fn environment_values_are_sealed_and_only_their_names_recorded() -> Result
         .get(accepted.execution.as_str())
         .await?
         .unwrap();
-    assert_eq!(sealed, serde_json::to_vec(&serde_json::json!({"RESTIC_PASSWORD": "hunter2"}))?);
+    assert_eq!(
+        sealed,
+        serde_json::to_vec(&serde_json::json!({"RESTIC_PASSWORD": "hunter2"}))?
+    );
     Ok(())
 }
 
@@ -113,7 +116,9 @@ async fn an_idempotency_key_maps_every_duplicate_to_the_first_execution() -> Res
     let (intake, journal) = intake(&server).await?;
     let mut spec = TaskSpec::new("shell");
     spec.idempotency_key = Some("invoice 2026-11/42".into());
-    let first = intake.submit(Submission::new(spec.clone()), Utc::now()).await?;
+    let first = intake
+        .submit(Submission::new(spec.clone()), Utc::now())
+        .await?;
     // Concurrent duplicates, each with a fresh id of its own.
     let dups = futures::future::join_all(
         (0..8).map(|_| intake.submit(Submission::new(spec.clone()), Utc::now())),

@@ -49,7 +49,9 @@ async fn a_replayed_projection_equals_a_fresh_fold_of_every_execution() -> Resul
             spec: TaskSpec::new("shell"),
         };
         journal.transition(&exec, &submit, Utc::now()).await?;
-        journal.transition(&exec, &Command::Enqueue, Utc::now()).await?;
+        journal
+            .transition(&exec, &Command::Enqueue, Utc::now())
+            .await?;
         let claim = Command::Claim {
             worker: "w1".into(),
             redelivered: false,

@@ -137,10 +137,7 @@ pub async fn last(
             headers: message.headers,
             payload: message.payload,
         })),
-        Err(e)
-            if e.kind()
-                == async_nats::jetstream::stream::DirectGetErrorKind::NotFound =>
-        {
+        Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => {
             Ok(None)
         }
         Err(e) => Err(fail(e.to_string())),

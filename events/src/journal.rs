@@ -396,7 +396,6 @@ fn transient(kind: PublishErrorKind) -> bool {
     )
 }
 
-
 fn describe(e: &DecodeError) -> String {
     format!("undecodable event ({:?}): {e}", e.kind())
 }

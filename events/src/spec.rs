@@ -334,7 +334,10 @@ impl TaskSpec {
         if self.timeout_ms == Some(0) {
             return bad("timeout_ms", "must be positive");
         }
-        if self.attempt_timeout_ms.is_some_and(|ms| ms > MAX_TIMEOUT_MS) {
+        if self
+            .attempt_timeout_ms
+            .is_some_and(|ms| ms > MAX_TIMEOUT_MS)
+        {
             return bad("attempt_timeout_ms", "must be at most a year (31622400000)");
         }
         if self.timeout_ms.is_some_and(|ms| ms > MAX_TIMEOUT_MS) {
@@ -359,7 +362,11 @@ impl TaskSpec {
                 "is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)",
             );
         }
-        if let Some(name) = self.sealed_env.iter().find(|k| self.secrets.contains_key(*k)) {
+        if let Some(name) = self
+            .sealed_env
+            .iter()
+            .find(|k| self.secrets.contains_key(*k))
+        {
             return bad(&format!("secrets.{name}"), "is also set in env");
         }
         Ok(())

@@ -203,7 +203,8 @@ impl Layout {
 
     /// The key-value bucket of sealed task environments, created if missing.
     pub async fn env_bucket(&self, js: &Context) -> Result<jetstream::kv::Store, LayoutError> {
-        self.bucket(js, self.subjects.env_bucket(), ENV_MAX_AGE).await
+        self.bucket(js, self.subjects.env_bucket(), ENV_MAX_AGE)
+            .await
     }
 
     /// The key-value bucket of idempotency keys, created if missing.

@@ -232,24 +232,41 @@ impl Attempt {
             Outcome::Cancelled => Command::ConfirmCancel { attempt },
             Outcome::TimedOut => Command::TimeOutAttempt { attempt },
         };
-        let fallback = match self.try_record(&command, now).await {
-            Ok(history) => return Ok(history),
-            Err(TransitionError::Rejected(Rejection::CancelRequested)) => {
-                Command::ConfirmCancel { attempt }
-            }
-            Err(TransitionError::Rejected(Rejection::WrongStatus {
-                status: Status::Running,
-                ..
-            })) if matches!(outcome, Outcome::Cancelled) => Command::Fail {
-                attempt,
-                error: TaskError::new(
-                    ErrorClass::Cancelled,
-                    "stopped by a cancel signal that has no recorded cancel request",
-                ),
-            },
-            Err(e) => return Err(e.into()),
-        };
-        self.record(fallback, now).await
+        // A cancel request is newer than the claim: decide on a fresh load.
+        let mut fresh = matches!(outcome, Outcome::Cancelled);
+        let mut command = command;
+        // Each refusal moves to a later rule; three steps reach every one.
+        for _ in 0..3 {
+            let result = if fresh {
+                self.journal
+                    .transition(&self.execution, &command, now)
+                    .await
+            } else {
+                self.try_record(&command, now).await
+            };
+            command = match result {
+                Ok(history) => return Ok(history),
+                Err(TransitionError::Rejected(Rejection::CancelRequested)) => {
+                    Command::ConfirmCancel { attempt }
+                }
+                Err(TransitionError::Rejected(Rejection::WrongStatus {
+                    status: Status::Running,
+                    ..
+                })) if matches!(command, Command::ConfirmCancel { .. }) => Command::Fail {
+                    attempt,
+                    error: TaskError::new(
+                        ErrorClass::Cancelled,
+                        "stopped by a cancel signal that has no recorded cancel request",
+                    ),
+                },
+                Err(e) => return Err(e.into()),
+            };
+            fresh = true;
+        }
+        Ok(self
+            .journal
+            .transition(&self.execution, &command, now)
+            .await?)
     }
 
     async fn try_record(

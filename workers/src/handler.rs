@@ -307,9 +307,13 @@ mod tests {
     async fn a_registered_handler_runs_and_its_telemetry_arrives() {
         let mut registry = Registry::new();
         registry.register("fails", Fails);
-        let (ctx, mut telemetry) =
-            Context::builder(ExecutionId::new("e1").unwrap(), 1, "fails", serde_json::Value::Null)
-                .build();
+        let (ctx, mut telemetry) = Context::builder(
+            ExecutionId::new("e1").unwrap(),
+            1,
+            "fails",
+            serde_json::Value::Null,
+        )
+        .build();
         let handler = registry.get("fails").unwrap();
         let err = handler.run_boxed(ctx).await.unwrap_err();
         assert_eq!(err.class, runlog_events::ErrorClass::InvalidInput);
@@ -320,9 +324,13 @@ mod tests {
 
     #[test]
     fn a_full_log_buffer_drops_and_counts() {
-        let (ctx, telemetry) =
-            Context::builder(ExecutionId::new("e1").unwrap(), 1, "x", serde_json::Value::Null)
-                .build();
+        let (ctx, telemetry) = Context::builder(
+            ExecutionId::new("e1").unwrap(),
+            1,
+            "x",
+            serde_json::Value::Null,
+        )
+        .build();
         for i in 0..LOG_BUFFER + 10 {
             ctx.log(LogStream::Stdout, i.to_string());
         }

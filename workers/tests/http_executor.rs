@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
+use axum::extract::Query;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use runlog_events::{ErrorClass, ExecutionId};
@@ -73,6 +74,19 @@ impl Server {
                 }),
             )
             .route("/big", get(|| async { "x".repeat(1000) }))
+            .route(
+                "/headers",
+                get(|headers: HeaderMap| async move {
+                    let names: Vec<String> = headers.keys().map(|k| k.to_string()).collect();
+                    Json(json!({"names": names}))
+                }),
+            )
+            .route(
+                "/redirect",
+                get(|Query(to): Query<BTreeMap<String, String>>| async move {
+                    (StatusCode::FOUND, [("location", to["to"].clone())])
+                }),
+            )
             .route(
                 "/hang",
                 get(move || async move {
@@ -252,4 +266,47 @@ async fn a_large_body_is_truncated_and_counted() {
         .unwrap();
     assert_eq!(output["body"], "xxxxxxxxxx");
     assert_eq!(output["body_truncated_bytes"], 990);
+}
+
+#[tokio::test]
+async fn redirects_keep_headers_within_the_origin() {
+    let server = Server::start().await;
+    let output = run(json!({
+        "url": server.url("/redirect?to=/headers"),
+        "headers": {"x-api-key": "key-of-the-test"},
+    }))
+    .await
+    .unwrap();
+    assert_eq!(output["status"], 200);
+    let names = output["body"]["names"].as_array().unwrap();
+    assert!(names.contains(&json!("x-api-key")), "{output}");
+}
+
+#[tokio::test]
+async fn redirects_to_another_origin_drop_the_request_headers() {
+    let first = Server::start().await;
+    let other = Server::start().await;
+    let output = run(json!({
+        "url": first.url(&format!("/redirect?to={}", other.url("/headers"))),
+        "headers": {"x-api-key": "key-of-the-test", "authorization": "Bearer x"},
+    }))
+    .await
+    .unwrap();
+    assert_eq!(output["status"], 200);
+    let names = output["body"]["names"].as_array().unwrap();
+    assert!(!names.contains(&json!("x-api-key")), "{output}");
+    assert!(!names.contains(&json!("authorization")), "{output}");
+}
+
+#[tokio::test]
+async fn an_expected_redirect_is_not_followed() {
+    let server = Server::start().await;
+    let output = run(json!({
+        "url": server.url("/redirect?to=/json"),
+        "expect_status": [302],
+    }))
+    .await
+    .unwrap();
+    assert_eq!(output["status"], 302);
+    assert_eq!(output["headers"]["location"], "/json");
 }

@@ -27,7 +27,11 @@ async fn one_slot_drains_high_first_and_every_kth_pick_ages_to_a_lower_level() -
     let h = Harness::start().await?;
     // The backlog is in place before the worker starts.
     let mut by_exec = HashMap::new();
-    for (priority, count) in [(Priority::Low, 3), (Priority::Normal, 3), (Priority::High, 6)] {
+    for (priority, count) in [
+        (Priority::Low, 3),
+        (Priority::Normal, 3),
+        (Priority::High, 6),
+    ] {
         for _ in 0..count {
             let mut spec = spec("echo", serde_json::json!({}));
             spec.priority = priority;
@@ -72,7 +76,8 @@ async fn capacity_limits_and_exclusive_kinds_hold_over_a_random_mix() -> Result<
         "build=2".parse()?,
         "apply=exclusive".parse()?,
     ];
-    let limits: HashMap<&str, usize> = [("plan", 3), ("build", 2), ("apply", 1), ("echo", 8)].into();
+    let limits: HashMap<&str, usize> =
+        [("plan", 3), ("build", 2), ("apply", 1), ("echo", 8)].into();
     let began = Instant::now();
     let worker = h.worker(config, &probe).await?;
 
@@ -86,7 +91,10 @@ async fn capacity_limits_and_exclusive_kinds_hold_over_a_random_mix() -> Result<
             35..60 => "build",
             _ => "echo",
         };
-        let mut spec = spec(kind, serde_json::json!({"sleep_ms": rng.random_range(1..12)}));
+        let mut spec = spec(
+            kind,
+            serde_json::json!({"sleep_ms": rng.random_range(1..12)}),
+        );
         spec.priority = Priority::ALL[rng.random_range(0..3)];
         execs.push(h.submit(spec).await?);
     }
@@ -108,6 +116,12 @@ async fn capacity_limits_and_exclusive_kinds_hold_over_a_random_mix() -> Result<
     // From the handlers' own clocks.
     let spans = probe.spans();
     ensure!(spans.len() == total, "{} spans", spans.len());
+    let first = spans.iter().map(|s| s.start).min().unwrap();
+    let last = spans.iter().map(|s| s.end).max().unwrap();
+    println!(
+        "handlers ran from the first start to the last end in {:.2?}",
+        last - first
+    );
     let intervals: Vec<(&str, Instant, Instant)> = spans
         .iter()
         .map(|s| (s.kind.as_str(), s.start, s.end))
@@ -153,7 +167,7 @@ fn check_overlaps<T: Ord + Copy + std::fmt::Debug>(
         .iter()
         .flat_map(|(k, s, e)| [(*s, 1, *k), (*e, -1, *k)])
         .collect();
-    edges.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+    edges.sort_by_key(|e| (e.0, e.1));
     let mut running: HashMap<&str, i32> = HashMap::new();
     let mut total = 0;
     let mut peak: HashMap<&str, i32> = HashMap::new();
@@ -227,9 +241,7 @@ async fn a_cancel_signal_stops_the_running_handler_and_the_execution_ends_cancel
     };
     h.journal.transition(&exec, &cancel, Utc::now()).await?;
     let client = h.js.client();
-    client
-        .publish(h.subjects.cancel(&exec), "".into())
-        .await?;
+    client.publish(h.subjects.cancel(&exec), "".into()).await?;
     let history = h.wait_status(&exec, Status::Cancelled, WITHIN).await?;
     assert_eq!(history.state.reason.as_deref(), Some("operator"));
     let spans = probe.spans();
@@ -247,9 +259,9 @@ async fn an_attempt_past_its_deadline_is_recorded_timed_out() -> Result<()> {
     spec.attempt_timeout_ms = Some(300);
     let exec = h.submit(spec).await?;
     let history = h.wait_status(&exec, Status::Failed, WITHIN).await?;
-    let timed_out = history.events.iter().any(|r| {
-        matches!(&r.envelope.event, Event::TimedOut(t) if t.scope == TimeoutScope::Attempt)
-    });
+    let timed_out = history.events.iter().any(
+        |r| matches!(&r.envelope.event, Event::TimedOut(t) if t.scope == TimeoutScope::Attempt),
+    );
     assert!(timed_out, "{:?}", timeline(&history));
     assert_eq!(history.state.errors[0].error.class, ErrorClass::Timeout);
     let span = &probe.spans()[0];
@@ -278,7 +290,9 @@ async fn shutdown_hands_a_long_task_back_and_another_worker_finishes_it() -> Res
     let history = h.wait_status(&exec, Status::Succeeded, WITHIN).await?;
     let handed_over = stopping.elapsed();
     second.stop().await?;
-    println!("first worker stopped in {stopped:.2?}; the task succeeded {handed_over:.2?} after the shutdown began");
+    println!(
+        "first worker stopped in {stopped:.2?}; the task succeeded {handed_over:.2?} after the shutdown began"
+    );
     let events: Vec<_> = timeline(&history).into_iter().skip(2).collect();
     assert_eq!(
         events,
@@ -346,7 +360,9 @@ impl ResourceProbe for Switch {
 }
 
 async fn entry(h: &Harness, id: &str) -> Result<Option<WorkerEntry>> {
-    let store = h.js.get_key_value(h.subjects.workers_bucket()).await?;
+    let Ok(store) = h.js.get_key_value(h.subjects.workers_bucket()).await else {
+        return Ok(None);
+    };
     Ok(match store.get(id).await? {
         Some(bytes) => Some(serde_json::from_slice(&bytes)?),
         None => None,
@@ -410,18 +426,20 @@ async fn the_registry_entry_shows_the_worker_and_disappears_on_shutdown() -> Res
     assert_eq!(e.concurrency, 3);
     let rules: Vec<String> = e.capacity.iter().map(|r| r.to_string()).collect();
     assert_eq!(rules, ["plan=2", "hang=1,exclusive"]);
-    assert_eq!((e.running[0].attempt, e.running[0].kind.as_str()), (1, "hang"));
+    assert_eq!(
+        (e.running[0].attempt, e.running[0].kind.as_str()),
+        (1, "hang")
+    );
     assert!(!e.paused_for_resources);
     assert!(e.last_seen >= e.started_at);
     assert_eq!(e.version, env!("CARGO_PKG_VERSION"));
-    let bucket = h
-        .js
-        .get_stream(format!("KV_{}", h.subjects.workers_bucket()))
-        .await?
-        .info()
-        .await?
-        .config
-        .max_age;
+    let bucket =
+        h.js.get_stream(format!("KV_{}", h.subjects.workers_bucket()))
+            .await?
+            .info()
+            .await?
+            .config
+            .max_age;
     assert_eq!(bucket, Duration::from_millis(600));
 
     worker.stop().await?;
@@ -430,8 +448,7 @@ async fn the_registry_entry_shows_the_worker_and_disappears_on_shutdown() -> Res
 }
 
 #[tokio::test]
-async fn logs_arrive_in_consecutive_batches_with_coalesced_progress_and_heartbeats() -> Result<()>
-{
+async fn logs_arrive_in_consecutive_batches_with_coalesced_progress_and_heartbeats() -> Result<()> {
     let h = Harness::start().await?;
     let probe = Probe::new(&["chatty"]);
     let worker = h.worker(h.config("w1"), &probe).await?;
@@ -457,7 +474,11 @@ async fn logs_arrive_in_consecutive_batches_with_coalesced_progress_and_heartbea
     }
     assert_eq!(next, 250);
     let progress = h.telemetry(format!("runlog.progress.{exec}")).await?;
-    assert!((1..=5).contains(&progress.len()), "{} progress events", progress.len());
+    assert!(
+        (1..=5).contains(&progress.len()),
+        "{} progress events",
+        progress.len()
+    );
     let Event::Progress(last) = &progress.last().unwrap().event else {
         panic!("not progress")
     };

@@ -45,9 +45,13 @@ pub(super) async fn submit(
     let execution = match body.id.map(ExecutionId::new).transpose() {
         Ok(id) => id,
         Err(e) => {
-            return Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_task", format!("id: {e}"))
-                .field("id")
-                .into_response();
+            return Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_task",
+                format!("id: {e}"),
+            )
+            .field("id")
+            .into_response();
         }
     };
     let submission = Submission {
@@ -123,7 +127,12 @@ pub(super) async fn list(
         }
     };
     let mut filter = Filter::default();
-    for s in q.status.iter().flat_map(|s| s.split(',')).filter(|s| !s.is_empty()) {
+    for s in q
+        .status
+        .iter()
+        .flat_map(|s| s.split(','))
+        .filter(|s| !s.is_empty())
+    {
         match serde_json::from_value::<Status>(json!(s)) {
             Ok(status) => filter.status.push(status),
             Err(_) => {
@@ -141,18 +150,31 @@ pub(super) async fn list(
         match QueueName::new(queue) {
             Ok(queue) => filter.queue = Some(queue),
             Err(e) => {
-                return Problem::new(StatusCode::BAD_REQUEST, "invalid_query", format!("queue: {e}"))
-                    .field("queue")
-                    .into_response();
+                return Problem::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_query",
+                    format!("queue: {e}"),
+                )
+                .field("queue")
+                .into_response();
             }
         }
     }
     filter.kind = q.kind;
-    for pair in q.label.iter().flat_map(|l| l.split(',')).filter(|s| !s.is_empty()) {
+    for pair in q
+        .label
+        .iter()
+        .flat_map(|l| l.split(','))
+        .filter(|s| !s.is_empty())
+    {
         let Some((k, v)) = pair.split_once('=') else {
-            return Problem::new(StatusCode::BAD_REQUEST, "invalid_query", "label must be key=value")
-                .field("label")
-                .into_response();
+            return Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "label must be key=value",
+            )
+            .field("label")
+            .into_response();
         };
         filter.labels.insert(k.to_owned(), v.to_owned());
     }
@@ -168,7 +190,11 @@ pub(super) async fn list(
     Json(json!({ "executions": items, "next_cursor": page.next })).into_response()
 }
 
-fn summary(id: &ExecutionId, s: &runlog_events::ExecutionState, last_seq: u64) -> serde_json::Value {
+fn summary(
+    id: &ExecutionId,
+    s: &runlog_events::ExecutionState,
+    last_seq: u64,
+) -> serde_json::Value {
     let spec = s.spec.as_ref();
     json!({
         "id": id,
@@ -242,7 +268,9 @@ fn attempts(history: &History) -> Vec<AttemptView> {
             _ => {}
         }
     }
-    out.into_values().filter(|a| a.started_at.is_some() || a.queued_at.is_some()).collect()
+    out.into_values()
+        .filter(|a| a.started_at.is_some() || a.queued_at.is_some())
+        .collect()
 }
 
 /// A spec as the API shows it: environment values are never echoed (a
@@ -273,7 +301,8 @@ pub(super) fn event_json(seq: u64, envelope: &Envelope) -> serde_json::Value {
 }
 
 async fn history(state: &ApiState, id: &str) -> Result<(ExecutionId, History), Problem> {
-    let execution = ExecutionId::new(id).map_err(|_| Problem::not_found(format!("execution {id:?}")))?;
+    let execution =
+        ExecutionId::new(id).map_err(|_| Problem::not_found(format!("execution {id:?}")))?;
     let history = state
         .journal
         .load(&execution)
@@ -457,7 +486,11 @@ pub(super) async fn cancel(
         .and_then(|Json(b)| b.reason)
         .unwrap_or_else(|| "cancelled through the API".to_owned());
     let command = Command::RequestCancel { reason };
-    match state.journal.transition(&execution, &command, Utc::now()).await {
+    match state
+        .journal
+        .transition(&execution, &command, Utc::now())
+        .await
+    {
         Ok(history) => (
             StatusCode::ACCEPTED,
             Json(json!({
@@ -541,7 +574,9 @@ async fn copy_sealed_env(
         .await
         .map_err(|e| format!("cannot read the sealed environment: {e}"))?
         .ok_or_else(|| {
-            format!("the sealed environment of {from} has expired; submit the task again with its env")
+            format!(
+                "the sealed environment of {from} has expired; submit the task again with its env"
+            )
         })?;
     store
         .put(to.as_str(), value)

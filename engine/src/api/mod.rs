@@ -28,8 +28,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::StreamExt;
-use runlog_events::journal::Journal;
 use runlog_events::Subjects;
+use runlog_events::journal::Journal;
 use serde_json::json;
 
 use crate::intake::Intake;
@@ -56,6 +56,8 @@ pub struct ApiState {
     pub subjects: Subjects,
     /// The consuming connection's JetStream context (reads).
     pub js: jetstream::Context,
+    /// Cancelled when the engine stops: open feeds end.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// The API's routes.
@@ -150,7 +152,11 @@ async fn stats(State(state): State<ApiState>) -> Response {
 
 /// Live workers, from the registry bucket (absent until a worker started).
 async fn workers(State(state): State<ApiState>) -> Response {
-    let Ok(store) = state.js.get_key_value(state.subjects.workers_bucket()).await else {
+    let Ok(store) = state
+        .js
+        .get_key_value(state.subjects.workers_bucket())
+        .await
+    else {
         return axum::Json(json!({ "workers": [] })).into_response();
     };
     let mut workers = Vec::new();

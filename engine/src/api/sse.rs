@@ -40,10 +40,12 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 type Tx = mpsc::Sender<Result<SseEvent, Infallible>>;
 
-fn sse(rx: mpsc::Receiver<Result<SseEvent, Infallible>>) -> Response {
+/// The response of a feed; it ends when the engine shuts down.
+fn sse(state: &ApiState, rx: mpsc::Receiver<Result<SseEvent, Infallible>>) -> Response {
     let stream = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
-    });
+    })
+    .take_until(state.shutdown.clone().cancelled_owned());
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response()
@@ -128,6 +130,7 @@ pub(super) async fn execution(
         Err(e) => return Problem::unavailable(e).into_response(),
     };
     let (tx, rx) = mpsc::channel(BUFFER);
+    let response = sse(&state, rx);
     tokio::spawn(async move {
         let mut history = Some(history);
         loop {
@@ -172,7 +175,7 @@ pub(super) async fn execution(
             }
         }
     });
-    sse(rx)
+    response
 }
 
 fn end(status: Status) -> SseEvent {
@@ -211,7 +214,12 @@ pub(super) async fn all(
         }
     };
     let mut statuses = Vec::new();
-    for s in q.status.iter().flat_map(|s| s.split(',')).filter(|s| !s.is_empty()) {
+    for s in q
+        .status
+        .iter()
+        .flat_map(|s| s.split(','))
+        .filter(|s| !s.is_empty())
+    {
         match serde_json::from_value::<Status>(json!(s)) {
             Ok(status) => statuses.push(status),
             Err(_) => {
@@ -230,6 +238,7 @@ pub(super) async fn all(
     let mut progress = state.live.progress();
     let mut last = last_event_id(&headers, q.last_event_id);
     let (tx, rx) = mpsc::channel(BUFFER);
+    let response = sse(&state, rx);
     tokio::spawn(async move {
         let wanted = |envelope: &Envelope| -> bool {
             if !statuses.is_empty() && !statuses.contains(&status_after(&envelope.event)) {
@@ -321,7 +330,7 @@ pub(super) async fn all(
             }
         }
     });
-    sse(rx)
+    response
 }
 
 fn overflow() -> SseEvent {
@@ -378,6 +387,7 @@ pub(super) async fn logs(
     };
     let mut last = last_event_id(&headers, q.last_event_id).unwrap_or(0);
     let (tx, rx) = mpsc::channel(BUFFER);
+    let response = sse(&state, rx);
     tokio::spawn(async move {
         let mut ended = history.state.status.is_terminal();
         let limits = Limits::default();
@@ -439,7 +449,7 @@ pub(super) async fn logs(
             }
         }
     });
-    sse(rx)
+    response
 }
 
 fn group(lines: Vec<serde_json::Value>) -> Vec<(u64, Vec<serde_json::Value>)> {

@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER, USER_AGENT};
+use reqwest::header::{
+    CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION, RETRY_AFTER, USER_AGENT,
+};
 use reqwest::{Method, StatusCode, Url};
 use runlog_events::{ErrorClass, TaskError};
 use serde::Deserialize;
@@ -29,6 +31,9 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 /// The largest `max_body_bytes` accepted: the output travels in one event.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// Redirects followed before giving up.
+pub const MAX_REDIRECTS: usize = 10;
 
 /// Bytes of an unexpected answer's body quoted in the error.
 const ERROR_BODY_CHARS: usize = 200;
@@ -96,17 +101,23 @@ impl Default for HttpExecutor {
 }
 
 impl HttpExecutor {
-    /// An executor with a default client (rustls, up to 10 redirects).
+    /// An executor with a default client (rustls, system proxies).
     ///
     /// # Panics
     /// When the TLS backend cannot be initialised, as
     /// [`reqwest::Client::new`] does.
     pub fn new() -> Self {
-        Self::with_client(reqwest::Client::new())
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("the TLS backend initialises");
+        Self::with_client(client)
     }
 
     /// An executor sending through `client` (proxies, custom roots, ...).
-    /// Per-request timeouts come from the input.
+    /// Build it with `redirect(Policy::none())`: the executor follows
+    /// redirects itself, so that request headers never reach another
+    /// origin. Per-request timeouts come from the input.
     pub fn with_client(client: reqwest::Client) -> Self {
         HttpExecutor { client }
     }
@@ -241,6 +252,13 @@ impl Request {
         mask(message, self.secrets.iter().map(String::as_str))
     }
 
+    /// Whether `expect_status` names `status` explicitly.
+    fn expect_lists(&self, status: StatusCode) -> bool {
+        self.expect
+            .as_ref()
+            .is_some_and(|expect| expect.contains(&status.as_u16()))
+    }
+
     fn expected(&self, status: StatusCode) -> bool {
         match &self.expect {
             Some(expect) => expect.contains(&status.as_u16()),
@@ -248,15 +266,69 @@ impl Request {
         }
     }
 
-    async fn send(&self, client: &reqwest::Client) -> HandlerResult {
-        let mut request = client
-            .request(self.method.clone(), self.url.clone())
-            .headers(self.headers.clone())
-            .timeout(self.timeout);
-        if let Some(body) = &self.body {
-            request = request.body(body.clone());
+    /// Sends the request, following redirects: the input's headers never
+    /// go to another origin, and a status listed in `expect_status` is
+    /// never followed.
+    async fn exchange(&self, client: &reqwest::Client) -> Result<reqwest::Response, TaskError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut url = self.url.clone();
+        let mut method = self.method.clone();
+        let mut headers = self.headers.clone();
+        let mut body = self.body.clone();
+        let mut hops = 0;
+        loop {
+            let mut request = client
+                .request(method.clone(), url.clone())
+                .headers(headers.clone())
+                .timeout(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            if let Some(body) = &body {
+                request = request.body(body.clone());
+            }
+            let response = request.send().await.map_err(|e| self.transport_error(e))?;
+            let status = response.status();
+            let next = response
+                .headers()
+                .get(LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .and_then(|l| url.join(l).ok())
+                .filter(|_| status.is_redirection() && !self.expect_lists(status));
+            let Some(next) = next else {
+                return Ok(response);
+            };
+            hops += 1;
+            if hops > MAX_REDIRECTS {
+                return Err(TaskError::new(
+                    ErrorClass::InvalidInput,
+                    format!(
+                        "{} was redirected more than {MAX_REDIRECTS} times: \
+                         is there a redirect loop?",
+                        self.shown
+                    ),
+                ));
+            }
+            if next.origin() != url.origin() {
+                headers = [USER_AGENT, CONTENT_TYPE]
+                    .into_iter()
+                    .filter_map(|name| {
+                        let value = headers.get(&name)?.clone();
+                        Some((name, value))
+                    })
+                    .collect();
+            }
+            let becomes_get = status == StatusCode::SEE_OTHER
+                || (matches!(status, StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND)
+                    && method == Method::POST);
+            if becomes_get {
+                method = Method::GET;
+                body = None;
+                headers.remove(CONTENT_TYPE);
+            }
+            url = next;
         }
-        let mut response = request.send().await.map_err(|e| self.transport_error(e))?;
+    }
+
+    async fn send(&self, client: &reqwest::Client) -> HandlerResult {
+        let mut response = self.exchange(client).await?;
         let status = response.status();
         let expected = self.expected(status);
         let retry_after = response
@@ -271,7 +343,8 @@ impl Request {
             .is_some_and(is_json_type);
         let headers = visible_headers(response.headers());
 
-        // An unexpected answer only needs enough body for the message.
+        // An unexpected answer only needs enough body for the message (a
+        // character is at most 4 bytes).
         let keep = if expected {
             self.max_body
         } else {
@@ -295,11 +368,10 @@ impl Request {
         if !expected {
             return Err(self.status_error(status, retry_after, &body));
         }
-        let body = match is_json && truncated == 0 {
-            true => serde_json::from_slice(&body).ok(),
-            false => None,
-        }
-        .unwrap_or_else(|| Value::String(String::from_utf8_lossy(&body).into_owned()));
+        let body = (is_json && truncated == 0)
+            .then(|| serde_json::from_slice(&body).ok())
+            .flatten()
+            .unwrap_or_else(|| Value::String(String::from_utf8_lossy(&body).into_owned()));
         Ok(json!({
             "status": status.as_u16(),
             "headers": headers,

@@ -74,7 +74,8 @@ impl FromStr for CapacityRule {
                 "exclusive" => return Err(bad("exclusive is given twice")),
                 n if limit.is_none() => {
                     let n: usize = n.parse().map_err(|_| bad("the limit is not a number"))?;
-                    limit = Some(NonZeroUsize::new(n).ok_or_else(|| bad("the limit must be >= 1"))?);
+                    limit =
+                        Some(NonZeroUsize::new(n).ok_or_else(|| bad("the limit must be >= 1"))?);
                 }
                 _ => return Err(bad("more than one limit")),
             }
@@ -225,7 +226,14 @@ mod tests {
             assert_eq!((r.limit.get(), r.exclusive), (limit, exclusive), "{text}");
             assert_eq!(r.to_string(), printed);
         }
-        for bad in ["plan", "=3", "plan=0", "plan=x", "plan=1,2", "p=exclusive,exclusive"] {
+        for bad in [
+            "plan",
+            "=3",
+            "plan=0",
+            "plan=x",
+            "plan=1,2",
+            "p=exclusive,exclusive",
+        ] {
             assert!(bad.parse::<CapacityRule>().is_err(), "{bad}");
         }
     }

@@ -188,7 +188,11 @@ impl Dispatcher {
         };
         if !item.accepts(&self.labels) {
             let factor = u32::try_from(delivered).unwrap_or(u32::MAX);
-            let delay = self.shared.nak_delay.saturating_mul(factor).min(MAX_NAK_DELAY);
+            let delay = self
+                .shared
+                .nak_delay
+                .saturating_mul(factor)
+                .min(MAX_NAK_DELAY);
             tracing::debug!(execution = %item.execution, ?delay, "labels do not match; handing the item back");
             execution::nak(&message, Some(delay)).await;
             return;
@@ -256,7 +260,9 @@ impl Dispatcher {
             Ok((id, ())) => id,
             Err(e) => {
                 if e.is_panic() {
-                    tracing::error!("an attempt task panicked; its work item returns after ack_wait");
+                    tracing::error!(
+                        "an attempt task panicked; its work item returns after ack_wait"
+                    );
                 }
                 e.id()
             }

@@ -172,12 +172,16 @@ pub(crate) async fn execute(
                 .attempt_timeout_ms
                 .map(|ms| claimed_instant + Duration::from_millis(ms));
             let token = CancellationToken::new();
-            let (ctx, telemetry) =
-                Context::builder(exec.clone(), attempt.number(), &spec.kind, spec.input.clone())
-                    .env(env)
-                    .deadline(deadline)
-                    .cancel(token.clone())
-                    .build();
+            let (ctx, telemetry) = Context::builder(
+                exec.clone(),
+                attempt.number(),
+                &spec.kind,
+                spec.input.clone(),
+            )
+            .env(env)
+            .deadline(deadline)
+            .cancel(token.clone())
+            .build();
             let finish = CancellationToken::new();
             let mut publisher = AbortOnDrop(tokio::spawn(telemetry::publish(
                 attempt.reporter(),
@@ -294,10 +298,9 @@ fn outcome_of(result: Result<HandlerResult, tokio::task::JoinError>) -> Outcome 
     match result {
         Ok(Ok(output)) => Outcome::Succeeded(output),
         Ok(Err(error)) => Outcome::Failed(error),
-        Err(e) if e.is_panic() => Outcome::Failed(TaskError::new(
-            ErrorClass::Crashed,
-            "the handler panicked",
-        )),
+        Err(e) if e.is_panic() => {
+            Outcome::Failed(TaskError::new(ErrorClass::Crashed, "the handler panicked"))
+        }
         Err(_) => Outcome::Failed(TaskError::new(
             ErrorClass::Crashed,
             "the handler was aborted",

@@ -144,13 +144,10 @@ pub(crate) async fn open_registry(
     match created {
         Ok(store) => Ok(store),
         // Another worker may have created it meanwhile.
-        Err(e) => js
-            .get_key_value(bucket)
-            .await
-            .map_err(|_| RegistryError {
-                bucket: bucket.to_owned(),
-                reason: e.to_string(),
-            }),
+        Err(e) => js.get_key_value(bucket).await.map_err(|_| RegistryError {
+            bucket: bucket.to_owned(),
+            reason: e.to_string(),
+        }),
     }
 }
 

@@ -77,6 +77,9 @@ pub struct WorkerConfig {
     pub nats_url: String,
     /// The installation's subject prefix.
     pub prefix: String,
+    /// Replicas of the streams and the registry bucket if this worker
+    /// creates them: 1 on a single server, 3 on a cluster.
+    pub replicas: usize,
     /// The worker id: 1–64 of `[A-Za-z0-9_-]`.
     pub id: String,
     /// The queues to take work from.
@@ -114,6 +117,7 @@ impl Default for WorkerConfig {
         WorkerConfig {
             nats_url: "nats://127.0.0.1:4222".to_owned(),
             prefix: runlog_events::subject::DEFAULT_PREFIX.to_owned(),
+            replicas: 1,
             id: generate_id(),
             queues: vec![QueueName::default()],
             concurrency: NonZeroUsize::new(4).expect("4 is not zero"),
@@ -255,14 +259,21 @@ impl Worker {
     /// Connects to `config.nats_url`.
     pub async fn connect(config: WorkerConfig, registry: Registry) -> Result<Self, WorkerError> {
         config.validate()?;
+        let fail = |reason: String| WorkerError::Connect {
+            url: config.nats_url.clone(),
+            reason,
+        };
+        let addrs = config
+            .nats_url
+            .split(',')
+            .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| fail(e.to_string()))?;
         let client = async_nats::ConnectOptions::new()
             .name(format!("runlog-worker-{}", config.id))
-            .connect(config.nats_url.as_str())
+            .connect(addrs.as_slice())
             .await
-            .map_err(|e| WorkerError::Connect {
-                url: config.nats_url.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| fail(e.to_string()))?;
         Ok(Self::new(client, config, registry))
     }
 
@@ -304,6 +315,7 @@ impl Worker {
         let js = jetstream::new(client.clone());
         let layout = Layout {
             subjects: subjects.clone(),
+            replicas: config.replicas.max(1),
             ..Layout::default()
         };
         layout.ensure(&js).await?;

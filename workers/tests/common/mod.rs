@@ -162,7 +162,11 @@ impl Harness {
         while let Some(message) = batch.next().await {
             let message = message.map_err(|e| anyhow::anyhow!(e))?;
             let headers = message.headers.clone().unwrap_or_default();
-            out.push(codec::decode(&headers, &message.payload, &Limits::default())?);
+            out.push(codec::decode(
+                &headers,
+                &message.payload,
+                &Limits::default(),
+            )?);
         }
         Ok(out)
     }

@@ -1,0 +1,256 @@
+//! `runlog worker`: a worker process running the built-in executors.
+//!
+//! Settings come from flags or `RUNLOG_*` environment variables (flags
+//! win). SIGINT or SIGTERM starts a graceful shutdown (stop fetching, let
+//! running attempts finish within `--drain-timeout`, hand the rest back); a
+//! second signal stops at once. `docs/workers.md` is the user guide.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use runlog_engine::NatsConfig;
+use runlog_events::QueueName;
+use runlog_worker::runtime::{CapacityRule, GuardConfig, Worker, WorkerConfig};
+use tokio_util::sync::CancellationToken;
+
+/// Options of `runlog worker`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// NATS server URL; repeat (or separate with commas) for a cluster.
+    #[arg(
+        long = "nats-url",
+        env = "RUNLOG_NATS_URL",
+        value_delimiter = ',',
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats_urls: Vec<String>,
+    /// NATS credentials file.
+    #[arg(long, env = "RUNLOG_NATS_CREDS")]
+    nats_creds: Option<PathBuf>,
+    /// NATS user (with --nats-password).
+    #[arg(long, env = "RUNLOG_NATS_USER")]
+    nats_user: Option<String>,
+    /// NATS password.
+    #[arg(long, env = "RUNLOG_NATS_PASSWORD", hide_env_values = true)]
+    nats_password: Option<String>,
+    /// NATS token.
+    #[arg(long, env = "RUNLOG_NATS_TOKEN", hide_env_values = true)]
+    nats_token: Option<String>,
+    /// Require TLS.
+    #[arg(long, env = "RUNLOG_NATS_TLS")]
+    nats_tls: bool,
+    /// CA certificate to trust (PEM).
+    #[arg(long, env = "RUNLOG_NATS_TLS_CA")]
+    nats_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM).
+    #[arg(long, env = "RUNLOG_NATS_TLS_CERT")]
+    nats_tls_cert: Option<PathBuf>,
+    /// Client key (PEM).
+    #[arg(long, env = "RUNLOG_NATS_TLS_KEY")]
+    nats_tls_key: Option<PathBuf>,
+    /// Subject and stream prefix of the installation.
+    #[arg(long, env = "RUNLOG_PREFIX", default_value = "runlog")]
+    prefix: String,
+    /// Stream replicas, if this worker creates the streams (3 on a cluster).
+    #[arg(long, env = "RUNLOG_REPLICAS", default_value_t = 1)]
+    replicas: usize,
+    /// A queue to take work from; repeat for several.
+    #[arg(
+        long = "queue",
+        env = "RUNLOG_QUEUES",
+        value_delimiter = ',',
+        default_value = "default"
+    )]
+    queues: Vec<QueueName>,
+    /// Attempts this worker runs at once.
+    #[arg(long, env = "RUNLOG_CONCURRENCY", default_value = "4")]
+    concurrency: NonZeroUsize,
+    /// A label tasks may require, `key=value`; repeat for several.
+    #[arg(long = "label", env = "RUNLOG_LABELS", value_delimiter = ',', value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// A capacity rule: `kind=N`, `kind=N,exclusive` or `kind=exclusive`;
+    /// repeat for several (separate with `;` in the environment variable).
+    #[arg(long = "capacity", env = "RUNLOG_CAPACITY", value_delimiter = ';')]
+    capacity: Vec<CapacityRule>,
+    /// The worker id (1-64 of A-Z a-z 0-9 _ -); default `<host>-<random>`.
+    #[arg(long, env = "RUNLOG_WORKER_ID")]
+    id: Option<String>,
+    /// Registry entry refresh and heartbeat interval of running attempts.
+    #[arg(long, env = "RUNLOG_HEARTBEAT", default_value = "5s", value_parser = parse_duration)]
+    heartbeat: Duration,
+    /// ack_wait of the dispatch consumers this worker creates (an existing
+    /// consumer keeps its own).
+    #[arg(long, env = "RUNLOG_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    ack_wait: Duration,
+    /// How long running attempts may finish after SIGTERM before they are
+    /// stopped and handed back.
+    #[arg(long, env = "RUNLOG_DRAIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// How long a cancelled handler may take to stop.
+    #[arg(long, env = "RUNLOG_CANCEL_GRACE", default_value = "10s", value_parser = parse_duration)]
+    cancel_grace: Duration,
+    /// Stop fetching while host memory use is above this percentage.
+    #[arg(long, env = "RUNLOG_MAX_MEMORY_PERCENT", default_value_t = 90.0)]
+    max_memory_percent: f64,
+    /// Stop fetching while the 1-minute load average is above this.
+    #[arg(long, env = "RUNLOG_MAX_LOAD")]
+    max_load: Option<f64>,
+    /// Every k-th pick starts one priority level lower (anti-starvation).
+    #[arg(long, env = "RUNLOG_AGING_EVERY", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(2..))]
+    aging_every: u32,
+    /// Base delay before an item this worker cannot take is redelivered.
+    #[arg(long, env = "RUNLOG_NAK_DELAY", default_value = "1s", value_parser = parse_duration)]
+    nak_delay: Duration,
+    /// How long an idle worker's long poll waits at the server.
+    #[arg(long, env = "RUNLOG_POLL_EXPIRES", default_value = "5s", value_parser = parse_duration)]
+    poll_expires: Duration,
+}
+
+impl Args {
+    fn nats(&self) -> NatsConfig {
+        NatsConfig {
+            urls: self.nats_urls.clone(),
+            credentials: self.nats_creds.clone(),
+            user: self.nats_user.clone(),
+            password: self.nats_password.clone(),
+            token: self.nats_token.clone(),
+            tls: self.nats_tls,
+            tls_ca: self.nats_tls_ca.clone(),
+            tls_cert: self.nats_tls_cert.clone(),
+            tls_key: self.nats_tls_key.clone(),
+            prefix: self.prefix.clone(),
+            replicas: self.replicas,
+        }
+    }
+
+    fn config(self) -> WorkerConfig {
+        let defaults = WorkerConfig::default();
+        WorkerConfig {
+            nats_url: self.nats_urls.join(","),
+            prefix: self.prefix,
+            replicas: self.replicas,
+            id: self.id.unwrap_or(defaults.id),
+            queues: self.queues,
+            concurrency: self.concurrency,
+            labels: self.labels.into_iter().collect::<BTreeMap<_, _>>(),
+            capacity: self.capacity,
+            heartbeat: self.heartbeat,
+            ack_wait: self.ack_wait,
+            drain_timeout: self.drain_timeout,
+            cancel_grace: self.cancel_grace,
+            poll_expires: self.poll_expires,
+            aging_every: self.aging_every,
+            nak_delay: self.nak_delay,
+            guard: GuardConfig {
+                max_memory_percent: self.max_memory_percent,
+                max_load: self.max_load,
+                ..defaults.guard
+            },
+            telemetry: defaults.telemetry,
+        }
+    }
+}
+
+/// Runs `runlog worker` until SIGINT or SIGTERM.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let nats = args.nats();
+    let config = args.config();
+    config.validate()?;
+    let client = nats
+        .connect(&format!("runlog-worker-{}", config.id))
+        .await?;
+    let registry = runlog_worker::executor::builtin();
+    println!(
+        "runlog worker {} on {} (queues {}, concurrency {}, kinds {})",
+        config.id,
+        nats.urls.join(","),
+        config
+            .queues
+            .iter()
+            .map(|q| q.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        config.concurrency,
+        registry.kinds().join(","),
+    );
+    let shutdown = CancellationToken::new();
+    let worker = Worker::new(client, config, registry).run(shutdown.clone());
+    tokio::pin!(worker);
+    tokio::select! {
+        result = &mut worker => return Ok(result?),
+        signal = wait_for_signal() => signal.context("cannot wait for a signal")?,
+    }
+    eprintln!("stopping: finishing running attempts (a second signal stops at once)");
+    shutdown.cancel();
+    tokio::select! {
+        result = &mut worker => Ok(result?),
+        signal = wait_for_signal() => {
+            signal.context("cannot wait for a signal")?;
+            eprintln!("stopped at once: unfinished work items return after their ack_wait");
+            Ok(())
+        }
+    }
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM.
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
+}
+
+/// `key=value`.
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+        _ => Err(format!("label {s:?} must look like key=value")),
+    }
+}
+
+/// `250ms`, `5s`, `2m`, `1h`, or a number of seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration: write 250ms, 5s, 2m or 1h"))?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?}: use ms, s, m or h"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{s:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_labels_parse() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("s").is_err());
+        assert_eq!(parse_label("pool=eu"), Ok(("pool".into(), "eu".into())));
+        assert!(parse_label("pool").is_err());
+    }
+}
