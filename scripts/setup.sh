@@ -7,6 +7,7 @@
 set -euo pipefail
 
 NATS_SERVER_VERSION=2.15.1
+NATS_PY_VERSION=2.16.0
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 TOOLS="$PWD/.tools"
@@ -46,9 +47,23 @@ setup_nats_server() {
     echo "nats-server $NATS_SERVER_VERSION: installed"
 }
 
+# nats-py: the Python client the protocol example (examples/python) runs on.
+setup_nats_py() {
+    local dir="$TOOLS/python"
+    if [[ -d $dir/nats_py-$NATS_PY_VERSION.dist-info ]]; then
+        echo "nats-py $NATS_PY_VERSION: ok (already installed)"
+        return
+    fi
+    pip_target "$dir" "nats-py==$NATS_PY_VERSION"
+    [[ -d $dir/nats_py-$NATS_PY_VERSION.dist-info ]] ||
+        die "nats-py: expected $NATS_PY_VERSION in $dir"
+    echo "nats-py $NATS_PY_VERSION: installed"
+}
+
 main() {
     mkdir -p "$TOOLS"
     setup_nats_server
+    setup_nats_py
 }
 
 main "$@"
