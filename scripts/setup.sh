@@ -60,10 +60,37 @@ setup_nats_py() {
     echo "nats-py $NATS_PY_VERSION: installed"
 }
 
+# restic: the backup tool the restic acceptance test (cli/tests/restic.rs) runs as tasks.
+# Debian's package, so this is the one step that needs apt and root.
+setup_restic() {
+    local have
+    if command -v restic >/dev/null; then
+        have=$(restic version 2>/dev/null | awk '{print $2}')
+        echo "restic ${have:-?}: ok (already installed)"
+        return
+    fi
+    command -v apt-get >/dev/null || die "restic not found and apt-get is missing; install restic with your package manager"
+    local sudo=()
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null || die "restic not found; run as root or install it (apt-get install -y restic)"
+        sudo=(sudo)
+    fi
+    # Refresh the package lists only when they do not know restic yet.
+    if ! apt-cache show restic >/dev/null 2>&1; then
+        "${sudo[@]}" apt-get update -qq >&2 || die "apt-get update failed"
+    fi
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq restic >&2 ||
+        die "apt-get install -y restic failed"
+    command -v restic >/dev/null || die "restic: installed but not on PATH"
+    have=$(restic version 2>/dev/null | awk '{print $2}')
+    echo "restic ${have:-?}: installed"
+}
+
 main() {
     mkdir -p "$TOOLS"
     setup_nats_server
     setup_nats_py
+    setup_restic
 }
 
 main "$@"

@@ -183,6 +183,9 @@ pub struct EngineConfig {
     pub listen: SocketAddr,
     /// Run the reactor in this engine (every replica may).
     pub reactor: bool,
+    /// Seconds between projection snapshots (0: never), so a restart
+    /// replays only the tail of the log.
+    pub snapshot_interval_secs: u64,
 }
 
 impl Default for EngineConfig {
@@ -191,6 +194,7 @@ impl Default for EngineConfig {
             nats: NatsConfig::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             reactor: true,
+            snapshot_interval_secs: 60,
         }
     }
 }

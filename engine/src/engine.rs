@@ -79,9 +79,32 @@ impl Engine {
             format!("/runlog/engine/{host}"),
         );
         let intake = Intake::new(journal.clone(), env, idempotency);
-        let projection = Arc::new(Projection::new());
-        let live = Live::new();
         let mut tasks = JoinSet::new();
+        let projection = Arc::new(Projection::new());
+        if config.snapshot_interval_secs > 0 {
+            match crate::snapshot::store(&pub_js, &subjects, layout.replicas).await {
+                Ok(store) => {
+                    match crate::snapshot::restore(&store, &projection).await {
+                        Ok(Some(seq)) => tracing::info!(
+                            seq,
+                            executions = projection.len(),
+                            "projection restored from a snapshot; replaying the tail"
+                        ),
+                        Ok(None) => {}
+                        Err(e) => tracing::warn!(error = %e, "replaying the whole log"),
+                    }
+                    let every = Duration::from_secs(config.snapshot_interval_secs);
+                    tasks.spawn(crate::snapshot::run(
+                        store,
+                        projection.clone(),
+                        every,
+                        shutdown.clone(),
+                    ));
+                }
+                Err(e) => tracing::warn!(error = %e, "projection snapshots are off"),
+            }
+        }
+        let live = Live::new();
 
         live.start(&consumer, &subjects, shutdown.clone())
             .await

@@ -9,8 +9,8 @@
 //!   queueing and dispatch, retries and deadlines held as broker schedules,
 //!   dead letters, cancel signals.
 //! - [`projection`]: the log folded into an in-memory read model that can be
-//!   thrown away and rebuilt by replay; [`live`] fans stored events out to
-//!   SSE clients.
+//!   thrown away and rebuilt by replay, and [`snapshot`]ted so a restart
+//!   replays only the tail; [`live`] fans stored events out to SSE clients.
 //! - [`api`]: HTTP JSON, problem+json errors, Server-Sent Events.
 //! - [`engine`] puts them together under one shutdown token; [`config`]
 //!   describes it.
@@ -23,6 +23,7 @@ pub mod intake;
 pub mod live;
 pub mod projection;
 pub mod reactor;
+pub mod snapshot;
 pub mod submit;
 
 pub use config::{EngineConfig, NatsConfig};

@@ -137,6 +137,7 @@ pub struct Projection {
     applied: AtomicU64,
     skipped: AtomicU64,
     caught_up: AtomicBool,
+    restored: AtomicU64,
 }
 
 /// Why following the log stopped.
@@ -212,6 +213,38 @@ impl Projection {
                     .push_back((end, (end - start).num_milliseconds()));
             }
         }
+    }
+
+    /// Every execution held (a copy, for snapshots).
+    pub fn entries(&self) -> Vec<(ExecutionId, Entry)> {
+        self.executions
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
+    }
+
+    /// Puts back an execution from a snapshot.
+    pub fn restore(&self, execution: ExecutionId, entry: Entry) {
+        let after = Key::of(&entry.state);
+        self.count(&Key::none(), &after, &entry.state);
+        self.order
+            .write()
+            .expect("the order index is never poisoned")
+            .insert(entry.first_seq, execution.clone());
+        self.executions.insert(execution, entry);
+    }
+
+    /// Marks a snapshot reflecting the log up to `seq` as restored: following
+    /// resumes after it.
+    pub fn restored(&self, seq: u64) {
+        self.applied.fetch_max(seq, Ordering::Relaxed);
+        self.restored.store(seq, Ordering::Relaxed);
+    }
+
+    /// The sequence of the snapshot this projection started from (0: it
+    /// replayed the whole log).
+    pub fn restored_seq(&self) -> u64 {
+        self.restored.load(Ordering::Relaxed)
     }
 
     /// The state of one execution.
@@ -386,6 +419,14 @@ struct Key {
 }
 
 impl Key {
+    fn none() -> Key {
+        Key {
+            status: None,
+            queue: None,
+            priority: Priority::default(),
+        }
+    }
+
     fn of(state: &ExecutionState) -> Key {
         Key {
             status: (state.status != Status::New).then_some(state.status),

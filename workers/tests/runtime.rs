@@ -82,7 +82,7 @@ async fn capacity_limits_and_exclusive_kinds_hold_over_a_random_mix() -> Result<
     let worker = h.worker(config, &probe).await?;
 
     let mut rng = StdRng::seed_from_u64(7);
-    let total = 200;
+    let total = 500;
     let mut execs = Vec::new();
     for _ in 0..total {
         let kind = match rng.random_range(0..100) {

@@ -145,6 +145,7 @@ async fn stats(State(state): State<ApiState>) -> Response {
         "by_status": p.counts(),
         "rates": p.rates(chrono::Utc::now()),
         "applied_seq": p.applied_seq(),
+        "restored_from_seq": p.restored_seq(),
         "skipped_events": p.skipped(),
     }))
     .into_response()

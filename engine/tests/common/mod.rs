@@ -31,7 +31,15 @@ pub async fn start() -> Result<Running> {
 }
 
 pub async fn start_on(server: NatsServer) -> Result<Running> {
+    start_with(server, |_| {}).await
+}
+
+pub async fn start_with(
+    server: NatsServer,
+    tune: impl FnOnce(&mut EngineConfig),
+) -> Result<Running> {
     let mut config = EngineConfig::default();
+    tune(&mut config);
     config.nats.urls = vec![server.url()];
     config.listen = "127.0.0.1:0".parse()?;
     let shutdown = CancellationToken::new();
