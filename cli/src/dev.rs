@@ -14,7 +14,6 @@ use runlog_engine::{Engine, EngineConfig};
 use runlog_events::journal::Journal;
 use runlog_events::{ExecutionId, Subjects};
 use runlog_testkit::NatsServer;
-use runlog_worker::handler::{Context as TaskContext, Handler, HandlerResult};
 use runlog_worker::runtime::{Worker, WorkerConfig};
 
 /// Options of `runlog dev`.
@@ -64,9 +63,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let projection = engine.projection().clone();
     wait_until(|| projection.is_caught_up()).await?;
     println!(
-        "engine       http://{}  (streams {}, {}, {}); the log holds {} executions from earlier runs",
+        "engine       http://{}  (streams {}, {}, {}, {}); the log holds {} executions from earlier runs",
         engine.addr(),
         subjects.exec_stream(),
+        subjects.work_stream(),
         subjects.logs_stream(),
         subjects.dlq_stream(),
         projection.len()
@@ -75,8 +75,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let client = async_nats::connect(server.url())
         .await
         .with_context(|| format!("cannot reach NATS at {}", server.url()))?;
-    let mut registry = runlog_worker::executor::builtin();
-    registry.register("echo", Echo);
+    let registry = runlog_worker::executor::builtin();
     let worker_config = WorkerConfig {
         nats_url: server.url(),
         id: format!("dev-worker-{}", std::process::id()),
@@ -186,14 +185,4 @@ async fn wait_until(mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     Ok(())
-}
-
-/// The `echo` kind: returns its input (the work is the log, not the task).
-struct Echo;
-
-impl Handler for Echo {
-    async fn run(&self, ctx: TaskContext) -> HandlerResult {
-        ctx.progress(Some(100.0), Some("echoed".into()));
-        Ok(ctx.input().clone())
-    }
 }

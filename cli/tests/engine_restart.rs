@@ -234,7 +234,7 @@ async fn a_killed_engine_restarts_with_every_execution_intact() -> Result<()> {
     let mut items: BTreeMap<(String, u32), usize> = BTreeMap::new();
     direct::read(
         &client,
-        "RUNLOG_EXEC",
+        "RUNLOG_WORK",
         "runlog.work.>",
         1,
         usize::MAX,

@@ -50,7 +50,7 @@ async fn work_item(
     let subject = run
         .subjects
         .dispatch(&QueueName::new(queue).ok()?, priority, exec);
-    let stored = direct::last(&run.js, &run.subjects.exec_stream(), &subject)
+    let stored = direct::last(&run.js, &run.subjects.work_stream(), &subject)
         .await
         .ok()??;
     serde_json::from_slice(&stored.payload).ok()

@@ -267,18 +267,33 @@ impl Journal {
     /// once they return, however many run at once. On a replicated stream a
     /// replica may answer and lag the leader slightly; writers never trust a
     /// load for freshness, their appends are checked by the expected sequence.
+    ///
+    /// The read starts at the execution's `submitted` event, found through
+    /// the server's per-subject index (a literal subject): a wildcard read
+    /// from sequence 1 makes the server scan the whole stream for the first
+    /// match, which grows with the log and dominated the server's CPU.
     pub async fn load(&self, execution: &ExecutionId) -> Result<History, LoadError> {
         let fail = |reason: String| LoadError {
             execution: execution.clone(),
             reason,
         };
+        let stream = self.subjects.exec_stream();
+        let first = self
+            .subjects
+            .event(execution, crate::event::EventType::Submitted);
+        let from = match crate::direct::last(&self.js, &stream, &first).await {
+            Ok(Some(submitted)) => submitted.seq,
+            // Never submitted: nothing else could apply.
+            Ok(None) => return Ok(History::default()),
+            Err(e) => return Err(fail(e.reason)),
+        };
         let filter = self.subjects.execution_events(execution);
         let mut history = History::default();
         crate::direct::read(
             &self.js.client(),
-            &self.subjects.exec_stream(),
+            &stream,
             &filter,
-            1,
+            from,
             usize::MAX,
             |stored| {
                 history.last_seq = stored.seq;

@@ -1,11 +1,14 @@
 //! The JetStream streams and consumers, defined once for every component.
 //!
-//! - **exec** (`RUNLOG_EXEC`): lifecycle events, work items and timers in one
-//!   stream, so a transition can be appended together with its work item or
-//!   timer in one atomic batch, and broker schedules can target work subjects
-//!   (a schedule must target its own stream). Limits retention: the log is
-//!   the truth and is never consumed away. Stored events are republished on
-//!   `<p>.live.ev.>` for live feeds.
+//! - **exec** (`RUNLOG_EXEC`): lifecycle events and timers (a broker
+//!   schedule must target a subject of its own stream; timers fire on
+//!   `<p>.sched.<exec>.<timer>.due`, which the engine consumes). Limits
+//!   retention: the log is the truth and is never consumed away. Stored
+//!   events are republished on `<p>.live.ev.>` for live feeds.
+//! - **work** (`RUNLOG_WORK`): work items, one durable consumer per queue and
+//!   priority, work-queue retention (an acknowledged item is deleted). Kept
+//!   apart from the log so a worker's fetch on an empty priority level looks
+//!   only at pending work, not at the whole history.
 //! - **logs** (`RUNLOG_LOGS`): log lines, progress and heartbeats, capped per
 //!   subject and by age, out of the optimistic-concurrency filter.
 //! - **dlq** (`RUNLOG_DLQ`): the server's max-deliveries and terminated
@@ -102,7 +105,7 @@ impl Layout {
         stream::Config {
             name: s.exec_stream(),
             description: Some("runlog execution log, work items and timers".to_owned()),
-            subjects: vec![s.all_events(), s.all_dispatch(), s.all_schedules()],
+            subjects: vec![s.all_events(), s.all_schedules()],
             retention: RetentionPolicy::Limits,
             storage: self.storage,
             num_replicas: self.replicas,
@@ -118,6 +121,23 @@ impl Layout {
                 destination: format!("{}.live.ev.>", s.prefix()),
                 headers_only: false,
             }),
+            ..Default::default()
+        }
+    }
+
+    /// The work stream.
+    pub fn work_stream(&self) -> stream::Config {
+        let s = &self.subjects;
+        stream::Config {
+            name: s.work_stream(),
+            description: Some("runlog work items".to_owned()),
+            subjects: vec![s.all_dispatch()],
+            retention: RetentionPolicy::WorkQueue,
+            storage: self.storage,
+            num_replicas: self.replicas,
+            duplicate_window: DUPLICATE_WINDOW,
+            max_message_size: message_size_limit(),
+            allow_direct: true,
             ..Default::default()
         }
     }
@@ -150,13 +170,13 @@ impl Layout {
     /// The dead-letter advisory stream.
     pub fn dlq_stream(&self) -> stream::Config {
         let s = &self.subjects;
-        let exec = s.exec_stream();
+        let work = s.work_stream();
         stream::Config {
             name: s.dlq_stream(),
             description: Some("runlog dead-letter advisories of work items".to_owned()),
             subjects: vec![
-                format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{exec}.*"),
-                format!("$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{exec}.*"),
+                format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{work}.*"),
+                format!("$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{work}.*"),
             ],
             retention: RetentionPolicy::Limits,
             storage: self.storage,
@@ -167,8 +187,13 @@ impl Layout {
     }
 
     /// Every stream, in creation order.
-    pub fn streams(&self) -> [stream::Config; 3] {
-        [self.exec_stream(), self.logs_stream(), self.dlq_stream()]
+    pub fn streams(&self) -> [stream::Config; 4] {
+        [
+            self.exec_stream(),
+            self.work_stream(),
+            self.logs_stream(),
+            self.dlq_stream(),
+        ]
     }
 
     /// The durable pull consumer that all workers of `queue` share at
@@ -248,7 +273,7 @@ impl Layout {
         queue: &QueueName,
         priority: Priority,
     ) -> Result<jetstream::consumer::Consumer<pull::Config>, LayoutError> {
-        let stream_name = self.subjects.exec_stream();
+        let stream_name = self.subjects.work_stream();
         let api = |e: Box<dyn std::error::Error + Send + Sync>| LayoutError::Api {
             stream: stream_name.clone(),
             source: e,
@@ -274,7 +299,8 @@ impl Layout {
         match js.get_stream(&name).await {
             Ok(mut existing) => {
                 let info = existing.info().await.map_err(|e| api(e.into()))?;
-                if let Some(reason) = incompatibility(&info.config, &wanted) {
+                if let Some(reason) = incompatibility(&info.config, &wanted, self.subjects.prefix())
+                {
                     return Err(LayoutError::Incompatible {
                         stream: name,
                         prefix: self.subjects.prefix().to_owned(),
@@ -305,7 +331,7 @@ fn stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
 
 /// Settings JetStream cannot change on an existing stream, or that would
 /// change what the stream means.
-fn incompatibility(have: &stream::Config, want: &stream::Config) -> Option<String> {
+fn incompatibility(have: &stream::Config, want: &stream::Config, prefix: &str) -> Option<String> {
     if have.storage != want.storage {
         return Some(format!(
             "storage is {:?}, runlog needs {:?}",
@@ -318,7 +344,13 @@ fn incompatibility(have: &stream::Config, want: &stream::Config) -> Option<Strin
             have.retention, want.retention
         ));
     }
-    if have.subjects != want.subjects {
+    // Subjects may change between runlog versions (an update), but never
+    // take over a stream that holds someone else's subjects.
+    let ours = |subject: &String| {
+        subject.starts_with(&format!("{prefix}."))
+            || subject.starts_with("$JS.EVENT.ADVISORY.CONSUMER.")
+    };
+    if have.subjects != want.subjects && !have.subjects.iter().all(ours) {
         return Some(format!(
             "subjects are {:?}, runlog needs {:?}",
             have.subjects, want.subjects
@@ -328,7 +360,8 @@ fn incompatibility(have: &stream::Config, want: &stream::Config) -> Option<Strin
 }
 
 fn needs_update(have: &stream::Config, want: &stream::Config) -> bool {
-    have.num_replicas != want.num_replicas
+    have.subjects != want.subjects
+        || have.num_replicas != want.num_replicas
         || have.duplicate_window != want.duplicate_window
         || have.max_age != want.max_age
         || have.max_messages_per_subject != want.max_messages_per_subject

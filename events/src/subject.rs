@@ -150,9 +150,14 @@ impl Subjects {
         format!("{}.submit.{queue}", self.prefix)
     }
 
-    /// The execution stream (events, work items, timers).
+    /// The execution stream (events and timers).
     pub fn exec_stream(&self) -> String {
         format!("{}_EXEC", self.upper)
+    }
+
+    /// The work stream (work items, removed once acknowledged).
+    pub fn work_stream(&self) -> String {
+        format!("{}_WORK", self.upper)
     }
 
     /// The telemetry stream.

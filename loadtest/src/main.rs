@@ -46,6 +46,15 @@ struct Args {
     /// from (0 skips it).
     #[arg(long, default_value_t = 0)]
     replay_events: usize,
+    /// Also measure the engine's intake over HTTP and over NATS
+    /// request/reply (`--n` submissions, `--concurrency` in flight).
+    #[arg(long)]
+    intake: bool,
+    /// Also run `--n` `echo` tasks end to end through the engine and one
+    /// `runlog worker` process with `--concurrency` slots (the `runlog`
+    /// binary next to this one), and report the worker's memory.
+    #[arg(long)]
+    worker: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -77,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
     let floor = median(floor);
     let lifecycle = median(lifecycle);
     if args.replay_events > 0 {
-        let replay = replay(args.replay_events, args.runs).await?;
+        let (replay, bytes_per_execution) = replay(args.replay_events, args.runs).await?;
         println!(
             "{}",
             serde_json::json!({
@@ -86,8 +95,56 @@ async fn main() -> anyhow::Result<()> {
                 "runs": args.runs,
                 "median_seconds": replay.seconds,
                 "events_per_second": replay.rate().round(),
+                "resident_bytes_per_execution": bytes_per_execution.round(),
+                "resident_mib_per_100k_executions": (bytes_per_execution * 100_000.0 / 1_048_576.0).round(),
             })
         );
+    }
+    if args.worker {
+        let mut figures = Vec::new();
+        let mut memory = Vec::new();
+        for _ in 0..args.runs {
+            let (figure, rest, peak) = worker_throughput(&args).await?;
+            figures.push(figure);
+            memory.push((rest, peak));
+        }
+        let f = median(figures);
+        let (rest, peak) = memory[memory.len() / 2];
+        println!(
+            "{}",
+            serde_json::json!({
+                "scenario": f.scenario,
+                "tasks": f.tasks,
+                "worker_concurrency": args.concurrency,
+                "runs": args.runs,
+                "median_seconds": f.seconds,
+                "tasks_per_second": f.rate().round(),
+                "worker_rss_mib_at_rest": rest,
+                "worker_rss_mib_peak": peak,
+            })
+        );
+    }
+    if args.intake {
+        let mut http = Vec::new();
+        let mut nats = Vec::new();
+        for _ in 0..args.runs {
+            let (h, n) = intake(&args).await?;
+            http.push(h);
+            nats.push(n);
+        }
+        for f in [median(http), median(nats)] {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "scenario": f.scenario,
+                    "submissions": f.tasks,
+                    "concurrency": args.concurrency,
+                    "runs": args.runs,
+                    "median_seconds": f.seconds,
+                    "submissions_per_second": f.rate().round(),
+                })
+            );
+        }
     }
     for f in [&floor, &lifecycle] {
         println!(
@@ -244,7 +301,194 @@ async fn lifecycle_cycle(server: &NatsServer, args: &Args) -> anyhow::Result<Fig
 /// Seeds a fresh server with `events` lifecycle events (four per execution,
 /// published with pipelined acks), then rebuilds the engine's projection from
 /// them `runs` times.
-async fn replay(events: usize, runs: usize) -> anyhow::Result<Figure> {
+/// Resident memory of this process, in bytes (Linux).
+fn resident_bytes() -> f64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(0.0, |pages| pages * 4096.0)
+}
+
+/// The engine's intake, started in this process on a fresh server: `n`
+/// submissions over HTTP, then `n` over NATS request/reply, `concurrency`
+/// in flight. The reactor runs too (it queues and dispatches each one), as
+/// in production.
+async fn intake(args: &Args) -> anyhow::Result<(Figure, Figure)> {
+    let server = NatsServer::start().context("cannot start nats-server")?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut config = runlog_engine::EngineConfig::default();
+    config.nats.urls = vec![server.url()];
+    config.listen = "127.0.0.1:0".parse()?;
+    config.snapshot_interval_secs = 0;
+    let engine = runlog_engine::Engine::start(config, shutdown.clone()).await?;
+    let url = format!("http://{}/v1/executions", engine.addr());
+    let body = serde_json::json!({"kind": "noop", "input": {"payload": "x".repeat(80)}});
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    futures::stream::iter(0..args.n)
+        .map(|_| {
+            let (http, url, body) = (&http, &url, &body);
+            async move {
+                let response = http.post(url).json(body).send().await?;
+                anyhow::ensure!(
+                    response.status().as_u16() == 201,
+                    "HTTP {}",
+                    response.status()
+                );
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(args.concurrency)
+        .try_collect::<()>()
+        .await?;
+    let by_http = Figure {
+        scenario: "intake_http",
+        tasks: args.n,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let client = async_nats::connect(server.url()).await?;
+    let payload = Bytes::from(body.to_string());
+    let started = Instant::now();
+    futures::stream::iter(0..args.n)
+        .map(|_| {
+            let (client, payload) = (&client, payload.clone());
+            async move {
+                let reply = client.request("runlog.submit.default", payload).await?;
+                anyhow::ensure!(!reply.payload.starts_with(b"{\"error\""), "refused");
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(args.concurrency)
+        .try_collect::<()>()
+        .await?;
+    let by_nats = Figure {
+        scenario: "intake_nats",
+        tasks: args.n,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    // How far behind the reactor (queue + dispatch) ran.
+    let projection = engine.projection().clone();
+    let queued = || {
+        projection
+            .counts()
+            .get(&runlog_events::Status::Queued)
+            .copied()
+            .unwrap_or(0) as usize
+    };
+    while queued() < 2 * args.n {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    eprintln!(
+        "intake: every submission queued and dispatched {:.2} s after the last NATS reply",
+        started.elapsed().as_secs_f64() - by_nats.seconds
+    );
+    shutdown.cancel();
+    engine.wait().await;
+    Ok((by_http, by_nats))
+}
+
+/// VmRSS and VmHWM of process `pid`, in MiB.
+fn process_memory_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            .map_or(0.0, |kib| (kib / 1024.0 * 10.0).round() / 10.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// `n` echo tasks, submitted over NATS with `concurrency` in flight, run by
+/// one `runlog worker` process with `concurrency` slots; first submission →
+/// last `succeeded` in the engine's projection. Returns the worker's
+/// resident memory at rest and its peak.
+async fn worker_throughput(args: &Args) -> anyhow::Result<(Figure, f64, f64)> {
+    let server = NatsServer::start().context("cannot start nats-server")?;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut config = runlog_engine::EngineConfig::default();
+    config.nats.urls = vec![server.url()];
+    config.listen = "127.0.0.1:0".parse()?;
+    config.snapshot_interval_secs = 0;
+    let engine = runlog_engine::Engine::start(config, shutdown.clone()).await?;
+    let binary = std::env::current_exe()?.with_file_name("runlog");
+    let mut worker = std::process::Command::new(&binary)
+        .args(["worker", "--nats-url", &server.url(), "--id", "bench"])
+        .args(["--concurrency", &args.concurrency.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| {
+            format!(
+                "cannot start {} (build it: cargo build --release -p runlog)",
+                binary.display()
+            )
+        })?;
+    let client = async_nats::connect(server.url()).await?;
+    let js = jetstream::new(client.clone());
+    // At rest: registered and polling.
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Ok(kv) = js.get_key_value("runlog-workers").await
+            && let Ok(Some(_)) = kv.get("bench").await
+        {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the worker did not register");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (rest, _) = process_memory_mib(worker.id());
+    let payload = Bytes::from(
+        serde_json::json!({"kind": "echo", "input": {"payload": "x".repeat(80)}}).to_string(),
+    );
+    let started = Instant::now();
+    futures::stream::iter(0..args.n)
+        .map(|_| {
+            let (client, payload) = (&client, payload.clone());
+            async move {
+                client.request("runlog.submit.default", payload).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(args.concurrency)
+        .try_collect::<()>()
+        .await?;
+    let projection = engine.projection().clone();
+    let done = |p: &runlog_engine::Projection| {
+        p.counts()
+            .get(&runlog_events::Status::Succeeded)
+            .copied()
+            .unwrap_or(0) as usize
+    };
+    let deadline = Instant::now() + std::time::Duration::from_secs(600);
+    while done(&projection) < args.n {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {} finished",
+            done(&projection),
+            args.n
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let (_, peak) = process_memory_mib(worker.id());
+    let _ = worker.kill();
+    let _ = worker.wait();
+    shutdown.cancel();
+    engine.wait().await;
+    Ok((
+        Figure {
+            scenario: "worker_echo",
+            tasks: args.n,
+            seconds,
+        },
+        rest,
+        peak,
+    ))
+}
+
+async fn replay(events: usize, runs: usize) -> anyhow::Result<(Figure, f64)> {
     use runlog_engine::Projection;
     use runlog_events::codec::{self, Format};
     use runlog_events::event::{Queued, Started, Submitted, Succeeded};
@@ -317,7 +561,9 @@ async fn replay(events: usize, runs: usize) -> anyhow::Result<Figure> {
         .state
         .last_sequence;
     let mut figures = Vec::new();
-    for _ in 0..runs {
+    let mut bytes_per_execution = 0.0;
+    for run in 0..runs {
+        let resident_before = resident_bytes();
         let projection = Arc::new(Projection::new());
         let shutdown = tokio_util::sync::CancellationToken::new();
         let started = Instant::now();
@@ -338,6 +584,11 @@ async fn replay(events: usize, runs: usize) -> anyhow::Result<Figure> {
             tick.tick().await;
         }
         let seconds = started.elapsed().as_secs_f64();
+        if run == 0 {
+            // The first run grows the heap from nothing: its growth is what
+            // the projection holds.
+            bytes_per_execution = (resident_bytes() - resident_before) / executions as f64;
+        }
         shutdown.cancel();
         follower.await??;
         if projection.len() != executions || projection.skipped() != 0 {
@@ -353,5 +604,5 @@ async fn replay(events: usize, runs: usize) -> anyhow::Result<Figure> {
             seconds,
         });
     }
-    Ok(median(figures))
+    Ok((median(figures), bytes_per_execution))
 }

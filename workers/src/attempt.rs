@@ -12,10 +12,10 @@
 //! the concurrency check. [`Attempt::finish`] records how it ended.
 
 use chrono::{DateTime, Utc};
-use runlog_events::decider::{Command, Rejection, Status};
+use runlog_events::decider::{Command, ExecutionState, Rejection, Status};
 use runlog_events::event::{Heartbeat, LogBatch, Progress};
 use runlog_events::journal::{History, Journal, TransitionError};
-use runlog_events::{Envelope, ErrorClass, Event, ExecutionId, TaskError, TaskSpec};
+use runlog_events::{Envelope, ErrorClass, Event, ExecutionId, TaskError, TaskSpec, WorkItem};
 
 /// The outcome of a claim.
 #[derive(Debug)]
@@ -56,6 +56,26 @@ pub enum Outcome {
     TimedOut,
 }
 
+/// The spec of `execution`'s `submitted` event, if it can be read.
+async fn submitted_spec(journal: &Journal, execution: &ExecutionId) -> Option<TaskSpec> {
+    let subjects = journal.subjects();
+    let subject = subjects.event(execution, runlog_events::EventType::Submitted);
+    let stored =
+        runlog_events::direct::last(journal.jetstream(), &subjects.exec_stream(), &subject)
+            .await
+            .ok()??;
+    let envelope = runlog_events::codec::decode(
+        &stored.headers,
+        &stored.payload,
+        &runlog_events::codec::Limits::default(),
+    )
+    .ok()?;
+    match envelope.event {
+        runlog_events::Event::Submitted(submitted) => Some(submitted.spec),
+        _ => None,
+    }
+}
+
 /// A claimed, running attempt.
 #[derive(Debug)]
 pub struct Attempt {
@@ -77,11 +97,64 @@ impl Attempt {
         redelivered: bool,
         now: DateTime<Utc>,
     ) -> Result<Claim, AttemptError> {
+        let history = journal
+            .load(execution)
+            .await
+            .map_err(|e| AttemptError::Transition(e.into()))?;
+        Self::claim_from(journal, execution, history, worker, redelivered, now).await
+    }
+
+    /// Claims the attempt a work item names, without reading the history on
+    /// the happy path: the spec comes from the `submitted` event (one lookup
+    /// by literal subject), and `started` is appended expecting the item's
+    /// `queued` sequence, so it lands only if nothing happened since. If
+    /// something did, the history is read and the claim decided again. A
+    /// redelivered item always reads the history (its previous attempt may
+    /// have to be recorded as lost).
+    pub async fn claim_item(
+        journal: &Journal,
+        item: &WorkItem,
+        worker: &str,
+        redelivered: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Claim, AttemptError> {
+        let execution = &item.execution;
+        let spec = if redelivered {
+            None
+        } else {
+            submitted_spec(journal, execution).await
+        };
+        let Some(spec) = spec else {
+            return Self::claim(journal, execution, worker, redelivered, now).await;
+        };
+        // The state the item describes: its attempt queued at `queued_seq`.
+        let history = History {
+            state: ExecutionState {
+                id: Some(execution.clone()),
+                status: Status::Queued,
+                attempt: item.attempt,
+                spec: Some(spec),
+                ..ExecutionState::default()
+            },
+            last_seq: item.queued_seq,
+            ..History::default()
+        };
+        Self::claim_from(journal, execution, history, worker, redelivered, now).await
+    }
+
+    async fn claim_from(
+        journal: &Journal,
+        execution: &ExecutionId,
+        history: History,
+        worker: &str,
+        redelivered: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Claim, AttemptError> {
         let command = Command::Claim {
             worker: worker.to_owned(),
             redelivered,
         };
-        let history = match journal.transition(execution, &command, now).await {
+        let history = match journal.advance(execution, history, &command, now).await {
             Ok(history) => history,
             Err(TransitionError::Rejected(rejection)) => {
                 let status = match &rejection {

@@ -9,9 +9,11 @@
 //!
 //! The input formats are described for users in `docs/executors.md`.
 
+pub mod echo;
 pub mod http;
 pub mod shell;
 
+pub use echo::EchoExecutor;
 pub use http::{HttpExecutor, HttpInput};
 pub use shell::{Extract, JsonProgress, ProgressPattern, ShellExecutor, ShellInput};
 
@@ -20,19 +22,21 @@ use tokio::time::Instant;
 
 use crate::handler::Context;
 
-/// A registry holding the built-in kinds: `shell` ([`ShellExecutor`]) and
-/// `http` ([`HttpExecutor`]), with their default settings.
+/// A registry holding the built-in kinds: `shell` ([`ShellExecutor`]), `http`
+/// ([`HttpExecutor`]) and `echo` ([`EchoExecutor`]), with their default
+/// settings.
 ///
 /// # Examples
 /// ```
 /// let registry = runlog_worker::executor::builtin();
-/// assert_eq!(registry.kinds(), vec!["http".to_owned(), "shell".to_owned()]);
+/// assert_eq!(registry.kinds(), vec!["echo".to_owned(), "http".to_owned(), "shell".to_owned()]);
 /// ```
 pub fn builtin() -> crate::Registry {
     let mut registry = crate::Registry::new();
     registry
         .register("shell", ShellExecutor::new())
-        .register("http", HttpExecutor::new());
+        .register("http", HttpExecutor::new())
+        .register("echo", EchoExecutor);
     registry
 }
 

@@ -100,9 +100,9 @@ pub(crate) async fn execute(
         }
     };
     let (claimed_at, claimed_instant) = (Utc::now(), Instant::now());
-    let claim = Attempt::claim(
+    let claim = Attempt::claim_item(
         &shared.journal,
-        &exec,
+        &item,
         &shared.worker,
         redelivered,
         claimed_at,

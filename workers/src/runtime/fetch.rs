@@ -206,16 +206,19 @@ impl Fetcher {
         !self.polls.is_empty()
     }
 
-    /// The next item a long poll delivers; `None` once every poll ended.
+    /// The next item a long poll delivers, or `None` when a poll ended (its
+    /// consumer may be fetched from again: the caller runs a round at once
+    /// instead of waiting here for another level's poll).
     pub async fn next_polled(&mut self) -> Option<Result<Fetched, async_nats::Error>> {
-        loop {
-            match self.polls.next().await? {
-                Polled::Ended(i) => self.polling[i] = false,
-                Polled::Message(i, message) => {
-                    let priority = self.sources[i].priority;
-                    self.taken += 1;
-                    return Some((*message).map(|message| Fetched { message, priority }));
-                }
+        match self.polls.next().await? {
+            Polled::Ended(i) => {
+                self.polling[i] = false;
+                None
+            }
+            Polled::Message(i, message) => {
+                let priority = self.sources[i].priority;
+                self.taken += 1;
+                Some((*message).map(|message| Fetched { message, priority }))
             }
         }
     }

@@ -444,7 +444,7 @@ async fn dispatch_consumer(
         reason,
     };
     let stream = js
-        .get_stream(layout.subjects.exec_stream())
+        .get_stream(layout.subjects.work_stream())
         .await
         .map_err(|e| fail(e.to_string()))?;
     stream
