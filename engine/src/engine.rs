@@ -137,6 +137,19 @@ impl Engine {
         let reactor = Reactor::new(journal.clone());
         let reactor_stats = reactor.stats();
         if config.reactor {
+            let dead_letters = reactor.clone();
+            let (js, stop, replicas) = (sub_js.clone(), shutdown.clone(), layout.replicas);
+            tasks.spawn(async move {
+                while !stop.is_cancelled() {
+                    if let Err(e) = dead_letters
+                        .run_dead_letters(&js, replicas, stop.clone())
+                        .await
+                    {
+                        tracing::warn!(error = %e, "dead-letter reactions stopped; starting again");
+                        tokio::time::sleep(RESTART_DELAY).await;
+                    }
+                }
+            });
             let (js, stop, replicas) = (sub_js.clone(), shutdown.clone(), layout.replicas);
             tasks.spawn(async move {
                 while !stop.is_cancelled() {

@@ -191,6 +191,124 @@ impl Reactor {
         Ok(())
     }
 
+    /// Turns the server's max-deliveries advisories (captured in the
+    /// dead-letter stream) into `dead_lettered` events, until `shutdown`.
+    /// A work item whose workers kept dying, or that no worker could take,
+    /// ends dead-lettered with reason `max_deliveries`, and is removed from
+    /// the work stream.
+    pub async fn run_dead_letters(
+        &self,
+        js: &jetstream::Context,
+        replicas: usize,
+        shutdown: CancellationToken,
+    ) -> Result<(), ReactorError> {
+        let err = |e: &dyn std::fmt::Display| ReactorError(e.to_string());
+        let stream = js
+            .get_stream_no_info(self.subjects.dlq_stream())
+            .await
+            .map_err(|e| err(&e))?;
+        let work = js
+            .get_stream_no_info(self.subjects.work_stream())
+            .await
+            .map_err(|e| err(&e))?;
+        let name = format!("{}-dead-letters", self.subjects.prefix());
+        let config = pull::Config {
+            durable_name: Some(name.clone()),
+            name: Some(name.clone()),
+            description: Some("runlog engine: max-deliveries advisories".to_owned()),
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: ACK_WAIT,
+            num_replicas: replicas,
+            ..Default::default()
+        };
+        let consumer = stream
+            .get_or_create_consumer(&name, config)
+            .await
+            .map_err(|e| err(&e))?;
+        let mut messages = consumer.messages().await.map_err(|e| err(&e))?;
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                next = messages.next() => match next {
+                    Some(Ok(message)) => message,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "dead-letter consumer error");
+                        continue;
+                    }
+                    None => return Err(ReactorError("the dead-letter consumer ended".into())),
+                },
+            };
+            let done = self.dead_letter(&work, &message).await;
+            let ack = match done {
+                Done::Ack => AckKind::Ack,
+                Done::Retry => AckKind::Nak(Some(RETRY_DELAY)),
+            };
+            if let Err(e) = message.ack_with(ack).await {
+                tracing::warn!(error = %e, "cannot acknowledge a dead-letter advisory");
+            }
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        work: &jetstream::stream::Stream<()>,
+        message: &jetstream::Message,
+    ) -> Done {
+        #[derive(Deserialize)]
+        struct Advisory {
+            stream_seq: u64,
+        }
+        if !message.subject.contains(".MAX_DELIVERIES.") {
+            return Done::Ack; // terminated items were dropped on purpose
+        }
+        let Ok(advisory) = serde_json::from_slice::<Advisory>(&message.payload) else {
+            self.bad(0, &message.subject, "an advisory that cannot be read");
+            return Done::Ack;
+        };
+        let item = match work.direct_get(advisory.stream_seq).await {
+            Ok(stored) => serde_json::from_slice::<WorkItem>(&stored.payload).ok(),
+            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a dead-lettered work item");
+                return Done::Retry;
+            }
+        };
+        let Some(item) = item else {
+            return Done::Ack; // already removed: handled before
+        };
+        let history = match self.journal.load(&item.execution).await {
+            Ok(history) => history,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read a dead-lettered execution");
+                return Done::Retry;
+            }
+        };
+        let state = &history.state;
+        let current = state.attempt == item.attempt
+            && matches!(
+                state.status,
+                runlog_events::Status::Queued | runlog_events::Status::Running
+            );
+        if current {
+            match self
+                .journal
+                .advance(&item.execution, history, &Command::GiveUp, Utc::now())
+                .await
+            {
+                Ok(_) | Err(TransitionError::Rejected(_)) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot dead-letter an execution");
+                    return Done::Retry;
+                }
+            }
+        }
+        if let Err(e) = work.delete_message(advisory.stream_seq).await {
+            tracing::debug!(error = %e, "the dead-lettered work item was already gone");
+        }
+        Done::Ack
+    }
+
     async fn handle(&self, message: jetstream::Message) {
         let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
         let done = self.react(

@@ -515,3 +515,47 @@ async fn listing_filters_and_pages_newest_first() -> Result<()> {
     run.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_work_item_the_server_gives_up_on_ends_dead_lettered() -> Result<()> {
+    use async_nats::jetstream::consumer::{AckPolicy, pull};
+    let mut run = start().await?;
+    // A consumer that gives up after one unacknowledged delivery.
+    let work = run.js.get_stream("RUNLOG_WORK").await?;
+    let consumer = work
+        .create_consumer(pull::Config {
+            durable_name: Some("runlog-work-default-normal".into()),
+            filter_subject: "runlog.work.default.normal.>".into(),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_millis(500),
+            max_deliver: 1,
+            ..Default::default()
+        })
+        .await?;
+    let exec = run.submit(json!({"kind": "shell"})).await?;
+    run.wait_status(&exec, Status::Queued, None).await?;
+    // A worker takes the item and dies without a word.
+    let mut batch = consumer
+        .batch()
+        .max_messages(1)
+        .expires(Duration::from_secs(10))
+        .messages()
+        .await?;
+    let taken = futures::StreamExt::next(&mut batch)
+        .await
+        .expect("an item")
+        .map_err(|e| anyhow::anyhow!(e))?;
+    drop(taken);
+    let history = run.wait_status(&exec, Status::DeadLettered, None).await?;
+    match &history.events.last().unwrap().envelope.event {
+        Event::DeadLettered(d) => {
+            assert_eq!(
+                d.reason,
+                runlog_events::event::DeadLetterReason::MaxDeliveries
+            )
+        }
+        other => panic!("expected dead_lettered, got {other:?}"),
+    }
+    run.stop().await;
+    Ok(())
+}
