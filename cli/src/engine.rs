@@ -10,39 +10,16 @@ use anyhow::Context;
 use runlog_engine::{Engine, EngineConfig};
 use tokio_util::sync::CancellationToken;
 
+use crate::nats_args::NatsArgs;
+
 /// Options of `runlog engine`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A TOML config file (kebab-case keys, see docs/operations.md).
     #[arg(long, env = "RUNLOG_CONFIG")]
     config: Option<PathBuf>,
-    /// NATS server URL; repeat for a cluster.
-    #[arg(long = "nats-url", env = "RUNLOG_NATS_URL", value_delimiter = ',')]
-    nats_urls: Vec<String>,
-    /// NATS credentials file.
-    #[arg(long, env = "RUNLOG_NATS_CREDS")]
-    nats_creds: Option<PathBuf>,
-    /// NATS user (with --nats-password).
-    #[arg(long, env = "RUNLOG_NATS_USER")]
-    nats_user: Option<String>,
-    /// NATS password.
-    #[arg(long, env = "RUNLOG_NATS_PASSWORD", hide_env_values = true)]
-    nats_password: Option<String>,
-    /// NATS token.
-    #[arg(long, env = "RUNLOG_NATS_TOKEN", hide_env_values = true)]
-    nats_token: Option<String>,
-    /// Require TLS.
-    #[arg(long, env = "RUNLOG_NATS_TLS")]
-    nats_tls: bool,
-    /// CA certificate to trust (PEM).
-    #[arg(long, env = "RUNLOG_NATS_TLS_CA")]
-    nats_tls_ca: Option<PathBuf>,
-    /// Client certificate (PEM).
-    #[arg(long, env = "RUNLOG_NATS_TLS_CERT")]
-    nats_tls_cert: Option<PathBuf>,
-    /// Client key (PEM).
-    #[arg(long, env = "RUNLOG_NATS_TLS_KEY")]
-    nats_tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    nats: NatsArgs,
     /// Subject and stream prefix.
     #[arg(long, env = "RUNLOG_PREFIX")]
     prefix: Option<String>,
@@ -64,18 +41,8 @@ impl Args {
             Some(path) => EngineConfig::from_file(path)?,
             None => EngineConfig::default(),
         };
+        self.nats.apply(&mut config.nats);
         let nats = &mut config.nats;
-        if !self.nats_urls.is_empty() {
-            nats.urls = self.nats_urls;
-        }
-        set(&mut nats.credentials, self.nats_creds);
-        set(&mut nats.user, self.nats_user);
-        set(&mut nats.password, self.nats_password);
-        set(&mut nats.token, self.nats_token);
-        nats.tls |= self.nats_tls;
-        set(&mut nats.tls_ca, self.nats_tls_ca);
-        set(&mut nats.tls_cert, self.nats_tls_cert);
-        set(&mut nats.tls_key, self.nats_tls_key);
         if let Some(prefix) = self.prefix {
             nats.prefix = prefix;
         }
@@ -89,12 +56,6 @@ impl Args {
             config.reactor = false;
         }
         Ok(config)
-    }
-}
-
-fn set<T>(slot: &mut Option<T>, value: Option<T>) {
-    if value.is_some() {
-        *slot = value;
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod dev;
 mod engine;
+mod nats_args;
 mod worker;
 
 use clap::{Parser, Subcommand};

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -16,41 +15,13 @@ use runlog_events::QueueName;
 use runlog_worker::runtime::{CapacityRule, GuardConfig, Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
+use crate::nats_args::NatsArgs;
+
 /// Options of `runlog worker`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// NATS server URL; repeat (or separate with commas) for a cluster.
-    #[arg(
-        long = "nats-url",
-        env = "RUNLOG_NATS_URL",
-        value_delimiter = ',',
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    nats_urls: Vec<String>,
-    /// NATS credentials file.
-    #[arg(long, env = "RUNLOG_NATS_CREDS")]
-    nats_creds: Option<PathBuf>,
-    /// NATS user (with --nats-password).
-    #[arg(long, env = "RUNLOG_NATS_USER")]
-    nats_user: Option<String>,
-    /// NATS password.
-    #[arg(long, env = "RUNLOG_NATS_PASSWORD", hide_env_values = true)]
-    nats_password: Option<String>,
-    /// NATS token.
-    #[arg(long, env = "RUNLOG_NATS_TOKEN", hide_env_values = true)]
-    nats_token: Option<String>,
-    /// Require TLS.
-    #[arg(long, env = "RUNLOG_NATS_TLS")]
-    nats_tls: bool,
-    /// CA certificate to trust (PEM).
-    #[arg(long, env = "RUNLOG_NATS_TLS_CA")]
-    nats_tls_ca: Option<PathBuf>,
-    /// Client certificate (PEM).
-    #[arg(long, env = "RUNLOG_NATS_TLS_CERT")]
-    nats_tls_cert: Option<PathBuf>,
-    /// Client key (PEM).
-    #[arg(long, env = "RUNLOG_NATS_TLS_KEY")]
-    nats_tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    nats: NatsArgs,
     /// Subject and stream prefix of the installation.
     #[arg(long, env = "RUNLOG_PREFIX", default_value = "runlog")]
     prefix: String,
@@ -112,25 +83,19 @@ pub struct Args {
 
 impl Args {
     fn nats(&self) -> NatsConfig {
-        NatsConfig {
-            urls: self.nats_urls.clone(),
-            credentials: self.nats_creds.clone(),
-            user: self.nats_user.clone(),
-            password: self.nats_password.clone(),
-            token: self.nats_token.clone(),
-            tls: self.nats_tls,
-            tls_ca: self.nats_tls_ca.clone(),
-            tls_cert: self.nats_tls_cert.clone(),
-            tls_key: self.nats_tls_key.clone(),
+        let mut nats = NatsConfig {
             prefix: self.prefix.clone(),
             replicas: self.replicas,
-        }
+            ..NatsConfig::default()
+        };
+        self.nats.clone().apply(&mut nats);
+        nats
     }
 
     fn config(self) -> WorkerConfig {
         let defaults = WorkerConfig::default();
         WorkerConfig {
-            nats_url: self.nats_urls.join(","),
+            nats_url: self.nats().urls.join(","),
             prefix: self.prefix,
             replicas: self.replicas,
             id: self.id.unwrap_or(defaults.id),

@@ -157,16 +157,8 @@ impl Reactor {
         shutdown: CancellationToken,
     ) -> Result<(), ReactorError> {
         let err = |e: &dyn std::fmt::Display| ReactorError(e.to_string());
-        let stream = js
-            .get_stream_no_info(self.subjects.exec_stream())
-            .await
-            .map_err(|e| err(&e))?;
         let config = Self::consumer_config(&self.subjects, replicas);
-        let name = config.durable_name.clone().unwrap_or_default();
-        let consumer = stream
-            .get_or_create_consumer(&name, config)
-            .await
-            .map_err(|e| err(&e))?;
+        let consumer = durable(js, &self.subjects.exec_stream(), config).await?;
         while !shutdown.is_cancelled() {
             let messages = consumer
                 .stream()
@@ -203,10 +195,6 @@ impl Reactor {
         shutdown: CancellationToken,
     ) -> Result<(), ReactorError> {
         let err = |e: &dyn std::fmt::Display| ReactorError(e.to_string());
-        let stream = js
-            .get_stream_no_info(self.subjects.dlq_stream())
-            .await
-            .map_err(|e| err(&e))?;
         let work = js
             .get_stream_no_info(self.subjects.work_stream())
             .await
@@ -222,10 +210,7 @@ impl Reactor {
             num_replicas: replicas,
             ..Default::default()
         };
-        let consumer = stream
-            .get_or_create_consumer(&name, config)
-            .await
-            .map_err(|e| err(&e))?;
+        let consumer = durable(js, &self.subjects.dlq_stream(), config).await?;
         let mut messages = consumer.messages().await.map_err(|e| err(&e))?;
         loop {
             let message = tokio::select! {
@@ -277,31 +262,11 @@ impl Reactor {
         let Some(item) = item else {
             return Done::Ack; // already removed: handled before
         };
-        let history = match self.journal.load(&item.execution).await {
-            Ok(history) => history,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read a dead-lettered execution");
-                return Done::Retry;
-            }
+        let command = Command::GiveUp {
+            attempt: item.attempt,
         };
-        let state = &history.state;
-        let current = state.attempt == item.attempt
-            && matches!(
-                state.status,
-                runlog_events::Status::Queued | runlog_events::Status::Running
-            );
-        if current {
-            match self
-                .journal
-                .advance(&item.execution, history, &Command::GiveUp, Utc::now())
-                .await
-            {
-                Ok(_) | Err(TransitionError::Rejected(_)) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot dead-letter an execution");
-                    return Done::Retry;
-                }
-            }
+        if let Done::Retry = self.transition(&item.execution, &command).await {
+            return Done::Retry;
         }
         if let Err(e) = work.delete_message(advisory.stream_seq).await {
             tracing::debug!(error = %e, "the dead-lettered work item was already gone");
@@ -643,6 +608,22 @@ impl Reactor {
             "the reactor skipped a message it cannot read"
         );
     }
+}
+
+/// The durable consumer `config` names on `stream`, created if missing.
+async fn durable(
+    js: &jetstream::Context,
+    stream: &str,
+    config: pull::Config,
+) -> Result<jetstream::consumer::PullConsumer, ReactorError> {
+    let err = |e: &dyn std::fmt::Display| ReactorError(format!("{stream}: {e}"));
+    let name = config.durable_name.clone().unwrap_or_default();
+    js.get_stream_no_info(stream)
+        .await
+        .map_err(|e| err(&e))?
+        .get_or_create_consumer(&name, config)
+        .await
+        .map_err(|e| err(&e))
 }
 
 fn add_ms(time: DateTime<Utc>, ms: u64) -> DateTime<Utc> {

@@ -459,8 +459,13 @@ pub enum Command {
         /// Where in the full-jitter window the backoff falls, in `[0, 1]`.
         jitter: f64,
     },
-    /// The server gave up redelivering the work item.
-    GiveUp,
+    /// The server gave up redelivering the work item of `attempt`. Applies
+    /// only while that attempt waits or runs; a later or ended one is not
+    /// the item's concern.
+    GiveUp {
+        /// The attempt the work item was for.
+        attempt: u32,
+    },
     /// Stop the execution: at once if it is not running, else ask its worker.
     RequestCancel {
         /// Why.
@@ -758,13 +763,24 @@ pub fn decide(
                 )]
             }
         }
-        Command::GiveUp => vec![fact(
-            a,
-            Event::DeadLettered(DeadLettered {
-                reason: DeadLetterReason::MaxDeliveries,
-                errors: state.errors.clone(),
-            }),
-        )],
+        Command::GiveUp { attempt } => {
+            if !matches!(status, S::Queued | S::Running) {
+                return Err(wrong());
+            }
+            if *attempt != a {
+                return Err(Rejection::StaleAttempt {
+                    current: a,
+                    given: *attempt,
+                });
+            }
+            vec![fact(
+                a,
+                Event::DeadLettered(DeadLettered {
+                    reason: DeadLetterReason::MaxDeliveries,
+                    errors: state.errors.clone(),
+                }),
+            )]
+        }
         Command::RequestCancel { reason } => match status {
             S::Running if state.cancel_requested => vec![],
             S::Running => vec![fact(
@@ -814,7 +830,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::TimeOutAttempt { .. } => "time out an attempt of",
         Command::TimeOutExecution => "time out",
         Command::ResolveFailure { .. } => "resolve the failure of",
-        Command::GiveUp => "give up",
+        Command::GiveUp { .. } => "give up",
         Command::RequestCancel { .. } => "cancel",
         Command::ConfirmCancel { .. } => "confirm the cancel of",
     }

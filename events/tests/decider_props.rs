@@ -99,7 +99,7 @@ enum Cmd {
     TimeOutAttempt(Pick),
     TimeOutExecution,
     Resolve(f64),
-    GiveUp,
+    GiveUp(Pick),
     Cancel,
     ConfirmCancel(Pick),
 }
@@ -118,7 +118,7 @@ fn arb_cmd() -> impl Strategy<Value = Cmd> {
         1 => arb_pick().prop_map(Cmd::TimeOutAttempt),
         1 => Just(Cmd::TimeOutExecution),
         3 => (0.0f64..=1.0).prop_map(Cmd::Resolve),
-        1 => Just(Cmd::GiveUp),
+        1 => arb_pick().prop_map(Cmd::GiveUp),
         1 => Just(Cmd::Cancel),
         1 => arb_pick().prop_map(Cmd::ConfirmCancel),
     ]
@@ -174,7 +174,7 @@ fn command(cmd: &Cmd, state: &ExecutionState) -> Command {
         Cmd::TimeOutAttempt(p) => Command::TimeOutAttempt { attempt: at(p) },
         Cmd::TimeOutExecution => Command::TimeOutExecution,
         Cmd::Resolve(jitter) => Command::ResolveFailure { jitter },
-        Cmd::GiveUp => Command::GiveUp,
+        Cmd::GiveUp(p) => Command::GiveUp { attempt: at(p) },
         Cmd::Cancel => Command::RequestCancel {
             reason: "operator".into(),
         },
