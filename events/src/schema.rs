@@ -65,8 +65,19 @@ pub fn all() -> BTreeMap<String, Value> {
             "envelope.json",
             "One event of an execution with its metadata, as a single JSON object: the \
              CloudEvents attributes by name, `type` (the event type token) and `data` (the \
-             body, as in `event/<type>.json`). On NATS the metadata travels as `ce-*` headers \
-             and only `data` is the message body.",
+             body, as in `event/<type>.json`). This is the shape of the HTTP API's event \
+             listings; on NATS see `cloudevent.json`.",
+        ),
+    );
+    schemas.insert(
+        "cloudevent.json".to_owned(),
+        finish(
+            structured_event_schema(),
+            "cloudevent.json",
+            "One event as runlog stores it on NATS: CloudEvents structured mode, the whole \
+             event in the message body (`Content-Type: application/cloudevents+json`, or the \
+             same object in MessagePack with `application/cloudevents+msgpack`). `data` is \
+             the body of its type, as in `event/<type>.json`.",
         ),
     );
     schemas.insert(
@@ -89,6 +100,37 @@ pub fn all() -> BTreeMap<String, Value> {
         ),
     );
     schemas
+}
+
+/// The structured-mode event: the CloudEvents attributes runlog reads, and
+/// `data`. Other members (extensions of other producers) are allowed and
+/// ignored.
+fn structured_event_schema() -> Value {
+    let types: Vec<String> = EventType::ALL.iter().map(|t| t.ce_type()).collect();
+    serde_json::json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "CloudEvent",
+        "type": "object",
+        "required": ["specversion", "id", "type", "source", "subject", "time"],
+        "properties": {
+            "specversion": {"const": "1.0"},
+            "id": {"type": "string", "format": "uuid", "description": "Unique per event; runlog writes UUIDv7."},
+            "type": {"enum": types},
+            "source": {"type": "string", "minLength": 1, "maxLength": 1024},
+            "subject": {"type": "string", "minLength": 1, "description": "The execution id."},
+            "time": {"type": "string", "format": "date-time"},
+            "attempt": {
+                "description": "The attempt the event concerns; 0 when absent. A decimal string is also read.",
+                "anyOf": [
+                    {"type": "integer", "minimum": 0, "maximum": 4_294_967_295u64},
+                    {"type": "string", "pattern": "^[0-9]{1,10}$"}
+                ]
+            },
+            "correlationid": {"type": "string", "maxLength": 1024},
+            "traceparent": {"type": "string", "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"},
+            "data": {"type": "object", "description": "The body of the event's type (event/<type>.json); `{}` when absent."}
+        }
+    })
 }
 
 /// Writes every schema of [`all`] under `dir` as pretty JSON with a trailing
@@ -239,7 +281,7 @@ mod tests {
                 "{ty} has no meaning: {description}"
             );
         }
-        assert_eq!(schemas.len(), EventType::ALL.len() + 3);
+        assert_eq!(schemas.len(), EventType::ALL.len() + 4);
     }
 
     #[test]

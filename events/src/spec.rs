@@ -253,6 +253,26 @@ pub struct TaskSpec {
     /// Labels a worker must carry to take the task (`pool=backup`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub worker_labels: BTreeMap<String, String>,
+    /// Rate-limit key (`provider=openai`): across the cluster, workers
+    /// start attempts of one key no faster than the limit configured for
+    /// it (`docs/workers.md`, "Rate limits and concurrency keys"). 1–128 of
+    /// `A-Z a-z 0-9 _ - = .`, no leading, trailing or double dot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub rate_key: Option<String>,
+    /// Concurrency key (`workspace=prod`): across the cluster, at most the
+    /// configured number of attempts of one key run at once (`1` for "one
+    /// apply per workspace"). Same characters as `rate_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub concurrency_key: Option<String>,
+    /// Circuit-breaker key (`provider=openai`): attempts of one key share a
+    /// breaker that opens after too many failures and delays them while
+    /// open (`docs/workers.md`, "Circuit breakers"). Without it, an `http`
+    /// task's breaker is its target host. Same characters as `rate_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub breaker: Option<String>,
     /// Caller-chosen key: every submission with the same key gets the same
     /// execution.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -299,6 +319,9 @@ impl TaskSpec {
             retry: RetryPolicy::default(),
             labels: BTreeMap::new(),
             worker_labels: BTreeMap::new(),
+            rate_key: None,
+            concurrency_key: None,
+            breaker: None,
             idempotency_key: None,
             not_before: None,
             retry_of: None,
@@ -350,6 +373,15 @@ impl TaskSpec {
         {
             return bad("idempotency_key", "must be 1 to 256 bytes");
         }
+        for (field, key) in [
+            ("rate_key", &self.rate_key),
+            ("concurrency_key", &self.concurrency_key),
+            ("breaker", &self.breaker),
+        ] {
+            if let Some(reason) = key.as_deref().and_then(limit_key_error) {
+                return bad(field, reason);
+            }
+        }
         if let Some(name) = self
             .env
             .keys()
@@ -387,6 +419,38 @@ impl TaskSpec {
         }
         Ok(())
     }
+}
+
+/// The longest rate or concurrency key, in bytes.
+pub const MAX_LIMIT_KEY_LEN: usize = 128;
+
+/// Why `key` is not a valid rate or concurrency key, if it is not: 1–128 of
+/// `A-Z a-z 0-9 _ - = .` with no leading, trailing or double dot (the key
+/// becomes part of a key-value key).
+///
+/// # Examples
+/// ```
+/// use runlog_events::spec::limit_key_error;
+///
+/// assert_eq!(limit_key_error("workspace=prod"), None);
+/// assert_eq!(limit_key_error("host=api.example.com"), None);
+/// assert!(limit_key_error("a b").is_some());
+/// assert!(limit_key_error("a..b").is_some());
+/// ```
+pub fn limit_key_error(key: &str) -> Option<&'static str> {
+    if key.is_empty() || key.len() > MAX_LIMIT_KEY_LEN {
+        return Some("must be 1 to 128 bytes");
+    }
+    if !key
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '=' | '.'))
+    {
+        return Some("may hold only A-Z a-z 0-9 _ - = .");
+    }
+    if key.starts_with('.') || key.ends_with('.') || key.contains("..") {
+        return Some("must not start or end with a dot or hold two dots in a row");
+    }
+    None
 }
 
 fn is_env_name(s: &str) -> bool {
@@ -434,5 +498,21 @@ mod tests {
         let mut spec = TaskSpec::new("shell");
         spec.env.insert("1BAD".into(), "x".into());
         assert_eq!(spec.validate().unwrap_err().field, "env.1BAD");
+    }
+
+    #[test]
+    fn limit_keys_are_validated() {
+        let mut spec = TaskSpec::new("shell");
+        spec.rate_key = Some("provider=openai".into());
+        spec.concurrency_key = Some("workspace=prod".into());
+        assert!(spec.validate().is_ok());
+        spec.concurrency_key = Some("workspace prod".into());
+        assert_eq!(spec.validate().unwrap_err().field, "concurrency_key");
+        spec.concurrency_key = None;
+        spec.rate_key = Some(String::new());
+        assert_eq!(spec.validate().unwrap_err().field, "rate_key");
+        spec.rate_key = None;
+        spec.breaker = Some("host=api..example".into());
+        assert_eq!(spec.validate().unwrap_err().field, "breaker");
     }
 }

@@ -10,7 +10,8 @@
 //!   apart from the log so a worker's fetch on an empty priority level looks
 //!   only at pending work, not at the whole history.
 //! - **logs** (`RUNLOG_LOGS`): log lines, progress and heartbeats, capped per
-//!   subject and by age, out of the optimistic-concurrency filter.
+//!   subject and by age, out of the optimistic-concurrency filter; also the
+//!   circuit-breaker transitions (`<p>.breaker.<key>`).
 //! - **dlq** (`RUNLOG_DLQ`): the server's max-deliveries and terminated
 //!   advisories for work items, so crash-protection dead letters are durable.
 //!
@@ -48,6 +49,12 @@ pub const DLQ_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const ENV_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long an idempotency key keeps answering with its execution.
 pub const IDEMPOTENCY_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How long a circuit breaker's shared state outlives its last change.
+pub const BREAKER_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How long the delete marker of an expired lease stays in the leases bucket.
+pub const LEASE_MARKER_TTL: Duration = Duration::from_secs(60);
 
 /// The stream and consumer layout of one installation.
 #[derive(Debug, Clone)]
@@ -148,7 +155,7 @@ impl Layout {
         stream::Config {
             name: s.logs_stream(),
             description: Some("runlog log lines, progress and heartbeats".to_owned()),
-            subjects: s.all_telemetry().to_vec(),
+            subjects: [s.all_telemetry().as_slice(), &[self.all_breaker_events()]].concat(),
             retention: RetentionPolicy::Limits,
             storage: self.storage,
             num_replicas: self.replicas,
@@ -239,6 +246,80 @@ impl Layout {
     ) -> Result<jetstream::kv::Store, LayoutError> {
         self.bucket(js, self.subjects.idempotency_bucket(), IDEMPOTENCY_MAX_AGE)
             .await
+    }
+
+    /// The name of the key-value bucket of shared limit state: concurrency
+    /// leases and rate windows (`<p>-leases`).
+    pub fn leases_bucket_name(&self) -> String {
+        format!("{}-leases", self.subjects.prefix())
+    }
+
+    /// The name of the key-value bucket of the cluster's limits table
+    /// (`<p>-limits`).
+    pub fn limits_bucket_name(&self) -> String {
+        format!("{}-limits", self.subjects.prefix())
+    }
+
+    /// The key-value bucket of concurrency leases and rate windows, created
+    /// if missing. Entries carry a per-key TTL (`Nats-TTL`), so a lease of a
+    /// worker that died expires on its own.
+    pub async fn leases_bucket(&self, js: &Context) -> Result<jetstream::kv::Store, LayoutError> {
+        let bucket = self.leases_bucket_name();
+        if let Ok(store) = js.get_key_value(&bucket).await {
+            return Ok(store);
+        }
+        let created = js
+            .create_key_value(jetstream::kv::Config {
+                bucket: bucket.clone(),
+                description: "runlog concurrency leases and rate windows".to_owned(),
+                history: 1,
+                storage: self.storage,
+                num_replicas: self.replicas,
+                limit_markers: Some(LEASE_MARKER_TTL),
+                ..Default::default()
+            })
+            .await;
+        match created {
+            Ok(store) => Ok(store),
+            // Another component may have created it meanwhile.
+            Err(e) => js
+                .get_key_value(&bucket)
+                .await
+                .map_err(|_| LayoutError::Api {
+                    stream: format!("KV_{bucket}"),
+                    source: e.into(),
+                }),
+        }
+    }
+
+    /// The key-value bucket of the limits table (`rate.<key>` → `5/s`,
+    /// `concurrency.<key>` → `1`), created if missing.
+    pub async fn limits_bucket(&self, js: &Context) -> Result<jetstream::kv::Store, LayoutError> {
+        self.bucket(js, self.limits_bucket_name(), Duration::ZERO)
+            .await
+    }
+
+    /// The name of the key-value bucket of circuit breakers (`<p>-breakers`,
+    /// key: the breaker key).
+    pub fn breakers_bucket_name(&self) -> String {
+        format!("{}-breakers", self.subjects.prefix())
+    }
+
+    /// The key-value bucket of circuit breakers, created if missing.
+    pub async fn breakers_bucket(&self, js: &Context) -> Result<jetstream::kv::Store, LayoutError> {
+        self.bucket(js, self.breakers_bucket_name(), BREAKER_MAX_AGE)
+            .await
+    }
+
+    /// Where the transitions of the circuit breaker `key` are announced
+    /// (`<p>.breaker.<key>`, kept in the logs stream).
+    pub fn breaker_events(&self, key: &str) -> String {
+        format!("{}.breaker.{key}", self.subjects.prefix())
+    }
+
+    /// Every circuit-breaker transition.
+    pub fn all_breaker_events(&self) -> String {
+        format!("{}.breaker.>", self.subjects.prefix())
     }
 
     async fn bucket(

@@ -54,10 +54,19 @@ fn without(headers: &HeaderMap, name: &str) -> HeaderMap {
 }
 
 #[test]
-fn both_formats_round_trip_and_rust_writes_messagepack_maps() {
+fn both_formats_round_trip_in_both_modes_and_rust_writes_messagepack_maps() {
     let env = started();
     for format in [Format::Json, Format::MessagePack] {
         let (headers, body) = codec::encode(&env, format).unwrap();
+        assert_eq!(
+            headers.get(header::CONTENT_TYPE).unwrap().as_str(),
+            format.structured_content_type()
+        );
+        assert_eq!(
+            codec::decode(&headers, &body, &Limits::default()).unwrap(),
+            env
+        );
+        let (headers, body) = codec::encode_binary(&env, format).unwrap();
         assert_eq!(
             headers.get(header::CONTENT_TYPE).unwrap().as_str(),
             format.content_type()
@@ -68,15 +77,135 @@ fn both_formats_round_trip_and_rust_writes_messagepack_maps() {
         );
     }
     // MessagePack bodies are maps with field names, readable by any client.
-    let (_, body) = codec::encode(&env, Format::MessagePack).unwrap();
+    let (_, body) = codec::encode_binary(&env, Format::MessagePack).unwrap();
     let value: serde_json::Value = rmp_serde::from_slice(&body).unwrap();
     assert_eq!(value, serde_json::json!({"worker": "w1"}));
+    let (_, body) = codec::encode(&env, Format::MessagePack).unwrap();
+    let value: serde_json::Value = rmp_serde::from_slice(&body).unwrap();
+    assert_eq!(value["data"], serde_json::json!({"worker": "w1"}));
+    assert_eq!(value["id"], serde_json::json!(env.id.to_string()));
 }
 
 #[test]
-fn headers_follow_the_cloudevents_nats_binding() {
+fn structured_events_follow_the_cloudevents_json_format() {
     let env = started();
-    let (headers, _) = codec::encode(&env, Format::Json).unwrap();
+    let (headers, body) = codec::encode(&env, Format::Json).unwrap();
+    assert_eq!(headers.len(), 2, "only Content-Type and Nats-Msg-Id");
+    assert_eq!(
+        headers.get(header::MSG_ID).unwrap().as_str(),
+        "e1:started:2:w1"
+    );
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        value,
+        serde_json::json!({
+            "specversion": "1.0",
+            "id": env.id.to_string(),
+            "type": "runlog.execution.started",
+            "source": "/runlog/worker/w1",
+            "subject": "e1",
+            "time": "2026-11-23T12:00:00Z",
+            "attempt": 2,
+            "correlationid": "order-42",
+            "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "data": {"worker": "w1"},
+        })
+    );
+}
+
+/// A structured JSON event written by another program: members in any
+/// order, unknown extensions, the attempt as a string.
+#[test]
+fn structured_events_from_other_writers_decode() {
+    let headers = with(&HeaderMap::new(), header::CONTENT_TYPE, codec::CLOUDEVENTS_JSON);
+    let body = br#"{"data": {"worker": "w9"}, "comexampleext": [1, {"a": 2}],
+        "attempt": "3", "time": "2026-11-23T12:00:00+01:00", "subject": "e7",
+        "source": "/elsewhere", "type": "runlog.execution.started",
+        "id": "0193a7e2-7a3c-7cc0-8a4e-3c2b1a090807", "specversion": "1.0"}"#;
+    let env = codec::decode(&headers, body, &Limits::default()).unwrap();
+    assert_eq!(env.attempt, 3);
+    assert_eq!(env.execution.as_str(), "e7");
+    assert_eq!(env.time, Utc.with_ymd_and_hms(2026, 11, 23, 11, 0, 0).unwrap());
+    assert_eq!(
+        env.event,
+        Event::Started(Started {
+            worker: "w9".into(),
+            deadline: None,
+        })
+    );
+}
+
+#[test]
+fn bad_structured_events_are_typed() {
+    let (headers, body) = codec::encode(&started(), Format::Json).unwrap();
+    let good: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let edit = |f: &dyn Fn(&mut serde_json::Map<String, serde_json::Value>)| {
+        let mut v = good.clone();
+        f(v.as_object_mut().unwrap());
+        serde_json::to_vec(&v).unwrap()
+    };
+    for required in ["specversion", "id", "type", "source", "subject", "time"] {
+        let err = codec::decode(
+            &headers,
+            &edit(&|m| {
+                m.remove(required);
+            }),
+            &Limits::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), DecodeErrorKind::MissingAttribute, "{required}");
+        assert!(err.to_string().contains(required), "{err}");
+    }
+    for (name, value) in [
+        ("specversion", serde_json::json!("0.3")),
+        ("id", serde_json::json!("not-a-uuid")),
+        ("time", serde_json::json!("yesterday")),
+        ("subject", serde_json::json!("a.b")),
+        ("attempt", serde_json::json!(-1)),
+        ("attempt", serde_json::json!(5_000_000_000u64)),
+        ("traceparent", serde_json::json!("00-zz")),
+        ("source", serde_json::json!("")),
+    ] {
+        let body = edit(&|m| {
+            m.insert(name.into(), value.clone());
+        });
+        assert_eq!(
+            kind(&headers, &body),
+            DecodeErrorKind::InvalidAttribute,
+            "{name}: {value}"
+        );
+    }
+    let unknown = edit(&|m| {
+        m.insert("type".into(), "runlog.execution.exploded".into());
+    });
+    assert_eq!(kind(&headers, &unknown), DecodeErrorKind::UnknownEventType);
+    let bad_data = edit(&|m| {
+        m.insert("data".into(), serde_json::json!({"worker": 7}));
+    });
+    let err = codec::decode(&headers, &bad_data, &Limits::default()).unwrap_err();
+    assert_eq!(err.kind(), DecodeErrorKind::InvalidBody);
+    assert!(err.to_string().contains("started"), "{err}");
+    // A member twice is ambiguous: refused, whichever member it is.
+    let twice = String::from_utf8(body.to_vec())
+        .unwrap()
+        .replacen('{', r#"{"subject": "other", "#, 1);
+    assert_eq!(
+        kind(&headers, twice.as_bytes()),
+        DecodeErrorKind::InvalidAttribute
+    );
+    assert_eq!(kind(&headers, b"[1, 2]"), DecodeErrorKind::InvalidBody);
+    assert_eq!(kind(&headers, b"\x00garbage"), DecodeErrorKind::InvalidBody);
+    let msgpack = with(&headers, header::CONTENT_TYPE, codec::CLOUDEVENTS_MSGPACK);
+    assert_eq!(
+        kind(&msgpack, &[0xc1, 0xff, 0x00, 0x13]),
+        DecodeErrorKind::InvalidBody
+    );
+}
+
+#[test]
+fn binary_headers_follow_the_cloudevents_nats_binding() {
+    let env = started();
+    let (headers, _) = codec::encode_binary(&env, Format::Json).unwrap();
     let get = |n: &str| headers.get(n).map(|v| v.as_str().to_owned());
     assert_eq!(get("ce-specversion").as_deref(), Some("1.0"));
     assert_eq!(get("ce-type").as_deref(), Some("runlog.execution.started"));
@@ -90,7 +219,7 @@ fn headers_follow_the_cloudevents_nats_binding() {
 
 #[test]
 fn garbage_bodies_are_invalid_not_panics() {
-    let (headers, _) = codec::encode(&started(), Format::MessagePack).unwrap();
+    let (headers, _) = codec::encode_binary(&started(), Format::MessagePack).unwrap();
     assert_eq!(
         kind(&headers, &[0xc1, 0xff, 0x00, 0x13]),
         DecodeErrorKind::InvalidBody
@@ -110,27 +239,33 @@ fn garbage_bodies_are_invalid_not_panics() {
 #[test]
 fn truncated_bodies_say_so() {
     let env = started();
-    let (headers, body) = codec::encode(&env, Format::MessagePack).unwrap();
-    for cut in 0..body.len() {
+    for encode in [codec::encode, codec::encode_binary] {
+        let (headers, body) = encode(&env, Format::MessagePack).unwrap();
+        for cut in 0..body.len() {
+            assert_eq!(
+                kind(&headers, &body[..cut]),
+                DecodeErrorKind::Truncated,
+                "cut at {cut}"
+            );
+        }
+        let (headers, body) = encode(&env, Format::Json).unwrap();
         assert_eq!(
-            kind(&headers, &body[..cut]),
-            DecodeErrorKind::Truncated,
-            "cut at {cut}"
+            kind(&headers, &body[..body.len() - 1]),
+            DecodeErrorKind::Truncated
         );
+        let mut extra = body.to_vec();
+        extra.extend_from_slice(b" {}");
+        assert_eq!(kind(&headers, &extra), DecodeErrorKind::InvalidBody);
+        let (headers, body) = encode(&env, Format::MessagePack).unwrap();
+        let mut extra = body.to_vec();
+        extra.push(0xc0);
+        assert_eq!(kind(&headers, &extra), DecodeErrorKind::InvalidBody);
     }
-    let (headers, body) = codec::encode(&env, Format::Json).unwrap();
-    assert_eq!(
-        kind(&headers, &body[..body.len() - 1]),
-        DecodeErrorKind::Truncated
-    );
-    let mut extra = body.to_vec();
-    extra.extend_from_slice(b" {}");
-    assert_eq!(kind(&headers, &extra), DecodeErrorKind::InvalidBody);
 }
 
 #[test]
 fn unknown_types_missing_and_bad_headers_are_typed() {
-    let (headers, body) = codec::encode(&started(), Format::Json).unwrap();
+    let (headers, body) = codec::encode_binary(&started(), Format::Json).unwrap();
     assert_eq!(
         kind(
             &with(&headers, header::TYPE, "runlog.execution.exploded"),
@@ -152,7 +287,7 @@ fn unknown_types_missing_and_bad_headers_are_typed() {
     ] {
         let err =
             codec::decode(&without(&headers, required), &body, &Limits::default()).unwrap_err();
-        assert_eq!(err.kind(), DecodeErrorKind::MissingHeader, "{required}");
+        assert_eq!(err.kind(), DecodeErrorKind::MissingAttribute, "{required}");
         assert!(err.to_string().contains(required));
     }
     for (name, value) in [
@@ -166,7 +301,7 @@ fn unknown_types_missing_and_bad_headers_are_typed() {
     ] {
         assert_eq!(
             kind(&with(&headers, name, value), &body),
-            DecodeErrorKind::InvalidHeader,
+            DecodeErrorKind::InvalidAttribute,
             "{name}: {value}"
         );
     }
@@ -235,7 +370,7 @@ fn deep_nesting_is_refused_without_exhausting_the_stack() {
             output: serde_json::Value::Null,
         }),
     );
-    let (headers, _) = codec::encode(&env, Format::Json).unwrap();
+    let (headers, _) = codec::encode_binary(&env, Format::Json).unwrap();
     assert_eq!(
         kind(&headers, body.as_bytes()),
         DecodeErrorKind::InvalidBody
@@ -245,8 +380,15 @@ fn deep_nesting_is_refused_without_exhausting_the_stack() {
     packed.extend_from_slice(b"output");
     packed.extend(std::iter::repeat_n(0x91u8, 100_000));
     packed.push(0xc0);
-    let (headers, _) = codec::encode(&env, Format::MessagePack).unwrap();
+    let (headers, _) = codec::encode_binary(&env, Format::MessagePack).unwrap();
     assert_eq!(kind(&headers, &packed), DecodeErrorKind::InvalidBody);
+    // And inside a structured event, before its type is known.
+    let (headers, _) = codec::encode(&env, Format::Json).unwrap();
+    let body = format!("{{\"data\": {deep}");
+    assert_eq!(
+        kind(&headers, body.as_bytes()),
+        DecodeErrorKind::InvalidBody
+    );
 }
 
 #[test]
@@ -297,9 +439,11 @@ proptest! {
             let mut env = Envelope::new(ExecutionId::generate(), attempt, time, "/prop", event);
             env.correlation_id = correlation.clone();
             for format in [Format::Json, Format::MessagePack] {
-                let (headers, body) = codec::encode(&env, format).unwrap();
-                let back = codec::decode(&headers, &body, &Limits { max_payload: usize::MAX }).unwrap();
-                prop_assert_eq!(&back, &env);
+                for encode in [codec::encode, codec::encode_binary] {
+                    let (headers, body) = encode(&env, format).unwrap();
+                    let back = codec::decode(&headers, &body, &Limits { max_payload: usize::MAX }).unwrap();
+                    prop_assert_eq!(&back, &env);
+                }
             }
         }
     }

@@ -150,12 +150,12 @@ fn every_event_type_has_a_schema_and_a_section_in_the_protocol_doc() {
 /// The values of every constant in `codec::header`, read from the source so
 /// that a header added later is checked too.
 fn header_names() -> Vec<&'static str> {
-    let source = include_str!("../src/codec.rs");
+    let source = include_str!("../src/codec/mod.rs");
     let module = source
         .split_once("pub mod header {")
         .and_then(|(_, rest)| rest.split_once("\n}"))
         .map(|(body, _)| body)
-        .expect("codec.rs has a `pub mod header { ... }`");
+        .expect("codec/mod.rs has a `pub mod header { ... }`");
     let names: Vec<&str> = module
         .lines()
         .filter(|l| l.trim_start().starts_with("pub const"))
@@ -319,12 +319,16 @@ fn errors(validator: &jsonschema::Validator, instance: &Value) -> Vec<String> {
 fn example_bodies_validate() {
     let schemas = schema::all();
     let envelope_schema = validator(&schemas["envelope.json"]);
+    let cloudevent_schema = validator(&schemas["cloudevent.json"]);
     for ty in EventType::ALL {
         let env = envelope(example(ty));
         let body_schema = validator(&schemas[&format!("event/{ty}.json")]);
 
         let (headers, body) = codec::encode(&env, Format::Json).unwrap();
-        let json_body: Value = serde_json::from_slice(&body).unwrap();
+        let structured: Value = serde_json::from_slice(&body).unwrap();
+        let bad = errors(&cloudevent_schema, &structured);
+        assert!(bad.is_empty(), "{ty} event {structured} is invalid: {bad:?}");
+        let json_body = structured["data"].clone();
         let bad = errors(&body_schema, &json_body);
         assert!(
             bad.is_empty(),
@@ -335,13 +339,17 @@ fn example_bodies_validate() {
 
         // MessagePack maps carry the same names, so the same schema applies.
         let (headers, body) = codec::encode(&env, Format::MessagePack).unwrap();
-        let msgpack_body: Value = rmp_serde::from_slice(&body).unwrap();
-        assert_eq!(
-            msgpack_body, json_body,
-            "{ty} MessagePack and JSON bodies differ"
-        );
+        let msgpack: Value = rmp_serde::from_slice(&body).unwrap();
+        assert_eq!(msgpack, structured, "{ty} MessagePack and JSON events differ");
         let back = codec::decode(&headers, &body, &Limits::default()).unwrap();
         assert_eq!(back, env, "{ty} does not round-trip through MessagePack");
+
+        // Binary mode: the body alone is the data.
+        let (headers, body) = codec::encode_binary(&env, Format::MessagePack).unwrap();
+        let binary: Value = rmp_serde::from_slice(&body).unwrap();
+        assert_eq!(binary, json_body, "{ty} binary and structured data differ");
+        let back = codec::decode(&headers, &body, &Limits::default()).unwrap();
+        assert_eq!(back, env, "{ty} does not round-trip in binary mode");
 
         let whole = serde_json::to_value(&env).unwrap();
         let bad = errors(&envelope_schema, &whole);

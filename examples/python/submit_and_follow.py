@@ -62,13 +62,19 @@ async def main() -> int:
     async def on_event(msg):
         event_type = msg.subject.rsplit(".", 1)[-1]
         h = msg.headers or {}
-        # runlog's own components write MessagePack; this example reads JSON
-        # bodies and names the others (msgpack would decode them).
-        if h.get("Content-Type", "application/json") == "application/json":
+        content_type = h.get("Content-Type", "application/json")
+        # Events come in either mode of the CloudEvents binding. runlog's own
+        # components write structured MessagePack; this example reads JSON in
+        # both modes and names the others (a msgpack library would read them).
+        if content_type == "application/cloudevents+json":
+            event = json.loads(msg.data)
+            attempt, body = event.get("attempt", 0), json.dumps(event.get("data", {}))
+        elif content_type == "application/json":
+            attempt = h.get("ce-attempt", "0")
             body = json.dumps(json.loads(msg.data)) if msg.data else ""
         else:
-            body = f"({len(msg.data)} bytes of {h.get('Content-Type')})"
-        print(f"seq {h.get('Nats-Sequence')} {event_type} attempt {h.get('ce-attempt')} {body}")
+            attempt, body = "?", f"({len(msg.data)} bytes of {content_type})"
+        print(f"seq {h.get('Nats-Sequence')} {event_type} attempt {attempt} {body}")
         if event_type in TERMINAL and not done.done():
             done.set_result(event_type)
 

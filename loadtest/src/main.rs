@@ -29,6 +29,8 @@ use runlog_testkit::NatsServer;
 use runlog_worker::{Attempt, Claim};
 use tokio::sync::Semaphore;
 
+mod replay;
+
 /// Benchmark scenarios against a nats-server started for the run.
 #[derive(Debug, Parser)]
 #[command(name = "runlog-loadtest", version)]
@@ -86,17 +88,32 @@ async fn main() -> anyhow::Result<()> {
     let floor = median(floor);
     let lifecycle = median(lifecycle);
     if args.replay_events > 0 {
-        let (replay, bytes_per_execution) = replay(args.replay_events, args.runs).await?;
+        let figures = replay::run(args.replay_events, args.runs).await?;
+        let rate = figures.full.rate();
+        for f in [&figures.delivery, &figures.fold] {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "scenario": f.scenario,
+                    "events": f.tasks,
+                    "runs": args.runs,
+                    "median_seconds": f.seconds,
+                    "events_per_second": f.rate().round(),
+                })
+            );
+        }
+        let per_execution = figures.bytes_per_execution;
         println!(
             "{}",
             serde_json::json!({
                 "scenario": "replay",
-                "events": replay.tasks,
+                "events": figures.full.tasks,
                 "runs": args.runs,
-                "median_seconds": replay.seconds,
-                "events_per_second": replay.rate().round(),
-                "resident_bytes_per_execution": bytes_per_execution.round(),
-                "resident_mib_per_100k_executions": (bytes_per_execution * 100_000.0 / 1_048_576.0).round(),
+                "median_seconds": figures.full.seconds,
+                "events_per_second": rate.round(),
+                "ratio_to_delivery": (rate / figures.delivery.rate() * 1000.0).round() / 1000.0,
+                "resident_bytes_per_execution": per_execution.round(),
+                "resident_mib_per_100k_executions": (per_execution * 100_000.0 / 1_048_576.0).round(),
             })
         );
     }
@@ -298,9 +315,6 @@ async fn lifecycle_cycle(server: &NatsServer, args: &Args) -> anyhow::Result<Fig
     })
 }
 
-/// Seeds a fresh server with `events` lifecycle events (four per execution,
-/// published with pipelined acks), then rebuilds the engine's projection from
-/// them `runs` times.
 /// Resident memory of this process, in bytes (Linux).
 fn resident_bytes() -> f64 {
     std::fs::read_to_string("/proc/self/statm")
@@ -488,121 +502,3 @@ async fn worker_throughput(args: &Args) -> anyhow::Result<(Figure, f64, f64)> {
     ))
 }
 
-async fn replay(events: usize, runs: usize) -> anyhow::Result<(Figure, f64)> {
-    use runlog_engine::Projection;
-    use runlog_events::codec::{self, Format};
-    use runlog_events::event::{Queued, Started, Submitted, Succeeded};
-    use runlog_events::{Envelope, Event, ExecutionId, QueueName};
-
-    let server = NatsServer::start().context("cannot start nats-server")?;
-    let js = jetstream::new(async_nats::connect(server.url()).await?);
-    Layout::default().ensure(&js).await?;
-    let subjects = Subjects::default();
-    let mut spec = TaskSpec::new("noop");
-    spec.input = serde_json::json!({ "payload": "x".repeat(80) });
-    let executions = events.div_ceil(4);
-    let now = Utc::now();
-    let seeding = Instant::now();
-    // Sends go out in order on one connection (an execution's events must be
-    // stored in order); only the acks are awaited out of line, 2,000 at most.
-    let mut acks = futures::stream::FuturesUnordered::new();
-    for _ in 0..executions {
-        let exec = ExecutionId::generate();
-        let events = [
-            (0, Event::Submitted(Submitted { spec: spec.clone() })),
-            (
-                1,
-                Event::Queued(Queued {
-                    queue: QueueName::default(),
-                    priority: spec.priority,
-                    kind: spec.kind.clone(),
-                    worker_labels: Default::default(),
-                }),
-            ),
-            (
-                1,
-                Event::Started(Started {
-                    worker: "w1".into(),
-                    deadline: None,
-                }),
-            ),
-            (
-                1,
-                Event::Succeeded(Succeeded {
-                    output: serde_json::Value::Null,
-                }),
-            ),
-        ];
-        for (attempt, event) in events {
-            let envelope = Envelope::new(exec.clone(), attempt, now, "/loadtest", event);
-            let (headers, body) = codec::encode(&envelope, Format::MessagePack)?;
-            let ack = js
-                .publish_with_headers(subjects.of(&envelope), headers, body)
-                .await?;
-            acks.push(std::future::IntoFuture::into_future(ack));
-            if acks.len() >= 2_000 {
-                acks.next().await.expect("an ack is pending")?;
-            }
-        }
-    }
-    while let Some(ack) = acks.next().await {
-        ack?;
-    }
-    eprintln!(
-        "replay: seeded {} events in {:.1} s",
-        executions * 4,
-        seeding.elapsed().as_secs_f64()
-    );
-    let last = js
-        .get_stream(subjects.exec_stream())
-        .await?
-        .info()
-        .await?
-        .state
-        .last_sequence;
-    let mut figures = Vec::new();
-    let mut bytes_per_execution = 0.0;
-    for run in 0..runs {
-        let resident_before = resident_bytes();
-        let projection = Arc::new(Projection::new());
-        let shutdown = tokio_util::sync::CancellationToken::new();
-        let started = Instant::now();
-        let follower = {
-            let (projection, js, subjects, shutdown) = (
-                projection.clone(),
-                js.clone(),
-                subjects.clone(),
-                shutdown.clone(),
-            );
-            tokio::spawn(async move { projection.follow(&js, &subjects, shutdown).await })
-        };
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(2));
-        while projection.applied_seq() < last {
-            if follower.is_finished() {
-                bail!("the projection stopped: {:?}", follower.await?);
-            }
-            tick.tick().await;
-        }
-        let seconds = started.elapsed().as_secs_f64();
-        if run == 0 {
-            // The first run grows the heap from nothing: its growth is what
-            // the projection holds.
-            bytes_per_execution = (resident_bytes() - resident_before) / executions as f64;
-        }
-        shutdown.cancel();
-        follower.await??;
-        if projection.len() != executions || projection.skipped() != 0 {
-            bail!(
-                "replay folded {} executions ({} skipped events), expected {executions}",
-                projection.len(),
-                projection.skipped()
-            );
-        }
-        figures.push(Figure {
-            scenario: "replay",
-            tasks: executions * 4,
-            seconds,
-        });
-    }
-    Ok((median(figures), bytes_per_execution))
-}
