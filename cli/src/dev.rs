@@ -16,6 +16,9 @@ use runlog_events::{ExecutionId, Subjects};
 use runlog_testkit::NatsServer;
 use runlog_worker::runtime::{Worker, WorkerConfig};
 
+use crate::client::views::Execution;
+use crate::client::{self, Client, DEFAULT_ENGINE_URL, demo};
+
 /// Options of `runlog dev`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -34,6 +37,11 @@ pub struct Args {
     /// The message the demonstration task echoes.
     #[arg(long, default_value = "hello from runlog dev")]
     message: String,
+    /// Also submit a small mixed load (progress, HTTP, a retry, a dead
+    /// letter, a timeout, a cancel) through the HTTP API; with --once, wait
+    /// until all of it ended.
+    #[arg(long)]
+    demo: bool,
 }
 
 /// Runs `runlog dev`.
@@ -153,7 +161,31 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         replayed.state.status
     );
 
-    if !args.once {
+    let engine_url = format!("http://{}", engine.addr());
+    print_welcome(&engine_url, &server.url());
+    let scratch = args.data_dir.join("demo");
+    let demo = if args.demo {
+        let client = Client::new(&engine_url)?;
+        let demo_stop = shutdown.child_token();
+        let settle = args.once;
+        let scratch = scratch.clone();
+        Some(tokio::spawn(async move {
+            let result = demo::run(&client, &scratch, settle, demo_stop).await;
+            // With --once the caller reports it; otherwise nobody waits for it.
+            if let (Err(e), false) = (&result, settle) {
+                eprintln!("demo         stopped: {e}");
+            }
+            result
+        }))
+    } else {
+        None
+    };
+    let mut outcome = Ok(());
+    if args.once {
+        if let Some(demo) = demo {
+            outcome = check_demo(&engine_url, demo).await;
+        }
+    } else {
         println!(
             "\nnats-server keeps running at {}; press Ctrl-C to stop.",
             server.url()
@@ -162,7 +194,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .await
             .context("cannot wait for Ctrl-C")?;
         println!("stopping");
+        if let Some(demo) = demo {
+            demo.abort();
+        }
     }
+    let _ = std::fs::remove_dir_all(&scratch);
     shutdown.cancel();
     match worker_task.await {
         Ok(Err(e)) => eprintln!("the worker stopped with an error: {e}"),
@@ -172,6 +208,71 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     engine.wait().await;
     // A graceful stop lets the server flush its store.
     server.stop();
+    outcome
+}
+
+/// Where things are, and three commands to try.
+fn print_welcome(engine_url: &str, nats_url: &str) {
+    println!();
+    println!("dashboard    {engine_url}/");
+    println!("nats         {nats_url}");
+    println!("\ntry, from another terminal:");
+    if let Some(dir) = binary_dir_off_path() {
+        println!("  export PATH={}:$PATH", dir.display());
+    }
+    if engine_url != DEFAULT_ENGINE_URL {
+        println!("  export RUNLOG_ENGINE_URL={engine_url}");
+    }
+    println!("  runlog submit shell --wait -- sh -c 'for i in 1 2 3; do echo $i; sleep 1; done'");
+    println!("  runlog ls");
+    println!("  runlog watch");
+}
+
+/// The folder of this `runlog` binary when `runlog` on the `PATH` is not
+/// this one (a fresh checkout runs it from `target/`).
+fn binary_dir_off_path() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?.canonicalize().ok()?;
+    let dir = exe.parent()?.to_path_buf();
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|p| {
+            p.join("runlog")
+                .canonicalize()
+                .is_ok_and(|found| found == exe)
+        })
+    });
+    (!on_path).then_some(dir)
+}
+
+/// Waits for the demo (which waits for its executions to end) and checks
+/// that each ended as it should.
+async fn check_demo(
+    engine_url: &str,
+    demo: tokio::task::JoinHandle<Result<Vec<demo::Submitted>, client::Error>>,
+) -> anyhow::Result<()> {
+    let submitted = demo.await.context("the demo task failed")??;
+    let client = Client::new(engine_url)?;
+    let mut wrong = Vec::new();
+    for task in &submitted {
+        let now: Execution = client
+            .get(
+                &format!("/v1/executions/{}", client::path_id(&task.id)),
+                &[],
+            )
+            .await?;
+        println!(
+            "demo         {}  ended {} after {} attempt(s): {}",
+            task.id, now.status, now.attempt, task.what
+        );
+        if now.status != task.expect {
+            wrong.push(format!(
+                "{} ({}) ended {}, not {}",
+                task.id, task.what, now.status, task.expect
+            ));
+        }
+    }
+    if !wrong.is_empty() {
+        bail!("the demo went wrong: {}", wrong.join("; "));
+    }
     Ok(())
 }
 

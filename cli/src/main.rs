@@ -1,6 +1,8 @@
 //! `runlog`: the one binary. Parses the command line and runs a command.
 
+mod client;
 mod dev;
+mod dlq;
 mod engine;
 mod nats_args;
 mod worker;
@@ -17,13 +19,44 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Start a local nats-server and run one execution through the engine's
-    /// intake, a worker's claim and a replay of its log.
+    /// Run everything on this machine: nats-server, the engine (HTTP API and
+    /// dashboard) and a worker; `--demo` adds a small mixed load.
     Dev(dev::Args),
     /// Run the engine: intake, reactor, projections and the HTTP API.
     Engine(engine::Args),
     /// Run a worker: pull work by priority, run it, record the result.
     Worker(worker::Args),
+    /// Submit a task: `runlog submit shell --wait -- sh -c 'echo hi'`.
+    #[command(after_help = client::EXIT_CODES)]
+    Submit(client::submit::Args),
+    /// Show one execution: state, attempts, progress, output or error.
+    #[command(after_help = client::EXIT_CODES)]
+    Status(client::status::Args),
+    /// List executions, newest first (filters: --status, --queue, --kind,
+    /// --label, --since).
+    #[command(name = "ls", alias = "list", after_help = client::EXIT_CODES)]
+    Ls(client::list::Args),
+    /// A live table of executions, refreshed as events arrive (one line per
+    /// event when not on a terminal).
+    #[command(after_help = client::EXIT_CODES)]
+    Watch(client::watch::Args),
+    /// Print the lines an execution wrote; -f follows until it ends.
+    #[command(after_help = client::EXIT_CODES)]
+    Logs(client::logs::Args),
+    /// Cancel an execution: a waiting one at once, a running one is stopped.
+    #[command(after_help = client::EXIT_CODES)]
+    Cancel(client::control::CancelArgs),
+    /// Run an ended, unsuccessful execution again as a new execution.
+    #[command(after_help = client::EXIT_CODES)]
+    Retry(client::control::RetryArgs),
+    /// List the live workers: queues, labels, slots in use.
+    #[command(after_help = client::EXIT_CODES)]
+    Workers(client::cluster::Args),
+    /// Show every queue: attempts waiting per priority, running, retrying.
+    #[command(after_help = client::EXIT_CODES)]
+    Queues(client::cluster::Args),
+    /// Dead letters: list, show, replay in bulk, follow bulk operations.
+    Dlq(dlq::Args),
     /// Write the JSON Schema of every event and command (for clients in
     /// other languages).
     Schema {
@@ -48,6 +81,34 @@ async fn main() -> std::process::ExitCode {
         Cmd::Engine(args) => engine::run(args).await,
         Cmd::Worker(args) => worker::run(args).await,
         Cmd::Schema { out } => write_schema(&out),
+        Cmd::Dlq(args) => dlq::run(args).await,
+        Cmd::Submit(args) => {
+            return client::execute(args.conn().clone(), client::submit::run(args)).await;
+        }
+        Cmd::Status(args) => {
+            return client::execute(args.conn().clone(), client::status::run(args)).await;
+        }
+        Cmd::Ls(args) => {
+            return client::execute(args.conn().clone(), client::list::run(args)).await;
+        }
+        Cmd::Watch(args) => {
+            return client::execute(args.conn().clone(), client::watch::run(args)).await;
+        }
+        Cmd::Logs(args) => {
+            return client::execute(args.conn().clone(), client::logs::run(args)).await;
+        }
+        Cmd::Cancel(args) => {
+            return client::execute(args.conn().clone(), client::control::cancel(args)).await;
+        }
+        Cmd::Retry(args) => {
+            return client::execute(args.conn().clone(), client::control::retry(args)).await;
+        }
+        Cmd::Workers(args) => {
+            return client::execute(args.conn().clone(), client::cluster::workers(args)).await;
+        }
+        Cmd::Queues(args) => {
+            return client::execute(args.conn().clone(), client::cluster::queues(args)).await;
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

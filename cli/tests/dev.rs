@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-fn dev(data: &std::path::Path) -> String {
+fn dev(data: &std::path::Path, extra: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_runlog"))
         .args([
             "dev",
@@ -15,6 +15,7 @@ fn dev(data: &std::path::Path) -> String {
             "--data-dir",
         ])
         .arg(data)
+        .args(extra)
         .output()
         .expect("runlog runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -29,7 +30,7 @@ fn dev(data: &std::path::Path) -> String {
 #[test]
 fn dev_runs_one_execution_through_the_core_and_keeps_its_history() {
     let data = tempfile::tempdir().unwrap();
-    let first = dev(data.path());
+    let first = dev(data.path(), &[]);
     assert!(
         first.contains("the log holds 0 executions from earlier runs"),
         "{first}"
@@ -51,10 +52,42 @@ fn dev_runs_one_execution_through_the_core_and_keeps_its_history() {
     assert_eq!(types, ["submitted", "queued", "started", "succeeded"]);
 
     // The store is kept: a second start finds the first run's events.
-    let second = dev(data.path());
+    let second = dev(data.path(), &[]);
     assert!(
         second.contains("the log holds 1 executions from earlier runs"),
         "{second}"
+    );
+}
+
+#[test]
+fn dev_demo_shows_every_state_and_says_what_to_try() {
+    let data = tempfile::tempdir().unwrap();
+    let out = dev(data.path(), &["--demo"]);
+    for line in [
+        "dashboard    http://127.0.0.1:",
+        "nats         nats://127.0.0.1:",
+        "runlog submit shell --wait -- sh -c",
+        "  runlog ls",
+        "  runlog watch",
+        "cancel requested",
+    ] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+    let ended: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split(" ended ").nth(1))
+        .map(|rest| rest.split_whitespace().next().unwrap_or(""))
+        .collect();
+    for state in ["succeeded", "dead_lettered", "timed_out", "cancelled"] {
+        assert!(ended.contains(&state), "no demo task ended {state}:\n{out}");
+    }
+    let retried = out
+        .lines()
+        .find(|l| l.contains("succeeds on its retry") && l.contains(" ended "))
+        .unwrap_or_default();
+    assert!(
+        retried.contains("ended succeeded after 2 attempt(s)"),
+        "{retried}"
     );
 }
 

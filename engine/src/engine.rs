@@ -79,6 +79,12 @@ impl Engine {
             format!("/runlog/engine/{host}"),
         );
         let intake = Intake::new(journal.clone(), env, idempotency);
+        let operations = crate::operations::Operations::open(
+            &pub_js,
+            &layout,
+            format!("{host}-{}", runlog_events::ExecutionId::generate()),
+        )
+        .await?;
         let mut tasks = JoinSet::new();
         let projection = Arc::new(Projection::new());
         if config.snapshot_interval_secs > 0 {
@@ -169,7 +175,10 @@ impl Engine {
             subjects,
             js: sub_js,
             shutdown: shutdown.clone(),
+            operations: operations.clone(),
+            reactor: reactor_stats.clone(),
         };
+        tasks.spawn(operations.supervise(state.clone(), shutdown.clone()));
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| EngineError::Listen {

@@ -11,16 +11,21 @@
 //! - [`projection`]: the log folded into an in-memory read model that can be
 //!   thrown away and rebuilt by replay, and [`snapshot`]ted so a restart
 //!   replays only the tail; [`live`] fans stored events out to SSE clients.
-//! - [`api`]: HTTP JSON, problem+json errors, Server-Sent Events.
+//! - [`api`]: HTTP JSON, problem+json errors, Server-Sent Events; the
+//!   [`dashboard`] it serves at `/` reads them like any client.
+//! - [`operations`]: bulk replays of dead letters and bulk cancels, by
+//!   filter, rate-limited, audited, each dead letter replayed at most once.
 //! - [`engine`] puts them together under one shutdown token; [`config`]
 //!   describes it.
 #![warn(missing_docs)]
 
 pub mod api;
 pub mod config;
+pub mod dashboard;
 pub mod engine;
 pub mod intake;
 pub mod live;
+pub mod operations;
 pub mod projection;
 pub mod reactor;
 pub mod snapshot;

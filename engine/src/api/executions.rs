@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{ApiState, Problem};
-use crate::intake::Submission;
+use crate::intake::{Accepted, Submission};
 use crate::projection::Filter;
 
 /// The body of `POST /v1/executions`: a task spec, plus the caller's
@@ -78,7 +78,7 @@ pub(super) async fn submit(
     }
 }
 
-fn invalid_body(e: JsonRejection) -> Problem {
+pub(super) fn invalid_body(e: JsonRejection) -> Problem {
     let status = match e {
         JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         JsonRejection::BytesRejection(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -506,46 +506,10 @@ pub(super) async fn cancel(
 }
 
 pub(super) async fn retry(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
-    let (execution, history) = match self::history(&state, &id).await {
-        Ok(found) => found,
-        Err(problem) => return problem.into_response(),
+    let Ok(execution) = ExecutionId::new(&id) else {
+        return Problem::not_found(format!("execution {id:?}")).into_response();
     };
-    let status = history.state.status;
-    if !matches!(
-        status,
-        Status::DeadLettered | Status::TimedOut | Status::Cancelled | Status::Failed
-    ) {
-        return Problem::new(
-            StatusCode::CONFLICT,
-            "not_retryable",
-            format!(
-                "execution {execution} is {status}; only a failed, dead-lettered, timed-out or cancelled execution can be retried"
-            ),
-        )
-        .into_response();
-    }
-    let Some(mut spec) = history.state.spec.clone() else {
-        return Problem::not_found(format!("the submission of {execution}")).into_response();
-    };
-    spec.retry_of = Some(execution.clone());
-    spec.idempotency_key = None;
-    spec.env.clear();
-    let retry_id = ExecutionId::generate();
-    if !spec.sealed_env.is_empty()
-        && let Err(e) = copy_sealed_env(&state, &execution, &retry_id).await
-    {
-        return Problem::unavailable(e).into_response();
-    }
-    let submission = Submission {
-        spec,
-        execution: Some(retry_id),
-        correlation_id: history
-            .events
-            .first()
-            .and_then(|r| r.envelope.correlation_id.clone()),
-        traceparent: None,
-    };
-    match state.intake.submit(submission, Utc::now()).await {
+    match retry_execution(&state, &execution, RetryRequest::default()).await {
         Ok(accepted) => (
             StatusCode::CREATED,
             Json(json!({
@@ -555,7 +519,105 @@ pub(super) async fn retry(State(state): State<ApiState>, Path(id): Path<String>)
             })),
         )
             .into_response(),
-        Err(e) => Problem::from(e).into_response(),
+        Err(problem) => problem.into_response(),
+    }
+}
+
+/// What a retry adds to the original's spec.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RetryRequest {
+    /// The new execution's id; generated when absent. A retry that names an
+    /// id is created at most once, however often it is repeated.
+    pub id: Option<ExecutionId>,
+    /// Labels added to (or replacing those of) the original's.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Starts a new execution with the spec (and the sealed environment) of
+/// `original`, linked to it by `retry_of`. Only an ended, unsuccessful
+/// execution can be retried. The single retry route and bulk replays both
+/// come here.
+pub(crate) async fn retry_execution(
+    state: &ApiState,
+    original: &ExecutionId,
+    request: RetryRequest,
+) -> Result<Accepted, Problem> {
+    let execution = original.clone();
+    // An ended execution's state in the read model is final; anything else
+    // (a failure not folded yet, say) is read from the log.
+    let status = match state.projection.get(original).map(|e| e.state.status) {
+        Some(status) if status.is_terminal() => status,
+        _ => {
+            self::history(state, original.as_str())
+                .await?
+                .1
+                .state
+                .status
+        }
+    };
+    if !matches!(
+        status,
+        Status::DeadLettered | Status::TimedOut | Status::Cancelled | Status::Failed
+    ) {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "not_retryable",
+            format!(
+                "execution {execution} is {status}; only a failed, dead-lettered, timed-out or cancelled execution can be retried"
+            ),
+        ));
+    }
+    let (mut spec, correlation_id) = submission(state, &execution).await?;
+    spec.retry_of = Some(execution.clone());
+    spec.idempotency_key = None;
+    spec.env.clear();
+    spec.labels.extend(request.labels);
+    let retry_id = request.id.unwrap_or_else(ExecutionId::generate);
+    if !spec.sealed_env.is_empty() {
+        copy_sealed_env(state, &execution, &retry_id)
+            .await
+            .map_err(Problem::unavailable)?;
+    }
+    let submission = Submission {
+        spec,
+        execution: Some(retry_id),
+        correlation_id,
+        traceparent: None,
+    };
+    state
+        .intake
+        .submit(submission, Utc::now())
+        .await
+        .map_err(Problem::from)
+}
+
+/// The spec and correlation id an execution was submitted with: one read of
+/// its `submitted` event (a literal subject, found through the server's
+/// subject index), not of its whole history.
+async fn submission(
+    state: &ApiState,
+    execution: &ExecutionId,
+) -> Result<(TaskSpec, Option<String>), Problem> {
+    let subject = state
+        .subjects
+        .event(execution, runlog_events::EventType::Submitted);
+    let stored = direct::last(&state.js, &state.subjects.exec_stream(), &subject)
+        .await
+        .map_err(Problem::unavailable)?
+        .ok_or_else(|| Problem::not_found(format!("the submission of {execution}")))?;
+    let envelope = codec::decode(&stored.headers, &stored.payload, &codec::Limits::default())
+        .map_err(|e| {
+            Problem::new(
+                StatusCode::CONFLICT,
+                "not_retryable",
+                format!(
+                    "the submission of {execution} cannot be read ({e}); submit the task again"
+                ),
+            )
+        })?;
+    match envelope.event {
+        Event::Submitted(submitted) => Ok((submitted.spec, envelope.correlation_id)),
+        _ => Err(Problem::not_found(format!("the submission of {execution}"))),
     }
 }
 

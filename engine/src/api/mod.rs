@@ -14,8 +14,14 @@
 //! | `GET /v1/stream` | SSE: every execution's events (filters: queue, status, type) |
 //! | `GET /v1/queues`, `GET /v1/workers`, `GET /v1/stats` | queues, live workers, counts and rates |
 //! | `GET /healthz`, `GET /readyz` | liveness; readiness once the projection caught up |
+//! | `GET /v1/dead-letters`, `GET /v1/dead-letters/{id}` | dead letters with filters; one with its error history |
+//! | `POST /v1/dead-letters/replay` | replay dead letters by filter, once each (a bulk operation) |
+//! | `POST /v1/executions/cancel` | cancel executions by filter (a bulk operation) |
+//! | `GET /v1/operations`, `GET /v1/operations/{id}`, `POST /v1/operations/{id}/cancel` | bulk operations: audit, progress, cancel |
+//! | `GET /`, `GET /assets/{file}` | the [dashboard](crate::dashboard) |
 
-mod executions;
+mod dead_letters;
+pub(crate) mod executions;
 pub mod problem;
 mod sse;
 
@@ -58,6 +64,10 @@ pub struct ApiState {
     pub js: jetstream::Context,
     /// Cancelled when the engine stops: open feeds end.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Bulk operations (replays, cancels).
+    pub operations: crate::operations::Operations,
+    /// The reactor's counters (messages it could not read, retries).
+    pub reactor: Arc<crate::reactor::ReactorStats>,
 }
 
 /// The API's routes.
@@ -80,6 +90,17 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/stats", get(stats))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/v1/dead-letters", get(dead_letters::list))
+        .route("/v1/dead-letters/replay", post(dead_letters::replay))
+        .route("/v1/dead-letters/{id}", get(dead_letters::get))
+        .route("/v1/executions/cancel", post(dead_letters::cancel))
+        .route("/v1/operations", get(dead_letters::operations))
+        .route("/v1/operations/{id}", get(dead_letters::operation))
+        .route(
+            "/v1/operations/{id}/cancel",
+            post(dead_letters::cancel_operation),
+        )
+        .merge(crate::dashboard::router())
         .fallback(|| async {
             Problem::new(
                 StatusCode::NOT_FOUND,
@@ -147,8 +168,22 @@ async fn stats(State(state): State<ApiState>) -> Response {
         "applied_seq": p.applied_seq(),
         "restored_from_seq": p.restored_seq(),
         "skipped_events": p.skipped(),
+        "reactor": reactor_counters(&state.reactor),
     }))
     .into_response()
+}
+
+/// What the reactor did; `bad` counts the messages it could not read
+/// (junk on an event, timer or advisory subject), which it skips.
+fn reactor_counters(stats: &crate::reactor::ReactorStats) -> serde_json::Value {
+    use std::sync::atomic::Ordering::Relaxed;
+    json!({
+        "handled": stats.handled.load(Relaxed),
+        "dispatched": stats.dispatched.load(Relaxed),
+        "timers": stats.timers.load(Relaxed),
+        "bad": stats.bad.load(Relaxed),
+        "retried": stats.retried.load(Relaxed),
+    })
 }
 
 /// Live workers, from the registry bucket (absent until a worker started).

@@ -1,0 +1,589 @@
+//! `runlog submit`: builds a task spec from flags, posts it, and with
+//! `--wait` follows the execution to its end — events from its SSE feed,
+//! log lines from its log feed, progress in a bar — and exits with its
+//! outcome.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use runlog_events::{Envelope, Event, Priority, Status};
+use serde_json::{Value, json};
+
+use super::render::{self, parse_duration, parse_pair};
+use super::sse::{Feed, SseEvent};
+use super::views::{Accepted, Execution, Logs};
+use super::{Client, Conn, Error, Exit, path_id};
+
+/// How often the bar asks for the running attempt's progress.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+/// How long to wait for the last log lines once the execution ended.
+const LOG_GRACE: Duration = Duration::from_secs(5);
+
+/// Options of `runlog submit`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The task kind: `shell`, `http`, `echo`, or a custom handler's kind.
+    kind: String,
+    /// The task's input as JSON; `@FILE` reads it from a file, `-` from
+    /// standard input. See docs/executors.md for each kind's input.
+    #[arg(long, short, value_name = "JSON")]
+    input: Option<String>,
+    /// For `shell`: the program and its arguments, after `--`, run without
+    /// a shell (`-- restic backup /srv`). One argument holding spaces is
+    /// run as a `sh -c` script (`-- 'make && make test'`). A final
+    /// `--wait` is taken as runlog's flag.
+    #[arg(last = true, value_name = "ARGS")]
+    args: Vec<String>,
+    /// The queue to dispatch on (default: `default`).
+    #[arg(long, short)]
+    queue: Option<String>,
+    /// Dispatch priority: high, normal or low.
+    #[arg(long, short, value_parser = str::parse::<Priority>)]
+    priority: Option<Priority>,
+    /// Deadline of each attempt (`30s`, `5m`, `1h30m`).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    timeout: Option<Duration>,
+    /// Deadline of the whole execution, retries included: a duration from
+    /// now (`2h`) or a time (`2026-11-24T06:00:00Z`).
+    #[arg(long, value_name = "DURATION|TIME")]
+    deadline: Option<String>,
+    /// Retries after a failed first attempt (`--retries 0`: one attempt only;
+    /// default 2).
+    #[arg(long, value_name = "N")]
+    retries: Option<u32>,
+    /// Do not start before this time, or before this long from now (`10m`).
+    #[arg(long, value_name = "TIME|DURATION")]
+    not_before: Option<String>,
+    /// A label for filtering (`team=infra`); repeat for more.
+    #[arg(long = "label", short = 'l', value_parser = parse_pair, value_name = "KEY=VALUE")]
+    labels: Vec<(String, String)>,
+    /// A label a worker must carry to take the task (`pool=backup`); repeat
+    /// for more.
+    #[arg(long = "require", value_parser = parse_pair, value_name = "KEY=VALUE")]
+    require: Vec<(String, String)>,
+    /// An environment variable for the task; `NAME` alone takes the value
+    /// from your environment. Values are sealed by the engine, never logged
+    /// or printed. Repeat for more.
+    #[arg(long = "env", short = 'e', value_name = "NAME[=VALUE]")]
+    env: Vec<String>,
+    /// Submissions with the same key get the same execution (kept 30 days).
+    #[arg(long, value_name = "KEY")]
+    idempotency_key: Option<String>,
+    /// The execution id to use (1-64 of A-Z a-z 0-9 _ -); generated when
+    /// absent.
+    #[arg(long)]
+    id: Option<String>,
+    /// Follow the execution to its end: progress, log lines, output; exit
+    /// with its outcome.
+    #[arg(long, short)]
+    wait: bool,
+    #[command(flatten)]
+    conn: Conn,
+}
+
+impl Args {
+    /// The connection options.
+    pub fn conn(&self) -> &Conn {
+        &self.conn
+    }
+}
+
+/// Runs `runlog submit`.
+pub async fn run(mut args: Args) -> Result<Exit, Error> {
+    // `runlog submit shell -- prog args --wait`: the final --wait is ours.
+    if args.args.last().is_some_and(|a| a == "--wait") {
+        args.args.pop();
+        args.wait = true;
+    }
+    let body = body(&args, Utc::now())?;
+    let client = args.conn.client()?;
+    let raw: Value = client.post("/v1/executions", &body).await?;
+    let accepted: Accepted = serde_json::from_value(raw.clone())
+        .map_err(|e| Error::Protocol(format!("cannot read the engine's answer: {e}")))?;
+    if args.wait {
+        if !args.conn.json() {
+            eprintln!("{}", accepted_line(&accepted));
+        }
+        return follow(&client, &accepted.id, &args.conn).await;
+    }
+    if args.conn.json() {
+        println!("{raw}");
+    } else {
+        // The id alone on stdout, for `id=$(runlog submit ...)`.
+        println!("{}", accepted.id);
+        if std::io::stderr().is_terminal() {
+            eprintln!(
+                "{}; follow it with `runlog logs -f {id}` or `runlog status {id}`",
+                accepted_line(&accepted),
+                id = accepted.id
+            );
+        }
+    }
+    Ok(Exit::Success)
+}
+
+fn accepted_line(accepted: &Accepted) -> String {
+    if accepted.existing {
+        format!(
+            "{} was submitted before (same id or idempotency key); it is {}",
+            accepted.id, accepted.status
+        )
+    } else {
+        format!("submitted {} ({})", accepted.id, accepted.status)
+    }
+}
+
+/// The body of `POST /v1/executions` the flags describe.
+fn body(args: &Args, now: DateTime<Utc>) -> Result<Value, Error> {
+    let input = match (&args.input, args.args.as_slice()) {
+        (Some(_), [_, ..]) => {
+            return Err(Error::Usage(
+                "give the input either with --input or as arguments after --, not both".into(),
+            ));
+        }
+        (Some(input), []) => read_input(input)?,
+        (None, []) => Value::Null,
+        (None, args_) if args.kind != "shell" => {
+            return Err(Error::Usage(format!(
+                "arguments after -- are the program of a shell task ({args_:?}); \
+                 give a {} task its input with --input JSON",
+                args.kind
+            )));
+        }
+        (None, [script]) if script.contains(char::is_whitespace) => json!({"shell": script}),
+        (None, argv) => json!({"argv": argv}),
+    };
+    let mut body = json!({"kind": args.kind, "input": input});
+    if let Some(queue) = &args.queue {
+        body["queue"] = json!(queue);
+    }
+    if let Some(priority) = args.priority {
+        body["priority"] = json!(priority);
+    }
+    if let Some(timeout) = args.timeout {
+        body["attempt_timeout_ms"] = json!(millis(timeout)?);
+    }
+    if let Some(deadline) = &args.deadline {
+        body["timeout_ms"] = json!(until(deadline, now, "--deadline")?);
+    }
+    if let Some(not_before) = &args.not_before {
+        let ms = until(not_before, now, "--not-before")?;
+        body["not_before"] = json!(now + chrono::TimeDelta::milliseconds(ms as i64));
+    }
+    if let Some(retries) = args.retries {
+        let attempts = retries
+            .checked_add(1)
+            .ok_or_else(|| Error::Usage(format!("--retries {retries} is too many")))?;
+        body["retry"] = json!({"max_attempts": attempts});
+    }
+    if !args.labels.is_empty() {
+        body["labels"] = json!(args.labels.iter().cloned().collect::<BTreeMap<_, _>>());
+    }
+    if !args.require.is_empty() {
+        body["worker_labels"] = json!(args.require.iter().cloned().collect::<BTreeMap<_, _>>());
+    }
+    let mut env = BTreeMap::new();
+    for entry in &args.env {
+        let (name, value) = match entry.split_once('=') {
+            Some((name, value)) => (name.to_owned(), value.to_owned()),
+            None => {
+                let value = std::env::var(entry).map_err(|_| {
+                    Error::Usage(format!(
+                        "--env {entry}: {entry} is not set in your environment; \
+                         write --env {entry}=VALUE"
+                    ))
+                })?;
+                (entry.clone(), value)
+            }
+        };
+        env.insert(name, value);
+    }
+    if !env.is_empty() {
+        body["env"] = json!(env);
+    }
+    if let Some(key) = &args.idempotency_key {
+        body["idempotency_key"] = json!(key);
+    }
+    if let Some(id) = &args.id {
+        body["id"] = json!(id);
+    }
+    Ok(body)
+}
+
+fn millis(d: Duration) -> Result<u64, Error> {
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    if ms == 0 {
+        return Err(Error::Usage("a timeout must be at least 1ms".into()));
+    }
+    Ok(ms)
+}
+
+/// Milliseconds from `now` to a time or after a duration.
+fn until(s: &str, now: DateTime<Utc>, flag: &str) -> Result<u64, Error> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        let ms = (t.with_timezone(&Utc) - now).num_milliseconds();
+        if ms <= 0 {
+            return Err(Error::Usage(format!("{flag} {s} is in the past")));
+        }
+        return Ok(ms as u64);
+    }
+    let d = parse_duration(s).map_err(|e| Error::Usage(format!("{flag}: {e}, or a time")))?;
+    millis(d)
+}
+
+fn read_input(input: &str) -> Result<Value, Error> {
+    let (text, from) = if input == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| Error::Local(format!("cannot read the input from standard input: {e}")))?;
+        (text, "standard input".to_owned())
+    } else if let Some(path) = input.strip_prefix('@') {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Local(format!("cannot read the input file {path}: {e}")))?;
+        (text, path.to_owned())
+    } else {
+        (input.to_owned(), "--input".to_owned())
+    };
+    serde_json::from_str(&text)
+        .map_err(|e| Error::Usage(format!("the input in {from} is not JSON: {e}")))
+}
+
+/// Follows execution `id` to its end and returns the exit its outcome
+/// stands for. With `--output text`: event lines on stderr, the task's log
+/// lines on stdout and stderr as it wrote them, a progress bar on a
+/// terminal, and the output at the end when no log line was shown. With
+/// `--output json`: the final state as `GET /v1/executions/{id}` gives it.
+pub async fn follow(client: &Client, id: &str, conn: &Conn) -> Result<Exit, Error> {
+    let mut view = Follower::new(id, !conn.json());
+    let path = format!("/v1/executions/{}", path_id(id));
+    let mut events = Feed::new(client, format!("{path}/stream"), Vec::new(), None);
+    let mut logs = Feed::new(client, format!("{path}/logs/stream"), Vec::new(), None);
+    let mut logs_done = !view.text;
+    let mut ended: Option<Status> = None;
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    let grace = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(grace);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+
+    while ended.is_none() || !logs_done {
+        tokio::select! {
+            event = events.next(), if ended.is_none() => {
+                ended = view.event(event?)?;
+                if ended.is_some() {
+                    grace.as_mut().reset(tokio::time::Instant::now() + LOG_GRACE);
+                }
+            }
+            event = logs.next(), if !logs_done => match event {
+                Ok(event) if event.event == "log" => view.log(&event.data),
+                Ok(event) => logs_done = event.event == "end" || event.event == "error",
+                // The log is a convenience: the outcome still counts.
+                Err(_) => logs_done = true,
+            },
+            _ = tick.tick(), if view.tty && view.running => {
+                if let Ok(now) = client.get::<Execution>(&path, &[]).await {
+                    view.progress(now);
+                }
+            }
+            _ = &mut grace => logs_done = true,
+            _ = &mut ctrl_c => {
+                view.bar.finish_and_clear();
+                eprintln!(
+                    "stopped waiting; {id} goes on: `runlog logs -f {id}` follows it, \
+                     `runlog cancel {id}` stops it"
+                );
+                return Ok(Exit::Interrupted);
+            }
+        }
+    }
+    view.bar.finish_and_clear();
+    let raw: Value = client.get(&path, &[]).await?;
+    let execution: Execution = serde_json::from_value(raw.clone())
+        .map_err(|e| Error::Protocol(format!("cannot read the state of {id}: {e}")))?;
+    let status = if execution.status.is_terminal() {
+        execution.status
+    } else {
+        ended.unwrap_or(execution.status)
+    };
+    if !view.text {
+        println!("{raw}");
+        return Ok(Exit::of_status(status));
+    }
+    if status == Status::Succeeded && view.lines_shown == 0 {
+        print_output(execution.output.as_ref());
+    }
+    eprintln!("{}", outcome_line(&execution, status));
+    Ok(Exit::of_status(status))
+}
+
+/// What `follow` shows while an execution runs.
+struct Follower {
+    /// Print events and log lines (not `--output json`).
+    text: bool,
+    /// Stdout and stderr are a terminal: draw the bar.
+    tty: bool,
+    bar: ProgressBar,
+    /// An attempt is running (progress is worth asking for).
+    running: bool,
+    lines_shown: u64,
+}
+
+impl Follower {
+    fn new(id: &str, text: bool) -> Follower {
+        let tty = text && std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+        let bar = if tty {
+            let target =
+                ProgressDrawTarget::term_like_with_hz(Box::new(ShortOfTheEdge::default()), 20);
+            let bar = ProgressBar::with_draw_target(Some(100), target);
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {prefix:.bold} [{bar:30}] {pos:>3}% {msg}")
+                    .expect("the template is valid")
+                    .progress_chars("=> "),
+            );
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_prefix("waiting");
+        bar.set_message(format!("{id} waits for a worker"));
+        Follower {
+            text,
+            tty,
+            bar,
+            running: false,
+            lines_shown: 0,
+        }
+    }
+
+    /// An event of the execution's feed; the status it ended in, after `end`.
+    fn event(&mut self, event: SseEvent) -> Result<Option<Status>, Error> {
+        match event.event.as_str() {
+            "end" => {
+                let status = serde_json::from_str::<Value>(&event.data)
+                    .ok()
+                    .and_then(|v| serde_json::from_value::<Status>(v["status"].clone()).ok())
+                    .unwrap_or(Status::Failed);
+                return Ok(Some(status));
+            }
+            "error" => {
+                self.bar.finish_and_clear();
+                return Err(Error::Protocol(format!(
+                    "the engine stopped the execution's feed: {}",
+                    event.data
+                )));
+            }
+            _ => {}
+        }
+        let Ok(envelope) = serde_json::from_str::<Envelope>(&event.data) else {
+            return Ok(None);
+        };
+        self.running = matches!(
+            envelope.event,
+            Event::Started(_) | Event::Heartbeat(_) | Event::CancelRequested(_)
+        );
+        if let Event::Started(_) = envelope.event {
+            self.bar.set_position(0);
+            self.bar.set_prefix(format!("attempt {}", envelope.attempt));
+            self.bar.set_message("");
+        }
+        // `submitted` was said already.
+        if self.text && !matches!(envelope.event, Event::Submitted(_)) {
+            let time = envelope
+                .time
+                .with_timezone(&chrono::Local)
+                .format("%H:%M:%S");
+            let line = render::event(&envelope, Utc::now());
+            self.bar.suspend(|| eprintln!("[{time}] {line}"));
+        }
+        Ok(None)
+    }
+
+    /// A `log` event: its lines, on the stream the task wrote them to.
+    fn log(&mut self, data: &str) {
+        let Ok(batch) = serde_json::from_str::<Logs>(data) else {
+            return;
+        };
+        self.bar.suspend(|| {
+            for line in &batch.lines {
+                if line.stream == "stderr" {
+                    eprintln!("{}", line.line);
+                } else {
+                    println!("{}", line.line);
+                }
+            }
+        });
+        self.lines_shown += batch.lines.len() as u64;
+    }
+
+    /// The running attempt's latest progress, in the bar.
+    fn progress(&self, now: Execution) {
+        let Some(progress) = now.progress else { return };
+        if let Some(percent) = progress.percent {
+            self.bar.set_position(percent.clamp(0.0, 100.0) as u64);
+        }
+        self.bar.set_message(progress.message.unwrap_or_default());
+    }
+}
+
+/// Standard error for the bar, a few columns narrower than it is: indicatif
+/// pads its line to the full width, and the `^C` the terminal echoes would
+/// then wrap to a new line and leave the bar behind when it clears itself.
+#[derive(Debug)]
+struct ShortOfTheEdge(console::Term);
+
+impl Default for ShortOfTheEdge {
+    fn default() -> Self {
+        ShortOfTheEdge(console::Term::stderr())
+    }
+}
+
+impl indicatif::TermLike for ShortOfTheEdge {
+    fn width(&self) -> u16 {
+        self.0.size().1.saturating_sub(3).max(20)
+    }
+    fn height(&self) -> u16 {
+        self.0.size().0
+    }
+    fn move_cursor_up(&self, n: usize) -> std::io::Result<()> {
+        self.0.move_cursor_up(n)
+    }
+    fn move_cursor_down(&self, n: usize) -> std::io::Result<()> {
+        self.0.move_cursor_down(n)
+    }
+    fn move_cursor_right(&self, n: usize) -> std::io::Result<()> {
+        self.0.move_cursor_right(n)
+    }
+    fn move_cursor_left(&self, n: usize) -> std::io::Result<()> {
+        self.0.move_cursor_left(n)
+    }
+    fn write_line(&self, s: &str) -> std::io::Result<()> {
+        self.0.write_line(s)
+    }
+    fn write_str(&self, s: &str) -> std::io::Result<()> {
+        self.0.write_str(s)
+    }
+    fn clear_line(&self) -> std::io::Result<()> {
+        self.0.clear_line()
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// The output of a task that showed no log line: a shell task's captured
+/// streams as they were, anything else as JSON.
+fn print_output(output: Option<&Value>) {
+    let Some(output) = output else { return };
+    match (output.get("stdout"), output.get("stderr")) {
+        (Some(Value::String(stdout)), stderr) => {
+            print!("{stdout}");
+            if let Some(Value::String(stderr)) = stderr {
+                eprint!("{stderr}");
+            }
+        }
+        _ => println!(
+            "{}",
+            serde_json::to_string_pretty(output).unwrap_or_default()
+        ),
+    }
+}
+
+fn outcome_line(e: &Execution, status: Status) -> String {
+    let took = match (e.submitted_at, e.finished_at) {
+        (Some(start), Some(end)) => format!(" in {}", render::duration(end - start)),
+        _ => String::new(),
+    };
+    let attempts = match e.attempt {
+        1 => "1 attempt".to_owned(),
+        n => format!("{n} attempts"),
+    };
+    let mut line = format!("{} {}{took} ({attempts})", e.id, render::status(status));
+    if status != Status::Succeeded {
+        if let Some(error) = &e.error {
+            line.push_str(&format!(": {}", error.message));
+        } else if let Some(reason) = &e.reason {
+            line.push_str(&format!(": {reason}"));
+        }
+        line.push_str(&format!(
+            "\n`runlog status {id}` shows every attempt; `runlog retry {id}` runs it again",
+            id = e.id
+        ));
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(argv: &[&str]) -> Args {
+        Cli::try_parse_from(std::iter::once("submit").chain(argv.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    #[test]
+    fn arguments_after_the_separator_become_the_argv() {
+        let args = parse(&["shell", "--retries", "0", "--", "sh", "-c", "echo $1", "x"]);
+        let body = body(&args, Utc::now()).unwrap();
+        assert_eq!(body["input"], json!({"argv": ["sh", "-c", "echo $1", "x"]}));
+        assert_eq!(body["retry"], json!({"max_attempts": 1}));
+    }
+
+    #[test]
+    fn one_argument_with_spaces_is_a_script() {
+        let args = parse(&["shell", "--", "echo a && echo b"]);
+        assert_eq!(
+            body(&args, Utc::now()).unwrap()["input"],
+            json!({"shell": "echo a && echo b"})
+        );
+    }
+
+    #[test]
+    fn flags_fill_the_spec() {
+        let now = Utc::now();
+        let args = parse(&[
+            "http",
+            "--input",
+            r#"{"url": "http://x"}"#,
+            "--priority",
+            "high",
+            "--timeout",
+            "30s",
+            "--deadline",
+            "2m",
+            "--label",
+            "team=infra",
+            "--require",
+            "pool=a",
+            "--env",
+            "TOKEN=s3cret",
+        ]);
+        let body = body(&args, now).unwrap();
+        assert_eq!(body["priority"], "high");
+        assert_eq!(body["attempt_timeout_ms"], 30_000);
+        assert_eq!(body["timeout_ms"], 120_000);
+        assert_eq!(body["labels"], json!({"team": "infra"}));
+        assert_eq!(body["worker_labels"], json!({"pool": "a"}));
+        assert_eq!(body["env"], json!({"TOKEN": "s3cret"}));
+    }
+
+    #[test]
+    fn arguments_for_other_kinds_are_refused() {
+        let args = parse(&["http", "--", "curl", "x"]);
+        assert!(matches!(body(&args, Utc::now()), Err(Error::Usage(_))));
+    }
+}
