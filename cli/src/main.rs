@@ -25,7 +25,7 @@ enum Cmd {
     /// Run the engine: intake, reactor, projections and the HTTP API.
     Engine(engine::Args),
     /// Run a worker: pull work by priority, run it, record the result.
-    Worker(worker::Args),
+    Worker(Box<worker::Args>),
     /// Submit a task: `runlog submit shell --wait -- sh -c 'echo hi'`.
     #[command(after_help = client::EXIT_CODES)]
     Submit(client::submit::Args),
@@ -79,7 +79,7 @@ async fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Cmd::Dev(args) => dev::run(args).await,
         Cmd::Engine(args) => engine::run(args).await,
-        Cmd::Worker(args) => worker::run(args).await,
+        Cmd::Worker(args) => worker::run(*args).await,
         Cmd::Schema { out } => write_schema(&out),
         Cmd::Dlq(args) => dlq::run(args).await,
         Cmd::Submit(args) => {

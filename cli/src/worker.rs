@@ -6,13 +6,14 @@
 //! second signal stops at once. `docs/workers.md` is the user guide.
 
 use std::collections::BTreeMap;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 use anyhow::Context;
 use runlog_engine::NatsConfig;
 use runlog_events::QueueName;
-use runlog_worker::runtime::{CapacityRule, GuardConfig, Worker, WorkerConfig};
+use runlog_worker::runtime::{BreakerConfig, CapacityRule, GuardConfig, Worker, WorkerConfig};
+use runlog_worker::runtime::{ConcurrencyRule, LimitsConfig, RateRule};
 use tokio_util::sync::CancellationToken;
 
 use crate::nats_args::NatsArgs;
@@ -79,6 +80,72 @@ pub struct Args {
     /// How long an idle worker's long poll waits at the server.
     #[arg(long, env = "RUNLOG_POLL_EXPIRES", default_value = "5s", value_parser = parse_duration)]
     poll_expires: Duration,
+    #[command(flatten)]
+    breakers: Box<BreakerArgs>,
+    /// A rate limit, `key:N/PERIOD` (`provider=openai:5/s`, `*:100/m` for
+    /// keys without their own); repeat (`;` in the environment variable).
+    /// The `<p>-limits` bucket wins key by key.
+    #[arg(long = "rate-limit", env = "RUNLOG_RATE_LIMITS", value_delimiter = ';')]
+    rate_limits: Vec<RateRule>,
+    /// A concurrency limit, `key:N` (`workspace=prod:1`, `*:4`); repeat
+    /// (`;` in the environment variable). The `<p>-limits` bucket wins key
+    /// by key.
+    #[arg(
+        long = "concurrency-limit",
+        env = "RUNLOG_CONCURRENCY_LIMITS",
+        value_delimiter = ';'
+    )]
+    concurrency_limits: Vec<ConcurrencyRule>,
+    /// How long a concurrency lease outlives its worker's last renewal
+    /// (whole seconds, at least 1s).
+    #[arg(long, env = "RUNLOG_LEASE_TTL", default_value = "30s", value_parser = parse_duration)]
+    lease_ttl: Duration,
+}
+
+/// Circuit-breaker options of `runlog worker` (boxed: they are many).
+#[derive(Debug, clap::Args)]
+struct BreakerArgs {
+    /// Circuit breakers: consult and feed them (`false` ignores them).
+    #[arg(long = "breakers", env = "RUNLOG_BREAKERS", default_value_t = true, action = clap::ArgAction::Set)]
+    enabled: bool,
+    /// The percentage of failed attempts of a target that opens its breaker.
+    #[arg(long = "breaker-failure-percent", env = "RUNLOG_BREAKER_FAILURE_PERCENT", default_value_t = 50,
+          value_parser = clap::value_parser!(u8).range(1..=100))]
+    failure_percent: u8,
+    /// Attempts of a target that must have ended in the window before its
+    /// breaker may open.
+    #[arg(
+        long = "breaker-min-calls",
+        env = "RUNLOG_BREAKER_MIN_CALLS",
+        default_value = "10"
+    )]
+    min_calls: NonZeroU32,
+    /// How far back a breaker counts outcomes.
+    #[arg(long = "breaker-window", env = "RUNLOG_BREAKER_WINDOW", default_value = "60s", value_parser = parse_duration)]
+    window: Duration,
+    /// How long an open breaker delays its target's attempts before probing.
+    #[arg(long = "breaker-open", env = "RUNLOG_BREAKER_OPEN", default_value = "30s", value_parser = parse_duration)]
+    open: Duration,
+    /// Probe attempts of a half-open breaker that must succeed to close it.
+    #[arg(
+        long = "breaker-probes",
+        env = "RUNLOG_BREAKER_PROBES",
+        default_value = "1"
+    )]
+    probes: NonZeroU32,
+}
+
+impl BreakerArgs {
+    fn config(&self) -> BreakerConfig {
+        BreakerConfig {
+            enabled: self.enabled,
+            failure_percent: self.failure_percent,
+            min_calls: self.min_calls,
+            window: self.window,
+            open_for: self.open,
+            probes: self.probes,
+        }
+    }
 }
 
 impl Args {
@@ -116,6 +183,13 @@ impl Args {
                 ..defaults.guard
             },
             telemetry: defaults.telemetry,
+            breakers: self.breakers.config(),
+            limits: LimitsConfig {
+                rates: self.rate_limits,
+                concurrency: self.concurrency_limits,
+                lease_ttl: self.lease_ttl,
+                ..defaults.limits
+            },
         }
     }
 }

@@ -57,7 +57,7 @@ pub enum Outcome {
 }
 
 /// The spec of `execution`'s `submitted` event, if it can be read.
-async fn submitted_spec(journal: &Journal, execution: &ExecutionId) -> Option<TaskSpec> {
+pub(crate) async fn submitted_spec(journal: &Journal, execution: &ExecutionId) -> Option<TaskSpec> {
     let subjects = journal.subjects();
     let subject = subjects.event(execution, runlog_events::EventType::Submitted);
     let stored =

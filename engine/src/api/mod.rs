@@ -13,6 +13,7 @@
 //! | `GET /v1/executions/{id}/logs/stream` | SSE: its log lines |
 //! | `GET /v1/stream` | SSE: every execution's events (filters: queue, status, type) |
 //! | `GET /v1/queues`, `GET /v1/workers`, `GET /v1/stats` | queues, live workers, counts and rates |
+//! | `GET /v1/breakers` | the workers' circuit breakers and how many are in each state |
 //! | `GET /healthz`, `GET /readyz` | liveness; readiness once the projection caught up |
 //! | `GET /v1/dead-letters`, `GET /v1/dead-letters/{id}` | dead letters with filters; one with its error history |
 //! | `POST /v1/dead-letters/replay` | replay dead letters by filter, once each (a bulk operation) |
@@ -20,6 +21,7 @@
 //! | `GET /v1/operations`, `GET /v1/operations/{id}`, `POST /v1/operations/{id}/cancel` | bulk operations: audit, progress, cancel |
 //! | `GET /`, `GET /assets/{file}` | the [dashboard](crate::dashboard) |
 
+mod breakers;
 mod dead_letters;
 pub(crate) mod executions;
 pub mod problem;
@@ -87,6 +89,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/stream", get(sse::all))
         .route("/v1/queues", get(queues))
         .route("/v1/workers", get(workers))
+        .route("/v1/breakers", get(breakers::list))
         .route("/v1/stats", get(stats))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

@@ -19,6 +19,14 @@
 //! rules allow. While an exclusive item waits, nothing else starts and the
 //! worker stops fetching, so the exclusive item starts once the running
 //! attempts end.
+//!
+//! 5. Its rate or concurrency key is at its limit (the attempt task asks
+//!    the `limits` gate before claiming): the item is *held*. A held item
+//!    spends no delivery, takes no slot (the worker keeps fetching, so other
+//!    keys proceed), gets in-progress acks, and is tried again when the gate
+//!    says (a rate's next free instant, a concurrency key's poll interval,
+//!    or at once when an attempt of the key ends on this worker). Beyond
+//!    `hold` held items, the next one is NAKed with a growing delay.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -32,8 +40,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use super::capacity::{Blocked, Capacity};
-use super::execution::{self, Shared};
+use super::execution::{self, Ended, Shared};
 use super::fetch::{Fetched, Fetcher};
+use super::limits::LimitKeys;
 
 /// The longest delay a label mismatch NAKs an item with.
 const MAX_NAK_DELAY: Duration = Duration::from_secs(30);
@@ -47,6 +56,11 @@ struct Waiting {
     priority: Priority,
     arrival: u64,
     redelivered: bool,
+    /// Its limit keys, once read.
+    keys: Option<LimitKeys>,
+    /// Held for a rate or concurrency limit until then; held items take no
+    /// slot.
+    held_until: Option<Instant>,
 }
 
 /// One worker's dispatch loop and the attempts it owns.
@@ -59,9 +73,11 @@ pub(crate) struct Dispatcher {
     drain_timeout: Duration,
     waiting: Vec<Waiting>,
     arrivals: u64,
-    attempts: JoinSet<()>,
-    kinds: HashMap<task::Id, String>,
+    attempts: JoinSet<Ended>,
+    kinds: HashMap<task::Id, (String, Priority, u64, bool)>,
     hard_stop: CancellationToken,
+    /// Shutting down: items the limits gate holds back are handed back.
+    draining: bool,
 }
 
 impl Dispatcher {
@@ -85,6 +101,7 @@ impl Dispatcher {
             attempts: JoinSet::new(),
             kinds: HashMap::new(),
             hard_stop: CancellationToken::new(),
+            draining: false,
         }
     }
 
@@ -122,10 +139,11 @@ impl Dispatcher {
                     }
                 }
             }
+            let next_held = self.next_held();
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 Some(done) = self.attempts.join_next_with_id(), if !self.attempts.is_empty() => {
-                    self.finished(done);
+                    self.finished(done).await;
                 }
                 polled = self.fetcher.next_polled(), if self.fetcher.is_polling() => match polled {
                     Some(Ok(fetched)) => self.admit(fetched).await,
@@ -136,6 +154,8 @@ impl Dispatcher {
                 _ = tick.tick() => self.keep_waiting_alive().await,
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(|| Instant::now() + far)),
                     if retry_at.is_some() => retry_at = None,
+                _ = tokio::time::sleep_until(next_held.unwrap_or_else(|| Instant::now() + far)),
+                    if next_held.is_some() => {}
             }
         }
         self.drain().await;
@@ -146,7 +166,8 @@ impl Dispatcher {
     /// `sources − 1`.
     fn quota(&self) -> usize {
         let concurrency = self.capacity.concurrency();
-        let held = self.capacity.running() + self.waiting.len();
+        let waiting = self.waiting.iter().filter(|w| w.held_until.is_none());
+        let held = self.capacity.running() + waiting.count();
         let room = concurrency.saturating_sub(held);
         let bound = (concurrency + self.fetcher.sources())
             .saturating_sub(1)
@@ -161,7 +182,7 @@ impl Dispatcher {
     fn exclusive_waiting(&self) -> bool {
         self.waiting
             .iter()
-            .any(|w| self.capacity.is_exclusive(&w.item.kind))
+            .any(|w| w.held_until.is_none() && self.capacity.is_exclusive(&w.item.kind))
     }
 
     /// Whether an item of `kind` may start now.
@@ -198,12 +219,16 @@ impl Dispatcher {
             return;
         }
         self.arrivals += 1;
+        // A copy re-published for a circuit breaker stands for a redelivery.
+        let redelivered = delivered > 1 || super::breakers::carries_redelivery(&message);
         let waiting = Waiting {
             message,
             item,
             priority,
             arrival: self.arrivals,
-            redelivered: delivered > 1,
+            redelivered,
+            keys: None,
+            held_until: None,
         };
         match self.check(&waiting.item.kind) {
             Ok(()) => self.start(waiting),
@@ -226,10 +251,11 @@ impl Dispatcher {
 
     /// Starts every waiting item the rules allow, in priority order.
     fn start_waiting(&mut self) {
+        let now = Instant::now();
         while let Some(at) = self
             .waiting
             .iter()
-            .position(|w| self.check(&w.item.kind).is_ok())
+            .position(|w| w.held_until.is_none_or(|t| t <= now) && self.check(&w.item.kind).is_ok())
         {
             let waiting = self.waiting.remove(at);
             self.start(waiting);
@@ -240,35 +266,117 @@ impl Dispatcher {
         let Waiting {
             message,
             item,
+            priority,
+            arrival,
             redelivered,
+            keys,
             ..
         } = waiting;
         let kind = item.kind.clone();
         self.capacity.start(&kind);
-        let handle = self.attempts.spawn(execution::execute(
+        let handle = self.attempts.spawn(execution::attempt(
             self.shared.clone(),
             message,
             item,
             redelivered,
             self.hard_stop.clone(),
+            keys,
         ));
-        self.kinds.insert(handle.id(), kind);
+        self.kinds
+            .insert(handle.id(), (kind, priority, arrival, redelivered));
     }
 
-    fn finished(&mut self, done: Result<(task::Id, ()), JoinError>) {
-        let id = match done {
-            Ok((id, ())) => id,
+    /// When the next held item may be tried again. Items already due wait
+    /// for a slot like any other (an ending attempt wakes the loop).
+    fn next_held(&self) -> Option<Instant> {
+        let now = Instant::now();
+        self.waiting
+            .iter()
+            .filter_map(|w| w.held_until)
+            .filter(|t| *t > now)
+            .min()
+    }
+
+    async fn finished(&mut self, done: Result<(task::Id, Ended), JoinError>) {
+        let (id, ended) = match done {
+            Ok((id, ended)) => (id, Some(ended)),
             Err(e) => {
                 if e.is_panic() {
                     tracing::error!(
                         "an attempt task panicked; its work item returns after ack_wait"
                     );
                 }
-                e.id()
+                (e.id(), None)
             }
         };
-        if let Some(kind) = self.kinds.remove(&id) {
-            self.capacity.finish(&kind);
+        let Some((kind, priority, arrival, redelivered)) = self.kinds.remove(&id) else {
+            return;
+        };
+        self.capacity.finish(&kind);
+        match ended {
+            Some(Ended::Held(held)) => {
+                let execution::Held {
+                    message,
+                    item,
+                    keys,
+                    retry_at,
+                } = *held;
+                if self.draining {
+                    execution::nak(&message, None).await;
+                    return;
+                }
+                let held = self.waiting.iter().filter(|w| w.held_until.is_some());
+                if held.count() >= self.shared.limits.hold() {
+                    let delivered = message.info().map(|i| i.delivered).unwrap_or(1).max(1);
+                    let factor = u32::try_from(delivered).unwrap_or(u32::MAX);
+                    let delay = self
+                        .shared
+                        .nak_delay
+                        .saturating_mul(factor)
+                        .min(MAX_NAK_DELAY);
+                    tracing::debug!(execution = %item.execution, ?delay, "its limit is reached and the worker holds enough items; handing it back");
+                    execution::nak(&message, Some(delay)).await;
+                    return;
+                }
+                // Its key's other held items need not ask before then either.
+                if let Some(keys) = &keys {
+                    for w in &mut self.waiting {
+                        let shares = w.keys.as_ref().is_some_and(|k| {
+                            (k.rate.is_some() && k.rate == keys.rate)
+                                || (k.concurrency.is_some() && k.concurrency == keys.concurrency)
+                        });
+                        if shares && let Some(until) = &mut w.held_until {
+                            *until = (*until).max(retry_at);
+                        }
+                    }
+                }
+                self.wait(Waiting {
+                    message,
+                    item,
+                    priority,
+                    arrival,
+                    redelivered,
+                    keys,
+                    held_until: Some(retry_at),
+                });
+            }
+            Some(Ended::Done(Some(LimitKeys {
+                concurrency: Some(key),
+                ..
+            }))) => {
+                // A slot of `key` just freed here: try its held items now.
+                let now = Instant::now();
+                for w in &mut self.waiting {
+                    let same = w
+                        .keys
+                        .as_ref()
+                        .is_some_and(|k| k.concurrency.as_ref() == Some(&key));
+                    if same && w.held_until.is_some() {
+                        w.held_until = Some(now);
+                    }
+                }
+            }
+            Some(Ended::Done(_)) | None => {}
         }
     }
 
@@ -282,6 +390,7 @@ impl Dispatcher {
     /// finish within the drain timeout, then stops the rest and hands their
     /// items back without recording anything.
     async fn drain(mut self) {
+        self.draining = true;
         self.fetcher.stop_polling();
         for waiting in std::mem::take(&mut self.waiting) {
             execution::nak(&waiting.message, None).await;
@@ -289,7 +398,7 @@ impl Dispatcher {
         let deadline = Instant::now() + self.drain_timeout;
         while !self.attempts.is_empty() {
             tokio::select! {
-                Some(done) = self.attempts.join_next_with_id() => self.finished(done),
+                Some(done) = self.attempts.join_next_with_id() => self.finished(done).await,
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
@@ -304,7 +413,7 @@ impl Dispatcher {
         let limit = Instant::now() + self.shared.cancel_grace + Duration::from_secs(5);
         while !self.attempts.is_empty() {
             match tokio::time::timeout_at(limit, self.attempts.join_next_with_id()).await {
-                Ok(Some(done)) => self.finished(done),
+                Ok(Some(done)) => self.finished(done).await,
                 Ok(None) => break,
                 Err(_) => {
                     self.attempts.shutdown().await;

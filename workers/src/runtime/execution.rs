@@ -13,6 +13,11 @@
 //!    reason the item is left unacknowledged, and the server redelivers it.
 //!    On a hard shutdown the item is handed back with an immediate NAK and
 //!    nothing is recorded: the next claim records the lost attempt.
+//!
+//! Before all of it, [`attempt`] asks the limits gate (`limits`): an item
+//! whose rate or concurrency key is at its limit goes back to the
+//! dispatcher to be held, and a started one keeps its concurrency lease
+//! until its result is recorded.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +25,7 @@ use std::time::Duration;
 use async_nats::jetstream::AckKind;
 use async_nats::jetstream::Message;
 use async_nats::jetstream::kv;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use runlog_events::journal::{Journal, TransitionError};
 use runlog_events::{ErrorClass, Subjects, TaskError, WorkItem};
@@ -29,7 +34,9 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use super::breakers::Breakers;
 use super::environment::{self, SecretSource};
+use super::limits::{Admission, LimitKeys, Limits};
 use super::liveness::{Running, RunningAttempt};
 use super::telemetry::{self, TelemetryConfig};
 use crate::attempt::{Attempt, AttemptError, Claim, Outcome};
@@ -50,6 +57,10 @@ pub(crate) struct Shared {
     pub keep_alive: Duration,
     pub nak_delay: Duration,
     pub running: Arc<Running>,
+    /// Circuit breakers of the tasks' targets.
+    pub breakers: Breakers,
+    /// Rate limits and concurrency keys.
+    pub limits: Arc<Limits>,
 }
 
 impl Shared {
@@ -81,16 +92,95 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
+/// How an attempt task ended, for the dispatcher.
+pub(crate) enum Ended {
+    /// The item ran (or was dropped or handed back); the keys it was
+    /// admitted under, if any limit applied.
+    Done(Option<LimitKeys>),
+    /// A key of the item is at its limit: hold it until `retry_at`.
+    Held(Box<Held>),
+}
+
+/// An item the limits gate held back.
+pub(crate) struct Held {
+    pub message: Message,
+    pub item: WorkItem,
+    /// `None` while the task's keys could not be read.
+    pub keys: Option<LimitKeys>,
+    pub retry_at: Instant,
+}
+
+/// Runs one work item through the limits gate, then to its end. `keys`
+/// are the item's limit keys when an earlier pass read them.
+pub(crate) async fn attempt(
+    shared: Arc<Shared>,
+    message: Message,
+    item: WorkItem,
+    redelivered: bool,
+    hard_stop: CancellationToken,
+    keys: Option<LimitKeys>,
+) -> Ended {
+    if !shared.limits.active() {
+        execute(shared, message, item, redelivered, hard_stop, None).await;
+        return Ended::Done(None);
+    }
+    let keys = match keys {
+        Some(keys) => keys,
+        None => match shared
+            .limits
+            .keys_of(&shared.journal, &item.execution)
+            .await
+        {
+            Ok(Some(keys)) => keys,
+            Ok(None) => LimitKeys::default(),
+            Err(e) => {
+                tracing::warn!(execution = %item.execution, error = %e, "cannot read the task's limit keys; holding the item");
+                let retry_at = Instant::now() + Duration::from_secs(1);
+                return Ended::Held(Box::new(Held {
+                    message,
+                    item,
+                    keys: None,
+                    retry_at,
+                }));
+            }
+        },
+    };
+    match shared.limits.admit(&keys, &item.execution).await {
+        Admission::Free => {
+            execute(shared, message, item, redelivered, hard_stop, None).await;
+            Ended::Done(None)
+        }
+        Admission::Go(permit) => {
+            let at = permit.at;
+            execute(shared, message, item, redelivered, hard_stop, Some(at)).await;
+            permit.release().await;
+            Ended::Done(Some(keys))
+        }
+        Admission::Hold(retry_at) => Ended::Held(Box::new(Held {
+            message,
+            item,
+            keys: Some(keys),
+            retry_at,
+        })),
+    }
+}
+
 /// Runs one work item to its end. `hard_stop` is cancelled when the
-/// worker's drain timeout passes.
+/// worker's drain timeout passes. `started_at` is the start time a rate
+/// limit recorded (the claim's time otherwise).
 pub(crate) async fn execute(
     shared: Arc<Shared>,
     message: Message,
     item: WorkItem,
     redelivered: bool,
     hard_stop: CancellationToken,
+    started_at: Option<DateTime<Utc>>,
 ) {
     let exec = item.execution.clone();
+    // An item whose circuit breaker is open was handed back for later.
+    let Some(permit) = shared.breakers.gate(&shared.journal, &message, &item).await else {
+        return;
+    };
     let mut cancel_signal = match shared.client.subscribe(shared.subjects.cancel(&exec)).await {
         Ok(subscriber) => subscriber,
         Err(e) => {
@@ -99,7 +189,7 @@ pub(crate) async fn execute(
             return;
         }
     };
-    let (claimed_at, claimed_instant) = (Utc::now(), Instant::now());
+    let (claimed_at, claimed_instant) = (started_at.unwrap_or_else(Utc::now), Instant::now());
     let claim = Attempt::claim_item(
         &shared.journal,
         &item,
@@ -219,6 +309,7 @@ pub(crate) async fn execute(
         }
         Ending::Recorded(outcome) => outcome,
     };
+    shared.breakers.settle(permit, &spec, &outcome).await;
     // Recording may take a while (retries during an election): keep the item.
     let record = attempt.finish(outcome, Utc::now());
     tokio::pin!(record);

@@ -16,6 +16,10 @@
 //! - [`liveness`] keeps the worker's entry in the registry bucket and its
 //!   held items alive with in-progress acks;
 //! - [`guard`] pauses fetching while the host is overloaded.
+//! - [`limits`] applies rate limits and concurrency keys shared by every
+//!   worker of the cluster (key-value leases and rate logs).
+//! - [`breaker`] (the rules) and `breakers` (the shared key-value state)
+//!   delay the items of a target whose circuit breaker is open.
 //!
 //! Shutdown is one [`CancellationToken`]: fetching stops, running attempts
 //! get `drain_timeout` to finish, the rest are stopped and their items
@@ -38,12 +42,15 @@
 //! # }
 //! ```
 
+pub mod breaker;
+mod breakers;
 pub mod capacity;
 mod dispatch;
 pub mod environment;
 mod execution;
 pub mod fetch;
 pub mod guard;
+pub mod limits;
 pub mod liveness;
 pub mod telemetry;
 
@@ -62,9 +69,12 @@ use tokio::sync::{OnceCell, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use breaker::BreakerConfig;
+pub use breakers::{BreakerView, REDELIVERED, breaker_key};
 pub use capacity::{CapacityRule, CapacityRuleError};
 pub use environment::{EnvSecrets, SecretSource};
 pub use guard::{GuardConfig, ResourceProbe, SystemProbe, Usage};
+pub use limits::{ConcurrencyRule, LimitsConfig, RateRule};
 pub use liveness::{RunningAttempt, WorkerEntry};
 pub use telemetry::TelemetryConfig;
 
@@ -110,6 +120,11 @@ pub struct WorkerConfig {
     pub guard: GuardConfig,
     /// How telemetry is paced (its `heartbeat` follows [`Self::heartbeat`]).
     pub telemetry: TelemetryConfig,
+    /// Rate limits and concurrency keys (the `<p>-limits` bucket wins key
+    /// by key).
+    pub limits: LimitsConfig,
+    /// When circuit breakers open, and for how long.
+    pub breakers: BreakerConfig,
 }
 
 impl Default for WorkerConfig {
@@ -132,6 +147,8 @@ impl Default for WorkerConfig {
             nak_delay: Duration::from_secs(1),
             guard: GuardConfig::default(),
             telemetry: TelemetryConfig::default(),
+            limits: LimitsConfig::default(),
+            breakers: BreakerConfig::default(),
         }
     }
 }
@@ -166,6 +183,9 @@ pub enum WorkerError {
     /// The registry bucket could not be opened.
     #[error(transparent)]
     Registry(#[from] liveness::RegistryError),
+    /// The limit buckets could not be opened.
+    #[error(transparent)]
+    Limits(#[from] limits::LimitsError),
 }
 
 impl WorkerConfig {
@@ -196,6 +216,10 @@ impl WorkerConfig {
         }
         capacity::Capacity::new(self.concurrency.get(), self.capacity.clone())
             .map_err(|e| WorkerError::Config(e.to_string()))?;
+        self.limits.validate().map_err(WorkerError::Config)?;
+        if let Some(problem) = self.breakers.problem() {
+            return bad(problem);
+        }
         Ok(())
     }
 }
@@ -244,6 +268,7 @@ pub struct Worker {
     client: async_nats::Client,
     probe: Box<dyn ResourceProbe>,
     secrets: Arc<dyn SecretSource>,
+    breakers: BreakerView,
 }
 
 impl std::fmt::Debug for Worker {
@@ -285,7 +310,14 @@ impl Worker {
             client,
             probe: Box::new(SystemProbe::new()),
             secrets: Arc::new(EnvSecrets),
+            breakers: BreakerView::default(),
         }
+    }
+
+    /// This worker's view of the shared circuit breakers, current while it
+    /// runs.
+    pub fn breakers(&self) -> BreakerView {
+        self.breakers.clone()
     }
 
     /// Measures the host with `probe` instead of the operating system.
@@ -308,6 +340,7 @@ impl Worker {
             client,
             mut probe,
             secrets,
+            breakers: breaker_view,
         } = self;
         config.validate()?;
         let subjects =
@@ -322,10 +355,16 @@ impl Worker {
 
         let mut sources = Vec::new();
         let mut ack_wait = config.ack_wait;
+        let mut max_deliver: Option<u64> = None;
         for queue in &config.queues {
             for priority in Priority::ALL {
                 let consumer = dispatch_consumer(&js, &layout, &config, queue, priority).await?;
                 ack_wait = ack_wait.min(consumer.cached_info().config.ack_wait);
+                if let Ok(max) = u64::try_from(consumer.cached_info().config.max_deliver)
+                    && max > 0
+                {
+                    max_deliver = Some(max_deliver.map_or(max, |m| m.min(max)));
+                }
                 sources.push(fetch::Source { priority, consumer });
             }
         }
@@ -340,6 +379,17 @@ impl Worker {
         )
         .await?;
 
+        let breakers = breakers::Breakers::open(
+            &js,
+            &layout,
+            config.breakers,
+            &config.id,
+            breaker_view,
+            max_deliver,
+        )
+        .await?;
+        let (limits, limits_table) =
+            limits::Limits::open(&js, &layout, &config.limits, &config.id).await?;
         let (paused_tx, paused_rx) = watch::channel(config.guard.overloaded(probe.sample()));
         let running = Arc::new(liveness::Running::default());
         let journal = Journal::new(
@@ -363,6 +413,8 @@ impl Worker {
             keep_alive,
             nak_delay: config.nak_delay,
             running: running.clone(),
+            breakers: breakers.clone(),
+            limits: limits.clone(),
         });
 
         let entry = WorkerEntry {
@@ -380,6 +432,13 @@ impl Worker {
         };
         let services_stop = CancellationToken::new();
         let mut services = JoinSet::new();
+        services.spawn(
+            limits
+                .clone()
+                .watch_table(limits_table, services_stop.clone()),
+        );
+        services.spawn(limits.renew(services_stop.clone()));
+        services.spawn(breakers.watch(services_stop.clone()));
         services.spawn(guard::watch(
             probe,
             config.guard,
