@@ -14,8 +14,10 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
+use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
+use async_nats::jetstream;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use futures::StreamExt;
@@ -362,6 +364,11 @@ impl Projection {
 
     /// Replays the log after [`applied_seq`](Self::applied_seq) and keeps
     /// folding new events until `shutdown` is cancelled.
+    ///
+    /// Two phases: the catch-up reads what the log held at the start through
+    /// a plain pull consumer with large batches (no acks: it only reads), then
+    /// an ordered consumer follows from there, which survives reconnects and
+    /// server restarts by itself.
     pub async fn follow(
         &self,
         js: &jetstream::Context,
@@ -369,22 +376,23 @@ impl Projection {
         shutdown: CancellationToken,
     ) -> Result<(), FollowError> {
         let err = |e: &dyn std::fmt::Display| FollowError(e.to_string());
-        let stream = js
-            .get_stream_no_info(subjects.exec_stream())
+        let mut stream = js
+            .get_stream(subjects.exec_stream())
             .await
             .map_err(|e| err(&e))?;
-        let from = self.applied_seq();
-        let deliver_policy = if from == 0 {
-            DeliverPolicy::All
-        } else {
-            DeliverPolicy::ByStartSequence {
-                start_sequence: from + 1,
-            }
-        };
+        let last = stream
+            .info()
+            .await
+            .map_err(|e| err(&e))?
+            .state
+            .last_sequence;
+        if self.applied_seq() < last && !self.catch_up(&stream, subjects, last, &shutdown).await? {
+            return Ok(());
+        }
         let mut consumer = stream
             .create_consumer(pull::OrderedConfig {
                 filter_subject: subjects.all_events(),
-                deliver_policy,
+                deliver_policy: after(self.applied_seq()),
                 ..Default::default()
             })
             .await
@@ -393,14 +401,7 @@ impl Projection {
             self.caught_up.store(true, Ordering::Relaxed);
         }
         let messages = consumer.messages().await.map_err(|e| err(&e))?;
-        // Three stages overlap: the client library receives, up to DECODERS
-        // batches decode at once on the runtime's threads, and this task
-        // folds them in log order. Whatever is ready forms a batch, so a
-        // replay moves in large batches and a live event is folded at once.
-        let mut decoded = messages
-            .ready_chunks(BATCH)
-            .map(|batch| tokio::spawn(async move { decode_batch(batch) }))
-            .buffered(DECODERS);
+        let mut decoded = pipeline(messages);
         loop {
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -411,18 +412,93 @@ impl Projection {
                 },
             };
             for event in batch {
-                match event.envelope {
-                    Ok(envelope) => self.apply(event.seq, &envelope),
-                    Err(e) => {
-                        tracing::debug!(seq = event.seq, error = %e, "skipping an undecodable event");
-                        self.skipped.fetch_add(1, Ordering::Relaxed);
-                        self.applied.fetch_max(event.seq, Ordering::Relaxed);
-                    }
-                }
-                if event.pending == 0 {
+                let pending = event.pending;
+                self.fold(event);
+                if pending == 0 {
                     self.caught_up.store(true, Ordering::Relaxed);
                 }
             }
+        }
+    }
+
+    /// Folds the log up to `last` (or as far as it goes, if events past
+    /// `last` never match the filter). Returns false when `shutdown` came
+    /// first.
+    async fn catch_up(
+        &self,
+        stream: &jetstream::stream::Stream,
+        subjects: &Subjects,
+        last: u64,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, FollowError> {
+        let err = |e: &dyn std::fmt::Display| FollowError(e.to_string());
+        let mut consumer = stream
+            .create_consumer(pull::Config {
+                filter_subject: subjects.all_events(),
+                deliver_policy: after(self.applied_seq()),
+                ack_policy: AckPolicy::None,
+                memory_storage: true,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err(&e))?;
+        let name = consumer.cached_info().name.clone();
+        let result = async {
+            if consumer.info().await.map_err(|e| err(&e))?.num_pending == 0 {
+                return Ok(true);
+            }
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(CATCH_UP_BATCH)
+                .messages()
+                .await
+                .map_err(|e| err(&e))?;
+            let mut decoded = pipeline(messages);
+            loop {
+                let batch = tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(false),
+                    next = decoded.next() => match next {
+                        Some(Ok(batch)) => batch?,
+                        Some(Err(e)) => return Err(err(&e)),
+                        None => return Err(FollowError("the catch-up consumer ended".into())),
+                    },
+                };
+                let mut done = false;
+                for event in batch {
+                    done |= event.seq >= last || event.pending == 0;
+                    self.fold(event);
+                }
+                if done {
+                    return Ok(true);
+                }
+            }
+        }
+        .await;
+        // Best effort: the server removes it after its inactive threshold anyway.
+        let _ = stream.delete_consumer(&name).await;
+        result
+    }
+
+    fn fold(&self, event: Decoded) {
+        match event.envelope {
+            Ok(envelope) => self.apply(event.seq, &envelope),
+            Err(e) => {
+                tracing::debug!(seq = event.seq, error = %e, "skipping an undecodable event");
+                self.skipped.fetch_add(1, Ordering::Relaxed);
+                self.applied.fetch_max(event.seq, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Delivery from the sequence after `seq`.
+fn after(seq: u64) -> DeliverPolicy {
+    if seq == 0 {
+        DeliverPolicy::All
+    } else {
+        DeliverPolicy::ByStartSequence {
+            start_sequence: seq + 1,
         }
     }
 }
@@ -431,6 +507,23 @@ impl Projection {
 const BATCH: usize = 512;
 /// Batches decoded at once.
 const DECODERS: usize = 2;
+/// Messages per pull request while catching up: fewer round trips than the
+/// ordered consumer's 500.
+const CATCH_UP_BATCH: usize = 4096;
+
+/// Three stages overlap: the client library receives, up to [`DECODERS`]
+/// batches decode at once on the runtime's threads, and the caller folds
+/// them in log order. Whatever is ready forms a batch, so a replay moves in
+/// large batches and a live event is folded at once.
+fn pipeline<E: std::fmt::Display + Send + 'static>(
+    messages: impl futures::Stream<Item = Result<jetstream::Message, E>> + Send + 'static,
+) -> impl futures::Stream<Item = Result<Result<Vec<Decoded>, FollowError>, tokio::task::JoinError>>
+{
+    messages
+        .ready_chunks(BATCH)
+        .map(|batch| tokio::spawn(async move { decode_batch(batch) }))
+        .buffered(DECODERS)
+}
 
 /// A stored event, decoded (or not) and ready to fold.
 struct Decoded {
@@ -440,11 +533,9 @@ struct Decoded {
     envelope: Result<Envelope, codec::DecodeError>,
 }
 
-type Delivery = Result<jetstream::Message, async_nats::error::Error<
-    jetstream::consumer::pull::OrderedErrorKind,
->>;
-
-fn decode_batch(batch: Vec<Delivery>) -> Result<Vec<Decoded>, FollowError> {
+fn decode_batch<E: std::fmt::Display>(
+    batch: Vec<Result<jetstream::Message, E>>,
+) -> Result<Vec<Decoded>, FollowError> {
     let limits = Limits::default();
     let empty = async_nats::HeaderMap::new();
     batch

@@ -112,6 +112,10 @@ async fn main() -> anyhow::Result<()> {
                 "median_seconds": figures.full.seconds,
                 "events_per_second": rate.round(),
                 "ratio_to_delivery": (rate / figures.delivery.rate() * 1000.0).round() / 1000.0,
+                "cpu_us_per_event_client": (figures.cpu.client_us * 100.0).round() / 100.0,
+                "cpu_us_per_event_server": (figures.cpu.server_us * 100.0).round() / 100.0,
+                "delivery_cpu_us_per_event_client": (figures.delivery_cpu.client_us * 100.0).round() / 100.0,
+                "delivery_cpu_us_per_event_server": (figures.delivery_cpu.server_us * 100.0).round() / 100.0,
                 "resident_bytes_per_execution": per_execution.round(),
                 "resident_mib_per_100k_executions": (per_execution * 100_000.0 / 1_048_576.0).round(),
             })

@@ -22,6 +22,57 @@ use runlog_testkit::NatsServer;
 
 use crate::{Figure, median, resident_bytes};
 
+/// CPU time (user + system) of a process so far, in seconds (Linux).
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name, which may hold spaces: utime and stime
+    // are the 12th and 13th of them.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return 0.0;
+    };
+    let mut fields = rest.split_whitespace().skip(11);
+    let tick = |f: Option<&str>| f.and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let (user, system) = (tick(fields.next()), tick(fields.next()));
+    // USER_HZ is 100 on Linux.
+    (user + system) / 100.0
+}
+
+/// CPU spent by this process and by the server during one phase, in
+/// microseconds per event.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cpu {
+    /// This process: the client library, decoding and folding.
+    pub client_us: f64,
+    /// nats-server.
+    pub server_us: f64,
+}
+
+struct CpuClock {
+    server: u32,
+    client: f64,
+    server_start: f64,
+}
+
+impl CpuClock {
+    fn start(server: u32) -> Self {
+        CpuClock {
+            server,
+            client: cpu_seconds(std::process::id()),
+            server_start: cpu_seconds(server),
+        }
+    }
+
+    fn per_event(&self, events: usize) -> Cpu {
+        let n = events.max(1) as f64;
+        Cpu {
+            client_us: (cpu_seconds(std::process::id()) - self.client) * 1e6 / n,
+            server_us: (cpu_seconds(self.server) - self.server_start) * 1e6 / n,
+        }
+    }
+}
+
 /// The figures of one `replay` scenario (medians over the runs).
 pub struct Replay {
     /// The projection rebuilt through `Projection::follow`.
@@ -32,6 +83,11 @@ pub struct Replay {
     pub fold: Figure,
     /// Resident memory the projection grew by, per execution.
     pub bytes_per_execution: f64,
+    /// CPU per event of the rebuild and of delivery alone (of the median
+    /// run of each).
+    pub cpu: Cpu,
+    /// CPU per event of delivery alone.
+    pub delivery_cpu: Cpu,
 }
 
 /// Seeds a fresh server with `events` lifecycle events (four per execution,
@@ -49,11 +105,15 @@ pub async fn run(events: usize, runs: usize) -> anyhow::Result<Replay> {
         .await?
         .state
         .last_sequence;
+    let pid = server.pid().context("nats-server has no pid")?;
     let (mut full, mut delivery, mut fold) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut cpu, mut delivery_cpu) = (Vec::new(), Vec::new());
     let mut bytes_per_execution = 0.0;
     for run in 0..runs {
         let resident_before = resident_bytes();
+        let clock = CpuClock::start(pid);
         let (figure, projection) = follow(&js, &subjects, last, executions * 4).await?;
+        cpu.push((figure.seconds, clock.per_event(figure.tasks)));
         if run == 0 {
             // The first run grows the heap from nothing: its growth is what
             // the projection holds.
@@ -68,15 +128,19 @@ pub async fn run(events: usize, runs: usize) -> anyhow::Result<Replay> {
         }
         drop(projection);
         full.push(figure);
+        let clock = CpuClock::start(pid);
         let (figure, messages) = read_all(&js, &subjects, last).await?;
+        delivery_cpu.push((figure.seconds, clock.per_event(figure.tasks)));
         delivery.push(figure);
-        for (parts, batch) in [(1, 500), (1, 5000), (2, 500), (2, 5000), (4, 2000)] {
-            let f = read_ranges(&js, &subjects, last, parts, batch).await?;
-            eprintln!("ranges x{parts} batch {batch}: {:.0} events/s", f.rate());
-        }
         fold.push(fold_from_memory(&messages, executions)?);
     }
+    let median_cpu = |mut v: Vec<(f64, Cpu)>| {
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        v[v.len() / 2].1
+    };
     Ok(Replay {
+        cpu: median_cpu(cpu),
+        delivery_cpu: median_cpu(delivery_cpu),
         full: median(full),
         delivery: median(delivery),
         fold: median(fold),
@@ -217,64 +281,6 @@ async fn read_all(
         seconds: started.elapsed().as_secs_f64(),
     };
     Ok((figure, kept))
-}
-
-/// Delivery through `parts` ephemeral pull consumers (no acks) over
-/// sequence ranges read at once, `batch` messages per pull request.
-async fn read_ranges(
-    js: &jetstream::Context,
-    subjects: &Subjects,
-    last: u64,
-    parts: u64,
-    batch: usize,
-) -> anyhow::Result<Figure> {
-    use async_nats::jetstream::consumer::AckPolicy;
-    let started = Instant::now();
-    let step = last.div_ceil(parts);
-    let stream = js.get_stream_no_info(subjects.exec_stream()).await?;
-    let reads = (0..parts).map(|i| {
-        let stream = stream.clone();
-        let filter = subjects.all_events();
-        async move {
-            let (from, to) = (1 + i * step, ((i + 1) * step).min(last));
-            let consumer = stream
-                .create_consumer(pull::Config {
-                    filter_subject: filter,
-                    deliver_policy: DeliverPolicy::ByStartSequence {
-                        start_sequence: from,
-                    },
-                    ack_policy: AckPolicy::None,
-                    inactive_threshold: std::time::Duration::from_secs(10),
-                    memory_storage: true,
-                    ..Default::default()
-                })
-                .await?;
-            let mut messages = consumer
-                .stream()
-                .max_messages_per_batch(batch)
-                .messages()
-                .await?;
-            let mut count = 0usize;
-            while let Some(message) = messages.next().await {
-                let message = message.map_err(|e| anyhow::anyhow!("{e}"))?;
-                let seq = message.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
-                if seq > to {
-                    break;
-                }
-                count += 1;
-                if seq == to {
-                    break;
-                }
-            }
-            anyhow::Ok(count)
-        }
-    });
-    let counts = futures::future::try_join_all(reads).await?;
-    Ok(Figure {
-        scenario: "replay_delivery_ranges",
-        tasks: counts.iter().sum(),
-        seconds: started.elapsed().as_secs_f64(),
-    })
 }
 
 /// Decode and fold alone, from memory, into a fresh projection.
