@@ -117,7 +117,11 @@ fn structured_events_follow_the_cloudevents_json_format() {
 /// order, unknown extensions, the attempt as a string.
 #[test]
 fn structured_events_from_other_writers_decode() {
-    let headers = with(&HeaderMap::new(), header::CONTENT_TYPE, codec::CLOUDEVENTS_JSON);
+    let headers = with(
+        &HeaderMap::new(),
+        header::CONTENT_TYPE,
+        codec::CLOUDEVENTS_JSON,
+    );
     let body = br#"{"data": {"worker": "w9"}, "comexampleext": [1, {"a": 2}],
         "attempt": "3", "time": "2026-11-23T12:00:00+01:00", "subject": "e7",
         "source": "/elsewhere", "type": "runlog.execution.started",
@@ -125,7 +129,10 @@ fn structured_events_from_other_writers_decode() {
     let env = codec::decode(&headers, body, &Limits::default()).unwrap();
     assert_eq!(env.attempt, 3);
     assert_eq!(env.execution.as_str(), "e7");
-    assert_eq!(env.time, Utc.with_ymd_and_hms(2026, 11, 23, 11, 0, 0).unwrap());
+    assert_eq!(
+        env.time,
+        Utc.with_ymd_and_hms(2026, 11, 23, 11, 0, 0).unwrap()
+    );
     assert_eq!(
         env.event,
         Event::Started(Started {
@@ -186,9 +193,10 @@ fn bad_structured_events_are_typed() {
     assert_eq!(err.kind(), DecodeErrorKind::InvalidBody);
     assert!(err.to_string().contains("started"), "{err}");
     // A member twice is ambiguous: refused, whichever member it is.
-    let twice = String::from_utf8(body.to_vec())
-        .unwrap()
-        .replacen('{', r#"{"subject": "other", "#, 1);
+    let twice =
+        String::from_utf8(body.to_vec())
+            .unwrap()
+            .replacen('{', r#"{"subject": "other", "#, 1);
     assert_eq!(
         kind(&headers, twice.as_bytes()),
         DecodeErrorKind::InvalidAttribute

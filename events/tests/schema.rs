@@ -327,7 +327,10 @@ fn example_bodies_validate() {
         let (headers, body) = codec::encode(&env, Format::Json).unwrap();
         let structured: Value = serde_json::from_slice(&body).unwrap();
         let bad = errors(&cloudevent_schema, &structured);
-        assert!(bad.is_empty(), "{ty} event {structured} is invalid: {bad:?}");
+        assert!(
+            bad.is_empty(),
+            "{ty} event {structured} is invalid: {bad:?}"
+        );
         let json_body = structured["data"].clone();
         let bad = errors(&body_schema, &json_body);
         assert!(
@@ -340,7 +343,10 @@ fn example_bodies_validate() {
         // MessagePack maps carry the same names, so the same schema applies.
         let (headers, body) = codec::encode(&env, Format::MessagePack).unwrap();
         let msgpack: Value = rmp_serde::from_slice(&body).unwrap();
-        assert_eq!(msgpack, structured, "{ty} MessagePack and JSON events differ");
+        assert_eq!(
+            msgpack, structured,
+            "{ty} MessagePack and JSON events differ"
+        );
         let back = codec::decode(&headers, &body, &Limits::default()).unwrap();
         assert_eq!(back, env, "{ty} does not round-trip through MessagePack");
 

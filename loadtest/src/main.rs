@@ -505,4 +505,3 @@ async fn worker_throughput(args: &Args) -> anyhow::Result<(Figure, f64, f64)> {
         peak,
     ))
 }
-

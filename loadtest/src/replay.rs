@@ -268,7 +268,10 @@ async fn read_all(
     let mut kept = Vec::with_capacity(last as usize);
     while let Some(message) = messages.next().await {
         let message = message?;
-        let seq = message.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+        let seq = message
+            .info()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .stream_sequence;
         let headers = message.headers.clone().unwrap_or_default();
         kept.push((seq, headers, message.payload.clone()));
         if seq >= last {
@@ -297,7 +300,10 @@ fn fold_from_memory(
     }
     let seconds = started.elapsed().as_secs_f64();
     if projection.len() != executions {
-        bail!("folded {} executions, expected {executions}", projection.len());
+        bail!(
+            "folded {} executions, expected {executions}",
+            projection.len()
+        );
     }
     Ok(Figure {
         scenario: "replay_fold",

@@ -13,7 +13,10 @@ pub(super) fn spec_version(name: &'static str, v: &str) -> Result<(), DecodeErro
     if v == SPEC_VERSION {
         Ok(())
     } else {
-        Err(invalid(name, format!("expected 1.0, got {:?}", truncate(v))))
+        Err(invalid(
+            name,
+            format!("expected 1.0, got {:?}", truncate(v)),
+        ))
     }
 }
 

@@ -21,13 +21,12 @@ pub fn encode(envelope: &Envelope, format: Format) -> Result<(HeaderMap, Bytes),
                 reason: "longer than 1024 bytes",
             });
         }
-        let value =
-            value
-                .parse::<async_nats::HeaderValue>()
-                .map_err(|_| EncodeError::InvalidAttribute {
-                    name,
-                    reason: "contains a line break",
-                })?;
+        let value = value.parse::<async_nats::HeaderValue>().map_err(|_| {
+            EncodeError::InvalidAttribute {
+                name,
+                reason: "contains a line break",
+            }
+        })?;
         headers.insert(name, value);
         Ok(())
     };

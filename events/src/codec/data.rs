@@ -204,4 +204,3 @@ fn msgpack_error(e: rmp_serde::decode::Error, event_type: Option<EventType>) -> 
         }
     }
 }
-

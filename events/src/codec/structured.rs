@@ -164,7 +164,12 @@ struct Read {
 }
 
 impl Read {
-    fn keep<T>(&mut self, slot: fn(&mut Read) -> &mut Option<T>, name: &'static str, value: Result<T, DecodeError>) {
+    fn keep<T>(
+        &mut self,
+        slot: fn(&mut Read) -> &mut Option<T>,
+        name: &'static str,
+        value: Result<T, DecodeError>,
+    ) {
         if self.problem.is_some() {
             return;
         }
@@ -247,7 +252,8 @@ impl<'de> Visitor<'de> for Whole<'_> {
                     read.keep(|r| &mut r.source, "source", v);
                 }
                 Member::Subject => {
-                    let v = map.next_value_seed(Text(|s: &str| attributes::subject("subject", s)))?;
+                    let v =
+                        map.next_value_seed(Text(|s: &str| attributes::subject("subject", s)))?;
                     read.keep(|r| &mut r.subject, "subject", v);
                 }
                 Member::Time => {
@@ -265,8 +271,9 @@ impl<'de> Visitor<'de> for Whole<'_> {
                     read.keep(|r| &mut r.correlation_id, "correlationid", v);
                 }
                 Member::Traceparent => {
-                    let v =
-                        map.next_value_seed(Text(|s: &str| attributes::traceparent("traceparent", s)))?;
+                    let v = map.next_value_seed(Text(|s: &str| {
+                        attributes::traceparent("traceparent", s)
+                    }))?;
                     read.keep(|r| &mut r.traceparent, "traceparent", v);
                 }
                 Member::Data if read.data.is_some() || read.early_data.is_some() => {
