@@ -588,9 +588,9 @@ async fn bad_input_on_every_subject_is_counted_and_everything_keeps_running() ->
     )
     .await?;
 
-    // Work items (the worker): junk and a wrong schema are terminated,
-    // which the server records as MSG_TERMINATED advisories in the DLQ
-    // stream; an item of an unknown execution is dropped.
+    // Work items (the worker): junk, a wrong schema and an item of an
+    // unknown execution are terminated, which the server records as
+    // MSG_TERMINATED advisories in the DLQ stream.
     let queue: runlog_events::QueueName = "default".parse()?;
     let normal = runlog_events::Priority::Normal;
     publish(
@@ -751,9 +751,9 @@ async fn bad_input_on_every_subject_is_counted_and_everything_keeps_running() ->
         }
     };
     let dlq_after = wait(
-        "two MSG_TERMINATED advisories",
+        "three MSG_TERMINATED advisories and two forged ones",
         Duration::from_secs(20),
-        || async { dlq_messages().await.filter(|n| *n >= dlq_before + 4) },
+        || async { dlq_messages().await.filter(|n| *n >= dlq_before + 5) },
     )
     .await?;
     let events: Value = http
@@ -788,15 +788,15 @@ async fn bad_input_on_every_subject_is_counted_and_everything_keeps_running() ->
     let bad = after["reactor"]["bad"].as_u64().unwrap_or(0)
         - before["reactor"]["bad"].as_u64().unwrap_or(0);
     ensure!(
-        (skipped, bad, dlq_after - dlq_before) == (8, 7, 4),
+        (skipped, bad, dlq_after - dlq_before) == (8, 7, 5),
         "every bad item counted once: skipped_events +{skipped} (want 8), reactor bad +{bad} \
-         (want 7), RUNLOG_DLQ +{} (want 4)",
+         (want 7), RUNLOG_DLQ +{} (want 5)",
         dlq_after - dlq_before
     );
     println!(
         "[bad input] projection skipped_events +{skipped} (5 undecodable + 3 refused sent), \
          reactor bad +{bad} (5 event + 1 timer + 1 advisory sent), RUNLOG_DLQ +{} \
-         (2 MSG_TERMINATED of the junk work items + the 2 forged advisories), rejected: bad-bytes ({}), bad-schema ({}); victim's forged \
+         (3 MSG_TERMINATED of the junk, wrong-schema and unknown-execution work items + the 2 forged advisories), rejected: bad-bytes ({}), bad-schema ({}); victim's forged \
          events listed as skipped: {}; intake refused: {}; the normal task then succeeded \
          ({} log lines readable); engine and worker still running",
         dlq_after - dlq_before,

@@ -28,6 +28,7 @@ use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use runlog_events::journal::{Journal, TransitionError};
+use runlog_events::decider::{Rejection, Status};
 use runlog_events::{ErrorClass, Subjects, TaskError, WorkItem};
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
@@ -205,13 +206,27 @@ pub(crate) async fn execute(
             ack(&message).await;
             return;
         }
-        Err(AttemptError::Transition(TransitionError::Rejected(rejection))) => {
-            tracing::warn!(execution = %exec, code = rejection.code(), error = %rejection, "work item refused; dropping it");
-            ack(&message).await;
+        // An item of an execution that was never submitted is terminated,
+        // not acknowledged: the server's MSG_TERMINATED advisory lands in
+        // the dead-letter stream, so the stray item is counted and visible.
+        Err(
+            AttemptError::NoSpec(_)
+            | AttemptError::Transition(TransitionError::Rejected(
+                Rejection::NotFound
+                | Rejection::WrongStatus {
+                    status: Status::New,
+                    ..
+                },
+            )),
+        ) => {
+            tracing::warn!(execution = %exec, "work item of an execution without a submission; terminating it");
+            if let Err(e) = message.ack_with(AckKind::Term).await {
+                tracing::warn!(error = %e, "cannot terminate a work item");
+            }
             return;
         }
-        Err(AttemptError::NoSpec(_)) => {
-            tracing::warn!(execution = %exec, "work item of an execution without a submission; dropping it");
+        Err(AttemptError::Transition(TransitionError::Rejected(rejection))) => {
+            tracing::warn!(execution = %exec, code = rejection.code(), error = %rejection, "work item refused; dropping it");
             ack(&message).await;
             return;
         }
