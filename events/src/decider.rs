@@ -201,6 +201,29 @@ pub enum InvalidTransition {
     },
 }
 
+/// The status an event leaves its execution in when it applies, read from
+/// the event alone: what a feed filter or a live table needs while it sees
+/// one event at a time. [`evolve`] is the truth; it also refuses events.
+pub fn status_after(event: &Event) -> Status {
+    match event {
+        Event::Submitted(_) => Status::Pending,
+        Event::Queued(_) | Event::AttemptLost(_) => Status::Queued,
+        Event::Started(_)
+        | Event::Progress(_)
+        | Event::Log(_)
+        | Event::Heartbeat(_)
+        | Event::CancelRequested(_) => Status::Running,
+        Event::Succeeded(_) => Status::Succeeded,
+        Event::Failed(_) => Status::Failed,
+        Event::TimedOut(t) if t.scope == crate::event::TimeoutScope::Attempt => Status::Failed,
+        Event::TimedOut(_) => Status::TimedOut,
+        Event::RetryScheduled(_) => Status::RetryScheduled,
+        Event::Cancelled(_) => Status::Cancelled,
+        Event::DeadLettered(_) => Status::DeadLettered,
+        Event::Rejected(_) => Status::Rejected,
+    }
+}
+
 /// Folds one event into the state. Impossible events leave the state
 /// unchanged; use [`check`] to learn why.
 pub fn evolve(mut state: ExecutionState, envelope: &Envelope) -> ExecutionState {

@@ -13,7 +13,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use runlog_events::event::TimeoutScope;
+use runlog_events::decider;
 use runlog_events::{Envelope, Event, Status};
 use serde_json::{Value, json};
 
@@ -107,7 +107,10 @@ async fn lines(args: &Args, feed: &mut Feed) -> Result<Exit, Error> {
                     continue;
                 };
                 if !args.filters.status.is_empty()
-                    && !args.filters.status.contains(&status_after(&envelope.event))
+                    && !args
+                        .filters
+                        .status
+                        .contains(&decider::status_after(&envelope.event))
                 {
                     continue;
                 }
@@ -135,30 +138,6 @@ fn clock(t: DateTime<Utc>) -> String {
     t.with_timezone(&chrono::Local)
         .format("%H:%M:%S%.3f")
         .to_string()
-}
-
-/// The state an event leaves its execution in.
-///
-/// The engine's `/v1/stream` status filter uses the same mapping; it would
-/// belong in `runlog-events` next to `evolve`, which needs the whole history.
-fn status_after(event: &Event) -> Status {
-    match event {
-        Event::Submitted(_) => Status::Pending,
-        Event::Queued(_) | Event::AttemptLost(_) => Status::Queued,
-        Event::Started(_)
-        | Event::Progress(_)
-        | Event::Log(_)
-        | Event::Heartbeat(_)
-        | Event::CancelRequested(_) => Status::Running,
-        Event::Succeeded(_) => Status::Succeeded,
-        Event::Failed(_) => Status::Failed,
-        Event::TimedOut(t) if t.scope == TimeoutScope::Attempt => Status::Failed,
-        Event::TimedOut(_) => Status::TimedOut,
-        Event::RetryScheduled(_) => Status::RetryScheduled,
-        Event::Cancelled(_) => Status::Cancelled,
-        Event::DeadLettered(_) => Status::DeadLettered,
-        Event::Rejected(_) => Status::Rejected,
-    }
 }
 
 /// One row: the execution as last listed or evolved by events.
@@ -320,7 +299,7 @@ impl<'a> Screen<'a> {
         }
         let s = &mut row.summary;
         s.last_seq = seq;
-        s.status = status_after(&envelope.event);
+        s.status = decider::status_after(&envelope.event);
         s.attempt = s.attempt.max(envelope.attempt);
         match &envelope.event {
             Event::Submitted(sub) => {

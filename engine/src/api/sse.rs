@@ -21,7 +21,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use runlog_events::codec::{self, Limits};
-use runlog_events::decider::Status;
+use runlog_events::decider::{self, Status};
 use runlog_events::event::{Event, TimeoutScope};
 use runlog_events::{Envelope, ExecutionId, QueueName, direct};
 use serde::Deserialize;
@@ -74,27 +74,6 @@ fn ends_execution(event: &Event) -> bool {
             true
         }
         _ => false,
-    }
-}
-
-/// The status an event leaves its execution in (for the `status` filter).
-fn status_after(event: &Event) -> Status {
-    match event {
-        Event::Submitted(_) => Status::Pending,
-        Event::Queued(_) | Event::AttemptLost(_) => Status::Queued,
-        Event::Started(_)
-        | Event::Progress(_)
-        | Event::Log(_)
-        | Event::Heartbeat(_)
-        | Event::CancelRequested(_) => Status::Running,
-        Event::Succeeded(_) => Status::Succeeded,
-        Event::Failed(_) => Status::Failed,
-        Event::TimedOut(t) if t.scope == TimeoutScope::Attempt => Status::Failed,
-        Event::TimedOut(_) => Status::TimedOut,
-        Event::RetryScheduled(_) => Status::RetryScheduled,
-        Event::Cancelled(_) => Status::Cancelled,
-        Event::DeadLettered(_) => Status::DeadLettered,
-        Event::Rejected(_) => Status::Rejected,
     }
 }
 
@@ -163,7 +142,8 @@ pub(super) async fn execution(
                         }
                         last = stored.seq;
                         if ends_execution(&stored.envelope.event) {
-                            let _ = send(&tx, end(status_after(&stored.envelope.event))).await;
+                            let _ =
+                                send(&tx, end(decider::status_after(&stored.envelope.event))).await;
                             return;
                         }
                     }
@@ -241,7 +221,7 @@ pub(super) async fn all(
     let response = sse(&state, rx);
     tokio::spawn(async move {
         let wanted = |envelope: &Envelope| -> bool {
-            if !statuses.is_empty() && !statuses.contains(&status_after(&envelope.event)) {
+            if !statuses.is_empty() && !statuses.contains(&decider::status_after(&envelope.event)) {
                 return false;
             }
             match &queue {
