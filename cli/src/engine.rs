@@ -32,6 +32,10 @@ pub struct Args {
     /// Serve the API and projections only; leave reactions to other replicas.
     #[arg(long, env = "RUNLOG_NO_REACTOR")]
     no_reactor: bool,
+    /// Seconds without progress or log lines (worker alive) after which a
+    /// running attempt is shown as stuck (default 300).
+    #[arg(long, env = "RUNLOG_STUCK_AFTER")]
+    stuck_after: Option<u64>,
 }
 
 impl Args {
@@ -54,6 +58,9 @@ impl Args {
         }
         if self.no_reactor {
             config.reactor = false;
+        }
+        if let Some(secs) = self.stuck_after {
+            config.stuck_after_secs = secs;
         }
         Ok(config)
     }

@@ -873,17 +873,33 @@ async fn a_stuck_task_shows_no_progress_and_times_out_at_its_deadline() -> Resul
             &heartbeat.payload,
             &codec::Limits::default(),
         )?;
-        let stuck_signal = view.get("stuck").or_else(|| view.get("last_progress_at"));
-        println!(
-            "[stuck] {id}: status {}, progress {}, attempt deadline {}, last heartbeat {} ms ago; \
-             stuck indicator in GET /v1/executions/{{id}}: {}",
-            view["status"],
-            view["progress"],
-            view["attempts"][0]["deadline"],
-            (Utc::now() - envelope.time).num_milliseconds(),
-            stuck_signal.map_or("none".to_owned(), |v| v.to_string()),
-        );
         ensure!(view["progress"].is_null(), "{id} reports progress: {view}");
+        // The engine runs with RUNLOG_STUCK_AFTER=2: silent for 2 s while
+        // its worker still beats, the attempt is shown as stuck before its
+        // deadline ends it.
+        let stuck = wait(
+            &format!("{id} shown stuck"),
+            Duration::from_secs(4),
+            || async {
+                let view = execution(&http, &base, id).await.ok()?;
+                (view["stuck"] == true).then_some(view)
+            },
+        )
+        .await?;
+        println!(
+            "[stuck] {id}: status {}, progress {}, attempt deadline {}, last heartbeat {} ms ago \
+             (at {}); GET /v1/executions/{{id}} shows stuck: {}",
+            stuck["status"],
+            stuck["progress"],
+            stuck["attempts"][0]["deadline"],
+            (Utc::now() - envelope.time).num_milliseconds(),
+            stuck["last_heartbeat_at"],
+            stuck["stuck"],
+        );
+        ensure!(
+            stuck["status"] == "running",
+            "{id} is stuck while running: {stuck}"
+        );
     }
     ledger_deadlines(&client, &attempt_deadline, &execution_deadline).await
 }

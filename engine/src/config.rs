@@ -186,6 +186,10 @@ pub struct EngineConfig {
     /// Seconds between projection snapshots (0: never), so a restart
     /// replays only the tail of the log.
     pub snapshot_interval_secs: u64,
+    /// Seconds a running attempt may go without progress or a log line,
+    /// while its worker still sends heartbeats, before the API shows it as
+    /// `stuck`.
+    pub stuck_after_secs: u64,
 }
 
 impl Default for EngineConfig {
@@ -195,6 +199,7 @@ impl Default for EngineConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             reactor: true,
             snapshot_interval_secs: 60,
+            stuck_after_secs: 300,
         }
     }
 }

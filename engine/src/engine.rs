@@ -177,6 +177,7 @@ impl Engine {
             shutdown: shutdown.clone(),
             operations: operations.clone(),
             reactor: reactor_stats.clone(),
+            stuck_after: Duration::from_secs(config.stuck_after_secs),
         };
         tasks.spawn(operations.supervise(state.clone(), shutdown.clone()));
         let listener = tokio::net::TcpListener::bind(config.listen)

@@ -154,6 +154,8 @@ impl EngineProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_runlog"))
             .args(&self.args)
             .env("RUNLOG_LOG", "warn")
+            // Two silent seconds with the worker alive show a task as stuck.
+            .env("RUNLOG_STUCK_AFTER", "2")
             .stdout(Stdio::piped())
             .stderr(log_file(&self.log)?)
             .spawn()?;

@@ -320,11 +320,16 @@ pub(super) async fn get(State(state): State<ApiState>, Path(id): Path<String>) -
         Err(problem) => return problem.into_response(),
     };
     let s = &history.state;
-    let progress = if s.status == Status::Running {
-        latest_progress(&state, &execution, s.attempt).await
+    let (progress, activity) = if s.status == Status::Running {
+        let (progress, activity) = tokio::join!(
+            latest_progress(&state, &execution, s.attempt),
+            activity(&state, &execution, s.attempt),
+        );
+        (progress, Some(activity))
     } else {
-        None
+        (None, None)
     };
+    let liveness = activity.map(|a| a.judge(s.started_at, state.stuck_after, Utc::now()));
     let last_error = s.errors.last().map(|e| &e.error);
     Json(json!({
         "id": execution,
@@ -344,8 +349,85 @@ pub(super) async fn get(State(state): State<ApiState>, Path(id): Path<String>) -
         "spec": s.spec.as_ref().map(redacted),
         "attempts": attempts(&history),
         "last_seq": history.last_seq,
+        "last_progress_at": liveness.as_ref().and_then(|l| l.last_progress_at),
+        "last_log_at": liveness.as_ref().and_then(|l| l.last_log_at),
+        "last_heartbeat_at": liveness.as_ref().and_then(|l| l.last_heartbeat_at),
+        "stuck": liveness.as_ref().is_some_and(|l| l.stuck),
     }))
     .into_response()
+}
+
+/// When the running attempt last showed a sign of life.
+#[derive(Debug, Default)]
+struct Activity {
+    last_progress_at: Option<DateTime<Utc>>,
+    last_log_at: Option<DateTime<Utc>>,
+    last_heartbeat_at: Option<DateTime<Utc>>,
+}
+
+/// What [`Activity`] says of the attempt.
+#[derive(Debug)]
+struct Liveness {
+    last_progress_at: Option<DateTime<Utc>>,
+    last_log_at: Option<DateTime<Utc>>,
+    last_heartbeat_at: Option<DateTime<Utc>>,
+    stuck: bool,
+}
+
+impl Activity {
+    /// Stuck: no progress and no log line for `stuck_after` since the start
+    /// (or the last of them), while the worker still sent a heartbeat after
+    /// that silence began. A worker that died is not "stuck": its attempt is
+    /// lost, and the deadline or the redelivery deals with it.
+    fn judge(
+        self,
+        started_at: Option<DateTime<Utc>>,
+        stuck_after: std::time::Duration,
+        now: DateTime<Utc>,
+    ) -> Liveness {
+        let last_sign = [started_at, self.last_progress_at, self.last_log_at]
+            .into_iter()
+            .flatten()
+            .max();
+        let stuck = match (last_sign, self.last_heartbeat_at) {
+            (Some(sign), Some(beat)) => {
+                let silent = (now - sign).to_std().unwrap_or_default();
+                let beat_age = (now - beat).to_std().unwrap_or_default();
+                silent >= stuck_after && beat > sign && beat_age < stuck_after
+            }
+            _ => false,
+        };
+        Liveness {
+            last_progress_at: self.last_progress_at,
+            last_log_at: self.last_log_at,
+            last_heartbeat_at: self.last_heartbeat_at,
+            stuck,
+        }
+    }
+}
+
+/// The times of the newest progress report, log batch and heartbeat of
+/// `attempt` (telemetry stream).
+async fn activity(state: &ApiState, execution: &ExecutionId, attempt: u32) -> Activity {
+    let prefix = state.subjects.prefix();
+    let time_of = |kind: &'static str| {
+        let subject = format!("{prefix}.{kind}.{execution}");
+        async move {
+            let stored = direct::last(&state.js, &state.subjects.logs_stream(), &subject)
+                .await
+                .ok()??;
+            let envelope =
+                codec::decode(&stored.headers, &stored.payload, &codec::Limits::default()).ok()?;
+            (envelope.attempt == attempt).then_some(envelope.time)
+        }
+    };
+    let (last_progress_at, last_log_at, last_heartbeat_at) =
+        tokio::join!(time_of("progress"), time_of("log"), time_of("heartbeat"));
+    Activity {
+        last_progress_at,
+        last_log_at,
+        last_heartbeat_at,
+    }
 }
 
 /// The newest progress report of the running attempt (telemetry stream).
@@ -645,4 +727,41 @@ async fn copy_sealed_env(
         .await
         .map_err(|e| format!("cannot seal the environment: {e}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp(1_800_000_000 + secs, 0)
+    }
+
+    #[test]
+    fn stuck_means_silent_past_the_limit_while_the_worker_beats() {
+        let limit = std::time::Duration::from_secs(60);
+        let judge = |progress, log, beat, now| {
+            Activity {
+                last_progress_at: progress,
+                last_log_at: log,
+                last_heartbeat_at: beat,
+            }
+            .judge(at(0), limit, at(now).unwrap())
+            .stuck
+        };
+        // Silent for 90 s, heartbeat 5 s ago: stuck.
+        assert!(judge(None, None, at(85), 90));
+        // Silent for 30 s only.
+        assert!(!judge(None, None, at(25), 30));
+        // A log line 10 s ago is a sign of life.
+        assert!(!judge(None, at(80), at(85), 90));
+        // Progress 100 s in, now 170: silent 70 s, worker alive.
+        assert!(judge(at(100), None, at(165), 170));
+        // No heartbeat since the silence began: the worker may be gone,
+        // which is a lost attempt, not a stuck one.
+        assert!(!judge(None, None, None, 90));
+        assert!(!judge(at(100), None, at(90), 170));
+        // The last heartbeat is itself older than the limit.
+        assert!(!judge(None, None, at(10), 200));
+    }
 }

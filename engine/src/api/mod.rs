@@ -70,6 +70,9 @@ pub struct ApiState {
     pub operations: crate::operations::Operations,
     /// The reactor's counters (messages it could not read, retries).
     pub reactor: Arc<crate::reactor::ReactorStats>,
+    /// How long a running attempt may go silent (worker alive) before it is
+    /// shown as stuck.
+    pub stuck_after: std::time::Duration,
 }
 
 /// The API's routes.
