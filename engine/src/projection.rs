@@ -389,6 +389,8 @@ impl Projection {
         if self.applied_seq() < last && !self.catch_up(&stream, subjects, last, &shutdown).await? {
             return Ok(());
         }
+        // Everything stored when following began is folded: that is ready.
+        self.caught_up.store(true, Ordering::Relaxed);
         let mut consumer = stream
             .create_consumer(pull::OrderedConfig {
                 filter_subject: subjects.all_events(),

@@ -718,7 +718,8 @@ async fn two_engines_replaying_the_same_dead_letters_replay_each_once() -> Resul
     let second = runlog_engine::Engine::start(config, stop_second.clone()).await?;
     let second_base = format!("http://{}", second.addr());
     eventually(Duration::from_secs(20), || async {
-        (second.projection().dead_letter_count() >= N).then_some(())
+        let projection = second.projection();
+        (projection.dead_letter_count() >= N && projection.is_caught_up()).then_some(())
     })
     .await?;
 
