@@ -351,21 +351,49 @@ impl Worker {
             replicas: config.replicas.max(1),
             ..Layout::default()
         };
-        layout.ensure(&js).await?;
+        // A cluster electing a leader, or a server still starting, answers
+        // with time-outs: the worker waits for it instead of exiting. An
+        // incompatible stream is a real error and ends the run.
+        let mut pause = Duration::from_millis(250);
+        let sources = loop {
+            let attempt = async {
+                layout.ensure(&js).await?;
+                let mut sources = Vec::new();
+                for queue in &config.queues {
+                    for priority in Priority::ALL {
+                        let consumer =
+                            dispatch_consumer(&js, &layout, &config, queue, priority).await?;
+                        sources.push(fetch::Source { priority, consumer });
+                    }
+                }
+                Ok::<_, WorkerError>(sources)
+            };
+            match attempt.await {
+                Ok(sources) => break sources,
+                Err(
+                    e @ (WorkerError::Consumer { .. }
+                    | WorkerError::Layout(LayoutError::Api { .. })),
+                ) => {
+                    tracing::warn!(error = %e, retry_in = ?pause, "JetStream is not answering yet; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        };
 
-        let mut sources = Vec::new();
         let mut ack_wait = config.ack_wait;
         let mut max_deliver: Option<u64> = None;
-        for queue in &config.queues {
-            for priority in Priority::ALL {
-                let consumer = dispatch_consumer(&js, &layout, &config, queue, priority).await?;
-                ack_wait = ack_wait.min(consumer.cached_info().config.ack_wait);
-                if let Ok(max) = u64::try_from(consumer.cached_info().config.max_deliver)
-                    && max > 0
-                {
-                    max_deliver = Some(max_deliver.map_or(max, |m| m.min(max)));
-                }
-                sources.push(fetch::Source { priority, consumer });
+        for source in &sources {
+            let info = &source.consumer.cached_info().config;
+            ack_wait = ack_wait.min(info.ack_wait);
+            if let Ok(max) = u64::try_from(info.max_deliver)
+                && max > 0
+            {
+                max_deliver = Some(max_deliver.map_or(max, |m| m.min(max)));
             }
         }
         // Well under ack_wait/3, so a held item is never redelivered while we live.
