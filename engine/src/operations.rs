@@ -373,21 +373,8 @@ impl Operations {
         layout: &Layout,
         owner: String,
     ) -> Result<Operations, LayoutError> {
-        let prefix = layout.subjects.prefix();
-        let records = bucket(
-            js,
-            layout,
-            format!("{prefix}-operations"),
-            "bulk operations",
-        )
-        .await?;
-        let replays = bucket(
-            js,
-            layout,
-            format!("{prefix}-replays"),
-            "the replay of each replayed dead letter",
-        )
-        .await?;
+        let records = layout.operations_bucket(js).await?;
+        let replays = layout.replays_bucket(js).await?;
         let (jobs, inbox) = mpsc::channel(64);
         Ok(Operations {
             records,
@@ -844,36 +831,4 @@ async fn cancel_one(state: &ApiState, item: &Item, execution: &ExecutionId) -> O
 /// Whether `s` can be a bucket key (operation ids are execution-id tokens).
 fn valid_key(s: &str) -> bool {
     runlog_events::id::validate_token(s).is_ok()
-}
-
-async fn bucket(
-    js: &jetstream::Context,
-    layout: &Layout,
-    bucket: String,
-    description: &str,
-) -> Result<kv::Store, LayoutError> {
-    if let Ok(store) = js.get_key_value(&bucket).await {
-        return Ok(store);
-    }
-    let created = js
-        .create_key_value(kv::Config {
-            bucket: bucket.clone(),
-            description: format!("runlog: {description}"),
-            history: 1,
-            storage: layout.storage,
-            num_replicas: layout.replicas,
-            ..Default::default()
-        })
-        .await;
-    match created {
-        Ok(store) => Ok(store),
-        // Another engine may have created it in between.
-        Err(e) => js
-            .get_key_value(&bucket)
-            .await
-            .map_err(|_| LayoutError::Api {
-                stream: format!("KV_{bucket}"),
-                source: e.into(),
-            }),
-    }
 }

@@ -264,32 +264,16 @@ impl Layout {
     /// if missing. Entries carry a per-key TTL (`Nats-TTL`), so a lease of a
     /// worker that died expires on its own.
     pub async fn leases_bucket(&self, js: &Context) -> Result<jetstream::kv::Store, LayoutError> {
-        let bucket = self.leases_bucket_name();
-        if let Ok(store) = js.get_key_value(&bucket).await {
-            return Ok(store);
-        }
-        let created = js
-            .create_key_value(jetstream::kv::Config {
-                bucket: bucket.clone(),
+        self.bucket_with(
+            js,
+            jetstream::kv::Config {
+                bucket: self.leases_bucket_name(),
                 description: "runlog concurrency leases and rate windows".to_owned(),
-                history: 1,
-                storage: self.storage,
-                num_replicas: self.replicas,
                 limit_markers: Some(LEASE_MARKER_TTL),
                 ..Default::default()
-            })
-            .await;
-        match created {
-            Ok(store) => Ok(store),
-            // Another component may have created it meanwhile.
-            Err(e) => js
-                .get_key_value(&bucket)
-                .await
-                .map_err(|_| LayoutError::Api {
-                    stream: format!("KV_{bucket}"),
-                    source: e.into(),
-                }),
-        }
+            },
+        )
+        .await
     }
 
     /// The key-value bucket of the limits table (`rate.<key>` → `5/s`,
@@ -322,28 +306,68 @@ impl Layout {
         format!("{}.breaker.>", self.subjects.prefix())
     }
 
+    /// The key-value bucket of bulk operations (`<p>-operations`: the
+    /// audited record of each replay or cancel by filter), created if
+    /// missing.
+    pub async fn operations_bucket(
+        &self,
+        js: &Context,
+    ) -> Result<jetstream::kv::Store, LayoutError> {
+        let bucket = format!("{}-operations", self.subjects.prefix());
+        self.bucket(js, bucket, Duration::ZERO).await
+    }
+
+    /// The key-value bucket of replayed dead letters (`<p>-replays`: one
+    /// create-only key per original), created if missing.
+    pub async fn replays_bucket(&self, js: &Context) -> Result<jetstream::kv::Store, LayoutError> {
+        let bucket = format!("{}-replays", self.subjects.prefix());
+        self.bucket(js, bucket, Duration::ZERO).await
+    }
+
     async fn bucket(
         &self,
         js: &Context,
         bucket: String,
         max_age: Duration,
     ) -> Result<jetstream::kv::Store, LayoutError> {
+        let config = jetstream::kv::Config {
+            bucket,
+            max_age,
+            ..Default::default()
+        };
+        self.bucket_with(js, config).await
+    }
+
+    /// Opens `config.bucket`, or creates it with this layout's storage and
+    /// replicas and one value per key.
+    async fn bucket_with(
+        &self,
+        js: &Context,
+        config: jetstream::kv::Config,
+    ) -> Result<jetstream::kv::Store, LayoutError> {
+        let bucket = config.bucket.clone();
         if let Ok(store) = js.get_key_value(&bucket).await {
             return Ok(store);
         }
-        js.create_key_value(jetstream::kv::Config {
-            bucket: bucket.clone(),
-            history: 1,
-            max_age,
-            storage: self.storage,
-            num_replicas: self.replicas,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| LayoutError::Api {
-            stream: format!("KV_{bucket}"),
-            source: e.into(),
-        })
+        let created = js
+            .create_key_value(jetstream::kv::Config {
+                history: 1,
+                storage: self.storage,
+                num_replicas: self.replicas,
+                ..config
+            })
+            .await;
+        match created {
+            Ok(store) => Ok(store),
+            // Another component may have created it meanwhile.
+            Err(e) => js
+                .get_key_value(&bucket)
+                .await
+                .map_err(|_| LayoutError::Api {
+                    stream: format!("KV_{bucket}"),
+                    source: e.into(),
+                }),
+        }
     }
 
     /// Creates the dispatch consumer of `queue` at `priority` if missing,
