@@ -10,6 +10,15 @@
 //! - `replay` (with `--replay-events`): the engine's projection rebuilt from
 //!   a log of that many events, in events per second.
 //!
+//! With `--scenario`, the end-to-end scenarios run on a whole installation
+//! of real processes each (a fresh nats-server, `runlog engine`, `--workers`
+//! `runlog worker`s with `--worker-concurrency` slots; see [`rig`]):
+//! - `throughput`: enqueue `--n` tasks, then start the workers;
+//! - `mixed`: the producer and the workers at once;
+//! - `latency`: idle workers, `--rate` submissions per second over HTTP,
+//!   submit → `succeeded` read from the SSE feed;
+//! - `fanout`: `--clients` SSE clients on `GET /v1/stream` during `mixed`.
+//!
 //! Each scenario prints a JSON line; a markdown table with the ratio of every
 //! figure to the floor follows.
 
@@ -29,7 +38,12 @@ use runlog_testkit::NatsServer;
 use runlog_worker::{Attempt, Claim};
 use tokio::sync::Semaphore;
 
+mod memory;
 mod replay;
+mod rig;
+mod scenarios;
+
+use scenarios::Shape;
 
 /// Benchmark scenarios against a nats-server started for the run.
 #[derive(Debug, Parser)]
@@ -57,6 +71,34 @@ struct Args {
     /// binary next to this one), and report the worker's memory.
     #[arg(long)]
     worker: bool,
+    /// Also fold this many finished executions into a projection, without
+    /// NATS, and report the resident memory per execution (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    memory_executions: usize,
+    /// End-to-end scenarios to run (repeat or separate with commas).
+    #[arg(long, value_delimiter = ',', value_parser = ["throughput", "mixed", "latency", "fanout"])]
+    scenario: Vec<String>,
+    /// Worker processes of the end-to-end scenarios.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Slots of each worker process.
+    #[arg(long, default_value_t = 32)]
+    worker_concurrency: usize,
+    /// Submissions in flight in the end-to-end scenarios.
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+    /// Submissions per second of `latency`.
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    /// Seconds `latency` submits for.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// SSE clients of `fanout`.
+    #[arg(long, default_value_t = 200)]
+    clients: usize,
+    /// Tasks of `fanout` (default: `--n`).
+    #[arg(long)]
+    fanout_n: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -78,6 +120,24 @@ async fn main() -> anyhow::Result<()> {
     if args.n == 0 || args.concurrency == 0 || args.runs == 0 {
         bail!("--n, --concurrency and --runs must be positive");
     }
+    let mut table = Vec::new();
+    if args.memory_executions > 0 {
+        // First, in a heap nothing else has grown yet.
+        let m = memory::run(args.memory_executions)?;
+        println!(
+            "{}",
+            serde_json::json!({
+                "scenario": "memory",
+                "executions": m.executions,
+                "resident_bytes_per_execution": m.bytes_per_execution.round(),
+                "fold_seconds": (m.seconds * 100.0).round() / 100.0,
+            })
+        );
+        table.push(format!(
+            "| memory, {} finished executions | resident bytes per execution | {:.0} | |",
+            m.executions, m.bytes_per_execution
+        ));
+    }
     let server = NatsServer::start().context("cannot start nats-server")?;
     let mut floor = Vec::new();
     let mut lifecycle = Vec::new();
@@ -87,6 +147,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let floor = median(floor);
     let lifecycle = median(lifecycle);
+    for scenario in &args.scenario {
+        table.extend(end_to_end(&args, scenario, &floor).await?);
+    }
     if args.replay_events > 0 {
         let figures = replay::run(args.replay_events, args.runs).await?;
         let rate = figures.full.rate();
@@ -197,7 +260,138 @@ async fn main() -> anyhow::Result<()> {
             f.rate() / floor.rate()
         );
     }
+    if !table.is_empty() {
+        println!();
+        println!(
+            "| scenario (median of {}) | figure | value | ratio to floor |",
+            args.runs
+        );
+        println!("|---|---|---|---|");
+        for row in table {
+            println!("{row}");
+        }
+    }
     Ok(())
+}
+
+/// Runs one end-to-end scenario `--runs` times, prints its JSON line and
+/// returns its rows of the markdown table.
+async fn end_to_end(args: &Args, scenario: &str, floor: &Figure) -> anyhow::Result<Vec<String>> {
+    let shape = Shape {
+        tasks: args.n,
+        workers: args.workers,
+        concurrency: args.worker_concurrency,
+        window: args.window,
+    };
+    let round = |v: f64| (v * 1000.0).round() / 1000.0;
+    let ratio = |rate: f64| round(rate / floor.rate());
+    let mut rows = Vec::new();
+    let base = serde_json::json!({
+        "scenario": scenario,
+        "runs": args.runs,
+        "workers": args.workers,
+        "worker_concurrency": args.worker_concurrency,
+        "floor_tasks_per_second": floor.rate().round(),
+    });
+    let mut line = base;
+    match scenario {
+        "throughput" | "mixed" => {
+            let mut runs = Vec::new();
+            for _ in 0..args.runs {
+                let run = if scenario == "mixed" {
+                    scenarios::mixed(shape).await?
+                } else {
+                    scenarios::throughput(shape).await?
+                };
+                eprintln!(
+                    "{scenario}: {} tasks, end to end {:.2} s",
+                    run.tasks, run.end_to_end_seconds
+                );
+                runs.push(run);
+            }
+            runs.sort_by(|a, b| a.end_to_end_seconds.total_cmp(&b.end_to_end_seconds));
+            let run = &runs[runs.len() / 2];
+            let rate = run.tasks as f64 / run.end_to_end_seconds;
+            let enqueue = run.tasks as f64 / run.enqueue_seconds;
+            line["tasks"] = serde_json::json!(run.tasks);
+            line["enqueue_per_second"] = serde_json::json!(enqueue.round());
+            line["end_to_end_tasks_per_second"] = serde_json::json!(rate.round());
+            line["ratio_to_floor"] = serde_json::json!(ratio(rate));
+            line["cpu_us_per_task"] = run.cpu.per_task_json(run.tasks);
+            line["engine_rss_mib_at_end"] =
+                serde_json::json!((run.engine_rss_mib * 10.0).round() / 10.0);
+            rows.push(format!(
+                "| {scenario} | end to end, tasks/s | {rate:.0} | {:.3} |",
+                ratio(rate)
+            ));
+            rows.push(format!(
+                "| {scenario} | enqueue, tasks/s | {enqueue:.0} | {:.3} |",
+                ratio(enqueue)
+            ));
+            if let Some(drain) = run.drain_seconds {
+                let drain = run.tasks as f64 / drain;
+                line["drain_tasks_per_second"] = serde_json::json!(drain.round());
+                rows.push(format!(
+                    "| {scenario} | workers started → last result, tasks/s | {drain:.0} | {:.3} |",
+                    ratio(drain)
+                ));
+            }
+        }
+        "latency" => {
+            let mut runs = Vec::new();
+            for _ in 0..args.runs {
+                let run = scenarios::latency(shape, args.rate, args.seconds).await?;
+                eprintln!(
+                    "latency: p50 {:.2} ms, p99 {:.2} ms",
+                    run.latency.p50, run.latency.p99
+                );
+                runs.push(run);
+            }
+            runs.sort_by(|a, b| a.latency.p99.total_cmp(&b.latency.p99));
+            let run = runs[runs.len() / 2];
+            line["rate"] = serde_json::json!(run.rate);
+            line["latency"] = run.latency.json();
+            let l = run.latency;
+            rows.push(format!(
+                "| latency at {}/s | p50 / p95 / p99 / max, ms | {:.2} / {:.2} / {:.2} / {:.2} | |",
+                run.rate, l.p50, l.p95, l.p99, l.max
+            ));
+        }
+        "fanout" => {
+            let shape = Shape {
+                tasks: args.fanout_n.unwrap_or(args.n),
+                ..shape
+            };
+            let mut runs = Vec::new();
+            for _ in 0..args.runs {
+                let run = scenarios::fanout(shape, args.clients).await?;
+                eprintln!("fanout: lag p99 {:.1} ms", run.lag.p99);
+                runs.push(run);
+            }
+            runs.sort_by(|a, b| a.lag.p99.total_cmp(&b.lag.p99));
+            let run = &runs[runs.len() / 2];
+            let rate = run.run.tasks as f64 / run.run.end_to_end_seconds;
+            line["tasks"] = serde_json::json!(run.run.tasks);
+            line["clients"] = serde_json::json!(run.clients);
+            line["events_delivered"] = serde_json::json!(run.delivered);
+            line["lag"] = run.lag.json();
+            line["end_to_end_tasks_per_second"] = serde_json::json!(rate.round());
+            line["cpu_us_per_task"] = run.run.cpu.per_task_json(run.run.tasks);
+            let l = run.lag;
+            rows.push(format!(
+                "| fanout, {} clients | lag p50 / p95 / p99 / max, ms | {:.1} / {:.1} / {:.1} / {:.1} | |",
+                run.clients, l.p50, l.p95, l.p99, l.max
+            ));
+            rows.push(format!(
+                "| fanout, {} clients | end to end, tasks/s | {rate:.0} | {:.3} |",
+                run.clients,
+                ratio(rate)
+            ));
+        }
+        other => bail!("unknown scenario {other}"),
+    }
+    println!("{line}");
+    Ok(rows)
 }
 
 fn median(mut figures: Vec<Figure>) -> Figure {
@@ -320,7 +514,7 @@ async fn lifecycle_cycle(server: &NatsServer, args: &Args) -> anyhow::Result<Fig
 }
 
 /// Resident memory of this process, in bytes (Linux).
-fn resident_bytes() -> f64 {
+pub(crate) fn resident_bytes() -> f64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())

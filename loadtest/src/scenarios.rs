@@ -1,0 +1,538 @@
+//! The end-to-end scenarios: `throughput`, `mixed`, `latency` and `fanout`,
+//! each on its own [`Rig`].
+//!
+//! Tasks are `echo` tasks with about 100 bytes of JSON input: the worker
+//! returns the input, so every figure is runlog's own cost. Completion is
+//! read from the log itself: an ordered consumer on the terminal event
+//! types counts each execution's end as the server stores it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use tokio::sync::Mutex;
+
+use crate::rig::{Cpu, Rig};
+
+/// The task every scenario runs.
+pub fn task_body() -> serde_json::Value {
+    serde_json::json!({"kind": "echo", "input": {"payload": "x".repeat(80)}})
+}
+
+/// How long a scenario may wait for its last execution.
+const FINISH: Duration = Duration::from_secs(900);
+
+/// Counts terminal events as the log stores them.
+pub struct Terminals {
+    succeeded: Arc<AtomicUsize>,
+    other: Arc<AtomicUsize>,
+    /// When the newest terminal event was read, in nanoseconds since `epoch`.
+    last: Arc<AtomicU64>,
+    epoch: Instant,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Terminals {
+    /// Starts counting terminal events stored from now on.
+    pub async fn follow(nats_url: &str) -> anyhow::Result<Self> {
+        let js = jetstream::new(async_nats::connect(nats_url).await?);
+        let stream = js.get_stream_no_info("RUNLOG_EXEC").await?;
+        let mut messages = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subjects: [
+                    "succeeded",
+                    "dead_lettered",
+                    "rejected",
+                    "cancelled",
+                    "timed_out",
+                ]
+                .iter()
+                .map(|t| format!("runlog.ev.*.{t}"))
+                .collect(),
+                deliver_policy: DeliverPolicy::New,
+                ..Default::default()
+            })
+            .await?
+            .messages()
+            .await?;
+        let succeeded = Arc::new(AtomicUsize::new(0));
+        let other = Arc::new(AtomicUsize::new(0));
+        let last = Arc::new(AtomicU64::new(0));
+        let epoch = Instant::now();
+        let task = tokio::spawn({
+            let (succeeded, other, last) = (succeeded.clone(), other.clone(), last.clone());
+            async move {
+                while let Some(Ok(message)) = messages.next().await {
+                    if message.subject.ends_with(".succeeded") {
+                        succeeded.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        other.fetch_add(1, Ordering::Relaxed);
+                    }
+                    last.store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                }
+            }
+        });
+        Ok(Terminals {
+            succeeded,
+            other,
+            last,
+            epoch,
+            task,
+        })
+    }
+
+    /// Waits until `n` executions ended; returns when the last one was stored.
+    pub async fn wait(&self, n: usize) -> anyhow::Result<Instant> {
+        let deadline = Instant::now() + FINISH;
+        loop {
+            let (ok, other) = (
+                self.succeeded.load(Ordering::Relaxed),
+                self.other.load(Ordering::Relaxed),
+            );
+            if other > 0 {
+                bail!("{other} executions did not succeed");
+            }
+            if ok >= n {
+                let last = Duration::from_nanos(self.last.load(Ordering::Relaxed));
+                return Ok(self.epoch + last);
+            }
+            if Instant::now() > deadline {
+                bail!("only {ok} of {n} executions ended within {FINISH:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+impl Drop for Terminals {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Submits `n` tasks over NATS request/reply with `window` in flight;
+/// returns when the first was sent. With `ids`, task `i` gets the
+/// execution id `<ids>-<i>`.
+pub async fn submit_all(
+    nats_url: &str,
+    n: usize,
+    window: usize,
+    ids: Option<&str>,
+) -> anyhow::Result<Instant> {
+    let client = async_nats::connect(nats_url).await?;
+    let plain = Bytes::from(task_body().to_string());
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let payload = match ids {
+                None => plain.clone(),
+                Some(prefix) => {
+                    let mut body = task_body();
+                    body["id"] = serde_json::json!(format!("{prefix}-{i}"));
+                    Bytes::from(body.to_string())
+                }
+            };
+            let client = &client;
+            async move {
+                let reply = client.request("runlog.submit.default", payload).await?;
+                anyhow::ensure!(
+                    !reply.payload.starts_with(b"{\"error\""),
+                    "submission refused: {}",
+                    String::from_utf8_lossy(&reply.payload)
+                );
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(window)
+        .try_collect::<()>()
+        .await?;
+    Ok(started)
+}
+
+/// Waits until the work stream holds `n` items: every submission queued and
+/// dispatched.
+async fn wait_dispatched(nats_url: &str, n: usize) -> anyhow::Result<Instant> {
+    let js = jetstream::new(async_nats::connect(nats_url).await?);
+    let deadline = Instant::now() + FINISH;
+    loop {
+        let mut stream = js.get_stream("RUNLOG_WORK").await?;
+        if stream.info().await?.state.messages as usize >= n {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            bail!("the engine did not dispatch {n} items within {FINISH:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The figures of a `throughput` or `mixed` run.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub tasks: usize,
+    /// First submission → last reply.
+    pub enqueue_seconds: f64,
+    /// First submission → last terminal event.
+    pub end_to_end_seconds: f64,
+    /// Workers started → last terminal event (`throughput` only).
+    pub drain_seconds: Option<f64>,
+    pub cpu: Cpu,
+    /// The engine's resident memory at the end, in MiB.
+    pub engine_rss_mib: f64,
+}
+
+/// Settings of the end-to-end scenarios.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub tasks: usize,
+    pub workers: usize,
+    pub concurrency: usize,
+    /// Submissions in flight.
+    pub window: usize,
+}
+
+/// `throughput`: enqueue every task, then start the workers.
+pub async fn throughput(shape: Shape) -> anyhow::Result<Run> {
+    let mut rig = Rig::start().await?;
+    let terminals = Terminals::follow(&rig.nats_url()).await?;
+    let cpu_before = rig.cpu().await;
+    let first = Instant::now();
+    submit_all(&rig.nats_url(), shape.tasks, shape.window, None).await?;
+    let enqueued = first.elapsed();
+    wait_dispatched(&rig.nats_url(), shape.tasks).await?;
+    let enqueue_cpu = rig.cpu().await - cpu_before;
+    eprintln!(
+        "throughput: enqueue and dispatch, per task: {}",
+        enqueue_cpu.per_task_json(shape.tasks)
+    );
+    let workers_at = Instant::now();
+    rig.start_workers(shape.workers, shape.concurrency).await?;
+    let last = terminals.wait(shape.tasks).await?;
+    eprintln!(
+        "throughput: workers, per task: {}",
+        (rig.cpu().await - cpu_before - enqueue_cpu).per_task_json(shape.tasks)
+    );
+    Ok(Run {
+        tasks: shape.tasks,
+        enqueue_seconds: enqueued.as_secs_f64(),
+        end_to_end_seconds: (last - first).as_secs_f64(),
+        drain_seconds: Some((last - workers_at).as_secs_f64()),
+        cpu: rig.cpu().await - cpu_before,
+        engine_rss_mib: rig.engine_rss_mib(),
+    })
+}
+
+/// `mixed`: the producer submits while the workers run.
+pub async fn mixed(shape: Shape) -> anyhow::Result<Run> {
+    let mut rig = Rig::start().await?;
+    rig.start_workers(shape.workers, shape.concurrency).await?;
+    let terminals = Terminals::follow(&rig.nats_url()).await?;
+    let cpu_before = rig.cpu().await;
+    let first = Instant::now();
+    submit_all(&rig.nats_url(), shape.tasks, shape.window, None).await?;
+    let enqueued = first.elapsed();
+    let last = terminals.wait(shape.tasks).await?;
+    Ok(Run {
+        tasks: shape.tasks,
+        enqueue_seconds: enqueued.as_secs_f64(),
+        end_to_end_seconds: (last - first).as_secs_f64(),
+        drain_seconds: None,
+        cpu: rig.cpu().await - cpu_before,
+        engine_rss_mib: rig.engine_rss_mib(),
+    })
+}
+
+/// Percentiles of a set of durations, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Percentiles {
+    pub count: usize,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    pub fn of(mut millis: Vec<f64>) -> Option<Self> {
+        if millis.is_empty() {
+            return None;
+        }
+        millis.sort_by(f64::total_cmp);
+        let at = |q: f64| millis[((millis.len() - 1) as f64 * q).round() as usize];
+        Some(Percentiles {
+            count: millis.len(),
+            p50: at(0.50),
+            p95: at(0.95),
+            p99: at(0.99),
+            max: at(1.0),
+        })
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        let r = |v: f64| (v * 1000.0).round() / 1000.0;
+        serde_json::json!({
+            "count": self.count,
+            "p50_ms": r(self.p50),
+            "p95_ms": r(self.p95),
+            "p99_ms": r(self.p99),
+            "max_ms": r(self.max),
+        })
+    }
+}
+
+/// One SSE event as the feeds send it: its type and its data line.
+struct SseEvent {
+    event: String,
+    data: String,
+}
+
+/// Reads `GET {url}` as an SSE feed, calling `each` per event, until the
+/// response ends or `each` returns false.
+async fn follow_sse(
+    client: &reqwest::Client,
+    url: &str,
+    mut each: impl FnMut(SseEvent) -> bool,
+) -> anyhow::Result<()> {
+    let response = client
+        .get(url)
+        .header("accept", "text/event-stream")
+        .send()
+        .await?;
+    anyhow::ensure!(response.status().is_success(), "HTTP {}", response.status());
+    let mut response = response;
+    let mut buffer = Vec::new();
+    let (mut event, mut data) = (String::new(), String::new());
+    while let Some(chunk) = response.chunk().await? {
+        buffer.extend_from_slice(&chunk);
+        while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buffer.drain(..=end).collect();
+            let line = std::str::from_utf8(&line[..line.len() - 1]).unwrap_or_default();
+            if line.is_empty() {
+                if !data.is_empty() || !event.is_empty() {
+                    let done = SseEvent {
+                        event: std::mem::take(&mut event),
+                        data: std::mem::take(&mut data),
+                    };
+                    if !each(done) {
+                        return Ok(());
+                    }
+                }
+            } else if let Some(v) = line.strip_prefix("event:") {
+                event = v.trim().to_owned();
+            } else if let Some(v) = line.strip_prefix("data:") {
+                data.push_str(v.trim_start());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A string member of a JSON object, read without parsing the whole of it
+/// (`"name":"value"`; runlog never escapes inside ids and times).
+fn member<'a>(json: &'a str, name: &str) -> Option<&'a str> {
+    let key = format!("\"{name}\":\"");
+    let start = json.find(&key)? + key.len();
+    let len = json[start..].find('"')?;
+    Some(&json[start..start + len])
+}
+
+/// The figures of a `latency` run.
+#[derive(Debug, Clone, Copy)]
+pub struct Latency {
+    pub rate: f64,
+    pub latency: Percentiles,
+}
+
+/// `latency`: idle workers; `rate` submissions per second over HTTP for
+/// `seconds`; each task's time from sending its submission to the moment
+/// the global SSE feed (`GET /v1/stream`) delivers its `succeeded`.
+pub async fn latency(shape: Shape, rate: f64, seconds: f64) -> anyhow::Result<Latency> {
+    let mut rig = Rig::start().await?;
+    rig.start_workers(shape.workers, shape.concurrency).await?;
+    let total = (rate * seconds).round() as usize;
+    let http = reqwest::Client::new();
+    let ended: Arc<std::sync::Mutex<HashMap<String, Instant>>> = Arc::default();
+    let feed = tokio::spawn({
+        let (http, ended) = (http.clone(), ended.clone());
+        let url = format!("{}/v1/stream?progress=false", rig.http());
+        async move {
+            follow_sse(&http, &url, |e| {
+                if e.event == "succeeded"
+                    && let Some(id) = member(&e.data, "execution")
+                {
+                    let now = Instant::now();
+                    let mut ended = ended.lock().unwrap_or_else(|e| e.into_inner());
+                    ended.insert(id.to_owned(), now);
+                }
+                true
+            })
+            .await
+        }
+    });
+    // Warm the connections and the workers before measuring.
+    let url = format!("{}/v1/executions", rig.http());
+    for _ in 0..20 {
+        let r = http.post(&url).json(&task_body()).send().await?;
+        anyhow::ensure!(r.status().as_u16() == 201, "HTTP {}", r.status());
+    }
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut submissions = tokio::task::JoinSet::new();
+    for i in 0..total {
+        tick.tick().await;
+        let (http, url, sent) = (http.clone(), url.clone(), sent.clone());
+        let id = format!("lat-{i}-{}", std::process::id());
+        submissions.spawn(async move {
+            let mut body = task_body();
+            body["id"] = serde_json::json!(id);
+            let at = Instant::now();
+            sent.lock().await.insert(id, at);
+            let r = http.post(&url).json(&body).send().await?;
+            anyhow::ensure!(r.status().as_u16() == 201, "HTTP {}", r.status());
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = submissions.join_next().await {
+        done??;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let sent = sent.lock().await.clone();
+    loop {
+        let seen = {
+            let ended = ended.lock().unwrap_or_else(|e| e.into_inner());
+            sent.keys().filter(|id| ended.contains_key(*id)).count()
+        };
+        if seen == total {
+            break;
+        }
+        if feed.is_finished() {
+            bail!("the SSE feed ended after {seen} of {total} executions");
+        }
+        if Instant::now() > deadline {
+            bail!("only {seen} of {total} executions were seen ending");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    feed.abort();
+    let ended = ended.lock().unwrap_or_else(|e| e.into_inner());
+    let millis = sent
+        .iter()
+        .map(|(id, at)| (ended[id] - *at).as_secs_f64() * 1000.0)
+        .collect();
+    Ok(Latency {
+        rate,
+        latency: Percentiles::of(millis).context("no executions")?,
+    })
+}
+
+/// The figures of a `fanout` run.
+#[derive(Debug, Clone)]
+pub struct Fanout {
+    pub clients: usize,
+    pub run: Run,
+    /// Event recorded (its `time`) → a client read it, over every event and
+    /// every client.
+    pub lag: Percentiles,
+    /// Events read by all clients together.
+    pub delivered: usize,
+}
+
+/// `fanout`: `clients` SSE clients follow `GET /v1/stream` while `mixed`
+/// runs; the lag of every event of the run at every client. Each client
+/// reads until it has seen every execution of the run succeed.
+pub async fn fanout(shape: Shape, clients: usize) -> anyhow::Result<Fanout> {
+    let mut rig = Rig::start().await?;
+    rig.start_workers(shape.workers, shape.concurrency).await?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients)
+        .build()?;
+    let url = format!("{}/v1/stream?progress=false", rig.http());
+    let prefix = format!("fan{}", std::process::id());
+    let connected = Arc::new(AtomicUsize::new(0));
+    let mut feeds = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (http, url, connected) = (http.clone(), url.clone(), connected.clone());
+        let (prefix, tasks) = (prefix.clone(), shape.tasks);
+        feeds.spawn(async move {
+            let mut lags = Vec::new();
+            let (mut first, mut ended) = (true, 0);
+            follow_sse(&http, &url, |e| {
+                if first {
+                    first = false;
+                    connected.fetch_add(1, Ordering::Relaxed);
+                }
+                let ours = member(&e.data, "execution").is_some_and(|x| x.starts_with(&prefix));
+                if !ours {
+                    return true;
+                }
+                if let Some(time) = member(&e.data, "time")
+                    && let Ok(time) = chrono::DateTime::parse_from_rfc3339(time)
+                {
+                    let lag = chrono::Utc::now().signed_duration_since(time);
+                    lags.push(lag.num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                }
+                if e.event == "succeeded" {
+                    ended += 1;
+                }
+                ended < tasks
+            })
+            .await?;
+            anyhow::ensure!(
+                ended == tasks,
+                "a feed ended after {ended} of {tasks} executions"
+            );
+            anyhow::Ok(lags)
+        });
+    }
+    // A feed counts as connected at its first event: warm-up tasks until
+    // every client has one.
+    let deadline = Instant::now() + READY_FEEDS;
+    while connected.load(Ordering::Relaxed) < clients {
+        submit_all(&rig.nats_url(), 1, 1, None).await?;
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {clients} SSE clients connected",
+                connected.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let terminals = Terminals::follow(&rig.nats_url()).await?;
+    let cpu_before = rig.cpu().await;
+    let first = Instant::now();
+    submit_all(&rig.nats_url(), shape.tasks, shape.window, Some(&prefix)).await?;
+    let enqueued = first.elapsed();
+    let last = terminals.wait(shape.tasks).await?;
+    let run = Run {
+        tasks: shape.tasks,
+        enqueue_seconds: enqueued.as_secs_f64(),
+        end_to_end_seconds: (last - first).as_secs_f64(),
+        drain_seconds: None,
+        cpu: rig.cpu().await - cpu_before,
+        engine_rss_mib: rig.engine_rss_mib(),
+    };
+    let mut lags = Vec::new();
+    let deadline = Instant::now() + FINISH;
+    while let Some(feed) = tokio::time::timeout_at(deadline.into(), feeds.join_next())
+        .await
+        .context("the SSE clients did not see every execution end")?
+    {
+        lags.extend(feed??);
+    }
+    let delivered = lags.len();
+    Ok(Fanout {
+        clients,
+        run,
+        lag: Percentiles::of(lags).context("no events delivered")?,
+        delivered,
+    })
+}
+
+/// How long the fanout clients may take to connect.
+const READY_FEEDS: Duration = Duration::from_secs(30);
