@@ -111,6 +111,7 @@ impl Engine {
             }
         }
         let live = Live::new();
+        projection.publish_to(live.events_sender());
 
         live.start(&consumer, &subjects, shutdown.clone())
             .await

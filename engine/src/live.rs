@@ -1,11 +1,17 @@
 //! The live feed: every stored lifecycle event, once, for every SSE client.
 //!
-//! One core subscription per engine on the stream's RePublish subject
-//! (`<p>.live.ev.>`: only stored events, scheduler-made ones included, each
-//! with its `Nats-Sequence`) feeds a bounded broadcast channel. Clients that
-//! fall behind it see `Lagged` and catch up from the log, or are closed;
-//! they never slow the engine down or grow its memory. Progress reports
-//! (telemetry, not part of the log) ride a second broadcast, latest wins.
+//! The projection passes on every event it folds while following the log
+//! ([`Projection::publish_to`](crate::projection::Projection::publish_to)):
+//! the live feed is the log as this engine reads it, in log order, with
+//! each event's sequence, and costs no second subscription or decode.
+//! A bounded broadcast channel holds it; clients that fall behind see
+//! `Lagged` and catch up from the log, or are closed; they never slow the
+//! engine down or grow its memory. Progress reports (telemetry, not part
+//! of the log) ride a second broadcast, latest wins, fed by a core
+//! subscription.
+//!
+//! (The stream still republishes stored events on `<p>.live.ev.>` for
+//! clients outside the engine.)
 
 use std::sync::Arc;
 
@@ -71,43 +77,24 @@ impl Live {
         self.progress.subscribe()
     }
 
-    /// Subscribes on `client` and feeds the broadcasts until `shutdown`.
-    /// Returns once the subscriptions are in place; the feeding runs in
-    /// spawned tasks owned by `shutdown`.
+    /// Where the projection passes on the events it folds.
+    pub fn events_sender(&self) -> broadcast::Sender<Arc<Stored>> {
+        self.events.clone()
+    }
+
+    /// Subscribes to progress reports on `client` and feeds their broadcast
+    /// until `shutdown`. Returns once the subscription is in place; the
+    /// feeding runs in a spawned task owned by `shutdown`.
     pub async fn start(
         &self,
         client: &async_nats::Client,
         subjects: &Subjects,
         shutdown: CancellationToken,
     ) -> Result<(), async_nats::SubscribeError> {
-        let mut events = client.subscribe(subjects.live_events()).await?;
         let mut progress = client
             .subscribe(format!("{}.progress.>", subjects.prefix()))
             .await?;
         let limits = Limits::default();
-        let sender = self.events.clone();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let empty = async_nats::HeaderMap::new();
-            while let Some(message) = tokio::select! {
-                _ = stop.cancelled() => None,
-                m = events.next() => m,
-            } {
-                let headers = message.headers.as_ref().unwrap_or(&empty);
-                let seq = headers
-                    .get("Nats-Sequence")
-                    .and_then(|v| v.as_str().parse().ok())
-                    .unwrap_or(0);
-                match codec::decode(headers, &message.payload, &limits) {
-                    Ok(envelope) => {
-                        let _no_receivers = sender.send(Arc::new(Stored { seq, envelope }));
-                    }
-                    Err(e) => {
-                        tracing::debug!(seq, error = %e, "live feed skips an undecodable event")
-                    }
-                }
-            }
-        });
         let sender = self.progress.clone();
         tokio::spawn(async move {
             let empty = async_nats::HeaderMap::new();

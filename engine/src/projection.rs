@@ -12,6 +12,7 @@
 //! completions (throughput and end-to-end latency).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
@@ -141,6 +142,8 @@ pub struct Projection {
     caught_up: AtomicBool,
     restored: AtomicU64,
     dead_letters: RwLock<DeadLetterIndex>,
+    /// Where events followed live are passed on (the SSE feeds).
+    live: std::sync::OnceLock<tokio::sync::broadcast::Sender<Arc<crate::live::Stored>>>,
 }
 
 /// Why following the log stopped.
@@ -152,6 +155,13 @@ impl Projection {
     /// An empty projection.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Passes every event folded while following (not during the
+    /// catch-up) on to `live`, once folded: the engine's live feed reads the
+    /// log through the projection instead of a second subscription.
+    pub fn publish_to(&self, live: tokio::sync::broadcast::Sender<Arc<crate::live::Stored>>) {
+        let _already = self.live.set(live);
     }
 
     /// Folds one stored event. Events at or below the execution's last
@@ -413,9 +423,13 @@ impl Projection {
                     None => return Err(FollowError("the consumer ended".into())),
                 },
             };
+            let live = self.live.get().filter(|live| live.receiver_count() > 0);
             for event in batch {
                 let pending = event.pending;
-                self.fold(event);
+                let folded = self.fold(event);
+                if let (Some(live), Some((seq, envelope))) = (live, folded) {
+                    let _no_receivers = live.send(Arc::new(crate::live::Stored { seq, envelope }));
+                }
                 if pending == 0 {
                     self.caught_up.store(true, Ordering::Relaxed);
                 }
@@ -482,13 +496,19 @@ impl Projection {
         result
     }
 
-    fn fold(&self, event: Decoded) {
+    /// Folds a decoded event and hands it back; an undecodable one is
+    /// counted and skipped.
+    fn fold(&self, event: Decoded) -> Option<(u64, Envelope)> {
         match event.envelope {
-            Ok(envelope) => self.apply(event.seq, &envelope),
+            Ok(envelope) => {
+                self.apply(event.seq, &envelope);
+                Some((event.seq, envelope))
+            }
             Err(e) => {
                 tracing::debug!(seq = event.seq, error = %e, "skipping an undecodable event");
                 self.skipped.fetch_add(1, Ordering::Relaxed);
                 self.applied.fetch_max(event.seq, Ordering::Relaxed);
+                None
             }
         }
     }

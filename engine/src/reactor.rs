@@ -6,9 +6,9 @@
 //!
 //! | event | reaction |
 //! |---|---|
-//! | `submitted` | validate; `rejected` with the reason, or `queued` (or a start timer for `not_before`); an execution deadline timer |
+//! | `submitted` | validate; `rejected` with the reason, or `queued` and its work item, with the spec (or a start timer for `not_before`); an execution deadline timer |
 //! | an undecodable `submitted` | `rejected` with the decode error |
-//! | `queued` | publish the work item on `<p>.work.<queue>.<priority>.<exec>` |
+//! | `queued` | publish the work item on `<p>.work.<queue>.<priority>.<exec>` (unless this reactor did right after queueing the first attempt) |
 //! | `started` with a deadline | an attempt deadline timer |
 //! | `failed`, `timed_out` (attempt) | `retry_scheduled` or `dead_lettered` (the core's `ResolveFailure`) |
 //! | `retry_scheduled` | a retry timer at its `at` |
@@ -23,6 +23,7 @@
 //! A message is acknowledged only after its reaction is stored; a reaction
 //! that fails for a transient reason is retried by redelivery.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -38,6 +39,19 @@ use runlog_events::journal::{AppendError, Journal, TransitionError};
 use runlog_events::{Envelope, EventType, ExecutionId, Subjects, WorkItem};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
+
+/// The event types that have a consequence. The consumer reads only these
+/// (and the fired timers): the others (`succeeded`, `cancelled`, …) would
+/// cost a delivery and an ack each for nothing.
+pub const REACTS_TO: [EventType; 7] = [
+    EventType::Submitted,
+    EventType::Queued,
+    EventType::Started,
+    EventType::Failed,
+    EventType::TimedOut,
+    EventType::RetryScheduled,
+    EventType::CancelRequested,
+];
 
 /// Reactions in flight at once in one engine.
 pub const CONCURRENCY: usize = 256;
@@ -109,6 +123,38 @@ pub struct Reactor {
     subjects: Subjects,
     limits: Limits,
     stats: Arc<ReactorStats>,
+    dispatched: Arc<Dispatched>,
+}
+
+/// First attempts this reactor queued and dispatched itself, right after
+/// appending their `queued`: the reaction to that `queued` finds them here
+/// and publishes nothing. Only a shortcut: after a crash between the
+/// append and the dispatch, or on another replica, the `queued` reaction
+/// publishes the item as before (and the server drops a duplicate by its
+/// `Nats-Msg-Id`).
+///
+/// Two generations of at most [`Dispatched::GENERATION`] entries each:
+/// when the current one fills, it becomes the previous one and the older
+/// is dropped, so the memory is bounded whatever is never taken.
+#[derive(Debug, Default)]
+struct Dispatched(std::sync::Mutex<[HashSet<ExecutionId>; 2]>);
+
+impl Dispatched {
+    const GENERATION: usize = 8192;
+
+    fn put(&self, execution: ExecutionId) {
+        let mut generations = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if generations[0].len() >= Self::GENERATION {
+            generations[1] = std::mem::take(&mut generations[0]);
+        }
+        generations[0].insert(execution);
+    }
+
+    fn take(&self, execution: &ExecutionId) -> bool {
+        let mut generations = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let [current, previous] = &mut *generations;
+        current.remove(execution) || previous.remove(execution)
+    }
 }
 
 /// Why the reactor stopped.
@@ -124,6 +170,7 @@ impl Reactor {
             journal,
             limits: Limits::default(),
             stats: Arc::default(),
+            dispatched: Arc::default(),
         }
     }
 
@@ -139,7 +186,11 @@ impl Reactor {
             durable_name: Some(name.clone()),
             name: Some(name),
             description: Some("runlog engine reactor".to_owned()),
-            filter_subjects: vec![subjects.all_events(), subjects.all_timers()],
+            filter_subjects: REACTS_TO
+                .iter()
+                .map(|ty| subjects.events_of_type(*ty))
+                .chain([subjects.all_timers()])
+                .collect(),
             deliver_policy: DeliverPolicy::All,
             ack_policy: AckPolicy::Explicit,
             ack_wait: ACK_WAIT,
@@ -376,6 +427,9 @@ impl Reactor {
                     _ => self.enqueue_after(seq, envelope).await,
                 }
             }
+            Event::Queued(_) if envelope.attempt == 1 && self.dispatched.take(&execution) => {
+                Done::Ack
+            }
             Event::Queued(queued) => {
                 let item = WorkItem::of(execution.clone(), envelope.attempt, queued, seq);
                 self.dispatch(&item, queued).await
@@ -440,6 +494,7 @@ impl Reactor {
             return Done::Ack;
         };
         let mut expected = seq;
+        let mut queued = None;
         for fact in facts {
             let mut envelope = Envelope::new(
                 submitted.execution.clone(),
@@ -462,6 +517,20 @@ impl Reactor {
                     return Done::Retry;
                 }
             }
+            if let Event::Queued(q) = envelope.event {
+                queued = Some((envelope.attempt, q, expected));
+            }
+        }
+        // Dispatch now, with the spec at hand, instead of waiting for the
+        // `queued` to come round; that reaction then has nothing to do.
+        if let (Some((attempt, q, at)), Event::Submitted(s)) = (queued, submitted.event) {
+            let mut item = WorkItem::of(submitted.execution.clone(), attempt, &q, at);
+            item.spec = Some(s.spec);
+            // Marked once stored: a `queued` reaction that runs before the
+            // mark publishes a duplicate, which the server drops.
+            if let Done::Ack = self.dispatch(&item, &q).await {
+                self.dispatched.put(submitted.execution.clone());
+            }
         }
         Done::Ack
     }
@@ -471,13 +540,7 @@ impl Reactor {
         let subject = self
             .subjects
             .dispatch(&queued.queue, queued.priority, &item.execution);
-        let body = match serde_json::to_vec(item) {
-            Ok(body) => body,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot encode a work item");
-                return Done::Ack;
-            }
-        };
+        let body = item.to_body();
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(codec::header::MSG_ID, item.msg_id().as_str());
         headers.insert(codec::header::CONTENT_TYPE, codec::JSON);
@@ -617,11 +680,12 @@ async fn durable(
     config: pull::Config,
 ) -> Result<jetstream::consumer::PullConsumer, ReactorError> {
     let err = |e: &dyn std::fmt::Display| ReactorError(format!("{stream}: {e}"));
-    let name = config.durable_name.clone().unwrap_or_default();
+    // Create or update: an installation created by an older engine gets
+    // this version's filter.
     js.get_stream_no_info(stream)
         .await
         .map_err(|e| err(&e))?
-        .get_or_create_consumer(&name, config)
+        .create_consumer(config)
         .await
         .map_err(|e| err(&e))
 }

@@ -89,6 +89,11 @@ impl Subjects {
         format!("{}.ev.>", self.prefix)
     }
 
+    /// Every lifecycle event of type `ty`, of every execution.
+    pub fn events_of_type(&self, ty: EventType) -> String {
+        format!("{}.ev.*.{}", self.prefix, ty.as_str())
+    }
+
     /// Where the stream republishes stored lifecycle events.
     pub fn live_events(&self) -> String {
         format!("{}.live.ev.>", self.prefix)

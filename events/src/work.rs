@@ -8,6 +8,9 @@
 //!
 //! The item carries the kind and the required worker labels so a worker can
 //! apply its capacity rules and label filter before it reads the history.
+//! It may also carry the task spec (as recorded in `submitted`, so without
+//! environment values): a worker that finds it there claims without reading
+//! the log first. Without it, the worker reads `submitted`.
 
 use std::collections::BTreeMap;
 
@@ -15,9 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::Queued;
 use crate::id::ExecutionId;
+use crate::spec::TaskSpec;
 
 /// The body of a work item (JSON).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct WorkItem {
     /// The execution to claim.
     pub execution: ExecutionId,
@@ -30,6 +34,10 @@ pub struct WorkItem {
     pub worker_labels: BTreeMap<String, String>,
     /// The stream sequence of the `queued` event.
     pub queued_seq: u64,
+    /// The task as recorded in `submitted`, when the engine had it at hand
+    /// and it is small (see [`WorkItem::MAX_SPEC_BYTES`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<TaskSpec>,
 }
 
 impl WorkItem {
@@ -41,7 +49,26 @@ impl WorkItem {
             kind: queued.kind.clone(),
             worker_labels: queued.worker_labels.clone(),
             queued_seq: seq,
+            spec: None,
         }
+    }
+
+    /// The largest body a work item with its spec may have; a larger spec
+    /// is left out and read from the log by the worker.
+    pub const MAX_SPEC_BYTES: usize = 64 << 10;
+
+    /// Its JSON body: with the spec when that stays within
+    /// [`WorkItem::MAX_SPEC_BYTES`], without it otherwise.
+    pub fn to_body(&self) -> Vec<u8> {
+        let body = serde_json::to_vec(self).expect("a work item always serialises");
+        if body.len() <= Self::MAX_SPEC_BYTES || self.spec.is_none() {
+            return body;
+        }
+        let bare = WorkItem {
+            spec: None,
+            ..self.clone()
+        };
+        serde_json::to_vec(&bare).expect("a work item always serialises")
     }
 
     /// Its `Nats-Msg-Id`.
@@ -70,10 +97,32 @@ mod tests {
             kind: "shell".into(),
             worker_labels: [("pool".to_owned(), "backup".to_owned())].into(),
             queued_seq: 7,
+            spec: None,
         };
         assert_eq!(item.msg_id(), "e1:work:1");
         assert!(!item.accepts(&BTreeMap::new()));
         assert!(item.accepts(&[("pool".to_owned(), "backup".to_owned())].into()));
         assert!(!item.accepts(&[("pool".to_owned(), "eu".to_owned())].into()));
+    }
+
+    #[test]
+    fn a_large_spec_stays_out_of_the_item() {
+        let mut spec = TaskSpec::new("echo");
+        let mut item = WorkItem {
+            execution: ExecutionId::new("e1").unwrap(),
+            attempt: 1,
+            kind: "echo".into(),
+            worker_labels: BTreeMap::new(),
+            queued_seq: 7,
+            spec: Some(spec.clone()),
+        };
+        let small: WorkItem = serde_json::from_slice(&item.to_body()).unwrap();
+        assert_eq!(small.spec.as_ref(), Some(&spec));
+        spec.input = serde_json::json!("x".repeat(WorkItem::MAX_SPEC_BYTES));
+        item.spec = Some(spec);
+        let body = item.to_body();
+        assert!(body.len() < 1024, "{} bytes", body.len());
+        let bare: WorkItem = serde_json::from_slice(&body).unwrap();
+        assert_eq!(bare.spec, None);
     }
 }

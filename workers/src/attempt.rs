@@ -121,6 +121,8 @@ impl Attempt {
         let execution = &item.execution;
         let spec = if redelivered {
             None
+        } else if let Some(spec) = &item.spec {
+            Some(spec.clone())
         } else {
             submitted_spec(journal, execution).await
         };

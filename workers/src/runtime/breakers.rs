@@ -297,9 +297,11 @@ impl Breakers {
         if !inner.view.any_unclosed() {
             return Some(Permit::default());
         }
-        let key = crate::attempt::submitted_spec(journal, &item.execution)
-            .await
-            .and_then(|spec| breaker_key(&spec));
+        let spec = match &item.spec {
+            Some(spec) => Some(spec.clone()),
+            None => crate::attempt::submitted_spec(journal, &item.execution).await,
+        };
+        let key = spec.and_then(|spec| breaker_key(&spec));
         let Some(key) = key else {
             return Some(Permit {
                 resolved: true,

@@ -16,7 +16,9 @@
 //!
 //! Waiting items count against the slots (fetches ask only for what is
 //! left), get in-progress acks, and start in priority order as soon as the
-//! rules allow. While an exclusive item waits, nothing else starts and the
+//! rules allow. While attempts run, a fetch round waits until a quarter of
+//! the slots are free, or at most a few milliseconds, so slots are refilled
+//! in batches rather than one fetch request per finished attempt. While an exclusive item waits, nothing else starts and the
 //! worker stops fetching, so the exclusive item starts once the running
 //! attempts end.
 //!
@@ -46,6 +48,9 @@ use super::limits::LimitKeys;
 
 /// The longest delay a label mismatch NAKs an item with.
 const MAX_NAK_DELAY: Duration = Duration::from_secs(30);
+/// How long free slots wait for more to free up before fewer than a refill
+/// are fetched.
+const REFILL_WAIT: Duration = Duration::from_millis(5);
 /// How long the dispatcher waits after a failed fetch before the next one.
 const FETCH_RETRY: Duration = Duration::from_secs(1);
 
@@ -111,6 +116,8 @@ impl Dispatcher {
         let mut tick = tokio::time::interval_at(Instant::now() + keep_alive, keep_alive);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut retry_at: Option<Instant> = None;
+        // Since when fewer slots than a refill are free.
+        let mut short_since: Option<Instant> = None;
         let mut paused_open = true;
         let far = Duration::from_secs(3600);
         loop {
@@ -119,7 +126,15 @@ impl Dispatcher {
                 break;
             }
             let quota = self.quota();
-            if quota > 0 && retry_at.is_none() && self.may_fetch() {
+            let now = Instant::now();
+            short_since = match short_since {
+                _ if quota == 0 || quota >= self.refill() => None,
+                None => Some(now),
+                since => since,
+            };
+            let refill_due = short_since.is_none_or(|t| now >= t + REFILL_WAIT);
+            if quota > 0 && refill_due && retry_at.is_none() && self.may_fetch() {
+                short_since = None;
                 match self.fetcher.round(quota).await {
                     Ok(items) if !items.is_empty() => {
                         for fetched in items {
@@ -156,6 +171,8 @@ impl Dispatcher {
                     if retry_at.is_some() => retry_at = None,
                 _ = tokio::time::sleep_until(next_held.unwrap_or_else(|| Instant::now() + far)),
                     if next_held.is_some() => {}
+                _ = tokio::time::sleep_until(short_since.map_or_else(|| Instant::now() + far, |t| t + REFILL_WAIT)),
+                    if short_since.is_some() => {}
             }
         }
         self.drain().await;
@@ -173,6 +190,19 @@ impl Dispatcher {
             .saturating_sub(1)
             .saturating_sub(held + self.fetcher.outstanding());
         room.min(bound)
+    }
+
+    /// How many free slots make a fetch round at once while attempts run:
+    /// a quarter of the slots. Fewer wait up to [`REFILL_WAIT`] for more to
+    /// free up. Refilling one slot at a time would cost a fetch request
+    /// (and an empty answer from every higher level) per item. An idle
+    /// worker fetches as soon as anything is free.
+    fn refill(&self) -> usize {
+        if self.capacity.running() == 0 {
+            1
+        } else {
+            (self.capacity.concurrency() / 4).max(1)
+        }
     }
 
     fn may_fetch(&self) -> bool {

@@ -125,7 +125,7 @@ pub(crate) async fn attempt(
         execute(shared, message, item, redelivered, hard_stop, None).await;
         return Ended::Done(None);
     }
-    let keys = match keys {
+    let keys = match keys.or_else(|| item.spec.as_ref().map(LimitKeys::of)) {
         Some(keys) => keys,
         None => match shared
             .limits
