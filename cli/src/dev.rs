@@ -129,7 +129,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     println!(
         "finished     {} with output {}",
         live.state.status,
-        live.state.output.clone().unwrap_or_default()
+        live.state.output.as_deref().cloned().unwrap_or_default()
     );
 
     let replayed = worker_journal.load(&exec).await?;

@@ -6,6 +6,9 @@
 //! Every execution keeps the sequence of the newest event folded into it, so
 //! a replayed event is never folded twice.
 //!
+//! A finished execution keeps only what listings and filters show (see
+//! [`slim`]): the projection holds a million of them in about a GiB.
+//!
 //! Beside the executions it keeps what the API shows at a glance, updated
 //! on every fold instead of counted per request: executions per state,
 //! queue depth per queue and priority, running per queue, and recent
@@ -191,6 +194,9 @@ impl Projection {
             let after = Key::of(&entry.state);
             if before != after {
                 self.count(&before, &after, &entry.state);
+            }
+            if folded && entry.state.status.is_terminal() {
+                slim(&mut entry.state);
             }
         }
         drop(entry);
@@ -511,6 +517,28 @@ impl Projection {
                 None
             }
         }
+    }
+}
+
+/// What a finished execution keeps in the read model: what listings,
+/// filters, counts and dead letters show. Its input, output and progress
+/// stay in the log, where `GET /v1/executions/{id}` reads them; only a dead
+/// letter keeps its errors (`GET /v1/dead-letters` lists them).
+pub fn slim(state: &mut ExecutionState) {
+    state.output = None;
+    state.progress = None;
+    if state.status != Status::DeadLettered {
+        state.errors = Vec::new();
+    }
+    if let Some(spec) = &mut state.spec {
+        spec.input = serde_json::Value::Null;
+        spec.sealed_env = Vec::new();
+        spec.secrets = BTreeMap::new();
+        spec.worker_labels = BTreeMap::new();
+        spec.idempotency_key = None;
+        spec.rate_key = None;
+        spec.concurrency_key = None;
+        spec.breaker = None;
     }
 }
 

@@ -508,9 +508,7 @@ impl Reactor {
             match self.journal.append(expected, &envelope).await {
                 Ok(appended) => expected = appended.seq,
                 Err(AppendError::Conflict { .. }) => {
-                    return self
-                        .transition(&submitted.execution, &Command::Enqueue)
-                        .await;
+                    return self.enqueue_again(&submitted.execution).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, execution = %submitted.execution, "cannot queue");
@@ -526,13 +524,44 @@ impl Reactor {
         if let (Some((attempt, q, at)), Event::Submitted(s)) = (queued, submitted.event) {
             let mut item = WorkItem::of(submitted.execution.clone(), attempt, &q, at);
             item.spec = Some(s.spec);
-            // Marked once stored: a `queued` reaction that runs before the
-            // mark publishes a duplicate, which the server drops.
-            if let Done::Ack = self.dispatch(&item, &q).await {
-                self.dispatched.put(submitted.execution.clone());
-            }
+            // Marked before the publish, since the `queued` usually comes
+            // round while it is in flight. If the publish fails, this
+            // reaction is retried, and `enqueue_again` dispatches.
+            self.dispatched.put(submitted.execution.clone());
+            return self.dispatch(&item, &q).await;
         }
         Done::Ack
+    }
+
+    /// `submitted` again, after something was appended since (our own
+    /// `queued` whose dispatch failed, another replica's, a cancel): a
+    /// first attempt still queued gets its work item (again: the server
+    /// drops a duplicate by its `Nats-Msg-Id`, a claim skips a stale one);
+    /// anything else is decided on the whole history.
+    async fn enqueue_again(&self, execution: &ExecutionId) -> Done {
+        let history = match self.journal.load(execution).await {
+            Ok(history) => history,
+            Err(e) => {
+                tracing::warn!(error = %e, %execution, "cannot read the history; will retry");
+                return Done::Retry;
+            }
+        };
+        if history.state.status == decider::Status::Queued && history.state.attempt == 1 {
+            let queued = history
+                .events
+                .iter()
+                .rev()
+                .find_map(|r| match &r.envelope.event {
+                    Event::Queued(q) if r.envelope.attempt == 1 => Some((q, r.seq)),
+                    _ => None,
+                });
+            if let Some((q, seq)) = queued {
+                let mut item = WorkItem::of(execution.clone(), 1, q, seq);
+                item.spec = history.state.spec.as_deref().cloned();
+                return self.dispatch(&item, q).await;
+            }
+        }
+        self.transition(execution, &Command::Enqueue).await
     }
 
     /// Publishes the work item of a queued attempt.

@@ -141,8 +141,9 @@ pub struct ExecutionState {
     pub status: Status,
     /// The attempt that runs, waits or ran last (1-based; 0 before the first).
     pub attempt: u32,
-    /// What was submitted.
-    pub spec: Option<TaskSpec>,
+    /// What was submitted (boxed: a read model holds many states, most of
+    /// them without a spec's worth of room to spare).
+    pub spec: Option<Box<TaskSpec>>,
     /// The worker of the current attempt, while it runs.
     pub worker: Option<String>,
     /// A cancel was requested while the attempt runs.
@@ -154,9 +155,9 @@ pub struct ExecutionState {
     /// When the next attempt is due, while a retry is scheduled.
     pub retry_at: Option<DateTime<Utc>>,
     /// The latest progress of the running attempt.
-    pub progress: Option<Progress>,
+    pub progress: Option<Box<Progress>>,
     /// The output, once succeeded.
-    pub output: Option<serde_json::Value>,
+    pub output: Option<Box<serde_json::Value>>,
     /// The reason of a rejection, a cancel or a dead letter.
     pub reason: Option<String>,
     /// When it was submitted.
@@ -306,7 +307,7 @@ fn transition(mut s: ExecutionState, env: &Envelope) -> ExecutionState {
     match &env.event {
         Event::Submitted(Submitted { spec }) => {
             s.status = Status::Pending;
-            s.spec = Some(spec.clone());
+            s.spec = Some(Box::new(spec.clone()));
             s.submitted_at = Some(env.time);
         }
         Event::Rejected(r) => {
@@ -333,12 +334,12 @@ fn transition(mut s: ExecutionState, env: &Envelope) -> ExecutionState {
             // dropped, not stored: it would poison comparisons and bars.
             let mut p = p.clone();
             p.percent = p.percent.filter(|v| (0.0..=100.0).contains(v));
-            s.progress = Some(p);
+            s.progress = Some(Box::new(p));
         }
         Event::Log(_) | Event::Heartbeat(_) => {}
         Event::Succeeded(Succeeded { output }) => {
             s.status = Status::Succeeded;
-            s.output = Some(output.clone());
+            s.output = Some(Box::new(output.clone()));
         }
         Event::Failed(Failed { error }) => record_failure(&mut s, env, error.clone()),
         Event::TimedOut(TimedOut {

@@ -6,9 +6,10 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use schemars::JsonSchema;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The longest token we accept, in bytes. Subjects stay short enough to keep
 /// the server's subject index small.
@@ -48,18 +49,21 @@ pub fn validate_token(s: &str) -> Result<(), TokenError> {
 macro_rules! token_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, JsonSchema)]
-        #[serde(transparent)]
+        // Shared, not copied: a clone costs a reference count, and the read
+        // models that hold an id in several indexes hold its bytes once.
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+        #[schemars(transparent)]
         pub struct $name(
-            #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9_-]+$"))] String,
+            #[schemars(with = "String", length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9_-]+$"))]
+            Arc<str>,
         );
 
         impl $name {
             /// Validates `s` as a subject token.
             pub fn new(s: impl Into<String>) -> Result<Self, TokenError> {
-                let s = s.into();
+                let s: String = s.into();
                 validate_token(&s)?;
-                Ok(Self(s))
+                Ok(Self(s.into()))
             }
 
             /// The id as a string slice.
@@ -78,6 +82,12 @@ macro_rules! token_id {
             type Err = TokenError;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 Self::new(s)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
             }
         }
 
@@ -114,13 +124,13 @@ token_id!(
 impl ExecutionId {
     /// A new, time-ordered (UUIDv7) execution id.
     pub fn generate() -> Self {
-        Self(uuid::Uuid::now_v7().hyphenated().to_string())
+        Self(uuid::Uuid::now_v7().hyphenated().to_string().into())
     }
 }
 
 impl Default for QueueName {
     fn default() -> Self {
-        Self("default".to_owned())
+        Self("default".into())
     }
 }
 

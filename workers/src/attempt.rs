@@ -135,7 +135,7 @@ impl Attempt {
                 id: Some(execution.clone()),
                 status: Status::Queued,
                 attempt: item.attempt,
-                spec: Some(spec),
+                spec: Some(Box::new(spec)),
                 ..ExecutionState::default()
             },
             last_seq: item.queued_seq,
@@ -189,7 +189,7 @@ impl Attempt {
             execution: execution.clone(),
             number: state.attempt,
             worker: worker.to_owned(),
-            spec,
+            spec: *spec,
             history,
         })))
     }
