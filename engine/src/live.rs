@@ -32,6 +32,25 @@ pub struct Stored {
     pub seq: u64,
     /// The event.
     pub envelope: Envelope,
+    /// Its JSON as the feeds send it, made by the first feed that sends it:
+    /// every other client gets the same bytes without serialising again.
+    json: std::sync::OnceLock<String>,
+}
+
+impl Stored {
+    /// The event stored at `seq`.
+    pub fn new(seq: u64, envelope: Envelope) -> Self {
+        Stored {
+            seq,
+            envelope,
+            json: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Its JSON, made once by `render`.
+    pub fn json(&self, render: impl FnOnce(u64, &Envelope) -> String) -> &str {
+        self.json.get_or_init(|| render(self.seq, &self.envelope))
+    }
 }
 
 /// A progress report of a running attempt.

@@ -434,7 +434,8 @@ impl Projection {
                 let pending = event.pending;
                 let folded = self.fold(event);
                 if let (Some(live), Some((seq, envelope))) = (live, folded) {
-                    let _no_receivers = live.send(Arc::new(crate::live::Stored { seq, envelope }));
+                    let _no_receivers =
+                        live.send(Arc::new(crate::live::Stored::new(seq, envelope)));
                 }
                 if pending == 0 {
                     self.caught_up.store(true, Ordering::Relaxed);

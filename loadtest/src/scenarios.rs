@@ -332,11 +332,10 @@ async fn follow_sse(
     Ok(())
 }
 
-/// A string member of a JSON object, read without parsing the whole of it
-/// (`"name":"value"`; runlog never escapes inside ids and times).
-fn member<'a>(json: &'a str, name: &str) -> Option<&'a str> {
-    let key = format!("\"{name}\":\"");
-    let start = json.find(&key)? + key.len();
+/// A string member of a JSON object, read without parsing the whole of it:
+/// `key` is `"name":"` (runlog never escapes inside ids and times).
+fn member<'a>(json: &'a str, key: &str) -> Option<&'a str> {
+    let start = json.find(key)? + key.len();
     let len = json[start..].find('"')?;
     Some(&json[start..start + len])
 }
@@ -363,7 +362,7 @@ pub async fn latency(shape: Shape, rate: f64, seconds: f64) -> anyhow::Result<La
         async move {
             follow_sse(&http, &url, |e| {
                 if e.event == "succeeded"
-                    && let Some(id) = member(&e.data, "execution")
+                    && let Some(id) = member(&e.data, r#""execution":""#)
                 {
                     let now = Instant::now();
                     let mut ended = ended.lock().unwrap_or_else(|e| e.into_inner());
@@ -467,11 +466,12 @@ pub async fn fanout(shape: Shape, clients: usize) -> anyhow::Result<Fanout> {
                     first = false;
                     connected.fetch_add(1, Ordering::Relaxed);
                 }
-                let ours = member(&e.data, "execution").is_some_and(|x| x.starts_with(&prefix));
+                let ours =
+                    member(&e.data, r#""execution":""#).is_some_and(|x| x.starts_with(&prefix));
                 if !ours {
                     return true;
                 }
-                if let Some(time) = member(&e.data, "time")
+                if let Some(time) = member(&e.data, r#""time":""#)
                     && let Ok(time) = chrono::DateTime::parse_from_rfc3339(time)
                 {
                     let lag = chrono::Utc::now().signed_duration_since(time);

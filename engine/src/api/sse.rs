@@ -30,6 +30,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::executions::{event_json, log_lines, read_logs};
 use super::{ApiState, Problem};
+use crate::live::Stored;
 
 /// Events buffered per client.
 const BUFFER: usize = 256;
@@ -65,6 +66,14 @@ fn event(seq: u64, envelope: &Envelope) -> SseEvent {
         .id(seq.to_string())
         .event(envelope.event_type().as_str())
         .data(event_json(seq, envelope).to_string())
+}
+
+/// A live event: its JSON is made once for every client.
+fn live_event(stored: &Stored) -> SseEvent {
+    SseEvent::default()
+        .id(stored.seq.to_string())
+        .event(stored.envelope.event_type().as_str())
+        .data(stored.json(|seq, envelope| event_json(seq, envelope).to_string()))
 }
 
 fn ends_execution(event: &Event) -> bool {
@@ -137,7 +146,7 @@ pub(super) async fn execution(
             loop {
                 match live.recv().await {
                     Ok(stored) if stored.envelope.execution == execution && stored.seq > last => {
-                        if !send(&tx, event(stored.seq, &stored.envelope)).await {
+                        if !send(&tx, live_event(&stored)).await {
                             return;
                         }
                         last = stored.seq;
@@ -266,7 +275,7 @@ pub(super) async fn all(
                             continue;
                         }
                         last = Some(stored.seq);
-                        if wanted(&stored.envelope) && !send(&tx, event(stored.seq, &stored.envelope)).await {
+                        if wanted(&stored.envelope) && !send(&tx, live_event(&stored)).await {
                             return;
                         }
                     }
