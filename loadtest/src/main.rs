@@ -624,18 +624,11 @@ async fn worker_throughput(args: &Args) -> anyhow::Result<(Figure, f64, f64)> {
     config.listen = "127.0.0.1:0".parse()?;
     config.snapshot_interval_secs = 0;
     let engine = runlog_engine::Engine::start(config, shutdown.clone()).await?;
-    let binary = std::env::current_exe()?.with_file_name("runlog");
-    let mut worker = std::process::Command::new(&binary)
-        .args(["worker", "--nats-url", &server.url(), "--id", "bench"])
-        .args(["--concurrency", &args.concurrency.to_string()])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .with_context(|| {
-            format!(
-                "cannot start {} (build it: cargo build --release -p runlog)",
-                binary.display()
-            )
-        })?;
+    let mut worker = rig::spawn(
+        std::process::Command::new(rig::runlog_binary()?)
+            .args(["worker", "--nats-url", &server.url(), "--id", "bench"])
+            .args(["--concurrency", &args.concurrency.to_string()]),
+    )?;
     let client = async_nats::connect(server.url()).await?;
     let js = jetstream::new(client.clone());
     // At rest: registered and polling.

@@ -22,6 +22,31 @@ pub struct Memory {
     pub seconds: f64,
 }
 
+/// The four events of an execution that ran once and succeeded with
+/// `output`, each with its attempt.
+pub fn finished(spec: &TaskSpec, output: serde_json::Value) -> [(u32, Event); 4] {
+    [
+        (0, Event::Submitted(Submitted { spec: spec.clone() })),
+        (
+            1,
+            Event::Queued(Queued {
+                queue: QueueName::default(),
+                priority: spec.priority,
+                kind: spec.kind.clone(),
+                worker_labels: Default::default(),
+            }),
+        ),
+        (
+            1,
+            Event::Started(Started {
+                worker: "load-0".into(),
+                deadline: None,
+            }),
+        ),
+        (1, Event::Succeeded(Succeeded { output })),
+    ]
+}
+
 pub fn run(executions: usize) -> anyhow::Result<Memory> {
     let mut spec = TaskSpec::new("echo");
     let input = serde_json::json!({ "payload": "x".repeat(80) });
@@ -33,31 +58,7 @@ pub fn run(executions: usize) -> anyhow::Result<Memory> {
     let mut seq = 0;
     for _ in 0..executions {
         let exec = ExecutionId::generate();
-        let events = [
-            (0, Event::Submitted(Submitted { spec: spec.clone() })),
-            (
-                1,
-                Event::Queued(Queued {
-                    queue: QueueName::default(),
-                    priority: spec.priority,
-                    kind: spec.kind.clone(),
-                    worker_labels: Default::default(),
-                }),
-            ),
-            (
-                1,
-                Event::Started(Started {
-                    worker: "load-0".into(),
-                    deadline: None,
-                }),
-            ),
-            (
-                1,
-                Event::Succeeded(Succeeded {
-                    output: input.clone(),
-                }),
-            ),
-        ];
+        let events = finished(&spec, input.clone());
         for (attempt, event) in events {
             seq += 1;
             let envelope = Envelope::new(exec.clone(), attempt, now, "/loadtest", event);

@@ -15,9 +15,8 @@ use chrono::Utc;
 use futures::StreamExt;
 use runlog_engine::Projection;
 use runlog_events::codec::{self, Format, Limits};
-use runlog_events::event::{Queued, Started, Submitted, Succeeded};
 use runlog_events::stream::Layout;
-use runlog_events::{Envelope, Event, ExecutionId, QueueName, Subjects, TaskSpec};
+use runlog_events::{Envelope, ExecutionId, Subjects, TaskSpec};
 use runlog_testkit::NatsServer;
 
 use crate::{Figure, median, resident_bytes};
@@ -163,31 +162,7 @@ async fn seed(
     let mut acks = futures::stream::FuturesUnordered::new();
     for _ in 0..executions {
         let exec = ExecutionId::generate();
-        let events = [
-            (0, Event::Submitted(Submitted { spec: spec.clone() })),
-            (
-                1,
-                Event::Queued(Queued {
-                    queue: QueueName::default(),
-                    priority: spec.priority,
-                    kind: spec.kind.clone(),
-                    worker_labels: Default::default(),
-                }),
-            ),
-            (
-                1,
-                Event::Started(Started {
-                    worker: "w1".into(),
-                    deadline: None,
-                }),
-            ),
-            (
-                1,
-                Event::Succeeded(Succeeded {
-                    output: serde_json::Value::Null,
-                }),
-            ),
-        ];
+        let events = crate::memory::finished(&spec, serde_json::Value::Null);
         for (attempt, event) in events {
             let envelope = Envelope::new(exec.clone(), attempt, now, "/loadtest", event);
             let (headers, body) = codec::encode(&envelope, Format::MessagePack)?;

@@ -30,20 +30,13 @@ impl Rig {
     /// A server and an engine, ready to take submissions.
     pub async fn start() -> anyhow::Result<Self> {
         let server = NatsServer::start().context("cannot start nats-server")?;
-        let binary = std::env::current_exe()?.with_file_name("runlog");
+        let binary = runlog_binary()?;
         let port = free_port()?;
-        let engine = Command::new(&binary)
-            .args(["engine", "--nats-url", &server.url()])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("RUNLOG_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .with_context(|| {
-                format!(
-                    "cannot start {} (build it: cargo build --release -p runlog)",
-                    binary.display()
-                )
-            })?;
+        let engine = spawn(
+            Command::new(&binary)
+                .args(["engine", "--nats-url", &server.url()])
+                .args(["--listen", &format!("127.0.0.1:{port}")]),
+        )?;
         let mut rig = Rig {
             server,
             engine,
@@ -89,14 +82,12 @@ impl Rig {
     pub async fn start_workers(&mut self, count: usize, concurrency: usize) -> anyhow::Result<()> {
         let first = self.workers.len();
         for i in first..first + count {
-            let worker = Command::new(&self.binary)
-                .args(["worker", "--nats-url", &self.server.url()])
-                .args(["--id", &format!("load-{i}")])
-                .args(["--concurrency", &concurrency.to_string()])
-                .env("RUNLOG_LOG", "warn")
-                .stdout(Stdio::null())
-                .spawn()
-                .context("cannot start a worker")?;
+            let worker = spawn(
+                Command::new(&self.binary)
+                    .args(["worker", "--nats-url", &self.server.url()])
+                    .args(["--id", &format!("load-{i}")])
+                    .args(["--concurrency", &concurrency.to_string()]),
+            )?;
             self.workers.push(worker);
         }
         let js = jetstream::new(async_nats::connect(self.server.url()).await?);
@@ -226,6 +217,25 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 fn clock_ticks() -> f64 {
     // USER_HZ is 100 on every Linux this runs on.
     100.0
+}
+
+/// The `runlog` binary next to this one.
+pub fn runlog_binary() -> anyhow::Result<std::path::PathBuf> {
+    Ok(std::env::current_exe()?.with_file_name("runlog"))
+}
+
+/// Starts `command` (a `runlog` subcommand) quietly.
+pub fn spawn(command: &mut Command) -> anyhow::Result<Child> {
+    command
+        .env("RUNLOG_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| {
+            format!(
+                "cannot start {} (build it: cargo build --release -p runlog)",
+                command.get_program().to_string_lossy()
+            )
+        })
 }
 
 fn free_port() -> anyhow::Result<u16> {

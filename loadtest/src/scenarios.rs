@@ -232,9 +232,20 @@ pub async fn mixed(shape: Shape) -> anyhow::Result<Run> {
     let mut rig = Rig::start().await?;
     rig.start_workers(shape.workers, shape.concurrency).await?;
     let terminals = Terminals::follow(&rig.nats_url()).await?;
+    produce(&rig, &terminals, shape, None).await
+}
+
+/// Submits the shape's tasks while the workers run and waits for the last
+/// to end: the figures of `mixed` (and of the load under `fanout`).
+async fn produce(
+    rig: &Rig,
+    terminals: &Terminals,
+    shape: Shape,
+    ids: Option<&str>,
+) -> anyhow::Result<Run> {
     let cpu_before = rig.cpu().await;
     let first = Instant::now();
-    submit_all(&rig.nats_url(), shape.tasks, shape.window, None).await?;
+    submit_all(&rig.nats_url(), shape.tasks, shape.window, ids).await?;
     let enqueued = first.elapsed();
     let last = terminals.wait(shape.tasks).await?;
     Ok(Run {
@@ -504,19 +515,7 @@ pub async fn fanout(shape: Shape, clients: usize) -> anyhow::Result<Fanout> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let terminals = Terminals::follow(&rig.nats_url()).await?;
-    let cpu_before = rig.cpu().await;
-    let first = Instant::now();
-    submit_all(&rig.nats_url(), shape.tasks, shape.window, Some(&prefix)).await?;
-    let enqueued = first.elapsed();
-    let last = terminals.wait(shape.tasks).await?;
-    let run = Run {
-        tasks: shape.tasks,
-        enqueue_seconds: enqueued.as_secs_f64(),
-        end_to_end_seconds: (last - first).as_secs_f64(),
-        drain_seconds: None,
-        cpu: rig.cpu().await - cpu_before,
-        engine_rss_mib: rig.engine_rss_mib(),
-    };
+    let run = produce(&rig, &terminals, shape, Some(&prefix)).await?;
     let mut lags = Vec::new();
     let deadline = Instant::now() + FINISH;
     while let Some(feed) = tokio::time::timeout_at(deadline.into(), feeds.join_next())
