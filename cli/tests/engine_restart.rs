@@ -2,10 +2,13 @@
 //! it again: every projected state equals a fresh fold of its events, none
 //! is lost or dispatched twice, and pending retries and deadlines still fire.
 
+#[path = "support/wait.rs"]
+mod wait;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use wait::wait;
 
 use anyhow::{Context, Result, bail};
 use chrono::Utc;
@@ -45,23 +48,6 @@ fn engine(nats: &str) -> Result<EngineProcess> {
         .with_context(|| format!("unexpected first line {line:?}"))?
         .to_owned();
     Ok(EngineProcess { child, base })
-}
-
-async fn wait<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("{what}: not within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,6 +15,8 @@
 
 #[path = "faults/harness.rs"]
 mod harness;
+#[path = "support/wait.rs"]
+mod wait;
 
 use std::time::Duration;
 

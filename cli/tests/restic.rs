@@ -3,9 +3,12 @@
 //! checked and pruned, each step a `shell` execution on a real worker, with
 //! the repository password handed over as the task's sealed environment.
 
+#[path = "support/wait.rs"]
+mod wait;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
+use wait::wait;
 
 use anyhow::{Context, Result, bail, ensure};
 use runlog_engine::{Engine, EngineConfig};
@@ -17,24 +20,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 const PATIENCE: Duration = Duration::from_secs(30);
-
-/// Polls `check` until it yields a value or `limit` passes.
-async fn wait<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("{what}: not within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 struct Api {
     http: reqwest::Client,

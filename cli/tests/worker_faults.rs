@@ -3,12 +3,15 @@
 //! cancelled shell task whose whole process group, grandchildren included,
 //! is gone within its kill grace.
 
+#[path = "support/wait.rs"]
+mod wait;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use wait::wait;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use runlog_engine::{Engine, EngineConfig};
@@ -19,24 +22,6 @@ use runlog_worker::runtime::{Worker, WorkerConfig};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-
-/// Polls `check` until it yields a value or `limit` passes.
-async fn wait<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("{what}: not within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 async fn start_engine(nats: &str, shutdown: &CancellationToken) -> Result<Engine> {
     let mut config = EngineConfig::default();

@@ -600,7 +600,11 @@ impl Reactor {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(
             "Nats-Schedule",
-            format!("@at {}", at.to_rfc3339_opts(SecondsFormat::Millis, true)).as_str(),
+            format!(
+                "@at {}",
+                ceil_ms(at).to_rfc3339_opts(SecondsFormat::Millis, true)
+            )
+            .as_str(),
         );
         headers.insert(
             "Nats-Schedule-Target",
@@ -717,6 +721,16 @@ async fn durable(
         .create_consumer(config)
         .await
         .map_err(|e| err(&e))
+}
+
+/// `time` rounded up to the millisecond: a schedule holds milliseconds, and
+/// truncating would fire a deadline up to a millisecond before it passed.
+fn ceil_ms(time: DateTime<Utc>) -> DateTime<Utc> {
+    let sub_ms = time.timestamp_subsec_nanos() % 1_000_000;
+    if sub_ms == 0 {
+        return time;
+    }
+    time + chrono::TimeDelta::nanoseconds(i64::from(1_000_000 - sub_ms))
 }
 
 fn add_ms(time: DateTime<Utc>, ms: u64) -> DateTime<Utc> {

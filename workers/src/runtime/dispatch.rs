@@ -205,6 +205,16 @@ impl Dispatcher {
         }
     }
 
+    /// The NAK delay of an item handed back on its `delivered`-th delivery:
+    /// `nak_delay × delivered`, at most [`MAX_NAK_DELAY`].
+    fn growing_delay(&self, delivered: i64) -> Duration {
+        let factor = u32::try_from(delivered).unwrap_or(u32::MAX);
+        self.shared
+            .nak_delay
+            .saturating_mul(factor)
+            .min(MAX_NAK_DELAY)
+    }
+
     fn may_fetch(&self) -> bool {
         !*self.paused.borrow() && !self.capacity.exclusive_running() && !self.exclusive_waiting()
     }
@@ -238,12 +248,7 @@ impl Dispatcher {
             }
         };
         if !item.accepts(&self.labels) {
-            let factor = u32::try_from(delivered).unwrap_or(u32::MAX);
-            let delay = self
-                .shared
-                .nak_delay
-                .saturating_mul(factor)
-                .min(MAX_NAK_DELAY);
+            let delay = self.growing_delay(delivered);
             tracing::debug!(execution = %item.execution, ?delay, "labels do not match; handing the item back");
             execution::nak(&message, Some(delay)).await;
             return;
@@ -358,12 +363,7 @@ impl Dispatcher {
                 let held = self.waiting.iter().filter(|w| w.held_until.is_some());
                 if held.count() >= self.shared.limits.hold() {
                     let delivered = message.info().map(|i| i.delivered).unwrap_or(1).max(1);
-                    let factor = u32::try_from(delivered).unwrap_or(u32::MAX);
-                    let delay = self
-                        .shared
-                        .nak_delay
-                        .saturating_mul(factor)
-                        .min(MAX_NAK_DELAY);
+                    let delay = self.growing_delay(delivered);
                     tracing::debug!(execution = %item.execution, ?delay, "its limit is reached and the worker holds enough items; handing it back");
                     execution::nak(&message, Some(delay)).await;
                     return;
