@@ -209,6 +209,73 @@ async fn submit_wait_streams_the_shell_loop_and_exits_zero() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_from_file_reports_each_bad_line_and_submits_the_others() -> Result<()> {
+    let stack = Stack::start("from-file").await?;
+    let dir = tempfile::tempdir()?;
+    let tasks = dir.path().join("tasks.jsonl");
+    std::fs::write(
+        &tasks,
+        [
+            r#"{"kind": "echo", "input": {"n": 1}}"#,
+            r#"{"kind": "echo", "input": {"n": 2"#,
+            "",
+            r#"{"kind": "echo", "retry": {"backoff_multiplier": 0.5}}"#,
+            r#"{"kind": "echo", "id": "from-file-5", "input": {"n": 5}}"#,
+            r#"{"kind": "echo", "id": "from-file-5", "input": {"n": 5}}"#,
+        ]
+        .join("\n"),
+    )?;
+    let path = tasks.to_str().context("a UTF-8 path")?;
+    let run = stack.runlog(&["submit", "--from-file", path]).await?;
+    ensure!(
+        run.code == 2,
+        "a failed line makes the exit non-zero: {run:?}"
+    );
+    let ids: Vec<&str> = run.stdout.lines().collect();
+    ensure!(ids.len() == 3, "the accepted lines' ids: {run:?}");
+    ensure!(
+        ids[1] == "from-file-5" && ids[2] == "from-file-5",
+        "{run:?}"
+    );
+    ensure!(
+        run.stderr
+            .contains("2 submitted, 1 existing (same id or idempotency key), 2 failed"),
+        "{run:?}"
+    );
+    ensure!(
+        run.stderr.contains("line 2: not a JSON task spec"),
+        "the line that is not JSON, by number: {run:?}"
+    );
+    ensure!(
+        run.stderr.contains("line 4: ")
+            && run
+                .stderr
+                .contains("(invalid_task, field retry.backoff_multiplier)"),
+        "the invalid spec, by number, with its field: {run:?}"
+    );
+    for id in &ids[..2] {
+        stack.wait_for(id, "succeeded").await?;
+    }
+
+    // More lines than one batch holds, as JSON for scripts.
+    let many: Vec<String> = (0..1001)
+        .map(|n| format!(r#"{{"kind": "echo", "input": {{"n": {n}}}}}"#))
+        .collect();
+    std::fs::write(&tasks, many.join("\n"))?;
+    let summary = stack.json(&["submit", "--from-file", path]).await?;
+    ensure!(
+        summary["submitted"] == 1001 && summary["failed"] == 0,
+        "{summary}"
+    );
+    let results = summary["results"].as_array().context("results")?;
+    let distinct: std::collections::HashSet<&str> =
+        results.iter().filter_map(|r| r["id"].as_str()).collect();
+    ensure!(distinct.len() == 1001, "one execution per line");
+    ensure!(results[1000]["line"] == 1001, "{}", results[1000]);
+    stack.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn submit_wait_resumes_its_feeds_across_an_engine_restart() -> Result<()> {
     let server = NatsServer::start()?;
     let start_engine = |listen: std::net::SocketAddr, stop: CancellationToken| {

@@ -1,6 +1,8 @@
 //! A client in another language: the Python example submits by appending a
 //! `submitted` event and follows the execution to its end; it reaches the
-//! same state as the equivalent submission through the HTTP door.
+//! same state as the equivalent submission through the HTTP door. Its
+//! `submit_many` sends a batch to the NATS batch door and gets one result
+//! per spec.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,8 +19,8 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_python_client_submits_directly_and_follows_to_the_end() -> Result<()> {
+/// Where nats-py is (`RUNLOG_PYTHONPATH`, else `.tools/python`).
+fn python_path() -> Result<PathBuf> {
     let python_path = std::env::var_os("RUNLOG_PYTHONPATH")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join(".tools/python"));
@@ -28,8 +30,14 @@ async fn the_python_client_submits_directly_and_follows_to_the_end() -> Result<(
             python_path.display()
         );
     }
-    let server = NatsServer::start()?;
-    let shutdown = CancellationToken::new();
+    Ok(python_path)
+}
+
+/// An engine and a worker on `server`, stopped by `shutdown`.
+async fn start(
+    server: &NatsServer,
+    shutdown: &CancellationToken,
+) -> Result<(Engine, tokio::task::JoinHandle<()>, async_nats::Client)> {
     let mut config = EngineConfig::default();
     config.nats.urls = vec![server.url()];
     config.listen = "127.0.0.1:0".parse()?;
@@ -44,27 +52,59 @@ async fn the_python_client_submits_directly_and_follows_to_the_end() -> Result<(
         },
         runlog_worker::executor::builtin(),
     );
-    let worker = tokio::spawn(worker.run(shutdown.clone()));
+    let stop = shutdown.clone();
+    let worker = tokio::spawn(async move {
+        let _ = worker.run(stop).await;
+    });
+    Ok((engine, worker, client))
+}
 
-    let id = ExecutionId::generate();
+/// Runs the Python example with `args`; its exit status and stdout.
+async fn python(args: &[&str]) -> Result<(std::process::Output, String)> {
     let child = tokio::process::Command::new("python3")
         .arg(repo().join("examples/python/submit_and_follow.py"))
-        .args([
-            "--url",
-            &server.url(),
-            "--id",
-            id.as_str(),
-            "--argv",
-            "echo",
-            "hello",
-        ])
-        .env("PYTHONPATH", &python_path)
+        .args(args)
+        .env("PYTHONPATH", python_path()?)
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(60), child)
         .await
         .context("the Python client did not finish within 60 s")??;
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    Ok((out, stdout))
+}
+
+/// Waits until `id` ended; its final state.
+async fn ended(journal: &Journal, id: &ExecutionId) -> Result<runlog_events::ExecutionState> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let h = journal.load(id).await?;
+        if h.state.status.is_terminal() {
+            return Ok(h.state);
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "{id} never ended");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_client_submits_directly_and_follows_to_the_end() -> Result<()> {
+    python_path()?;
+    let server = NatsServer::start()?;
+    let shutdown = CancellationToken::new();
+    let (engine, worker, client) = start(&server, &shutdown).await?;
+
+    let id = ExecutionId::generate();
+    let (out, stdout) = python(&[
+        "--url",
+        &server.url(),
+        "--id",
+        id.as_str(),
+        "--argv",
+        "echo",
+        "hello",
+    ])
+    .await?;
     assert!(
         out.status.success(),
         "python client failed\nstdout:\n{stdout}\nstderr:\n{}",
@@ -96,23 +136,63 @@ async fn the_python_client_submits_directly_and_follows_to_the_end() -> Result<(
         Subjects::default(),
         "/test",
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let http_state = loop {
-        let h = journal.load(&by_http).await?;
-        if h.state.status.is_terminal() {
-            break h.state;
-        }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "HTTP twin never ended"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let http_state = ended(&journal, &by_http).await?;
     let py_state = journal.load(&id).await?.state;
     assert_eq!(py_state.status, http_state.status);
     assert_eq!(py_state.attempt, http_state.attempt);
     assert_eq!(py_state.spec, http_state.spec);
     assert_eq!(py_state.output, http_state.output);
+
+    shutdown.cancel();
+    let _ = worker.await;
+    engine.wait().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_client_submits_a_batch_and_each_spec_gets_its_own_result() -> Result<()> {
+    python_path()?;
+    let server = NatsServer::start()?;
+    let shutdown = CancellationToken::new();
+    let (engine, worker, client) = start(&server, &shutdown).await?;
+    let dir = tempfile::tempdir()?;
+    let tasks = dir.path().join("tasks.jsonl");
+    std::fs::write(
+        &tasks,
+        [
+            r#"{"kind": "shell", "input": {"argv": ["echo", "one"]}}"#,
+            r#"{"kind": "echo", "retry": {"backoff_multiplier": 0.5}}"#,
+            r#"{"kind": "echo", "input": {"n": 3}, "id": "py-batch-3"}"#,
+        ]
+        .join("\n"),
+    )?;
+    let path = tasks.to_str().context("a UTF-8 path")?;
+    let (out, stdout) = python(&["--url", &server.url(), "--batch", path]).await?;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "one spec was refused\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(results.len(), 3, "{stdout}");
+    assert_eq!(results[1]["error"]["code"], "invalid_task", "{stdout}");
+    assert_eq!(results[1]["error"]["field"], "retry.backoff_multiplier");
+    assert_eq!(results[2]["id"], "py-batch-3", "{stdout}");
+    let journal = Journal::new(
+        async_nats::jetstream::new(client),
+        Subjects::default(),
+        "/test",
+    );
+    for result in [&results[0], &results[2]] {
+        assert_eq!(result["existing"], false, "{result}");
+        let id = ExecutionId::new(result["id"].as_str().unwrap_or_default())?;
+        let state = ended(&journal, &id).await?;
+        assert_eq!(state.status, runlog_events::Status::Succeeded, "{id}");
+    }
 
     shutdown.cancel();
     let _ = worker.await;

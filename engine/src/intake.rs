@@ -13,12 +13,27 @@
 //! - **claims the idempotency key** with a create-only put in the
 //!   `<p>-idempotency` bucket: every submission with the same key gets the
 //!   execution of the first, long after JetStream's duplicate window.
+//!
+//! [`Intake::submit_many`] takes a batch through the same steps, with the
+//! submissions' appends in flight together: a batch costs about one round
+//! trip, not one per submission.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use runlog_events::decider::{self, Command, ExecutionState, Rejection};
 use runlog_events::journal::{AppendError, Journal, LoadError};
 use runlog_events::{Envelope, ExecutionId, TaskSpec, TraceParent};
+use tokio::sync::Semaphore;
+
+/// Submissions of batches in flight at once, over every batch an intake
+/// serves: each holds a publish ack on the publishing connection, and
+/// async-nats stalls a connection with too many (research/jetstream.md §9),
+/// which the reactor's publishes share.
+pub const BATCH_IN_FLIGHT: usize = 512;
 
 /// A request to run a task.
 #[derive(Debug, Clone, PartialEq)]
@@ -93,6 +108,8 @@ pub struct Intake {
     journal: Journal,
     env: kv::Store,
     idempotency: kv::Store,
+    /// Shared by every clone: bounds the batch submissions in flight.
+    batch_window: Arc<Semaphore>,
 }
 
 impl Intake {
@@ -103,6 +120,7 @@ impl Intake {
             journal,
             env,
             idempotency,
+            batch_window: Arc::new(Semaphore::new(BATCH_IN_FLIGHT)),
         }
     }
 
@@ -178,6 +196,44 @@ impl Intake {
         })
     }
 
+    /// Records every submission of a batch as [`submit`](Self::submit)
+    /// would, with their appends in flight together (at most
+    /// [`BATCH_IN_FLIGHT`] over all batches); one result per submission, in
+    /// order. Each succeeds or fails on its own.
+    ///
+    /// Submissions of the batch that share an id or an idempotency key are
+    /// taken in order: the first records the execution, the later ones get
+    /// it back with `existing: true`, as if they had been sent one after the
+    /// other.
+    pub async fn submit_many(
+        &self,
+        submissions: Vec<Submission>,
+        now: DateTime<Utc>,
+    ) -> Vec<Result<Accepted, IntakeError>> {
+        let mut results: Vec<Option<Result<Accepted, IntakeError>>> =
+            std::iter::repeat_with(|| None)
+                .take(submissions.len())
+                .collect();
+        for wave in waves(submissions) {
+            let done: Vec<_> = futures::stream::iter(wave)
+                .map(|(i, submission)| async move {
+                    // Closed never: the semaphore lives as long as `self`.
+                    let _permit = self.batch_window.acquire().await;
+                    (i, self.submit(submission, now).await)
+                })
+                .buffer_unordered(BATCH_IN_FLIGHT)
+                .collect()
+                .await;
+            for (i, result) in done {
+                results[i] = Some(result);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every submission belongs to one wave"))
+            .collect()
+    }
+
     /// The execution that owns idempotency `key`: `candidate` if this
     /// submission is the first with the key.
     async fn claim_key(
@@ -221,6 +277,41 @@ impl Intake {
     }
 }
 
+/// Splits a batch into waves that can each run concurrently: a submission
+/// goes one wave after the latest earlier one that shares its id or its
+/// idempotency key, so duplicates within a batch resolve in batch order.
+/// A batch without such duplicates is one wave.
+fn waves(submissions: Vec<Submission>) -> Vec<Vec<(usize, Submission)>> {
+    #[derive(PartialEq, Eq, Hash)]
+    enum Identity {
+        Id(String),
+        Key(String),
+    }
+    let mut last_wave: HashMap<Identity, usize> = HashMap::new();
+    let mut waves: Vec<Vec<(usize, Submission)>> = Vec::new();
+    for (i, submission) in submissions.into_iter().enumerate() {
+        let identities: Vec<Identity> = submission
+            .execution
+            .iter()
+            .map(|id| Identity::Id(id.as_str().to_owned()))
+            .chain(submission.spec.idempotency_key.clone().map(Identity::Key))
+            .collect();
+        let wave = identities
+            .iter()
+            .filter_map(|identity| last_wave.get(identity).map(|w| w + 1))
+            .max()
+            .unwrap_or(0);
+        for identity in identities {
+            last_wave.insert(identity, wave);
+        }
+        if waves.len() <= wave {
+            waves.resize_with(wave + 1, Vec::new);
+        }
+        waves[wave].push((i, submission));
+    }
+    waves
+}
+
 /// A bucket key for any caller key: hex of its bytes (keys may hold any
 /// character; bucket keys may not).
 fn key_of(key: &str) -> String {
@@ -234,8 +325,49 @@ fn key_of(key: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn any_key_becomes_a_bucket_key() {
-        assert_eq!(super::key_of("a b/ü"), "6120622fc3bc");
+        assert_eq!(key_of("a b/ü"), "6120622fc3bc");
+    }
+
+    fn submission(id: Option<&str>, key: Option<&str>) -> Submission {
+        let mut spec = TaskSpec::new("echo");
+        spec.idempotency_key = key.map(str::to_owned);
+        let mut submission = Submission::new(spec);
+        submission.execution = id.map(|id| ExecutionId::new(id).unwrap());
+        submission
+    }
+
+    fn indices(waves: &[Vec<(usize, Submission)>]) -> Vec<Vec<usize>> {
+        waves
+            .iter()
+            .map(|w| w.iter().map(|(i, _)| *i).collect())
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_without_duplicates_is_one_wave() {
+        let batch = vec![
+            submission(None, None),
+            submission(Some("a"), None),
+            submission(None, Some("k")),
+            submission(None, None),
+        ];
+        assert_eq!(indices(&waves(batch)), [vec![0, 1, 2, 3]]);
+    }
+
+    #[test]
+    fn a_duplicate_waits_for_every_earlier_submission_it_shares_a_name_with() {
+        let batch = vec![
+            submission(Some("a"), None),      // 0: wave 0
+            submission(Some("b"), Some("k")), // 1: wave 0
+            submission(Some("a"), Some("k")), // 2: after 0 and 1
+            submission(None, Some("k")),      // 3: after 2
+            submission(Some("b"), None),      // 4: after 1 (and only 1)
+            submission(None, None),           // 5: wave 0
+        ];
+        assert_eq!(indices(&waves(batch)), [vec![0, 1, 5], vec![2, 4], vec![3]]);
     }
 }

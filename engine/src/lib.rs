@@ -3,8 +3,8 @@
 //!
 //! - [`intake`]: a submission is checked by the core's `decide`, its
 //!   environment sealed, its idempotency key claimed, and it is recorded as
-//!   `submitted` (created exactly once). [`submit`] is its NATS door, the
-//!   [`api`] its HTTP door.
+//!   `submitted` (created exactly once), one at a time or a batch at once.
+//!   [`submit`] holds its NATS doors, the [`api`] its HTTP door.
 //! - [`reactor`]: a durable consumer that turns events into consequences:
 //!   queueing and dispatch, retries and deadlines held as broker schedules,
 //!   dead letters, cancel signals.

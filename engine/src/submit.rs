@@ -1,44 +1,101 @@
-//! The NATS intake door: request/reply on `<p>.submit.<queue>`.
+//! The NATS intake doors: request/reply on `<p>.submit.<queue>` (one
+//! submission) and `<p>.submit-batch.<queue>` (a batch).
 //!
-//! The request body is the same as `POST /v1/executions` (a task spec plus
-//! optional `id` and `correlation_id`), as JSON or, with
+//! A request to `<p>.submit.<queue>` holds the same body as
+//! `POST /v1/executions` (a task spec plus optional `id` and
+//! `correlation_id`); one to `<p>.submit-batch.<queue>` the same as
+//! `POST /v1/executions/batch` (`{"executions": [<spec>, ...]}`, at most
+//! [`MAX_BATCH`](crate::api::MAX_BATCH)). Either as JSON or, with
 //! `Content-Type: application/msgpack`, MessagePack; the queue comes from
 //! the subject. The reply is JSON: `{"id", "status", "existing"}`, or an
-//! error `{"error": {"code", "detail", "field"}}`. Engine replicas share
-//! the subscription through a queue group.
+//! error `{"error": {"code", "detail", "field"}}`; for a batch
+//! `{"results": [...]}` with one of those per spec, in order. Engine
+//! replicas share each subscription through a queue group.
+
+use std::future::Future;
 
 use chrono::Utc;
 use futures::StreamExt;
-use runlog_events::{ExecutionId, QueueName, Subjects, codec};
-use serde_json::json;
+use runlog_events::{QueueName, Subjects, codec};
 use tokio_util::sync::CancellationToken;
 
+use crate::api::batch;
 use crate::api::problem::Problem;
-use crate::intake::{Intake, Submission};
+use crate::intake::Intake;
 
 /// Requests handled at once.
 const CONCURRENCY: usize = 64;
+/// Batches handled at once; their submissions share the intake's window
+/// ([`BATCH_IN_FLIGHT`](crate::intake::BATCH_IN_FLIGHT)).
+const BATCH_CONCURRENCY: usize = 8;
 
-/// Serves `<p>.submit.*` on `client` until `shutdown`.
+/// Serves `<p>.submit.*` and `<p>.submit-batch.*` on `client` until
+/// `shutdown`.
 pub async fn serve(
     client: async_nats::Client,
     subjects: Subjects,
     intake: Intake,
     shutdown: CancellationToken,
 ) -> Result<(), async_nats::SubscribeError> {
-    let subject = format!("{}.submit.*", subjects.prefix());
-    let group = format!("{}-intake", subjects.prefix());
+    let p = subjects.prefix();
+    let group = format!("{p}-intake");
+    door(
+        &client,
+        format!("{p}.submit.*"),
+        group.clone(),
+        CONCURRENCY,
+        &intake,
+        &shutdown,
+        handle,
+    )
+    .await?;
+    // Batches have a subject of their own rather than a token after the
+    // queue or a header on `<p>.submit.<queue>`: a permission or a
+    // subscription on `<p>.submit.*` (or `.>`) keeps meaning one submission,
+    // and an engine without batches answers "no responders" instead of
+    // reading a batch as one spec.
+    door(
+        &client,
+        format!("{p}.submit-batch.*"),
+        group,
+        BATCH_CONCURRENCY,
+        &intake,
+        &shutdown,
+        handle_batch,
+    )
+    .await
+}
+
+/// Answers each request on `subject` with what `handle` makes of it.
+async fn door<F, Fut>(
+    client: &async_nats::Client,
+    subject: String,
+    group: String,
+    concurrency: usize,
+    intake: &Intake,
+    shutdown: &CancellationToken,
+    handle: F,
+) -> Result<(), async_nats::SubscribeError>
+where
+    F: Fn(Intake, async_nats::Message) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = serde_json::Value> + Send,
+{
     let requests = client.queue_subscribe(subject, group).await?;
+    let (client, intake, shutdown) = (client.clone(), intake.clone(), shutdown.clone());
     tokio::spawn(async move {
         requests
             .take_until(shutdown.cancelled())
-            .for_each_concurrent(CONCURRENCY, |message| {
+            .for_each_concurrent(concurrency, |message| {
                 let (client, intake) = (client.clone(), intake.clone());
+                let handled = message
+                    .reply
+                    .clone()
+                    .map(|reply| (reply, handle(intake, message)));
                 async move {
-                    let Some(reply) = message.reply.clone() else {
+                    let Some((reply, answer)) = handled else {
                         return;
                     };
-                    let answer = handle(&intake, &message).await;
+                    let answer = answer.await;
                     if let Err(e) = client.publish(reply, answer.to_string().into()).await {
                         tracing::warn!(error = %e, "cannot answer a submission");
                     }
@@ -49,17 +106,40 @@ pub async fn serve(
     Ok(())
 }
 
-async fn handle(intake: &Intake, message: &async_nats::Message) -> serde_json::Value {
-    let queue = message
+/// The queue a door's subject names (its last token).
+fn queue_of(message: &async_nats::Message) -> Option<QueueName> {
+    message
         .subject
         .rsplit('.')
         .next()
-        .and_then(|q| QueueName::new(q).ok());
-    let msgpack = message
+        .and_then(|q| QueueName::new(q).ok())
+}
+
+fn is_msgpack(message: &async_nats::Message) -> bool {
+    message
         .headers
         .as_ref()
         .and_then(|h| h.get(codec::header::CONTENT_TYPE))
-        .is_some_and(|v| v.as_str() == codec::MSGPACK);
+        .is_some_and(|v| v.as_str() == codec::MSGPACK)
+}
+
+async fn handle_batch(intake: Intake, message: async_nats::Message) -> serde_json::Value {
+    if message.payload.len() > crate::api::MAX_BATCH_BODY {
+        return error(
+            "payload_too_large",
+            "the batch is larger than 16 MiB: send smaller batches",
+            None,
+        );
+    }
+    match batch::read(&message.payload, is_msgpack(&message)) {
+        Ok(specs) => batch::submit_all(&intake, specs, queue_of(&message)).await,
+        Err(problem) => batch::error(&problem),
+    }
+}
+
+async fn handle(intake: Intake, message: async_nats::Message) -> serde_json::Value {
+    let queue = queue_of(&message);
+    let msgpack = is_msgpack(&message);
     if message.payload.len() > crate::api::MAX_BODY {
         return error(
             "payload_too_large",
@@ -79,29 +159,14 @@ async fn handle(intake: &Intake, message: &async_nats::Message) -> serde_json::V
     if let Some(queue) = queue {
         body.spec.queue = queue;
     }
-    let execution = match body.id.map(ExecutionId::new).transpose() {
-        Ok(id) => id,
-        Err(e) => return error("invalid_task", &format!("id: {e}"), Some("id")),
+    let submission = match body.into_submission() {
+        Ok(submission) => submission,
+        Err(problem) => return batch::error(&problem),
     };
-    let submission = Submission {
-        spec: body.spec,
-        execution,
-        correlation_id: body.correlation_id,
-        traceparent: None,
-    };
-    match intake.submit(submission, Utc::now()).await {
-        Ok(accepted) => json!({
-            "id": accepted.execution,
-            "status": accepted.state.status,
-            "existing": accepted.existing,
-        }),
-        Err(e) => {
-            let problem = Problem::from(e);
-            json!({"error": {"code": problem.code, "detail": problem.detail, "field": problem.field}})
-        }
-    }
+    let accepted = intake.submit(submission, Utc::now()).await;
+    batch::answer(accepted.map_err(Problem::from))
 }
 
 fn error(code: &str, detail: &str, field: Option<&str>) -> serde_json::Value {
-    json!({"error": {"code": code, "detail": detail, "field": field}})
+    serde_json::json!({"error": {"code": code, "detail": detail, "field": field}})
 }

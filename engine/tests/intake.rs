@@ -132,3 +132,93 @@ async fn an_idempotency_key_maps_every_duplicate_to_the_first_execution() -> Res
     assert_eq!(journal.load(&first.execution).await?.events.len(), 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_batch_answers_in_order_and_keeps_every_rule_of_a_single_submission() -> Result<()> {
+    let server = NatsServer::start()?;
+    let (intake, journal) = intake(&server).await?;
+    let mut sealed = TaskSpec::new("shell");
+    sealed.env.insert("TOKEN".into(), "s3cret".into());
+    let mut invalid = TaskSpec::new("shell");
+    invalid.retry.backoff_multiplier = 0.5;
+    let mut keyed = TaskSpec::new("shell");
+    keyed.idempotency_key = Some("batch key".into());
+    let named = ExecutionId::new("batch-named")?;
+    let mut by_name = Submission::new(TaskSpec::new("shell"));
+    by_name.execution = Some(named.clone());
+    let batch = vec![
+        Submission::new(TaskSpec::new("shell")),
+        Submission::new(sealed),
+        Submission::new(invalid),
+        Submission::new(keyed.clone()),
+        by_name.clone(),
+        Submission::new(keyed),
+        by_name,
+    ];
+    let results = intake.submit_many(batch, Utc::now()).await;
+    assert_eq!(results.len(), 7);
+    let ok = |n: usize| match &results[n] {
+        Ok(accepted) => accepted.clone(),
+        Err(e) => panic!("submission {n} refused: {e}"),
+    };
+    assert!(!ok(0).existing && !ok(1).existing && !ok(3).existing && !ok(4).existing);
+    match &results[2] {
+        Err(IntakeError::Rejected(r)) => assert!(r.to_string().contains("backoff_multiplier")),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert_eq!(ok(5).execution, ok(3).execution);
+    assert!(
+        ok(5).existing,
+        "the second with the key gets the first's execution"
+    );
+    assert_eq!(ok(6).execution, named);
+    assert!(ok(6).existing);
+
+    let recorded = journal.load(&ok(1).execution).await?.state.spec.unwrap();
+    assert!(recorded.env.is_empty());
+    assert_eq!(recorded.sealed_env, vec!["TOKEN".to_owned()]);
+    assert_eq!(journal.load(&named).await?.events.len(), 1);
+    assert_eq!(journal.load(&ok(3).execution).await?.events.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn batches_at_once_with_the_same_key_share_one_execution() -> Result<()> {
+    let server = NatsServer::start()?;
+    let (intake, journal) = intake(&server).await?;
+    let mut spec = TaskSpec::new("shell");
+    spec.idempotency_key = Some("shared".into());
+    let batch = || {
+        (0..50)
+            .map(|n| {
+                let mut spec = if n % 10 == 0 {
+                    spec.clone()
+                } else {
+                    TaskSpec::new("shell")
+                };
+                spec.labels.insert("n".into(), n.to_string());
+                Submission::new(spec)
+            })
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = tokio::join!(
+        intake.submit_many(batch(), Utc::now()),
+        intake.submit_many(batch(), Utc::now())
+    );
+    let mut owners = std::collections::HashSet::new();
+    let mut created = 0;
+    for (n, result) in a.into_iter().chain(b).enumerate() {
+        let accepted = result?;
+        if n % 50 % 10 == 0 {
+            owners.insert(accepted.execution.clone());
+            created += usize::from(!accepted.existing);
+        } else {
+            assert!(!accepted.existing);
+        }
+    }
+    assert_eq!(owners.len(), 1, "one execution for the key");
+    assert_eq!(created, 1, "created once, found nine times");
+    let owner = owners.into_iter().next().unwrap();
+    assert_eq!(journal.load(&owner).await?.events.len(), 1);
+    Ok(())
+}

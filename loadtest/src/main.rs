@@ -76,7 +76,7 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     memory_executions: usize,
     /// End-to-end scenarios to run (repeat or separate with commas).
-    #[arg(long, value_delimiter = ',', value_parser = ["throughput", "mixed", "latency", "fanout"])]
+    #[arg(long, value_delimiter = ',', value_parser = ["throughput", "throughput-bulk", "mixed", "latency", "fanout"])]
     scenario: Vec<String>,
     /// Worker processes of the end-to-end scenarios.
     #[arg(long, default_value_t = 2)]
@@ -295,13 +295,13 @@ async fn end_to_end(args: &Args, scenario: &str, floor: &Figure) -> anyhow::Resu
     });
     let mut line = base;
     match scenario {
-        "throughput" | "mixed" => {
+        "throughput" | "throughput-bulk" | "mixed" => {
             let mut runs = Vec::new();
             for _ in 0..args.runs {
-                let run = if scenario == "mixed" {
-                    scenarios::mixed(shape).await?
-                } else {
-                    scenarios::throughput(shape).await?
+                let run = match scenario {
+                    "mixed" => scenarios::mixed(shape).await?,
+                    "throughput-bulk" => scenarios::throughput_bulk(shape).await?,
+                    _ => scenarios::throughput(shape).await?,
                 };
                 eprintln!(
                     "{scenario}: {} tasks, end to end {:.2} s",

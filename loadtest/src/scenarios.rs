@@ -1,5 +1,5 @@
-//! The end-to-end scenarios: `throughput`, `mixed`, `latency` and `fanout`,
-//! each on its own [`Rig`].
+//! The end-to-end scenarios: `throughput`, `throughput-bulk`, `mixed`,
+//! `latency` and `fanout`, each on its own [`Rig`].
 //!
 //! Tasks are `echo` tasks with about 100 bytes of JSON input: the worker
 //! returns the input, so every figure is runlog's own cost. Completion is
@@ -154,6 +154,49 @@ pub async fn submit_all(
     Ok(started)
 }
 
+/// Specs per request of [`submit_bulk`]: the engine's batch limit.
+pub const BULK: usize = 1000;
+/// Batch requests [`submit_bulk`] keeps in flight.
+pub const BULK_IN_FLIGHT: usize = 4;
+
+/// Submits `n` tasks through the NATS batch door (`runlog.submit-batch.default`),
+/// [`BULK`] a request with [`BULK_IN_FLIGHT`] requests in flight; returns
+/// when the first was sent.
+pub async fn submit_bulk(nats_url: &str, n: usize) -> anyhow::Result<Instant> {
+    let client = async_nats::connect(nats_url).await?;
+    let task = task_body().to_string();
+    let started = Instant::now();
+    futures::stream::iter((0..n).step_by(BULK))
+        .map(|from| {
+            let count = BULK.min(n - from);
+            let specs = vec![task.as_str(); count].join(",");
+            let payload = Bytes::from(format!(r#"{{"executions":[{specs}]}}"#));
+            let client = &client;
+            async move {
+                let reply = client
+                    .request("runlog.submit-batch.default", payload)
+                    .await?;
+                let answer: serde_json::Value = serde_json::from_slice(&reply.payload)?;
+                let results = answer["results"]
+                    .as_array()
+                    .with_context(|| format!("batch refused: {answer}"))?;
+                anyhow::ensure!(
+                    results.len() == count,
+                    "{} results for {count} specs",
+                    results.len()
+                );
+                if let Some(refused) = results.iter().find(|r| r.get("error").is_some()) {
+                    bail!("submission refused: {refused}");
+                }
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(BULK_IN_FLIGHT)
+        .try_collect::<()>()
+        .await?;
+    Ok(started)
+}
+
 /// Waits until the work stream holds `n` items: every submission queued and
 /// dispatched.
 async fn wait_dispatched(nats_url: &str, n: usize) -> anyhow::Result<Instant> {
@@ -198,23 +241,55 @@ pub struct Shape {
 
 /// `throughput`: enqueue every task, then start the workers.
 pub async fn throughput(shape: Shape) -> anyhow::Result<Run> {
+    enqueue_then_drain("throughput", shape, Producer::OneByOne).await
+}
+
+/// `throughput-bulk`: like `throughput`, but the producer submits through
+/// the NATS batch door, [`BULK`] specs a request.
+pub async fn throughput_bulk(shape: Shape) -> anyhow::Result<Run> {
+    enqueue_then_drain("throughput-bulk", shape, Producer::Bulk).await
+}
+
+/// How a scenario's producer submits.
+#[derive(Debug, Clone, Copy)]
+enum Producer {
+    /// One request per task, `Shape::window` in flight ([`submit_all`]).
+    OneByOne,
+    /// Batches of [`BULK`], [`BULK_IN_FLIGHT`] in flight ([`submit_bulk`]).
+    Bulk,
+}
+
+/// Enqueues every task the way `producer` does, waits until each was
+/// dispatched, then starts the workers and waits for the last to end.
+async fn enqueue_then_drain(
+    scenario: &str,
+    shape: Shape,
+    producer: Producer,
+) -> anyhow::Result<Run> {
     let mut rig = Rig::start().await?;
     let terminals = Terminals::follow(&rig.nats_url()).await?;
     let cpu_before = rig.cpu().await;
     let first = Instant::now();
-    submit_all(&rig.nats_url(), shape.tasks, shape.window, None).await?;
+    match producer {
+        Producer::OneByOne => {
+            submit_all(&rig.nats_url(), shape.tasks, shape.window, None).await?;
+        }
+        Producer::Bulk => {
+            submit_bulk(&rig.nats_url(), shape.tasks).await?;
+        }
+    }
     let enqueued = first.elapsed();
     wait_dispatched(&rig.nats_url(), shape.tasks).await?;
     let enqueue_cpu = rig.cpu().await - cpu_before;
     eprintln!(
-        "throughput: enqueue and dispatch, per task: {}",
+        "{scenario}: enqueue and dispatch, per task: {}",
         enqueue_cpu.per_task_json(shape.tasks)
     );
     let workers_at = Instant::now();
     rig.start_workers(shape.workers, shape.concurrency).await?;
     let last = terminals.wait(shape.tasks).await?;
     eprintln!(
-        "throughput: workers, per task: {}",
+        "{scenario}: workers, per task: {}",
         (rig.cpu().await - cpu_before - enqueue_cpu).per_task_json(shape.tasks)
     );
     Ok(Run {

@@ -1,10 +1,12 @@
 //! `runlog submit`: builds a task spec from flags, posts it, and with
 //! `--wait` follows the execution to its end — events from its SSE feed,
 //! log lines from its log feed, progress in a bar — and exits with its
-//! outcome.
+//! outcome. With `--from-file` it submits a file of specs, one JSON spec a
+//! line, through the batch route, with the same bar for the file's progress.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -21,12 +23,31 @@ use super::{Client, Conn, Error, Exit, path_id};
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 /// How long to wait for the last log lines once the execution ended.
 const LOG_GRACE: Duration = Duration::from_secs(5);
+/// Specs per batch request: the engine's limit.
+const BATCH: usize = 1000;
+/// Bytes of specs per batch request, under the engine's 16 MiB batch body.
+const BATCH_BYTES: usize = 15 * 1024 * 1024;
 
 /// Options of `runlog submit`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// The task kind: `shell`, `http`, `echo`, or a custom handler's kind.
-    kind: String,
+    #[arg(required_unless_present = "from_file")]
+    kind: Option<String>,
+    /// Submit every task spec in FILE instead, one JSON spec a line as
+    /// `POST /v1/executions` takes it (`-`: standard input), in batches of
+    /// up to 1,000. Prints the ids, then a summary with each failed line;
+    /// exits 2 if any line failed.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = [
+            "kind", "input", "args", "queue", "priority", "timeout", "deadline",
+            "retries", "not_before", "labels", "require", "env", "idempotency_key",
+            "id", "wait",
+        ]
+    )]
+    from_file: Option<PathBuf>,
     /// The task's input as JSON; `@FILE` reads it from a file, `-` from
     /// standard input. See docs/executors.md for each kind's input.
     #[arg(long, short, value_name = "JSON")]
@@ -93,6 +114,9 @@ impl Args {
 
 /// Runs `runlog submit`.
 pub async fn run(mut args: Args) -> Result<Exit, Error> {
+    if let Some(path) = &args.from_file {
+        return from_file(path, &args.conn).await;
+    }
     // `runlog submit shell -- prog args --wait`: the final --wait is ours.
     if args.args.last().is_some_and(|a| a == "--wait") {
         args.args.pop();
@@ -138,6 +162,10 @@ fn accepted_line(accepted: &Accepted) -> String {
 
 /// The body of `POST /v1/executions` the flags describe.
 fn body(args: &Args, now: DateTime<Utc>) -> Result<Value, Error> {
+    let kind = args
+        .kind
+        .as_deref()
+        .ok_or_else(|| Error::Usage("give the task kind, or --from-file FILE".into()))?;
     let input = match (&args.input, args.args.as_slice()) {
         (Some(_), [_, ..]) => {
             return Err(Error::Usage(
@@ -146,17 +174,16 @@ fn body(args: &Args, now: DateTime<Utc>) -> Result<Value, Error> {
         }
         (Some(input), []) => read_input(input)?,
         (None, []) => Value::Null,
-        (None, args_) if args.kind != "shell" => {
+        (None, args_) if kind != "shell" => {
             return Err(Error::Usage(format!(
                 "arguments after -- are the program of a shell task ({args_:?}); \
-                 give a {} task its input with --input JSON",
-                args.kind
+                 give a {kind} task its input with --input JSON"
             )));
         }
         (None, [script]) if script.contains(char::is_whitespace) => json!({"shell": script}),
         (None, argv) => json!({"argv": argv}),
     };
-    let mut body = json!({"kind": args.kind, "input": input});
+    let mut body = json!({"kind": kind, "input": input});
     if let Some(queue) = &args.queue {
         body["queue"] = json!(queue);
     }
@@ -335,20 +362,7 @@ struct Follower {
 impl Follower {
     fn new(id: &str, text: bool) -> Follower {
         let tty = text && std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
-        let bar = if tty {
-            let target =
-                ProgressDrawTarget::term_like_with_hz(Box::new(ShortOfTheEdge::default()), 20);
-            let bar = ProgressBar::with_draw_target(Some(100), target);
-            bar.set_style(
-                ProgressStyle::with_template("{spinner} {prefix:.bold} [{bar:30}] {pos:>3}% {msg}")
-                    .expect("the template is valid")
-                    .progress_chars("=> "),
-            );
-            bar.enable_steady_tick(Duration::from_millis(120));
-            bar
-        } else {
-            ProgressBar::hidden()
-        };
+        let bar = bar(tty);
         bar.set_prefix("waiting");
         bar.set_message(format!("{id} waits for a worker"));
         Follower {
@@ -430,6 +444,23 @@ impl Follower {
     }
 }
 
+/// The bar `submit` draws on standard error, in percent, when `shown`
+/// (hidden otherwise): one execution's progress, or a file's.
+fn bar(shown: bool) -> ProgressBar {
+    if !shown {
+        return ProgressBar::hidden();
+    }
+    let target = ProgressDrawTarget::term_like_with_hz(Box::new(ShortOfTheEdge::default()), 20);
+    let bar = ProgressBar::with_draw_target(Some(100), target);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {prefix:.bold} [{bar:30}] {pos:>3}% {msg}")
+            .expect("the template is valid")
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
 /// Standard error for the bar, a few columns narrower than it is: indicatif
 /// pads its line to the full width, and the `^C` the terminal echoes would
 /// then wrap to a new line and leave the bar behind when it clears itself.
@@ -472,6 +503,213 @@ impl indicatif::TermLike for ShortOfTheEdge {
     }
     fn flush(&self) -> std::io::Result<()> {
         self.0.flush()
+    }
+}
+
+/// What became of one line of a `--from-file` file.
+#[derive(Debug)]
+struct LineResult {
+    /// Its line number, from 1.
+    line: usize,
+    /// The engine's result: `{"id", "status", "existing"}` or
+    /// `{"error": {"code", "detail", "field"}}`.
+    result: Value,
+}
+
+impl LineResult {
+    fn failed(&self) -> bool {
+        self.result.get("error").is_some()
+    }
+}
+
+/// `runlog submit --from-file FILE`: every spec of the file through
+/// `POST /v1/executions/batch`, in order; a line that is not JSON fails
+/// alone.
+async fn from_file(path: &Path, conn: &Conn) -> Result<Exit, Error> {
+    let (text, name) = if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| Error::Local(format!("cannot read tasks from standard input: {e}")))?;
+        (text, "standard input".to_owned())
+    } else {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Local(format!("cannot read {}: {e}", path.display())))?;
+        (text, path.display().to_string())
+    };
+    let client = conn.client()?;
+    let lines: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .map(|(i, line)| (i + 1, line.trim()))
+        .filter(|(_, line)| !line.is_empty())
+        .collect();
+    let bar = bar(!conn.json() && std::io::stderr().is_terminal());
+    bar.set_prefix("submitting");
+    let mut results: Vec<LineResult> = Vec::with_capacity(lines.len());
+    let mut batch: Vec<(usize, Value)> = Vec::new();
+    let mut batch_bytes = 0;
+    let show = |done: usize| {
+        bar.set_position((done * 100).checked_div(lines.len()).unwrap_or(100) as u64);
+        bar.set_message(format!("{done} of {} tasks", lines.len()));
+    };
+    for (at, &(line, text)) in lines.iter().enumerate() {
+        match serde_json::from_str::<Value>(text) {
+            Ok(spec) => {
+                if batch.len() == BATCH || batch_bytes + text.len() > BATCH_BYTES {
+                    let first = batch.first().map(|(line, _)| *line);
+                    let full = std::mem::take(&mut batch);
+                    if let Err(e) = submit_batch(&client, full, &mut results).await {
+                        bar.finish_and_clear();
+                        return stopped(e, first, results, &name, conn);
+                    }
+                    batch_bytes = 0;
+                    show(at);
+                }
+                batch_bytes += text.len();
+                batch.push((line, spec));
+            }
+            Err(e) => results.push(LineResult {
+                line,
+                result: json!({"error": {
+                    "code": "invalid_json",
+                    "detail": format!("not a JSON task spec: {e}"),
+                    "field": null,
+                }}),
+            }),
+        }
+    }
+    let last = batch.first().map(|(line, _)| *line);
+    if let Err(e) = submit_batch(&client, batch, &mut results).await {
+        bar.finish_and_clear();
+        return stopped(e, last, results, &name, conn);
+    }
+    show(lines.len());
+    bar.finish_and_clear();
+    results.sort_by_key(|r| r.line);
+    summarise(&results, &name, conn);
+    Ok(outcome(&results))
+}
+
+/// Posts one batch of `(line, spec)` and records each spec's result.
+async fn submit_batch(
+    client: &Client,
+    batch: Vec<(usize, Value)>,
+    results: &mut Vec<LineResult>,
+) -> Result<(), Error> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let (lines, specs): (Vec<usize>, Vec<Value>) = batch.into_iter().unzip();
+    let answer: Value = client
+        .post("/v1/executions/batch", &json!({ "executions": specs }))
+        .await?;
+    let answers = answer["results"]
+        .as_array()
+        .filter(|a| a.len() == lines.len());
+    let Some(answers) = answers else {
+        return Err(Error::Protocol(format!(
+            "the engine answered a batch of {} without one result per spec: \
+             is it of the same version as this CLI?",
+            lines.len()
+        )));
+    };
+    results.extend(
+        lines
+            .into_iter()
+            .zip(answers)
+            .map(|(line, result)| LineResult {
+                line,
+                result: result.clone(),
+            }),
+    );
+    Ok(())
+}
+
+/// A batch request failed: what was done so far, then the error.
+fn stopped(
+    e: Error,
+    from_line: Option<usize>,
+    mut results: Vec<LineResult>,
+    name: &str,
+    conn: &Conn,
+) -> Result<Exit, Error> {
+    results.sort_by_key(|r| r.line);
+    summarise(&results, name, conn);
+    if !conn.json() {
+        eprintln!(
+            "stopped at line {}: it and the lines after it were not submitted",
+            from_line.unwrap_or_default()
+        );
+    }
+    Err(e)
+}
+
+/// Prints the ids (text) or every result (JSON), and the summary.
+fn summarise(results: &[LineResult], name: &str, conn: &Conn) {
+    let existing = results
+        .iter()
+        .filter(|r| r.result["existing"] == true)
+        .count();
+    let failed: Vec<&LineResult> = results.iter().filter(|r| r.failed()).collect();
+    let submitted = results.len() - failed.len() - existing;
+    if conn.json() {
+        let lines: Vec<Value> = results
+            .iter()
+            .map(|r| {
+                let mut line = r.result.clone();
+                line["line"] = json!(r.line);
+                line
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "submitted": submitted,
+                "existing": existing,
+                "failed": failed.len(),
+                "results": lines,
+            })
+        );
+        return;
+    }
+    for r in results.iter().filter(|r| !r.failed()) {
+        if let Some(id) = r.result["id"].as_str() {
+            println!("{id}");
+        }
+    }
+    eprintln!(
+        "{name}: {submitted} submitted, {existing} existing (same id or idempotency key), {} failed",
+        failed.len()
+    );
+    for r in failed {
+        let error = &r.result["error"];
+        let field = match error["field"].as_str() {
+            Some(field) => format!(", field {field}"),
+            None => String::new(),
+        };
+        eprintln!(
+            "  line {}: {} ({}{field})",
+            r.line,
+            error["detail"].as_str().unwrap_or_default(),
+            error["code"].as_str().unwrap_or("error"),
+        );
+    }
+}
+
+/// Success when every line was accepted; otherwise the exit of the worst
+/// failure (the engine unavailable for a spec, else an invalid one).
+fn outcome(results: &[LineResult]) -> Exit {
+    let codes: Vec<&str> = results
+        .iter()
+        .filter_map(|r| r.result["error"]["code"].as_str())
+        .collect();
+    if codes.is_empty() && results.iter().all(|r| !r.failed()) {
+        Exit::Success
+    } else if codes.contains(&"unavailable") {
+        Exit::Unreachable
+    } else {
+        Exit::Usage
     }
 }
 

@@ -34,6 +34,27 @@ pub struct SubmitBody {
     pub correlation_id: Option<String>,
 }
 
+impl SubmitBody {
+    /// The submission this body asks for; a malformed `id` is refused with
+    /// its field.
+    pub(crate) fn into_submission(self) -> Result<Submission, Problem> {
+        let execution = self.id.map(ExecutionId::new).transpose().map_err(|e| {
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_task",
+                format!("id: {e}"),
+            )
+            .field("id")
+        })?;
+        Ok(Submission {
+            spec: self.spec,
+            execution,
+            correlation_id: self.correlation_id,
+            traceparent: None,
+        })
+    }
+}
+
 pub(super) async fn submit(
     State(state): State<ApiState>,
     body: Result<Json<SubmitBody>, JsonRejection>,
@@ -42,23 +63,9 @@ pub(super) async fn submit(
         Ok(body) => body,
         Err(e) => return invalid_body(e).into_response(),
     };
-    let execution = match body.id.map(ExecutionId::new).transpose() {
-        Ok(id) => id,
-        Err(e) => {
-            return Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_task",
-                format!("id: {e}"),
-            )
-            .field("id")
-            .into_response();
-        }
-    };
-    let submission = Submission {
-        spec: body.spec,
-        execution,
-        correlation_id: body.correlation_id,
-        traceparent: None,
+    let submission = match body.into_submission() {
+        Ok(submission) => submission,
+        Err(problem) => return problem.into_response(),
     };
     match state.intake.submit(submission, Utc::now()).await {
         Ok(accepted) => {
@@ -86,14 +93,19 @@ pub(super) fn invalid_body(e: JsonRejection) -> Problem {
     };
     let detail = e.body_text();
     let problem = Problem::new(status, "invalid_body", detail.clone());
-    // serde names the field: "missing field `kind`", "unknown variant ... at
-    // `priority`": pass it on where it can be picked out.
-    match detail.split('`').nth(1) {
-        Some(field) if status == StatusCode::UNPROCESSABLE_ENTITY && !field.contains(' ') => {
-            problem.field(field)
-        }
+    match field_named(&detail) {
+        Some(field) if status == StatusCode::UNPROCESSABLE_ENTITY => problem.field(field),
         _ => problem,
     }
+}
+
+/// The field a serde error names, where it can be picked out: "missing
+/// field `kind`", "unknown variant ... at `priority`".
+pub(super) fn field_named(detail: &str) -> Option<&str> {
+    detail
+        .split('`')
+        .nth(1)
+        .filter(|field| !field.contains(' '))
 }
 
 /// Query of `GET /v1/executions`.

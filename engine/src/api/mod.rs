@@ -3,6 +3,7 @@
 //! | route | what |
 //! |---|---|
 //! | `POST /v1/executions` | submit (the HTTP intake door) |
+//! | `POST /v1/executions/batch` | submit up to [`MAX_BATCH`] specs, one result each |
 //! | `GET /v1/executions` | list with filters and cursor pagination |
 //! | `GET /v1/executions/{id}` | state, attempts, progress, output or error |
 //! | `GET /v1/executions/{id}/events` | the raw history |
@@ -21,6 +22,7 @@
 //! | `GET /v1/operations`, `GET /v1/operations/{id}`, `POST /v1/operations/{id}/cancel` | bulk operations: audit, progress, cancel |
 //! | `GET /`, `GET /assets/{file}` | the [dashboard](crate::dashboard) |
 
+pub(crate) mod batch;
 mod breakers;
 mod dead_letters;
 pub(crate) mod executions;
@@ -43,6 +45,7 @@ use serde_json::json;
 use crate::intake::Intake;
 use crate::live::Live;
 use crate::projection::Projection;
+pub use batch::{MAX_BATCH, MAX_BATCH_BODY};
 pub use executions::SubmitBody;
 pub use problem::Problem;
 
@@ -81,6 +84,11 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/v1/executions",
             post(executions::submit).get(executions::list),
+        )
+        .route(
+            "/v1/executions/batch",
+            // Its own limit: the router's fits one submission.
+            post(batch::submit).layer(DefaultBodyLimit::max(MAX_BATCH_BODY)),
         )
         .route("/v1/executions/{id}", get(executions::get))
         .route("/v1/executions/{id}/events", get(executions::events))
