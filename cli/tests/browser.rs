@@ -544,9 +544,11 @@ async fn a_reload_mid_stream_shows_every_execution_and_event_exactly_once() -> R
         shown == logged,
         "the timeline shows {shown:?}, the log holds {logged:?}"
     );
+    // queued (with the spec), then started, failed, retry_scheduled and
+    // queued for each attempt but the last, which starts and ends.
     ensure!(
-        logged.len() >= 12,
-        "three attempts make at least 12 events: {logged:?}"
+        logged.len() >= 11,
+        "three attempts make at least 11 events: {logged:?}"
     );
 
     // The list, reloaded while thirty executions move.

@@ -25,8 +25,10 @@ use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use runlog_events::decider::{self, Command, ExecutionState, Rejection};
+use runlog_events::event::Queued;
 use runlog_events::journal::{AppendError, Journal, LoadError};
-use runlog_events::{Envelope, ExecutionId, TaskSpec, TraceParent};
+use runlog_events::timer::{Schedule, Timer};
+use runlog_events::{Envelope, Event, ExecutionId, TaskSpec, TraceParent, WorkItem};
 use tokio::sync::Semaphore;
 
 /// Submissions of batches in flight at once, over every batch an intake
@@ -129,7 +131,10 @@ impl Intake {
         &self.journal
     }
 
-    /// Records `submission` as `submitted`; the reactor queues it.
+    /// Records `submission` queued for its first attempt (one `queued`
+    /// event carrying the spec) and publishes its work item; or, when its
+    /// `not_before` is still ahead, as `submitted`, which the reactor
+    /// queues at that time.
     ///
     /// A submission whose id or idempotency key was seen before returns the
     /// existing execution (`existing: true`) and records nothing.
@@ -162,10 +167,27 @@ impl Intake {
                 .await
                 .map_err(|e| IntakeError::Store(format!("seal the task environment ({e})")))?;
         }
-        let facts = decider::decide(&Command::Submit { spec }, &ExecutionState::default(), now)?;
+        let facts = decider::decide(&Command::Admit { spec }, &ExecutionState::default(), now)?;
         let mut state = ExecutionState::default();
         let mut last_seq = 0;
         for fact in facts {
+            // The reactor never sees an admitted execution (it reads
+            // `submitted`, not `queued`): its deadline is set here, before
+            // the execution exists, so none is ever without one. A timer of
+            // an execution that then is not recorded fires into nothing.
+            if let Event::Queued(Queued {
+                spec: Some(spec), ..
+            }) = &fact.event
+                && let Some(ms) = spec.timeout_ms
+            {
+                let at = i64::try_from(ms)
+                    .ok()
+                    .and_then(|ms| now.checked_add_signed(chrono::TimeDelta::milliseconds(ms)))
+                    .unwrap_or(DateTime::<Utc>::MAX_UTC);
+                let timer =
+                    Schedule::new(self.journal.subjects(), &execution, Timer::Deadline, at, 0);
+                self.publish_timer(timer).await?;
+            }
             let mut envelope = Envelope::new(
                 execution.clone(),
                 fact.attempt,
@@ -185,6 +207,10 @@ impl Intake {
                 Err(e) => return Err(e.into()),
             };
             last_seq = appended.seq;
+            if let Event::Queued(queued) = &envelope.event {
+                self.dispatch(&execution, envelope.attempt, queued, last_seq)
+                    .await?;
+            }
             state = decider::evolve(state, &envelope);
         }
         tracing::debug!(%execution, "submitted");
@@ -234,6 +260,35 @@ impl Intake {
             .collect()
     }
 
+    /// Publishes the work item of `attempt`, queued at `seq`, with the spec
+    /// `queued` carries (when it carries one).
+    async fn dispatch(
+        &self,
+        execution: &ExecutionId,
+        attempt: u32,
+        queued: &Queued,
+        seq: u64,
+    ) -> Result<(), IntakeError> {
+        let mut item = WorkItem::of(execution.clone(), attempt, queued, seq);
+        item.spec = queued.spec.as_deref().cloned();
+        item.publish(self.journal.jetstream(), self.journal.subjects(), queued)
+            .await
+            .map_err(|e| IntakeError::Store(format!("publish the work item ({e})")))
+    }
+
+    async fn publish_timer(&self, timer: Schedule) -> Result<(), IntakeError> {
+        let js = self.journal.jetstream();
+        let fail = |e: async_nats::jetstream::context::PublishError| {
+            IntakeError::Store(format!("set the execution's deadline ({e})"))
+        };
+        js.publish_with_headers(timer.subject, timer.headers, timer.body)
+            .await
+            .map_err(fail)?
+            .await
+            .map_err(fail)?;
+        Ok(())
+    }
+
     /// The execution that owns idempotency `key`: `candidate` if this
     /// submission is the first with the key.
     async fn claim_key(
@@ -268,6 +323,26 @@ impl Intake {
 
     async fn existing(&self, execution: ExecutionId) -> Result<Accepted, IntakeError> {
         let history = self.journal.load(&execution).await?;
+        // A submission that died between recording its execution and
+        // publishing the work item is completed by its retry.
+        if history.state.status == decider::Status::Queued
+            && let Some((queued, seq)) =
+                history
+                    .events
+                    .iter()
+                    .rev()
+                    .find_map(|r| match &r.envelope.event {
+                        Event::Queued(q) if r.envelope.attempt == history.state.attempt => {
+                            Some((q, r.seq))
+                        }
+                        _ => None,
+                    })
+        {
+            let mut queued = queued.clone();
+            queued.spec = history.state.spec.clone();
+            self.dispatch(&execution, history.state.attempt, &queued, seq)
+                .await?;
+        }
         Ok(Accepted {
             execution,
             state: history.state,

@@ -2,12 +2,14 @@
 //! events of an execution, reacts to every event, and serves the read side.
 //!
 //! - [`intake`]: a submission is checked by the core's `decide`, its
-//!   environment sealed, its idempotency key claimed, and it is recorded as
-//!   `submitted` (created exactly once), one at a time or a batch at once.
-//!   [`submit`] holds its NATS doors, the [`api`] its HTTP door.
+//!   environment sealed, its idempotency key claimed, and it is recorded
+//!   queued for its first attempt in one event (created exactly once) with
+//!   its work item published, one at a time or a batch at once. [`submit`]
+//!   holds its NATS doors, the [`api`] its HTTP door.
 //! - [`reactor`]: a durable consumer that turns events into consequences:
-//!   queueing and dispatch, retries and deadlines held as broker schedules,
-//!   dead letters, cancel signals.
+//!   direct-door submissions, retries and deadlines held as broker
+//!   schedules, dead letters, cancel signals; [`deadlines`] arms attempt
+//!   deadlines from the projection.
 //! - [`projection`]: the log folded into an in-memory read model that can be
 //!   thrown away and rebuilt by replay, and [`snapshot`]ted so a restart
 //!   replays only the tail; [`live`] fans stored events out to SSE clients.
@@ -22,6 +24,7 @@
 pub mod api;
 pub mod config;
 pub mod dashboard;
+pub mod deadlines;
 pub mod engine;
 pub mod intake;
 pub mod live;

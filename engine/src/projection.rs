@@ -378,6 +378,18 @@ impl Projection {
         self.caught_up.load(Ordering::Relaxed)
     }
 
+    /// Waits until [`is_caught_up`](Self::is_caught_up); false if `stop`
+    /// came first. (Checked every 50 ms: the flag is a plain atomic.)
+    pub async fn wait_caught_up(&self, stop: &CancellationToken) -> bool {
+        while !self.is_caught_up() {
+            tokio::select! {
+                _ = stop.cancelled() => return false,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+            }
+        }
+        true
+    }
+
     /// Replays the log after [`applied_seq`](Self::applied_seq) and keeps
     /// folding new events until `shutdown` is cancelled.
     ///
@@ -784,8 +796,8 @@ impl DeadLetterFilter {
 }
 
 impl Projection {
-    /// Records a folded `dead_lettered` event, or the retry link of a
-    /// folded `submitted` event.
+    /// Records a folded `dead_lettered` event, or the retry link of the
+    /// event that created an execution (`submitted`, or a first `queued`).
     fn index_dead_letter(&self, seq: u64, envelope: &Envelope) {
         let index = || {
             self.dead_letters
@@ -802,12 +814,18 @@ impl Projection {
                     class: d.errors.last().map(|e| e.error.class),
                 },
             ),
-            Event::Submitted(s) => {
-                if let Some(original) = &s.spec.retry_of {
-                    index().link(original.clone(), replay_of(&envelope.execution, &s.spec));
+            event => {
+                let spec = match event {
+                    Event::Submitted(s) => Some(&s.spec),
+                    Event::Queued(q) => q.spec.as_deref(),
+                    _ => None,
+                };
+                if let Some(spec) = spec
+                    && let Some(original) = &spec.retry_of
+                {
+                    index().link(original.clone(), replay_of(&envelope.execution, spec));
                 }
             }
-            _ => {}
         }
     }
 

@@ -8,13 +8,19 @@
 //! |---|---|
 //! | `submitted` | validate; `rejected` with the reason, or `queued` and its work item, with the spec (or a start timer for `not_before`); an execution deadline timer |
 //! | an undecodable `submitted` | `rejected` with the decode error |
-//! | `queued` | publish the work item on `<p>.work.<queue>.<priority>.<exec>` (unless this reactor did right after queueing the first attempt) |
-//! | `started` with a deadline | an attempt deadline timer |
 //! | `failed`, `timed_out` (attempt) | `retry_scheduled` or `dead_lettered` (the core's `ResolveFailure`) |
 //! | `retry_scheduled` | a retry timer at its `at` |
 //! | `cancel_requested`, `timed_out` | the cancel signal to the worker |
-//! | timer `retry` / `start` | `queued` |
+//! | timer `retry` / `start` | `queued` and its work item |
 //! | timer `attempt` / `deadline` | `timed_out` of the attempt / the execution |
+//!
+//! Whoever appends a `queued` publishes its work item in the same reaction,
+//! so the reactor does not read `queued`; nor `started`, whose deadline
+//! timer the engine arms from its projection (`crate::deadlines`). On the
+//! happy path of an execution submitted through an engine door, the
+//! reactor reads nothing. A reaction is acknowledged only once its work item is
+//! published; if it dies in between, the redelivered `submitted` or fired
+//! timer finds the attempt queued and publishes the item again.
 //!
 //! Every reaction is idempotent: appends go through the core's `decide` with
 //! optimistic concurrency (a reaction to a stale event is refused and
@@ -23,30 +29,31 @@
 //! A message is acknowledged only after its reaction is stored; a reaction
 //! that fails for a transient reason is retried by redelivery.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::{self, AckKind};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use runlog_events::codec::{self, DecodeError, Limits};
 use runlog_events::decider::{self, Command, ExecutionState};
 use runlog_events::event::{Event, TimeoutScope};
-use runlog_events::journal::{AppendError, Journal, TransitionError};
+use runlog_events::journal::{AppendError, History, Journal, TransitionError};
+use runlog_events::timer::{Schedule, Timer, TimerFired};
 use runlog_events::{Envelope, EventType, ExecutionId, Subjects, WorkItem};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
 /// The event types that have a consequence. The consumer reads only these
 /// (and the fired timers): the others (`succeeded`, `cancelled`, …) would
-/// cost a delivery and an ack each for nothing.
-pub const REACTS_TO: [EventType; 7] = [
+/// cost a delivery and an ack each for nothing. `queued` and `started` are
+/// left out on purpose: a `queued`'s work item is published by whoever
+/// appends it, and a `started`'s deadline timer is armed from the
+/// projection (`crate::deadlines`).
+pub const REACTS_TO: [EventType; 5] = [
     EventType::Submitted,
-    EventType::Queued,
-    EventType::Started,
     EventType::Failed,
     EventType::TimedOut,
     EventType::RetryScheduled,
@@ -59,41 +66,6 @@ pub const CONCURRENCY: usize = 256;
 pub const ACK_WAIT: Duration = Duration::from_secs(30);
 /// The pause before a reaction that failed transiently is tried again.
 const RETRY_DELAY: Duration = Duration::from_millis(500);
-
-/// Why a broker-held timer exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Timer {
-    /// Queue the next attempt after its backoff.
-    Retry,
-    /// Queue the first attempt at the spec's `not_before`.
-    Start,
-    /// End the running attempt at its deadline.
-    Attempt,
-    /// End the execution at its deadline.
-    Deadline,
-}
-
-impl Timer {
-    /// The subject token (`retry`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Timer::Retry => "retry",
-            Timer::Start => "start",
-            Timer::Attempt => "attempt",
-            Timer::Deadline => "deadline",
-        }
-    }
-}
-
-/// The body of a timer, as the schedule publishes it when it fires.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TimerFired {
-    /// Why.
-    pub timer: Timer,
-    /// The attempt it belongs to.
-    pub attempt: u32,
-}
 
 /// Counters of one reactor.
 #[derive(Debug, Default)]
@@ -123,38 +95,6 @@ pub struct Reactor {
     subjects: Subjects,
     limits: Limits,
     stats: Arc<ReactorStats>,
-    dispatched: Arc<Dispatched>,
-}
-
-/// First attempts this reactor queued and dispatched itself, right after
-/// appending their `queued`: the reaction to that `queued` finds them here
-/// and publishes nothing. Only a shortcut: after a crash between the
-/// append and the dispatch, or on another replica, the `queued` reaction
-/// publishes the item as before (and the server drops a duplicate by its
-/// `Nats-Msg-Id`).
-///
-/// Two generations of at most [`Dispatched::GENERATION`] entries each:
-/// when the current one fills, it becomes the previous one and the older
-/// is dropped, so the memory is bounded whatever is never taken.
-#[derive(Debug, Default)]
-struct Dispatched(std::sync::Mutex<[HashSet<ExecutionId>; 2]>);
-
-impl Dispatched {
-    const GENERATION: usize = 8192;
-
-    fn put(&self, execution: ExecutionId) {
-        let mut generations = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if generations[0].len() >= Self::GENERATION {
-            generations[1] = std::mem::take(&mut generations[0]);
-        }
-        generations[0].insert(execution);
-    }
-
-    fn take(&self, execution: &ExecutionId) -> bool {
-        let mut generations = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let [current, previous] = &mut *generations;
-        current.remove(execution) || previous.remove(execution)
-    }
 }
 
 /// Why the reactor stopped.
@@ -170,7 +110,6 @@ impl Reactor {
             journal,
             limits: Limits::default(),
             stats: Arc::default(),
-            dispatched: Arc::default(),
         }
     }
 
@@ -427,23 +366,6 @@ impl Reactor {
                     _ => self.enqueue_after(seq, envelope).await,
                 }
             }
-            Event::Queued(_) if envelope.attempt == 1 && self.dispatched.take(&execution) => {
-                Done::Ack
-            }
-            Event::Queued(queued) => {
-                let item = WorkItem::of(execution.clone(), envelope.attempt, queued, seq);
-                self.dispatch(&item, queued).await
-            }
-            Event::Started(started) => match started.deadline {
-                Some(at) => match self
-                    .set_timer(&execution, Timer::Attempt, at, envelope.attempt)
-                    .await
-                {
-                    Ok(()) => Done::Ack,
-                    Err(done) => done,
-                },
-                None => Done::Ack,
-            },
             Event::Failed(_)
             | Event::TimedOut(runlog_events::event::TimedOut {
                 scope: TimeoutScope::Attempt,
@@ -508,7 +430,7 @@ impl Reactor {
             match self.journal.append(expected, &envelope).await {
                 Ok(appended) => expected = appended.seq,
                 Err(AppendError::Conflict { .. }) => {
-                    return self.enqueue_again(&submitted.execution).await;
+                    return self.enqueue(&submitted.execution).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, execution = %submitted.execution, "cannot queue");
@@ -519,26 +441,22 @@ impl Reactor {
                 queued = Some((envelope.attempt, q, expected));
             }
         }
-        // Dispatch now, with the spec at hand, instead of waiting for the
-        // `queued` to come round; that reaction then has nothing to do.
+        // If the publish fails, this reaction is retried, and `enqueue`
+        // finds the attempt queued and dispatches it.
         if let (Some((attempt, q, at)), Event::Submitted(s)) = (queued, submitted.event) {
             let mut item = WorkItem::of(submitted.execution.clone(), attempt, &q, at);
             item.spec = Some(s.spec);
-            // Marked before the publish, since the `queued` usually comes
-            // round while it is in flight. If the publish fails, this
-            // reaction is retried, and `enqueue_again` dispatches.
-            self.dispatched.put(submitted.execution.clone());
             return self.dispatch(&item, &q).await;
         }
         Done::Ack
     }
 
-    /// `submitted` again, after something was appended since (our own
-    /// `queued` whose dispatch failed, another replica's, a cancel): a
-    /// first attempt still queued gets its work item (again: the server
-    /// drops a duplicate by its `Nats-Msg-Id`, a claim skips a stale one);
-    /// anything else is decided on the whole history.
-    async fn enqueue_again(&self, execution: &ExecutionId) -> Done {
+    /// Queues the next attempt of `execution` and publishes its work item.
+    /// An attempt already queued (our own `queued` whose dispatch failed or
+    /// whose reaction died, another replica's) gets its work item again:
+    /// the server drops a duplicate by its `Nats-Msg-Id`, and a claim skips
+    /// a stale one. Anything else is decided on the whole history.
+    async fn enqueue(&self, execution: &ExecutionId) -> Done {
         let history = match self.journal.load(execution).await {
             Ok(history) => history,
             Err(e) => {
@@ -546,34 +464,89 @@ impl Reactor {
                 return Done::Retry;
             }
         };
-        if history.state.status == decider::Status::Queued && history.state.attempt == 1 {
-            let queued = history
-                .events
-                .iter()
-                .rev()
-                .find_map(|r| match &r.envelope.event {
-                    Event::Queued(q) if r.envelope.attempt == 1 => Some((q, r.seq)),
-                    _ => None,
-                });
-            if let Some((q, seq)) = queued {
-                let mut item = WorkItem::of(execution.clone(), 1, q, seq);
-                item.spec = history.state.spec.as_deref().cloned();
-                return self.dispatch(&item, q).await;
+        if history.state.status == decider::Status::Queued {
+            return self.dispatch_queued(execution, &history).await;
+        }
+        match self
+            .journal
+            .advance(execution, history, &Command::Enqueue, Utc::now())
+            .await
+        {
+            Ok(history) => self.dispatch_queued(execution, &history).await,
+            Err(TransitionError::Rejected(rejection)) => {
+                tracing::debug!(%execution, code = rejection.code(), "nothing to queue");
+                Done::Ack
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, %execution, "cannot queue; will retry");
+                Done::Retry
             }
         }
-        self.transition(execution, &Command::Enqueue).await
+    }
+
+    /// Publishes the work item of the queued attempt `history` ends in.
+    async fn dispatch_queued(&self, execution: &ExecutionId, history: &History) -> Done {
+        let attempt = history.state.attempt;
+        let queued = history
+            .events
+            .iter()
+            .rev()
+            .find_map(|r| match &r.envelope.event {
+                Event::Queued(q) if r.envelope.attempt == attempt => Some((q, r.seq)),
+                _ => None,
+            });
+        let Some((q, seq)) = queued else {
+            return Done::Ack; // no longer queued: nothing to dispatch
+        };
+        let mut item = WorkItem::of(execution.clone(), attempt, q, seq);
+        item.spec = history.state.spec.as_deref().cloned();
+        self.dispatch(&item, q).await
+    }
+
+    /// Publishes the work item of every execution in `queued` (queued when
+    /// this engine started) whose item is missing from the work stream:
+    /// the engine doors record an execution and publish its item one after
+    /// the other, and an engine that died in between left it without one.
+    /// Returns how many were published again.
+    pub async fn redispatch_stranded(
+        &self,
+        queued: Vec<(
+            ExecutionId,
+            runlog_events::QueueName,
+            runlog_events::Priority,
+        )>,
+        shutdown: &CancellationToken,
+    ) -> Result<usize, ReactorError> {
+        let work = self
+            .journal
+            .jetstream()
+            .get_stream_no_info(self.subjects.work_stream())
+            .await
+            .map_err(|e| ReactorError(e.to_string()))?;
+        let mut published = 0;
+        for (execution, queue, priority) in queued {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let subject = self.subjects.dispatch(&queue, priority, &execution);
+            match work.direct_get_last_for_subject(subject).await {
+                Ok(_) => continue,
+                Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {}
+                Err(e) => return Err(ReactorError(e.to_string())),
+            }
+            if let Done::Ack = self.enqueue(&execution).await {
+                published += 1;
+            }
+        }
+        Ok(published)
     }
 
     /// Publishes the work item of a queued attempt.
     async fn dispatch(&self, item: &WorkItem, queued: &runlog_events::event::Queued) -> Done {
-        let subject = self
-            .subjects
-            .dispatch(&queued.queue, queued.priority, &item.execution);
-        let body = item.to_body();
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(codec::header::MSG_ID, item.msg_id().as_str());
-        headers.insert(codec::header::CONTENT_TYPE, codec::JSON);
-        match self.publish(subject, headers, body.into()).await {
+        match item
+            .publish(self.journal.jetstream(), &self.subjects, queued)
+            .await
+        {
             Ok(()) => {
                 self.stats.dispatched.fetch_add(1, Ordering::Relaxed);
                 Done::Ack
@@ -583,6 +556,19 @@ impl Reactor {
                 Done::Retry
             }
         }
+    }
+
+    /// Arms the deadline timer of `attempt` of `execution`; false when the
+    /// publish failed.
+    pub async fn arm_attempt_deadline(
+        &self,
+        execution: &ExecutionId,
+        attempt: u32,
+        at: DateTime<Utc>,
+    ) -> bool {
+        self.set_timer(execution, Timer::Attempt, at, attempt)
+            .await
+            .is_ok()
     }
 
     /// Sets a broker-held timer: a schedule on `<p>.sched.<exec>.<timer>`
@@ -595,27 +581,12 @@ impl Reactor {
         at: DateTime<Utc>,
         attempt: u32,
     ) -> Result<(), Done> {
-        let body = serde_json::to_vec(&TimerFired { timer, attempt })
-            .expect("a timer body always serialises");
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(
-            "Nats-Schedule",
-            format!(
-                "@at {}",
-                ceil_ms(at).to_rfc3339_opts(SecondsFormat::Millis, true)
-            )
-            .as_str(),
-        );
-        headers.insert(
-            "Nats-Schedule-Target",
-            self.subjects.timer(execution, timer.as_str()).as_str(),
-        );
-        headers.insert(
-            codec::header::MSG_ID,
-            format!("{execution}:timer:{}:{attempt}", timer.as_str()).as_str(),
-        );
-        let subject = self.subjects.schedule(execution, timer.as_str());
-        match self.publish(subject, headers, body.into()).await {
+        let Schedule {
+            subject,
+            headers,
+            body,
+        } = Schedule::new(&self.subjects, execution, timer, at, attempt);
+        match self.publish(subject, headers, body).await {
             Ok(()) => {
                 self.stats.timers.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -639,7 +610,7 @@ impl Reactor {
             return Done::Ack;
         };
         let command = match fired.timer {
-            Timer::Retry | Timer::Start => Command::Enqueue,
+            Timer::Retry | Timer::Start => return self.enqueue(&execution).await,
             Timer::Attempt => Command::TimeOutAttempt {
                 attempt: fired.attempt,
             },
@@ -721,16 +692,6 @@ async fn durable(
         .create_consumer(config)
         .await
         .map_err(|e| err(&e))
-}
-
-/// `time` rounded up to the millisecond: a schedule holds milliseconds, and
-/// truncating would fire a deadline up to a millisecond before it passed.
-fn ceil_ms(time: DateTime<Utc>) -> DateTime<Utc> {
-    let sub_ms = time.timestamp_subsec_nanos() % 1_000_000;
-    if sub_ms == 0 {
-        return time;
-    }
-    time + chrono::TimeDelta::nanoseconds(i64::from(1_000_000 - sub_ms))
 }
 
 fn add_ms(time: DateTime<Utc>, ms: u64) -> DateTime<Utc> {

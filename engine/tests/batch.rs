@@ -180,7 +180,13 @@ async fn a_key_or_id_twice_in_one_batch_gives_the_second_the_first_execution() -
         history
             .events
             .iter()
-            .filter(|r| matches!(r.envelope.event, runlog_events::Event::Submitted(_)))
+            .filter(|r| match &r.envelope.event {
+                // The event that records an execution: `queued` with the
+                // spec from an engine door, `submitted` when delayed.
+                runlog_events::Event::Submitted(_) => true,
+                runlog_events::Event::Queued(q) => q.spec.is_some(),
+                _ => false,
+            })
             .count(),
         1,
         "recorded once"

@@ -210,14 +210,7 @@ async fn a_failed_attempt_is_retried_after_its_backoff_then_dead_lettered() -> R
         .collect();
     assert_eq!(
         types,
-        [
-            "submitted",
-            "queued",
-            "started",
-            "failed",
-            "retry_scheduled",
-            "queued"
-        ]
+        ["queued", "started", "failed", "retry_scheduled", "queued"]
     );
     eventually(Duration::from_secs(10), || {
         work_item(&run, "default", Priority::Normal, &exec)

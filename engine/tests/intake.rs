@@ -20,18 +20,40 @@ async fn intake(server: &NatsServer) -> Result<(Intake, Journal)> {
 }
 
 #[tokio::test]
-async fn a_submission_is_recorded_once_as_submitted() -> Result<()> {
+async fn a_submission_is_recorded_once_queued_with_its_spec_and_its_work_item() -> Result<()> {
     let server = NatsServer::start()?;
     let (intake, journal) = intake(&server).await?;
     let mut submission = Submission::new(TaskSpec::new("shell"));
     submission.correlation_id = Some("deploy-7".into());
     let accepted = intake.submit(submission, Utc::now()).await?;
     assert!(!accepted.existing);
-    assert_eq!(accepted.state.status, Status::Pending);
+    assert_eq!(accepted.state.status, Status::Queued);
+    assert_eq!(accepted.state.attempt, 1);
 
     let history = journal.load(&accepted.execution).await?;
     assert_eq!(history.state, accepted.state);
     assert_eq!(history.last_seq, accepted.last_seq);
+    // One event: `queued` with the spec, no `submitted`.
+    assert_eq!(history.events.len(), 1);
+    let runlog_events::Event::Queued(queued) = &history.events[0].envelope.event else {
+        panic!("the first event is {:?}", history.events[0].envelope.event);
+    };
+    assert_eq!(queued.spec.as_ref().map(|s| s.kind.as_str()), Some("shell"));
+    // Its work item, with the spec, expecting the `queued`'s sequence.
+    let subjects = journal.subjects();
+    let item = journal
+        .jetstream()
+        .get_stream_no_info(subjects.work_stream())
+        .await?
+        .direct_get_last_for_subject(subjects.dispatch(
+            &queued.queue,
+            queued.priority,
+            &accepted.execution,
+        ))
+        .await?;
+    let item: runlog_events::WorkItem = serde_json::from_slice(&item.payload)?;
+    assert_eq!((item.attempt, item.queued_seq), (1, accepted.last_seq));
+    assert_eq!(item.spec.map(|s| s.kind), Some("shell".to_owned()));
     for recorded in &history.events {
         assert_eq!(
             recorded.envelope.correlation_id.as_deref(),

@@ -261,6 +261,11 @@ pub fn check(state: &ExecutionState, env: &Envelope) -> Result<(), InvalidTransi
     let status_ok = match &env.event {
         Event::Submitted(_) => state.status == S::New,
         Event::Rejected(_) => matches!(state.status, S::New | S::Pending),
+        // The first event of an execution an engine door admitted. Checked
+        // like a submission, since any publisher could append one.
+        Event::Queued(Queued {
+            spec: Some(spec), ..
+        }) => state.status == S::New && spec.validate_recorded().is_ok(),
         Event::Queued(_) => matches!(state.status, S::Pending | S::RetryScheduled),
         Event::Started(_) => state.status == S::Queued,
         Event::Progress(_) | Event::Log(_) | Event::Heartbeat(_) => state.status == S::Running,
@@ -288,7 +293,7 @@ pub fn check(state: &ExecutionState, env: &Envelope) -> Result<(), InvalidTransi
     }
     let expected = match &env.event {
         Event::Submitted(_) | Event::Rejected(_) => 0,
-        Event::Queued(_) if state.status == S::Pending => 1,
+        Event::Queued(_) if matches!(state.status, S::New | S::Pending) => 1,
         Event::RetryScheduled(_) => state.attempt.saturating_add(1),
         _ => state.attempt,
     };
@@ -317,7 +322,11 @@ fn transition(mut s: ExecutionState, env: &Envelope) -> ExecutionState {
                 None => r.reason.clone(),
             });
         }
-        Event::Queued(_) => {
+        Event::Queued(q) => {
+            if let Some(spec) = &q.spec {
+                s.spec = Some(spec.clone());
+                s.submitted_at = Some(env.time);
+            }
             s.status = Status::Queued;
             s.attempt = env.attempt;
             s.retry_at = None;
@@ -413,6 +422,13 @@ fn record_failure(s: &mut ExecutionState, env: &Envelope, error: TaskError) {
 pub enum Command {
     /// Record a new execution.
     Submit {
+        /// What to run.
+        spec: TaskSpec,
+    },
+    /// Record a new execution that an engine door has validated: queued for
+    /// its first attempt in one event (`queued` with the spec), or
+    /// `submitted` when its `not_before` is still ahead.
+    Admit {
         /// What to run.
         spec: TaskSpec,
     },
@@ -586,12 +602,17 @@ pub fn decide(
     use Status as S;
     let status = state.status;
     let name = command_name(command);
-    if status == S::New && !matches!(command, Command::Submit { .. } | Command::Reject { .. }) {
+    if status == S::New
+        && !matches!(
+            command,
+            Command::Submit { .. } | Command::Admit { .. } | Command::Reject { .. }
+        )
+    {
         return Err(Rejection::NotFound);
     }
     if status.is_terminal() {
         return match command {
-            Command::Submit { .. } => Err(Rejection::AlreadyExists),
+            Command::Submit { .. } | Command::Admit { .. } => Err(Rejection::AlreadyExists),
             _ => Err(Rejection::Terminal(status)),
         };
     }
@@ -620,6 +641,19 @@ pub fn decide(
             spec.validate_recorded().map_err(Rejection::Invalid)?;
             vec![fact(0, Event::Submitted(Submitted { spec: spec.clone() }))]
         }
+        Command::Admit { spec } => {
+            if status != S::New {
+                return Err(Rejection::AlreadyExists);
+            }
+            spec.validate_recorded().map_err(Rejection::Invalid)?;
+            if spec.not_before.is_some_and(|at| at > now) {
+                vec![fact(0, Event::Submitted(Submitted { spec: spec.clone() }))]
+            } else {
+                let mut queued = queued_of(spec);
+                queued.spec = Some(Box::new(spec.clone()));
+                vec![fact(1, Event::Queued(queued))]
+            }
+        }
         Command::Reject { field, reason } => {
             if !matches!(status, S::New | S::Pending) {
                 return Err(wrong());
@@ -640,15 +674,7 @@ pub fn decide(
                 S::Queued | S::Running => return Ok(vec![]),
                 _ => return Err(wrong()),
             };
-            vec![fact(
-                attempt,
-                Event::Queued(Queued {
-                    queue: spec.queue.clone(),
-                    priority: spec.priority,
-                    kind: spec.kind.clone(),
-                    worker_labels: spec.worker_labels.clone(),
-                }),
-            )]
+            vec![fact(attempt, Event::Queued(queued_of(spec)))]
         }
         Command::Claim {
             worker,
@@ -835,6 +861,17 @@ pub fn decide(
     })
 }
 
+/// The `queued` of an attempt of `spec`, without the spec.
+fn queued_of(spec: &TaskSpec) -> Queued {
+    Queued {
+        queue: spec.queue.clone(),
+        priority: spec.priority,
+        kind: spec.kind.clone(),
+        worker_labels: spec.worker_labels.clone(),
+        spec: None,
+    }
+}
+
 fn attempt_deadline(state: &ExecutionState, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let ms = state.spec.as_ref()?.attempt_timeout_ms?;
     now.checked_add_signed(TimeDelta::milliseconds(i64::try_from(ms).ok()?))
@@ -843,6 +880,7 @@ fn attempt_deadline(state: &ExecutionState, now: DateTime<Utc>) -> Option<DateTi
 fn command_name(command: &Command) -> &'static str {
     match command {
         Command::Submit { .. } => "submit",
+        Command::Admit { .. } => "admit",
         Command::Reject { .. } => "reject",
         Command::Enqueue => "enqueue",
         Command::Claim { .. } => "claim",

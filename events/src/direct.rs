@@ -117,6 +117,18 @@ pub async fn read(
     Ok(())
 }
 
+/// The oldest message of `stream` on the literal `subject`, if any (the
+/// server finds it through its per-subject index, without a scan).
+pub async fn first(
+    client: &Client,
+    stream: &str,
+    subject: &str,
+) -> Result<Option<Stored>, DirectGetError> {
+    let mut found = None;
+    read(client, stream, subject, 1, 1, |stored| found = Some(stored)).await?;
+    Ok(found)
+}
+
 /// The newest message of `stream` on `subject`, if any.
 pub async fn last(
     js: &async_nats::jetstream::Context,

@@ -61,7 +61,7 @@ pub struct Submitted {
 }
 
 /// Body of [`Event::Queued`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Queued {
     /// The queue the attempt waits on.
     pub queue: QueueName,
@@ -74,6 +74,12 @@ pub struct Queued {
     /// Labels a worker must carry to take the attempt, copied from the spec.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub worker_labels: BTreeMap<String, String>,
+    /// The task, when this `queued` is the execution's first event: the
+    /// engine's doors validate a submission and record it queued in one
+    /// event (`submitted` is then never written) unless its start is
+    /// delayed. Absent on every later `queued`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<Box<TaskSpec>>,
 }
 
 /// Body of [`Event::Started`].

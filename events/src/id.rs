@@ -72,6 +72,14 @@ macro_rules! token_id {
             }
         }
 
+        // Hash and Eq are those of the string, so maps keyed by the id can
+        // be read with a `&str` (a subject token, say).
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)

@@ -27,7 +27,9 @@ use chrono::{DateTime, Utc};
 use crate::codec::{self, DecodeError, EncodeError, Format, Limits};
 use crate::decider::{self, Command, ExecutionState, Rejection};
 use crate::envelope::Envelope;
+use crate::event::Event;
 use crate::id::ExecutionId;
+use crate::spec::TaskSpec;
 use crate::subject::Subjects;
 
 /// Header that widens the expected-sequence check from the publish subject
@@ -278,11 +280,8 @@ impl Journal {
             reason,
         };
         let stream = self.subjects.exec_stream();
-        let first = self
-            .subjects
-            .event(execution, crate::event::EventType::Submitted);
-        let from = match crate::direct::last(&self.js, &stream, &first).await {
-            Ok(Some(submitted)) => submitted.seq,
+        let from = match self.creation(execution).await {
+            Ok(Some(created)) => created.seq,
             // Never submitted: nothing else could apply.
             Ok(None) => return Ok(History::default()),
             Err(e) => return Err(fail(e.reason)),
@@ -303,6 +302,51 @@ impl Journal {
         .await
         .map_err(|e| fail(e.reason))?;
         Ok(history)
+    }
+
+    /// The stored event that created `execution`: its `submitted`, or the
+    /// `queued` carrying the spec that an engine door records instead. Both
+    /// are found by literal subject, through the server's per-subject
+    /// index (a wildcard read from sequence 1 would scan the log).
+    pub async fn creation(
+        &self,
+        execution: &ExecutionId,
+    ) -> Result<Option<crate::direct::Stored>, crate::direct::DirectGetError> {
+        use crate::event::EventType;
+        let stream = self.subjects.exec_stream();
+        let submitted = self.subjects.event(execution, EventType::Submitted);
+        if let Some(stored) = crate::direct::last(&self.js, &stream, &submitted).await? {
+            return Ok(Some(stored));
+        }
+        let queued = self.subjects.event(execution, EventType::Queued);
+        crate::direct::first(&self.js.client(), &stream, &queued).await
+    }
+
+    /// The task `execution` was recorded with (as stored: environment
+    /// values sealed), and the envelope that carries it; `None` when the
+    /// execution does not exist.
+    pub async fn recorded_spec(
+        &self,
+        execution: &ExecutionId,
+    ) -> Result<Option<(TaskSpec, Envelope)>, LoadError> {
+        let fail = |reason: String| LoadError {
+            execution: execution.clone(),
+            reason,
+        };
+        let Some(stored) = self.creation(execution).await.map_err(|e| fail(e.reason))? else {
+            return Ok(None);
+        };
+        let mut envelope = codec::decode(&stored.headers, &stored.payload, &self.limits)
+            .map_err(|e| fail(describe(&e)))?;
+        let spec = match &mut envelope.event {
+            Event::Submitted(submitted) => submitted.spec.clone(),
+            Event::Queued(queued) => match queued.spec.take() {
+                Some(spec) => *spec,
+                None => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
+        Ok(Some((spec, envelope)))
     }
 
     fn fold_into(

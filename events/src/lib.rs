@@ -11,7 +11,8 @@
 //!   and consumer, so engine and workers agree on one layout.
 //! - [`journal`] appends events with optimistic concurrency and replays an
 //!   execution's history: the only way components write the log.
-//! - [`work`] is the work item a worker pulls for a queued attempt.
+//! - [`work`] is the work item a worker pulls for a queued attempt, and
+//!   [`timer`] the broker-held timers (retries, starts, deadlines).
 //! - [`schema`] exports the JSON Schema of every event body, the envelope,
 //!   the commands and the task spec, for clients in other languages.
 
@@ -28,6 +29,7 @@ pub mod schema;
 pub mod spec;
 pub mod stream;
 pub mod subject;
+pub mod timer;
 pub mod work;
 
 pub use decider::{Command, ExecutionState, Rejection, Status, decide, evolve};

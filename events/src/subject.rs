@@ -8,8 +8,8 @@
 //! | `<p>.ev.<exec>.<type>` | lifecycle events: the execution log, checked with optimistic concurrency on `<p>.ev.<exec>.>` |
 //! | `<p>.work.<queue>.<priority>.<exec>` | work items that workers pull, one durable consumer per queue and priority |
 //! | `<p>.sched.<exec>.<purpose>` | broker-held timers (retry backoff, deadlines); each fires on `<p>.sched.<exec>.<purpose>.due` |
-//! | `<p>.live.ev.<exec>.<type>` | the stream's RePublish of every stored lifecycle event (live feeds) |
 //! | `<p>.log.<exec>`, `<p>.progress.<exec>`, `<p>.heartbeat.<exec>` | telemetry of running attempts |
+//! | `<p>.live.ev.<exec>.<type>` | the stream's RePublish of every stored lifecycle event (live feeds) |
 //! | `<p>.cancel.<exec>` | core-NATS cancel signal to the worker |
 //! | `<p>.submit.<queue>` | request/reply intake |
 //!
@@ -147,7 +147,17 @@ impl Subjects {
 
     /// The cancel signal of `exec`.
     pub fn cancel(&self, exec: &ExecutionId) -> String {
-        format!("{}.cancel.{exec}", self.prefix)
+        format!("{}{exec}", self.cancel_prefix())
+    }
+
+    /// Every cancel signal (a worker subscribes once and routes by id).
+    pub fn all_cancels(&self) -> String {
+        format!("{}*", self.cancel_prefix())
+    }
+
+    /// What a cancel signal's subject starts with, before the execution id.
+    pub fn cancel_prefix(&self) -> String {
+        format!("{}.cancel.", self.prefix)
     }
 
     /// Request/reply intake of `queue`.

@@ -16,9 +16,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::codec;
 use crate::event::Queued;
 use crate::id::ExecutionId;
 use crate::spec::TaskSpec;
+use crate::subject::Subjects;
 
 /// The body of a work item (JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -74,6 +76,26 @@ impl WorkItem {
     /// Its `Nats-Msg-Id`.
     pub fn msg_id(&self) -> String {
         format!("{}:work:{}", self.execution, self.attempt)
+    }
+
+    /// Publishes the item on its dispatch subject (the queue and priority
+    /// of `queued`) and waits until the server stored it. A second publish
+    /// of the same attempt's item within the duplicate window is dropped by
+    /// its `Nats-Msg-Id`; a later one is skipped by the claim.
+    pub async fn publish(
+        &self,
+        js: &async_nats::jetstream::Context,
+        subjects: &Subjects,
+        queued: &Queued,
+    ) -> Result<(), async_nats::jetstream::context::PublishError> {
+        let subject = subjects.dispatch(&queued.queue, queued.priority, &self.execution);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(codec::header::MSG_ID, self.msg_id().as_str());
+        headers.insert(codec::header::CONTENT_TYPE, codec::JSON);
+        js.publish_with_headers(subject, headers, self.to_body().into())
+            .await?
+            .await
+            .map(drop)
     }
 
     /// Whether a worker with `labels` may take it: every required label

@@ -88,6 +88,7 @@ fn arb_pick() -> impl Strategy<Value = Pick> {
 #[derive(Debug, Clone)]
 enum Cmd {
     Submit(TaskSpec),
+    Admit(TaskSpec),
     Reject,
     Enqueue,
     Claim(u8, bool),
@@ -107,6 +108,7 @@ enum Cmd {
 fn arb_cmd() -> impl Strategy<Value = Cmd> {
     prop_oneof![
         2 => arb_spec().prop_map(Cmd::Submit),
+        2 => arb_spec().prop_map(Cmd::Admit),
         1 => Just(Cmd::Reject),
         3 => Just(Cmd::Enqueue),
         3 => (0u8..3, any::<bool>()).prop_map(|(w, r)| Cmd::Claim(w, r)),
@@ -131,6 +133,7 @@ fn command(cmd: &Cmd, state: &ExecutionState) -> Command {
     };
     match cmd.clone() {
         Cmd::Submit(spec) => Command::Submit { spec },
+        Cmd::Admit(spec) => Command::Admit { spec },
         Cmd::Reject => Command::Reject {
             field: Some("kind".into()),
             reason: "must not be empty".into(),
@@ -222,6 +225,14 @@ fn arb_event() -> impl Strategy<Value = Event> {
             priority: Priority::Normal,
             kind: "shell".into(),
             worker_labels: Default::default(),
+            spec: None,
+        })),
+        arb_spec().prop_map(|spec| Event::Queued(Queued {
+            queue: spec.queue.clone(),
+            priority: spec.priority,
+            kind: spec.kind.clone(),
+            worker_labels: Default::default(),
+            spec: Some(Box::new(spec)),
         })),
         (0u8..3).prop_map(|w| Event::Started(Started {
             worker: format!("w{w}"),

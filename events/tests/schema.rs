@@ -220,6 +220,7 @@ fn example(ty: EventType) -> Event {
             priority: Priority::High,
             kind: "shell".into(),
             worker_labels: [("pool".to_owned(), "backup".to_owned())].into(),
+            spec: None,
         }),
         EventType::Started => Event::Started(Started {
             worker: "w-host1-7".into(),

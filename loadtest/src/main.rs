@@ -38,6 +38,7 @@ use runlog_testkit::NatsServer;
 use runlog_worker::{Attempt, Claim};
 use tokio::sync::Semaphore;
 
+mod log_floor;
 mod memory;
 mod replay;
 mod rig;
@@ -141,14 +142,43 @@ async fn main() -> anyhow::Result<()> {
     let server = NatsServer::start().context("cannot start nats-server")?;
     let mut floor = Vec::new();
     let mut lifecycle = Vec::new();
+    let mut log_floors = Vec::new();
     for run in 0..args.runs {
+        let before = log_floor::sample(&server).await;
         floor.push(floor_cycle(&server, &args, run).await?);
+        if run == 0 {
+            let cpu = log_floor::sample(&server).await - before;
+            eprintln!("floor: per task: {}", cpu.per_task_json(args.n));
+        }
         lifecycle.push(lifecycle_cycle(&server, &args).await?);
+        let slots = args.workers * args.worker_concurrency;
+        log_floors.push(log_floor::run(&server, run, args.n, args.window, slots).await?);
     }
     let floor = median(floor);
     let lifecycle = median(lifecycle);
+    log_floors.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    let log_floor = log_floors[log_floors.len() / 2].clone();
+    println!(
+        "{}",
+        serde_json::json!({
+            "scenario": "log-floor",
+            "tasks": log_floor.tasks,
+            "runs": args.runs,
+            "window": args.window,
+            "slots": args.workers * args.worker_concurrency,
+            "median_seconds": log_floor.seconds,
+            "tasks_per_second": (log_floor.tasks as f64 / log_floor.seconds).round(),
+            "ratio_to_floor": ((log_floor.tasks as f64 / log_floor.seconds) / floor.rate() * 1000.0).round() / 1000.0,
+            "cpu_us_per_task": log_floor.cpu.per_task_json(log_floor.tasks),
+        })
+    );
+    let log_floor = Figure {
+        scenario: "log-floor",
+        tasks: log_floor.tasks,
+        seconds: log_floor.seconds,
+    };
     for scenario in &args.scenario {
-        table.extend(end_to_end(&args, scenario, &floor).await?);
+        table.extend(end_to_end(&args, scenario, &floor, &log_floor).await?);
     }
     if args.replay_events > 0 {
         let figures = replay::run(args.replay_events, args.runs).await?;
@@ -174,6 +204,7 @@ async fn main() -> anyhow::Result<()> {
                 "runs": args.runs,
                 "median_seconds": figures.full.seconds,
                 "events_per_second": rate.round(),
+                "executions_per_second": (rate / memory::EVENTS as f64).round(),
                 "ratio_to_delivery": (rate / figures.delivery.rate() * 1000.0).round() / 1000.0,
                 "cpu_us_per_event_client": (figures.cpu.client_us * 100.0).round() / 100.0,
                 "cpu_us_per_event_server": (figures.cpu.server_us * 100.0).round() / 100.0,
@@ -250,7 +281,7 @@ async fn main() -> anyhow::Result<()> {
         args.runs
     );
     println!("|---|---|---|---|---|");
-    for f in [&floor, &lifecycle] {
+    for f in [&floor, &lifecycle, &log_floor] {
         println!(
             "| {} | {} | {} | {:.0} | {:.2} |",
             f.scenario,
@@ -276,7 +307,12 @@ async fn main() -> anyhow::Result<()> {
 
 /// Runs one end-to-end scenario `--runs` times, prints its JSON line and
 /// returns its rows of the markdown table.
-async fn end_to_end(args: &Args, scenario: &str, floor: &Figure) -> anyhow::Result<Vec<String>> {
+async fn end_to_end(
+    args: &Args,
+    scenario: &str,
+    floor: &Figure,
+    log_floor: &Figure,
+) -> anyhow::Result<Vec<String>> {
     let shape = Shape {
         tasks: args.n,
         workers: args.workers,
@@ -285,6 +321,7 @@ async fn end_to_end(args: &Args, scenario: &str, floor: &Figure) -> anyhow::Resu
     };
     let round = |v: f64| (v * 1000.0).round() / 1000.0;
     let ratio = |rate: f64| round(rate / floor.rate());
+    let log_ratio = |rate: f64| round(rate / log_floor.rate());
     let mut rows = Vec::new();
     let base = serde_json::json!({
         "scenario": scenario,
@@ -292,6 +329,7 @@ async fn end_to_end(args: &Args, scenario: &str, floor: &Figure) -> anyhow::Resu
         "workers": args.workers,
         "worker_concurrency": args.worker_concurrency,
         "floor_tasks_per_second": floor.rate().round(),
+        "log_floor_tasks_per_second": log_floor.rate().round(),
     });
     let mut line = base;
     match scenario {
@@ -317,12 +355,14 @@ async fn end_to_end(args: &Args, scenario: &str, floor: &Figure) -> anyhow::Resu
             line["enqueue_per_second"] = serde_json::json!(enqueue.round());
             line["end_to_end_tasks_per_second"] = serde_json::json!(rate.round());
             line["ratio_to_floor"] = serde_json::json!(ratio(rate));
+            line["ratio_to_log_floor"] = serde_json::json!(log_ratio(rate));
             line["cpu_us_per_task"] = run.cpu.per_task_json(run.tasks);
             line["engine_rss_mib_at_end"] =
                 serde_json::json!((run.engine_rss_mib * 10.0).round() / 10.0);
             rows.push(format!(
-                "| {scenario} | end to end, tasks/s | {rate:.0} | {:.3} |",
-                ratio(rate)
+                "| {scenario} | end to end, tasks/s | {rate:.0} | {:.3} (log-floor {:.3}) |",
+                ratio(rate),
+                log_ratio(rate)
             ));
             rows.push(format!(
                 "| {scenario} | enqueue, tasks/s | {enqueue:.0} | {:.3} |",

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 use runlog_engine::Projection;
-use runlog_events::event::{Queued, Started, Submitted, Succeeded};
+use runlog_events::event::{Queued, Started, Succeeded};
 use runlog_events::{Envelope, Event, ExecutionId, QueueName, TaskSpec};
 
 /// What `memory` measured.
@@ -22,11 +22,14 @@ pub struct Memory {
     pub seconds: f64,
 }
 
-/// The four events of an execution that ran once and succeeded with
-/// `output`, each with its attempt.
-pub fn finished(spec: &TaskSpec, output: serde_json::Value) -> [(u32, Event); 4] {
+/// Events of an execution that ran once, as [`finished`] records it.
+pub const EVENTS: usize = 3;
+
+/// The events of an execution submitted through an engine door that ran
+/// once and succeeded with `output` (`queued` with the spec, `started`,
+/// `succeeded`), each with its attempt.
+pub fn finished(spec: &TaskSpec, output: serde_json::Value) -> [(u32, Event); EVENTS] {
     [
-        (0, Event::Submitted(Submitted { spec: spec.clone() })),
         (
             1,
             Event::Queued(Queued {
@@ -34,6 +37,7 @@ pub fn finished(spec: &TaskSpec, output: serde_json::Value) -> [(u32, Event); 4]
                 priority: spec.priority,
                 kind: spec.kind.clone(),
                 worker_labels: Default::default(),
+                spec: Some(Box::new(spec.clone())),
             }),
         ),
         (

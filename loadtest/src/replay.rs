@@ -89,7 +89,7 @@ pub struct Replay {
     pub delivery_cpu: Cpu,
 }
 
-/// Seeds a fresh server with `events` lifecycle events (four per execution,
+/// Seeds a fresh server with `events` lifecycle events (three per execution, as an engine door records them,
 /// published with pipelined acks), then measures `runs` times each.
 pub async fn run(events: usize, runs: usize) -> anyhow::Result<Replay> {
     let server = NatsServer::start().context("cannot start nats-server")?;
@@ -111,7 +111,8 @@ pub async fn run(events: usize, runs: usize) -> anyhow::Result<Replay> {
     for run in 0..runs {
         let resident_before = resident_bytes();
         let clock = CpuClock::start(pid);
-        let (figure, projection) = follow(&js, &subjects, last, executions * 4).await?;
+        let (figure, projection) =
+            follow(&js, &subjects, last, executions * crate::memory::EVENTS).await?;
         cpu.push((figure.seconds, clock.per_event(figure.tasks)));
         if run == 0 {
             // The first run grows the heap from nothing: its growth is what
@@ -154,7 +155,7 @@ async fn seed(
 ) -> anyhow::Result<usize> {
     let mut spec = TaskSpec::new("noop");
     spec.input = serde_json::json!({ "payload": "x".repeat(80) });
-    let executions = events.div_ceil(4);
+    let executions = events.div_ceil(crate::memory::EVENTS);
     let now = Utc::now();
     let seeding = Instant::now();
     // Sends go out in order on one connection (an execution's events must be
@@ -180,7 +181,7 @@ async fn seed(
     }
     eprintln!(
         "replay: seeded {} events in {:.1} s",
-        executions * 4,
+        executions * crate::memory::EVENTS,
         seeding.elapsed().as_secs_f64()
     );
     Ok(executions)

@@ -111,22 +111,14 @@ impl Rig {
     /// CPU seconds used so far by the server, the engine and the workers,
     /// and the messages the server has received and sent.
     pub async fn cpu(&self) -> Cpu {
-        let varz: serde_json::Value = async {
-            reqwest::get(format!("{}/varz", self.server.monitor_url()))
-                .await?
-                .json()
-                .await
-        }
-        .await
-        .unwrap_or_default();
-        let count = |k: &str| varz[k].as_f64().unwrap_or(0.0);
+        let (msgs_in, msgs_out) = messages(&self.server).await;
         Cpu {
             server: self.server.pid().map_or(0.0, cpu_seconds),
             engine: cpu_seconds(self.engine.id()),
             workers: self.workers.iter().map(|w| cpu_seconds(w.id())).sum(),
             load: cpu_seconds(std::process::id()),
-            msgs_in: count("in_msgs"),
-            msgs_out: count("out_msgs"),
+            msgs_in,
+            msgs_out,
         }
     }
 
@@ -192,6 +184,21 @@ impl Cpu {
             "server_msgs_out_per_task": (self.msgs_out / tasks as f64 * 10.0).round() / 10.0,
         })
     }
+}
+
+/// The messages `server` has received and sent so far (`/varz`; zero when
+/// it cannot be read).
+pub async fn messages(server: &NatsServer) -> (f64, f64) {
+    let varz: serde_json::Value = async {
+        reqwest::get(format!("{}/varz", server.monitor_url()))
+            .await?
+            .json()
+            .await
+    }
+    .await
+    .unwrap_or_default();
+    let count = |k: &str| varz[k].as_f64().unwrap_or(0.0);
+    (count("in_msgs"), count("out_msgs"))
 }
 
 /// utime + stime of process `pid`, in seconds (Linux; 0 when unreadable).

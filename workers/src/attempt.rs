@@ -56,24 +56,10 @@ pub enum Outcome {
     TimedOut,
 }
 
-/// The spec of `execution`'s `submitted` event, if it can be read.
+/// The spec `execution` was recorded with, if it can be read.
 pub(crate) async fn submitted_spec(journal: &Journal, execution: &ExecutionId) -> Option<TaskSpec> {
-    let subjects = journal.subjects();
-    let subject = subjects.event(execution, runlog_events::EventType::Submitted);
-    let stored =
-        runlog_events::direct::last(journal.jetstream(), &subjects.exec_stream(), &subject)
-            .await
-            .ok()??;
-    let envelope = runlog_events::codec::decode(
-        &stored.headers,
-        &stored.payload,
-        &runlog_events::codec::Limits::default(),
-    )
-    .ok()?;
-    match envelope.event {
-        runlog_events::Event::Submitted(submitted) => Some(submitted.spec),
-        _ => None,
-    }
+    let (spec, _) = journal.recorded_spec(execution).await.ok()??;
+    Some(spec)
 }
 
 /// A claimed, running attempt.

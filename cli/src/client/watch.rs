@@ -302,12 +302,21 @@ impl<'a> Screen<'a> {
         s.status = decider::status_after(&envelope.event);
         s.attempt = s.attempt.max(envelope.attempt);
         match &envelope.event {
-            Event::Submitted(sub) => {
-                s.kind = Some(sub.spec.kind.clone());
-                s.queue = Some(sub.spec.queue.to_string());
-                s.priority = Some(sub.spec.priority);
-                s.labels = Some(sub.spec.labels.clone());
-                s.submitted_at = Some(envelope.time);
+            // The event that records an execution: `submitted`, or the
+            // `queued` with the spec that an engine door writes instead.
+            event @ (Event::Submitted(_) | Event::Queued(_)) => {
+                let spec = match event {
+                    Event::Submitted(sub) => Some(&sub.spec),
+                    Event::Queued(q) => q.spec.as_deref(),
+                    _ => None,
+                };
+                if let Some(spec) = spec {
+                    s.kind = Some(spec.kind.clone());
+                    s.queue = Some(spec.queue.to_string());
+                    s.priority = Some(spec.priority);
+                    s.labels = Some(spec.labels.clone());
+                    s.submitted_at = Some(envelope.time);
+                }
             }
             Event::Started(started) => {
                 s.worker = Some(started.worker.clone());

@@ -383,7 +383,7 @@ pub async fn feed(client: async_nats::Client, run: &str, load: Load) -> Result<V
 pub struct Told {
     /// Folded by the core's `evolve`.
     pub state: ExecutionState,
-    /// When its `submitted` event was recorded.
+    /// When it was recorded (`submitted`, or a first `queued`).
     pub submitted: Option<DateTime<Utc>>,
     /// Terminal events stored (whether or not the fold accepted them).
     pub terminal: u32,
@@ -460,7 +460,10 @@ impl Ledger {
             .entry(envelope.execution.clone())
             .or_default();
         match &envelope.event {
+            // Recorded: `submitted`, or the `queued` with the spec that an
+            // engine door writes instead.
             Event::Submitted(_) => told.submitted = Some(envelope.time),
+            Event::Queued(q) if q.spec.is_some() => told.submitted = Some(envelope.time),
             Event::Started(_) => told.started += 1,
             Event::AttemptLost(_) => told.lost_attempts += 1,
             Event::Succeeded(_) => told.succeeded += 1,

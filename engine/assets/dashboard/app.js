@@ -179,9 +179,16 @@ function evolve(row, e) {
       break;
     }
     case 'queued':
+      // The first event of an execution an engine door admitted carries the spec.
+      if (d.spec) {
+        row.kind = d.spec.kind || row.kind;
+        row.priority = d.spec.priority || row.priority;
+        row.submitted_at = e.time;
+      }
       row.status = 'queued';
       row.attempt = e.attempt;
       if (d.queue) row.queue = d.queue;
+      if (d.priority) row.priority = d.priority;
       break;
     case 'started':
       row.status = 'running';
@@ -255,7 +262,9 @@ function evolve(row, e) {
 function applyEvent(e) {
   let row = store.byId.get(e.execution);
   if (!row) {
-    if (e.type !== 'submitted') {
+    // An execution begins with `submitted`, or with a `queued` carrying the spec.
+    const first = e.type === 'submitted' || (e.type === 'queued' && e.data && e.data.spec);
+    if (!first) {
       stash(e);
       return;
     }

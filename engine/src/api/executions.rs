@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use runlog_events::decider::{Command, Status};
-use runlog_events::event::{Event, LogBatch, LogStream, TimeoutScope};
+use runlog_events::event::{Event, LogBatch, LogStream, Queued, TimeoutScope};
 use runlog_events::journal::{History, TransitionError};
 use runlog_events::{Envelope, ExecutionId, QueueName, TaskError, TaskSpec, codec, direct};
 use serde::{Deserialize, Serialize};
@@ -297,8 +297,12 @@ fn redacted(spec: &TaskSpec) -> TaskSpec {
 
 fn redacted_envelope(envelope: &Envelope) -> Envelope {
     let mut envelope = envelope.clone();
-    if let Event::Submitted(submitted) = &mut envelope.event {
-        submitted.spec = redacted(&submitted.spec);
+    match &mut envelope.event {
+        Event::Submitted(submitted) => submitted.spec = redacted(&submitted.spec),
+        Event::Queued(Queued {
+            spec: Some(spec), ..
+        }) => **spec = redacted(spec),
+        _ => {}
     }
     envelope
 }
@@ -686,16 +690,17 @@ pub(crate) async fn retry_execution(
 }
 
 /// The spec and correlation id an execution was submitted with: one read of
-/// its `submitted` event (a literal subject, found through the server's
-/// subject index), not of its whole history.
+/// the event that created it (`submitted`, or the first `queued`; literal
+/// subjects, found through the server's subject index), not of its whole
+/// history.
 async fn submission(
     state: &ApiState,
     execution: &ExecutionId,
 ) -> Result<(TaskSpec, Option<String>), Problem> {
-    let subject = state
-        .subjects
-        .event(execution, runlog_events::EventType::Submitted);
-    let stored = direct::last(&state.js, &state.subjects.exec_stream(), &subject)
+    let stored = state
+        .intake
+        .journal()
+        .creation(execution)
         .await
         .map_err(Problem::unavailable)?
         .ok_or_else(|| Problem::not_found(format!("the submission of {execution}")))?;
@@ -711,6 +716,9 @@ async fn submission(
         })?;
     match envelope.event {
         Event::Submitted(submitted) => Ok((submitted.spec, envelope.correlation_id)),
+        Event::Queued(Queued {
+            spec: Some(spec), ..
+        }) => Ok((*spec, envelope.correlation_id)),
         _ => Err(Problem::not_found(format!("the submission of {execution}"))),
     }
 }

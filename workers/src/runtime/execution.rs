@@ -1,7 +1,7 @@
 //! The life of one work item once it has a slot: claim, environment,
 //! handler, result, acknowledgement.
 //!
-//! 1. Subscribe to the execution's cancel signal (before the claim, so a
+//! 1. Watch for the execution's cancel signal (before the claim, so a
 //!    signal sent right after it is not missed), then claim the attempt.
 //!    A skip is acknowledged and dropped.
 //! 2. Resolve the environment, find the handler by kind, start it under a
@@ -26,7 +26,6 @@ use async_nats::jetstream::AckKind;
 use async_nats::jetstream::Message;
 use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use runlog_events::decider::{Rejection, Status};
 use runlog_events::journal::{Journal, TransitionError};
 use runlog_events::{ErrorClass, Subjects, TaskError, WorkItem};
@@ -39,13 +38,15 @@ use super::breakers::Breakers;
 use super::environment::{self, SecretSource};
 use super::limits::{Admission, LimitKeys, Limits};
 use super::liveness::{Running, RunningAttempt};
+use super::signals::{Signals, Watch};
 use super::telemetry::{self, TelemetryConfig};
 use crate::attempt::{Attempt, AttemptError, Claim, Outcome};
 use crate::handler::{Context, HandlerResult, Registry};
 
 /// What every attempt task of a worker shares.
 pub(crate) struct Shared {
-    pub client: async_nats::Client,
+    /// Routes the cancel signals of this worker's attempts.
+    pub signals: Arc<Signals>,
     pub journal: Journal,
     pub subjects: Subjects,
     pub worker: String,
@@ -182,14 +183,7 @@ pub(crate) async fn execute(
     let Some(permit) = shared.breakers.gate(&shared.journal, &message, &item).await else {
         return;
     };
-    let mut cancel_signal = match shared.client.subscribe(shared.subjects.cancel(&exec)).await {
-        Ok(subscriber) => subscriber,
-        Err(e) => {
-            tracing::warn!(execution = %exec, error = %e, "cannot subscribe to the cancel signal");
-            nak(&message, Some(shared.nak_delay)).await;
-            return;
-        }
-    };
+    let cancel_signal = shared.signals.watch(&exec);
     let (claimed_at, claimed_instant) = (started_at.unwrap_or_else(Utc::now), Instant::now());
     let claim = Attempt::claim_item(
         &shared.journal,
@@ -299,7 +293,7 @@ pub(crate) async fn execute(
                 &shared,
                 &message,
                 &mut run,
-                &mut cancel_signal,
+                &cancel_signal,
                 &mut keep_alive,
                 &token,
                 deadline,
@@ -358,22 +352,18 @@ async fn supervise(
     shared: &Shared,
     message: &Message,
     run: &mut AbortOnDrop<HandlerResult>,
-    cancel_signal: &mut async_nats::Subscriber,
+    cancel_signal: &Watch,
     keep_alive: &mut tokio::time::Interval,
     token: &CancellationToken,
     deadline: Option<Instant>,
     hard_stop: &CancellationToken,
 ) -> Ending {
     let far = Instant::now() + Duration::from_secs(366 * 24 * 3600);
-    let mut signal_open = true;
     let stopped = loop {
         tokio::select! {
             biased;
             result = &mut run.0 => return Ending::Recorded(outcome_of(result)),
-            signal = cancel_signal.next(), if signal_open => match signal {
-                Some(_) => break Ending::Recorded(Outcome::Cancelled),
-                None => signal_open = false,
-            },
+            _ = cancel_signal.signalled() => break Ending::Recorded(Outcome::Cancelled),
             _ = tokio::time::sleep_until(deadline.unwrap_or(far)) => {
                 break Ending::Recorded(Outcome::TimedOut);
             }
@@ -414,17 +404,11 @@ fn outcome_of(result: Result<HandlerResult, tokio::task::JoinError>) -> Outcome 
     }
 }
 
-/// Acknowledges, confirmed by the server; retried a few times.
+/// Acknowledges, without waiting for the server to confirm: a lost ack
+/// only brings the item back after `ack_wait`, and the claim of the
+/// redelivered item finds its attempt ended in the log and skips it. (A
+/// confirmed ack costs a round trip and an inbox per item.)
 pub(crate) async fn ack(message: &Message) {
-    for pause in [50u64, 200, 1000] {
-        match message.double_ack().await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::debug!(error = %e, "ack not confirmed, retrying");
-                tokio::time::sleep(Duration::from_millis(pause)).await;
-            }
-        }
-    }
     if let Err(e) = message.ack().await {
         tracing::warn!(error = %e, "cannot acknowledge a work item; it may be redelivered");
     }

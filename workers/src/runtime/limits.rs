@@ -637,25 +637,11 @@ impl Limits {
         journal: &Journal,
         execution: &ExecutionId,
     ) -> Result<Option<LimitKeys>, String> {
-        let subjects = journal.subjects();
-        let subject = subjects.event(execution, runlog_events::EventType::Submitted);
-        let stored =
-            runlog_events::direct::last(journal.jetstream(), &subjects.exec_stream(), &subject)
-                .await
-                .map_err(|e| e.to_string())?;
-        let Some(stored) = stored else {
-            return Ok(None);
-        };
-        let envelope = runlog_events::codec::decode(
-            &stored.headers,
-            &stored.payload,
-            &runlog_events::codec::Limits::default(),
-        )
-        .map_err(|e| e.to_string())?;
-        Ok(match envelope.event {
-            runlog_events::Event::Submitted(submitted) => Some(LimitKeys::of(&submitted.spec)),
-            _ => None,
-        })
+        let recorded = journal
+            .recorded_spec(execution)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(recorded.map(|(spec, _)| LimitKeys::of(&spec)))
     }
 
     /// Takes a concurrency lease, then a rate token, for `keys`; or says

@@ -52,6 +52,7 @@ pub mod fetch;
 pub mod guard;
 pub mod limits;
 pub mod liveness;
+mod signals;
 pub mod telemetry;
 
 use std::collections::BTreeMap;
@@ -172,6 +173,9 @@ pub enum WorkerError {
     /// The streams could not be set up.
     #[error(transparent)]
     Layout(#[from] LayoutError),
+    /// The subscription to cancel signals failed.
+    #[error("cannot subscribe to cancel signals: {0}")]
+    Signals(#[from] async_nats::SubscribeError),
     /// A dispatch consumer could not be created or read.
     #[error("cannot set up the dispatch consumer {consumer}: {reason}")]
     Consumer {
@@ -425,8 +429,10 @@ impl Worker {
             subjects.clone(),
             format!("/runlog/worker/{}", config.id),
         );
+        let services_stop = CancellationToken::new();
+        let signals = signals::Signals::start(&client, &subjects, services_stop.clone()).await?;
         let shared = Arc::new(execution::Shared {
-            client,
+            signals,
             journal,
             subjects,
             worker: config.id.clone(),
@@ -458,7 +464,6 @@ impl Worker {
             started_at: Utc::now(),
             last_seen: Utc::now(),
         };
-        let services_stop = CancellationToken::new();
         let mut services = JoinSet::new();
         services.spawn(
             limits

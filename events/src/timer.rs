@@ -1,0 +1,139 @@
+//! Broker-held timers: retries after their backoff, delayed starts and
+//! deadlines, held by nats-server as message schedules.
+//!
+//! A timer of execution `e` is a schedule on `<p>.sched.<e>.<timer>` (one
+//! per kind: a newer one replaces the older) that fires once, at its
+//! instant, on `<p>.sched.<e>.<timer>.due` in the same stream. The engine's
+//! reactor consumes the fired timers and turns them into commands; whoever
+//! knows the instant first sets the timer (the reactor for retries, starts
+//! and execution deadlines, the claiming worker for its attempt's deadline).
+
+use async_nats::HeaderMap;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::codec;
+use crate::id::ExecutionId;
+use crate::subject::Subjects;
+
+/// The header that makes a message a schedule (`@at <RFC 3339>`).
+pub const SCHEDULE: &str = "Nats-Schedule";
+/// The header naming the subject a schedule fires on.
+pub const SCHEDULE_TARGET: &str = "Nats-Schedule-Target";
+
+/// Why a broker-held timer exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Timer {
+    /// Queue the next attempt after its backoff.
+    Retry,
+    /// Queue the first attempt at the spec's `not_before`.
+    Start,
+    /// End the running attempt at its deadline.
+    Attempt,
+    /// End the execution at its deadline.
+    Deadline,
+}
+
+impl Timer {
+    /// The subject token (`retry`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Timer::Retry => "retry",
+            Timer::Start => "start",
+            Timer::Attempt => "attempt",
+            Timer::Deadline => "deadline",
+        }
+    }
+}
+
+/// The body of a timer, as the schedule publishes it when it fires.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TimerFired {
+    /// Why.
+    pub timer: Timer,
+    /// The attempt it belongs to.
+    pub attempt: u32,
+}
+
+/// A timer ready to publish: the schedule's subject, headers and body.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// `<p>.sched.<exec>.<timer>`.
+    pub subject: String,
+    /// `Nats-Schedule`, its target and a `Nats-Msg-Id`.
+    pub headers: HeaderMap,
+    /// The [`TimerFired`] body, JSON.
+    pub body: bytes::Bytes,
+}
+
+impl Schedule {
+    /// The schedule of `timer` for `attempt` of `execution`, firing at `at`
+    /// (rounded up to the millisecond: a schedule holds milliseconds, and
+    /// truncating would fire a deadline up to a millisecond early).
+    pub fn new(
+        subjects: &Subjects,
+        execution: &ExecutionId,
+        timer: Timer,
+        at: DateTime<Utc>,
+        attempt: u32,
+    ) -> Self {
+        let body = serde_json::to_vec(&TimerFired { timer, attempt })
+            .expect("a timer body always serialises");
+        let mut headers = HeaderMap::new();
+        let at = ceil_ms(at).to_rfc3339_opts(SecondsFormat::Millis, true);
+        headers.insert(SCHEDULE, format!("@at {at}").as_str());
+        headers.insert(
+            SCHEDULE_TARGET,
+            subjects.timer(execution, timer.as_str()).as_str(),
+        );
+        headers.insert(
+            codec::header::MSG_ID,
+            format!("{execution}:timer:{}:{attempt}", timer.as_str()).as_str(),
+        );
+        Schedule {
+            subject: subjects.schedule(execution, timer.as_str()),
+            headers,
+            body: body.into(),
+        }
+    }
+}
+
+/// `time` rounded up to the millisecond.
+pub fn ceil_ms(time: DateTime<Utc>) -> DateTime<Utc> {
+    let sub_ms = time.timestamp_subsec_nanos() % 1_000_000;
+    if sub_ms == 0 {
+        return time;
+    }
+    time + chrono::TimeDelta::nanoseconds(i64::from(1_000_000 - sub_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schedule_fires_on_its_due_subject_never_early() {
+        let subjects = Subjects::default();
+        let exec = ExecutionId::new("e1").unwrap();
+        let at = DateTime::parse_from_rfc3339("2026-01-01T00:00:00.0001Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let s = Schedule::new(&subjects, &exec, Timer::Attempt, at, 2);
+        assert_eq!(s.subject, "runlog.sched.e1.attempt");
+        assert_eq!(
+            s.headers.get(SCHEDULE).unwrap().as_str(),
+            "@at 2026-01-01T00:00:00.001Z"
+        );
+        assert_eq!(
+            s.headers.get(SCHEDULE_TARGET).unwrap().as_str(),
+            "runlog.sched.e1.attempt.due"
+        );
+        assert_eq!(
+            s.headers.get(codec::header::MSG_ID).unwrap().as_str(),
+            "e1:timer:attempt:2"
+        );
+        let fired: TimerFired = serde_json::from_slice(&s.body).unwrap();
+        assert_eq!((fired.timer, fired.attempt), (Timer::Attempt, 2));
+    }
+}
