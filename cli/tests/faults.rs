@@ -800,7 +800,7 @@ async fn bad_input_on_every_subject_is_counted_and_everything_keeps_running() ->
     );
     println!(
         "[bad input] projection skipped_events +{skipped} (5 undecodable + 3 refused sent), \
-         reactor bad +{bad} (4 event + 1 timer + 1 advisory sent), RUNLOG_DLQ +{} \
+         reactor bad +{bad} (2 `submitted` + 1 timer + 1 advisory sent), RUNLOG_DLQ +{} \
          (3 MSG_TERMINATED of the junk, wrong-schema and unknown-execution work items + the 2 forged advisories), rejected: bad-bytes ({}), bad-schema ({}); victim's forged \
          events listed as skipped: {}; intake refused: {}; the normal task then succeeded \
          ({} log lines readable); engine and worker still running",

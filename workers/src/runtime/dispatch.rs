@@ -52,7 +52,9 @@ const MAX_NAK_DELAY: Duration = Duration::from_secs(30);
 /// are fetched.
 const REFILL_WAIT: Duration = Duration::from_millis(5);
 /// How long the dispatcher waits after a failed fetch before the next one.
-const FETCH_RETRY: Duration = Duration::from_secs(1);
+const FETCH_RETRY: Duration = Duration::from_millis(500);
+/// How often the dispatcher looks for a reconnect of its connection.
+const RECONNECT_CHECK: Duration = Duration::from_millis(200);
 
 /// An item that waits in the worker for a slot or for its kind's limit.
 struct Waiting {
@@ -83,6 +85,8 @@ pub(crate) struct Dispatcher {
     hard_stop: CancellationToken,
     /// Shutting down: items the limits gate holds back are handed back.
     draining: bool,
+    /// The connection's counters: a reconnect shows as a new `connects`.
+    connection: Arc<async_nats::Statistics>,
 }
 
 impl Dispatcher {
@@ -93,6 +97,7 @@ impl Dispatcher {
         shared: Arc<Shared>,
         paused: watch::Receiver<bool>,
         drain_timeout: Duration,
+        connection: Arc<async_nats::Statistics>,
     ) -> Self {
         Dispatcher {
             fetcher,
@@ -107,6 +112,7 @@ impl Dispatcher {
             kinds: HashMap::new(),
             hard_stop: CancellationToken::new(),
             draining: false,
+            connection,
         }
     }
 
@@ -120,6 +126,9 @@ impl Dispatcher {
         let mut short_since: Option<Instant> = None;
         let mut paused_open = true;
         let far = Duration::from_secs(3600);
+        let mut connects = self.connects();
+        let mut reconnected = tokio::time::interval(RECONNECT_CHECK);
+        reconnected.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             self.start_waiting();
             if shutdown.is_cancelled() {
@@ -167,6 +176,18 @@ impl Dispatcher {
                 },
                 changed = self.paused.changed(), if paused_open => paused_open = changed.is_ok(),
                 _ = tick.tick() => self.keep_waiting_alive().await,
+                _ = reconnected.tick() => {
+                    // Pull requests parked at a server live in its memory: after a
+                    // reconnect (a restarted server, another node) they are gone,
+                    // and waiting for them to expire would leave work unclaimed.
+                    let now = self.connects();
+                    if now != connects {
+                        connects = now;
+                        tracing::info!("reconnected to NATS; pulling work again");
+                        self.fetcher.stop_polling();
+                        retry_at = None;
+                    }
+                }
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(|| Instant::now() + far)),
                     if retry_at.is_some() => retry_at = None,
                 _ = tokio::time::sleep_until(next_held.unwrap_or_else(|| Instant::now() + far)),
@@ -176,6 +197,12 @@ impl Dispatcher {
             }
         }
         self.drain().await;
+    }
+
+    fn connects(&self) -> u64 {
+        self.connection
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many items the next fetch round may take: the free slots, and

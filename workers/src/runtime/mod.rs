@@ -498,6 +498,7 @@ impl Worker {
             shared,
             paused_rx,
             config.drain_timeout,
+            client.statistics(),
         )
         .run(shutdown)
         .await;
