@@ -66,6 +66,11 @@ enum Cmd {
     },
 }
 
+// Engine and worker allocate per message (headers, bodies, envelopes); the
+// system allocator's malloc and free were a sixth of a worker's profile.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
