@@ -70,9 +70,30 @@ impl Engine {
         let consumer = config.nats.connect("runlog-engine-consume").await?;
         let pub_js = async_nats::jetstream::new(publisher.clone());
         let sub_js = async_nats::jetstream::new(consumer.clone());
-        layout.ensure(&pub_js).await?;
-        let env = layout.env_bucket(&pub_js).await?;
-        let idempotency = layout.idempotency_bucket(&pub_js).await?;
+        // A cluster electing its leaders, or a server still starting, answers
+        // with time-outs: wait for it, as the workers do, instead of exiting.
+        // An incompatible stream is a real error and ends the start.
+        let mut pause = Duration::from_millis(250);
+        let (env, idempotency) = loop {
+            let attempt = async {
+                layout.ensure(&pub_js).await?;
+                let env = layout.env_bucket(&pub_js).await?;
+                let idempotency = layout.idempotency_bucket(&pub_js).await?;
+                Ok::<_, LayoutError>((env, idempotency))
+            };
+            match attempt.await {
+                Ok(stores) => break stores,
+                Err(e @ LayoutError::Api { .. }) if !shutdown.is_cancelled() => {
+                    tracing::warn!(error = %e, retry_in = ?pause, "JetStream is not answering yet; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Err(e.into()),
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let journal = Journal::new(
             pub_js.clone(),
             subjects.clone(),
