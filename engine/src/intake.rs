@@ -180,13 +180,13 @@ impl Intake {
             }) = &fact.event
                 && let Some(ms) = spec.timeout_ms
             {
-                let at = i64::try_from(ms)
-                    .ok()
-                    .and_then(|ms| now.checked_add_signed(chrono::TimeDelta::milliseconds(ms)))
-                    .unwrap_or(DateTime::<Utc>::MAX_UTC);
-                let timer =
-                    Schedule::new(self.journal.subjects(), &execution, Timer::Deadline, at, 0);
-                self.publish_timer(timer).await?;
+                let at = runlog_events::timer::after(now, ms);
+                Schedule::new(self.journal.subjects(), &execution, Timer::Deadline, at, 0)
+                    .publish(self.journal.jetstream())
+                    .await
+                    .map_err(|e| {
+                        IntakeError::Store(format!("set the execution's deadline ({e})"))
+                    })?;
             }
             let mut envelope = Envelope::new(
                 execution.clone(),
@@ -208,8 +208,9 @@ impl Intake {
             };
             last_seq = appended.seq;
             if let Event::Queued(queued) = &envelope.event {
-                self.dispatch(&execution, envelope.attempt, queued, last_seq)
-                    .await?;
+                let mut item = WorkItem::of(execution.clone(), envelope.attempt, queued, last_seq);
+                item.spec = queued.spec.as_deref().cloned();
+                self.publish_item(&item, queued).await?;
             }
             state = decider::evolve(state, &envelope);
         }
@@ -260,33 +261,10 @@ impl Intake {
             .collect()
     }
 
-    /// Publishes the work item of `attempt`, queued at `seq`, with the spec
-    /// `queued` carries (when it carries one).
-    async fn dispatch(
-        &self,
-        execution: &ExecutionId,
-        attempt: u32,
-        queued: &Queued,
-        seq: u64,
-    ) -> Result<(), IntakeError> {
-        let mut item = WorkItem::of(execution.clone(), attempt, queued, seq);
-        item.spec = queued.spec.as_deref().cloned();
+    async fn publish_item(&self, item: &WorkItem, queued: &Queued) -> Result<(), IntakeError> {
         item.publish(self.journal.jetstream(), self.journal.subjects(), queued)
             .await
             .map_err(|e| IntakeError::Store(format!("publish the work item ({e})")))
-    }
-
-    async fn publish_timer(&self, timer: Schedule) -> Result<(), IntakeError> {
-        let js = self.journal.jetstream();
-        let fail = |e: async_nats::jetstream::context::PublishError| {
-            IntakeError::Store(format!("set the execution's deadline ({e})"))
-        };
-        js.publish_with_headers(timer.subject, timer.headers, timer.body)
-            .await
-            .map_err(fail)?
-            .await
-            .map_err(fail)?;
-        Ok(())
     }
 
     /// The execution that owns idempotency `key`: `candidate` if this
@@ -325,23 +303,8 @@ impl Intake {
         let history = self.journal.load(&execution).await?;
         // A submission that died between recording its execution and
         // publishing the work item is completed by its retry.
-        if history.state.status == decider::Status::Queued
-            && let Some((queued, seq)) =
-                history
-                    .events
-                    .iter()
-                    .rev()
-                    .find_map(|r| match &r.envelope.event {
-                        Event::Queued(q) if r.envelope.attempt == history.state.attempt => {
-                            Some((q, r.seq))
-                        }
-                        _ => None,
-                    })
-        {
-            let mut queued = queued.clone();
-            queued.spec = history.state.spec.clone();
-            self.dispatch(&execution, history.state.attempt, &queued, seq)
-                .await?;
+        if let Some((item, queued)) = WorkItem::of_queued(&history) {
+            self.publish_item(&item, &queued).await?;
         }
         Ok(Accepted {
             execution,

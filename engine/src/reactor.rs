@@ -351,7 +351,7 @@ impl Reactor {
                     return self.transition(&execution, &command).await;
                 }
                 if let Some(ms) = spec.timeout_ms {
-                    let at = add_ms(envelope.time, ms);
+                    let at = runlog_events::timer::after(envelope.time, ms);
                     if let Err(done) = self.set_timer(&execution, Timer::Deadline, at, 0).await {
                         return done;
                     }
@@ -465,14 +465,14 @@ impl Reactor {
             }
         };
         if history.state.status == decider::Status::Queued {
-            return self.dispatch_queued(execution, &history).await;
+            return self.dispatch_queued(&history).await;
         }
         match self
             .journal
             .advance(execution, history, &Command::Enqueue, Utc::now())
             .await
         {
-            Ok(history) => self.dispatch_queued(execution, &history).await,
+            Ok(history) => self.dispatch_queued(&history).await,
             Err(TransitionError::Rejected(rejection)) => {
                 tracing::debug!(%execution, code = rejection.code(), "nothing to queue");
                 Done::Ack
@@ -485,22 +485,11 @@ impl Reactor {
     }
 
     /// Publishes the work item of the queued attempt `history` ends in.
-    async fn dispatch_queued(&self, execution: &ExecutionId, history: &History) -> Done {
-        let attempt = history.state.attempt;
-        let queued = history
-            .events
-            .iter()
-            .rev()
-            .find_map(|r| match &r.envelope.event {
-                Event::Queued(q) if r.envelope.attempt == attempt => Some((q, r.seq)),
-                _ => None,
-            });
-        let Some((q, seq)) = queued else {
-            return Done::Ack; // no longer queued: nothing to dispatch
-        };
-        let mut item = WorkItem::of(execution.clone(), attempt, q, seq);
-        item.spec = history.state.spec.as_deref().cloned();
-        self.dispatch(&item, q).await
+    async fn dispatch_queued(&self, history: &History) -> Done {
+        match WorkItem::of_queued(history) {
+            Some((item, queued)) => self.dispatch(&item, &queued).await,
+            None => Done::Ack, // no longer queued: nothing to dispatch
+        }
     }
 
     /// Publishes the work item of every execution in `queued` (queued when
@@ -581,12 +570,8 @@ impl Reactor {
         at: DateTime<Utc>,
         attempt: u32,
     ) -> Result<(), Done> {
-        let Schedule {
-            subject,
-            headers,
-            body,
-        } = Schedule::new(&self.subjects, execution, timer, at, attempt);
-        match self.publish(subject, headers, body).await {
+        let schedule = Schedule::new(&self.subjects, execution, timer, at, attempt);
+        match schedule.publish(self.journal.jetstream()).await {
             Ok(()) => {
                 self.stats.timers.fetch_add(1, Ordering::Relaxed);
                 Ok(())
@@ -651,21 +636,6 @@ impl Reactor {
         }
     }
 
-    async fn publish(
-        &self,
-        subject: String,
-        headers: async_nats::HeaderMap,
-        body: bytes::Bytes,
-    ) -> Result<(), String> {
-        let js = self.journal.jetstream();
-        js.publish_with_headers(subject, headers, body)
-            .await
-            .map_err(|e| e.to_string())?
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-
     fn bad(&self, seq: u64, what: &str, reason: &str) {
         self.stats.bad.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
@@ -692,13 +662,6 @@ async fn durable(
         .create_consumer(config)
         .await
         .map_err(|e| err(&e))
-}
-
-fn add_ms(time: DateTime<Utc>, ms: u64) -> DateTime<Utc> {
-    i64::try_from(ms)
-        .ok()
-        .and_then(|ms| time.checked_add_signed(chrono::TimeDelta::milliseconds(ms)))
-        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 fn describe(e: &DecodeError) -> String {

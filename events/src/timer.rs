@@ -99,6 +99,30 @@ impl Schedule {
     }
 }
 
+impl Schedule {
+    /// Publishes the schedule and waits until the server stored it. A
+    /// second one of the same timer replaces the first (one schedule per
+    /// subject); within the duplicate window it is dropped by its
+    /// `Nats-Msg-Id`.
+    pub async fn publish(
+        self,
+        js: &async_nats::jetstream::Context,
+    ) -> Result<(), async_nats::jetstream::context::PublishError> {
+        js.publish_with_headers(self.subject, self.headers, self.body)
+            .await?
+            .await
+            .map(drop)
+    }
+}
+
+/// `ms` milliseconds after `time`, or the latest representable instant.
+pub fn after(time: DateTime<Utc>, ms: u64) -> DateTime<Utc> {
+    i64::try_from(ms)
+        .ok()
+        .and_then(|ms| time.checked_add_signed(chrono::TimeDelta::milliseconds(ms)))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 /// `time` rounded up to the millisecond.
 pub fn ceil_ms(time: DateTime<Utc>) -> DateTime<Utc> {
     let sub_ms = time.timestamp_subsec_nanos() % 1_000_000;

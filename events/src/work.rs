@@ -17,8 +17,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::codec;
-use crate::event::Queued;
+use crate::decider::Status;
+use crate::event::{Event, Queued};
 use crate::id::ExecutionId;
+use crate::journal::History;
 use crate::spec::TaskSpec;
 use crate::subject::Subjects;
 
@@ -53,6 +55,29 @@ impl WorkItem {
             queued_seq: seq,
             spec: None,
         }
+    }
+
+    /// The work item of the attempt `history` is queued at, with the spec
+    /// the history holds, and the `queued` it belongs to; `None` when the
+    /// execution is not queued.
+    pub fn of_queued(history: &History) -> Option<(WorkItem, Queued)> {
+        if history.state.status != Status::Queued {
+            return None;
+        }
+        let attempt = history.state.attempt;
+        let execution = history.state.id.clone()?;
+        history
+            .events
+            .iter()
+            .rev()
+            .find_map(|r| match &r.envelope.event {
+                Event::Queued(q) if r.envelope.attempt == attempt => {
+                    let mut item = WorkItem::of(execution.clone(), attempt, q, r.seq);
+                    item.spec = history.state.spec.as_deref().cloned();
+                    Some((item, q.clone()))
+                }
+                _ => None,
+            })
     }
 
     /// The largest body a work item with its spec may have; a larger spec
