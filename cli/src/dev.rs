@@ -71,10 +71,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let projection = engine.projection().clone();
     wait_until(|| projection.is_caught_up()).await?;
     println!(
-        "engine       http://{}  (streams {}, {}, {}, {}); the log holds {} executions from earlier runs",
+        "engine       http://{}  (streams {}, {}, {}); the log holds {} executions from earlier runs",
         engine.addr(),
         subjects.exec_stream(),
-        subjects.work_stream(),
         subjects.logs_stream(),
         subjects.dlq_stream(),
         projection.len()

@@ -15,7 +15,7 @@ use chrono::Utc;
 use futures::StreamExt;
 use runlog_events::decider::Command as Cmd;
 use runlog_events::journal::Journal;
-use runlog_events::{ErrorClass, ExecutionId, Status, Subjects, TaskError, WorkItem, direct};
+use runlog_events::{ErrorClass, ExecutionId, Status, Subjects, TaskError, direct};
 use runlog_testkit::NatsServer;
 use serde_json::{Value, json};
 
@@ -216,18 +216,20 @@ async fn a_killed_engine_restarts_with_every_execution_intact() -> Result<()> {
         assert_eq!(view["last_seq"], json!(folded.last_seq), "{id}");
     }
 
-    // Exactly one work item per queued attempt: none lost, none twice.
+    // Exactly one work item (`queued` event) per queued attempt: none
+    // lost, none twice.
     let mut items: BTreeMap<(String, u32), usize> = BTreeMap::new();
+    let limits = runlog_events::codec::Limits::default();
     direct::read(
         &client,
-        "RUNLOG_WORK",
-        "runlog.work.>",
+        "RUNLOG_EXEC",
+        "runlog.ev.*.queued.>",
         1,
         usize::MAX,
         |m| {
-            if let Ok(item) = serde_json::from_slice::<WorkItem>(&m.payload) {
+            if let Ok(queued) = runlog_events::codec::decode(&m.headers, &m.payload, &limits) {
                 *items
-                    .entry((item.execution.to_string(), item.attempt))
+                    .entry((queued.execution.to_string(), queued.attempt))
                     .or_default() += 1;
             }
         },

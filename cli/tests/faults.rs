@@ -26,7 +26,7 @@ use chrono::Utc;
 use harness::{EngineProcess, Ledger, Load, WorkerProcesses, secs, wait};
 use runlog_events::codec::{self, Format};
 use runlog_events::event::{Started, Succeeded};
-use runlog_events::{Envelope, Event, ExecutionId, Subjects, WorkItem};
+use runlog_events::{Envelope, Event, ExecutionId, Subjects};
 use runlog_testkit::{Cluster, NatsServer};
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -417,7 +417,7 @@ async fn bad_input_on_every_subject_is_counted_and_everything_keeps_running() ->
         "the dispatch consumers",
         Duration::from_secs(20),
         || async {
-            let stream = js.get_stream(s.work_stream()).await.ok()?;
+            let stream = js.get_stream(s.exec_stream()).await.ok()?;
             stream
                 .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
                     &s.dispatch_consumer(&"default".parse().ok()?, runlog_events::Priority::Normal),
@@ -576,7 +576,7 @@ async fn bad_input_on_every_subject_is_counted_and_everything_keeps_running() ->
     publish(
         format!(
             "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.x",
-            s.work_stream()
+            s.exec_stream()
         ),
         HeaderMap::new(),
         garbage(80),
@@ -585,42 +585,49 @@ async fn bad_input_on_every_subject_is_counted_and_everything_keeps_running() ->
     publish(
         format!(
             "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.x",
-            s.work_stream()
+            s.exec_stream()
         ),
         HeaderMap::new(),
         br#"{"stream_seq": 999999999}"#.to_vec(),
     )
     .await?;
 
-    // Work items (the worker): junk, a wrong schema and an item of an
-    // unknown execution are terminated, which the server records as
-    // MSG_TERMINATED advisories in the DLQ stream.
+    // Work items (`queued` events, read by the worker and the projection):
+    // junk, a wrong schema and a `queued` of an unknown execution are
+    // terminated by the worker, which the server records as MSG_TERMINATED
+    // advisories in the DLQ stream, and skipped by the projection.
     let queue: runlog_events::QueueName = "default".parse()?;
     let normal = runlog_events::Priority::Normal;
     publish(
-        s.dispatch(&queue, normal, &id("bad-work")),
+        s.queued(&id("bad-work"), &queue, normal),
         HeaderMap::new(),
         garbage(120),
     )
     .await?;
     publish(
-        s.dispatch(&queue, normal, &id("bad-work-schema")),
+        s.queued(&id("bad-work-schema"), &queue, normal),
         json_headers(),
         br#"{"execution":42}"#.to_vec(),
     )
     .await?;
-    let ghost_item = WorkItem {
-        execution: id("ghost-work"),
-        attempt: 1,
-        kind: "shell".into(),
-        worker_labels: Default::default(),
-        queued_seq: 1,
-        spec: None,
-    };
+    let ghost = Envelope::new(
+        id("ghost-work"),
+        1,
+        chrono::Utc::now(),
+        "/test/junk",
+        Event::Queued(runlog_events::event::Queued {
+            queue: queue.clone(),
+            priority: normal,
+            kind: "shell".into(),
+            worker_labels: Default::default(),
+            spec: None,
+        }),
+    );
+    let (ghost_headers, ghost_body) = codec::encode(&ghost, codec::Format::Json)?;
     publish(
-        s.dispatch(&queue, normal, &ghost_item.execution),
-        json_headers(),
-        serde_json::to_vec(&ghost_item)?,
+        s.queued(&ghost.execution, &queue, normal),
+        ghost_headers,
+        ghost_body.to_vec(),
     )
     .await?;
 
@@ -647,7 +654,7 @@ async fn bad_input_on_every_subject_is_counted_and_everything_keeps_running() ->
     .await?;
     client
         .publish(
-            format!("runlog.live.ev.{target}.queued"),
+            format!("runlog.live.ev.{target}.queued.default.normal"),
             garbage(64).into(),
         )
         .await?;
@@ -745,7 +752,7 @@ async fn bad_input_on_every_subject_is_counted_and_everything_keeps_running() ->
         let after = stats(&http, &base).await.ok()?;
         let skipped = after["skipped_events"].as_u64()? - before["skipped_events"].as_u64()?;
         let bad = after["reactor"]["bad"].as_u64()? - before["reactor"]["bad"].as_u64()?;
-        (skipped >= 8 && bad >= 4).then_some(after)
+        (skipped >= 11 && bad >= 4).then_some(after)
     })
     .await;
     let after = match after {
@@ -793,8 +800,8 @@ async fn bad_input_on_every_subject_is_counted_and_everything_keeps_running() ->
     let bad = after["reactor"]["bad"].as_u64().unwrap_or(0)
         - before["reactor"]["bad"].as_u64().unwrap_or(0);
     ensure!(
-        (skipped, bad, dlq_after - dlq_before) == (8, 4, 5),
-        "every bad item counted once: skipped_events +{skipped} (want 8), reactor bad +{bad} \
+        (skipped, bad, dlq_after - dlq_before) == (11, 4, 5),
+        "every bad item counted once: skipped_events +{skipped} (want 11), reactor bad +{bad} \
          (want 4), RUNLOG_DLQ +{} (want 5)",
         dlq_after - dlq_before
     );

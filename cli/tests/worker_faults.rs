@@ -242,7 +242,7 @@ async fn a_killed_worker_s_fifty_tasks_are_finished_by_another() -> Result<()> {
         "the worker creates its consumers",
         Duration::from_secs(20),
         || async {
-            let stream = js.get_stream(subjects.work_stream()).await.ok()?;
+            let stream = js.get_stream(subjects.exec_stream()).await.ok()?;
             for priority in Priority::ALL {
                 let name = subjects.dispatch_consumer(&QueueName::default(), priority);
                 let consumer = stream

@@ -165,11 +165,6 @@ impl Engine {
         let reactor = Reactor::new(journal.clone());
         let reactor_stats = reactor.stats();
         if config.reactor {
-            tasks.spawn(sweep_stranded(
-                reactor.clone(),
-                projection.clone(),
-                shutdown.clone(),
-            ));
             tasks.spawn(crate::deadlines::arm(
                 reactor.clone(),
                 projection.clone(),
@@ -261,37 +256,5 @@ impl Engine {
     /// cancelled).
     pub async fn wait(mut self) {
         while self.tasks.join_next().await.is_some() {}
-    }
-}
-
-/// Once the projection has caught up, publishes the work item of every
-/// execution that was queued when this engine started and has none (see
-/// [`Reactor::redispatch_stranded`]).
-async fn sweep_stranded(reactor: Reactor, projection: Arc<Projection>, stop: CancellationToken) {
-    if !projection.wait_caught_up(&stop).await {
-        return;
-    }
-    let filter = crate::projection::Filter {
-        status: vec![runlog_events::Status::Queued],
-        ..Default::default()
-    };
-    let queued = projection
-        .ids(&filter, projection.applied_seq())
-        .into_iter()
-        .filter_map(|id| {
-            let entry = projection.get(&id)?;
-            let spec = entry.state.spec.as_ref()?;
-            Some((id, spec.queue.clone(), spec.priority))
-        })
-        .collect::<Vec<_>>();
-    let candidates = queued.len();
-    match reactor.redispatch_stranded(queued, &stop).await {
-        Ok(0) => tracing::debug!(candidates, "no queued execution was without its work item"),
-        Ok(n) => tracing::info!(
-            n,
-            candidates,
-            "published the work items of queued executions that had none"
-        ),
-        Err(e) => tracing::warn!(error = %e, "cannot check the queued executions' work items"),
     }
 }

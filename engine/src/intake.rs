@@ -28,7 +28,7 @@ use runlog_events::decider::{self, Command, ExecutionState, Rejection};
 use runlog_events::event::Queued;
 use runlog_events::journal::{AppendError, Journal, LoadError};
 use runlog_events::timer::{Schedule, Timer};
-use runlog_events::{Envelope, Event, ExecutionId, TaskSpec, TraceParent, WorkItem};
+use runlog_events::{Envelope, Event, ExecutionId, TaskSpec, TraceParent};
 use tokio::sync::Semaphore;
 
 /// Submissions of batches in flight at once, over every batch an intake
@@ -206,12 +206,9 @@ impl Intake {
                 }
                 Err(e) => return Err(e.into()),
             };
+            // A `queued` event is its own work item: stored, it is
+            // dispatched.
             last_seq = appended.seq;
-            if let Event::Queued(queued) = &envelope.event {
-                let mut item = WorkItem::of(execution.clone(), envelope.attempt, queued, last_seq);
-                item.spec = queued.spec.as_deref().cloned();
-                self.publish_item(&item, queued).await?;
-            }
             state = decider::evolve(state, &envelope);
         }
         tracing::debug!(%execution, "submitted");
@@ -261,12 +258,6 @@ impl Intake {
             .collect()
     }
 
-    async fn publish_item(&self, item: &WorkItem, queued: &Queued) -> Result<(), IntakeError> {
-        item.publish(self.journal.jetstream(), self.journal.subjects(), queued)
-            .await
-            .map_err(|e| IntakeError::Store(format!("publish the work item ({e})")))
-    }
-
     /// The execution that owns idempotency `key`: `candidate` if this
     /// submission is the first with the key.
     async fn claim_key(
@@ -301,11 +292,6 @@ impl Intake {
 
     async fn existing(&self, execution: ExecutionId) -> Result<Accepted, IntakeError> {
         let history = self.journal.load(&execution).await?;
-        // A submission that died between recording its execution and
-        // publishing the work item is completed by its retry.
-        if let Some((item, queued)) = WorkItem::of_queued(&history) {
-            self.publish_item(&item, &queued).await?;
-        }
         Ok(Accepted {
             execution,
             state: history.state,

@@ -6,25 +6,24 @@
 //!
 //! | event | reaction |
 //! |---|---|
-//! | `submitted` | validate; `rejected` with the reason, or `queued` and its work item, with the spec (or a start timer for `not_before`); an execution deadline timer |
+//! | `submitted` | validate; `rejected` with the reason, or `queued` (or a start timer for `not_before`); an execution deadline timer |
 //! | an undecodable `submitted` | `rejected` with the decode error |
 //! | `failed`, `timed_out` (attempt) | `retry_scheduled` or `dead_lettered` (the core's `ResolveFailure`) |
 //! | `retry_scheduled` | a retry timer at its `at` |
 //! | `cancel_requested`, `timed_out` | the cancel signal to the worker |
-//! | timer `retry` / `start` | `queued` and its work item |
+//! | timer `retry` / `start` | `queued` |
 //! | timer `attempt` / `deadline` | `timed_out` of the attempt / the execution |
 //!
-//! Whoever appends a `queued` publishes its work item in the same reaction,
-//! so the reactor does not read `queued`; nor `started`, whose deadline
-//! timer the engine arms from its projection (`crate::deadlines`). On the
-//! happy path of an execution submitted through an engine door, the
-//! reactor reads nothing. A reaction is acknowledged only once its work item is
-//! published; if it dies in between, the redelivered `submitted` or fired
-//! timer finds the attempt queued and publishes the item again.
+//! A `queued` event is its own work item (the workers' consumers read it
+//! from the log, see `runlog_events::work`), so queueing an attempt is one
+//! append, and the reactor reads neither `queued` nor `started`, whose
+//! deadline timer the engine arms from its projection (`crate::deadlines`).
+//! On the happy path of an execution submitted through an engine door, the
+//! reactor reads nothing.
 //!
 //! Every reaction is idempotent: appends go through the core's `decide` with
 //! optimistic concurrency (a reaction to a stale event is refused and
-//! dropped), work items and timers carry a `Nats-Msg-Id`. So a redelivered
+//! dropped), timers carry a `Nats-Msg-Id`. So a redelivered
 //! event, or two replicas reacting to neighbouring events, change nothing.
 //! A message is acknowledged only after its reaction is stored; a reaction
 //! that fails for a transient reason is retried by redelivery.
@@ -40,7 +39,7 @@ use futures::StreamExt;
 use runlog_events::codec::{self, DecodeError, Limits};
 use runlog_events::decider::{self, Command, ExecutionState};
 use runlog_events::event::{Event, TimeoutScope};
-use runlog_events::journal::{AppendError, History, Journal, TransitionError};
+use runlog_events::journal::{AppendError, Journal, TransitionError};
 use runlog_events::timer::{Schedule, Timer, TimerFired};
 use runlog_events::{Envelope, EventType, ExecutionId, Subjects, WorkItem};
 use serde::Deserialize;
@@ -49,9 +48,8 @@ use tokio_util::sync::CancellationToken;
 /// The event types that have a consequence. The consumer reads only these
 /// (and the fired timers): the others (`succeeded`, `cancelled`, …) would
 /// cost a delivery and an ack each for nothing. `queued` and `started` are
-/// left out on purpose: a `queued`'s work item is published by whoever
-/// appends it, and a `started`'s deadline timer is armed from the
-/// projection (`crate::deadlines`).
+/// left out on purpose: a `queued` is its own work item, and a `started`'s
+/// deadline timer is armed from the projection (`crate::deadlines`).
 pub const REACTS_TO: [EventType; 5] = [
     EventType::Submitted,
     EventType::Failed,
@@ -72,7 +70,7 @@ const RETRY_DELAY: Duration = Duration::from_millis(500);
 pub struct ReactorStats {
     /// Messages reacted to.
     pub handled: AtomicU64,
-    /// Work items published.
+    /// Attempts queued (each `queued` is its own work item).
     pub dispatched: AtomicU64,
     /// Timers set.
     pub timers: AtomicU64,
@@ -175,9 +173,8 @@ impl Reactor {
 
     /// Turns the server's max-deliveries advisories (captured in the
     /// dead-letter stream) into `dead_lettered` events, until `shutdown`.
-    /// A work item whose workers kept dying, or that no worker could take,
-    /// ends dead-lettered with reason `max_deliveries`, and is removed from
-    /// the work stream.
+    /// An attempt whose workers kept dying, or that no worker could take,
+    /// ends dead-lettered with reason `max_deliveries`.
     pub async fn run_dead_letters(
         &self,
         js: &jetstream::Context,
@@ -185,8 +182,8 @@ impl Reactor {
         shutdown: CancellationToken,
     ) -> Result<(), ReactorError> {
         let err = |e: &dyn std::fmt::Display| ReactorError(e.to_string());
-        let work = js
-            .get_stream_no_info(self.subjects.work_stream())
+        let log = js
+            .get_stream_no_info(self.subjects.exec_stream())
             .await
             .map_err(|e| err(&e))?;
         let name = format!("{}-dead-letters", self.subjects.prefix());
@@ -214,7 +211,7 @@ impl Reactor {
                     None => return Err(ReactorError("the dead-letter consumer ended".into())),
                 },
             };
-            let done = self.dead_letter(&work, &message).await;
+            let done = self.dead_letter(&log, &message).await;
             let ack = match done {
                 Done::Ack => AckKind::Ack,
                 Done::Retry => AckKind::Nak(Some(RETRY_DELAY)),
@@ -227,7 +224,7 @@ impl Reactor {
 
     async fn dead_letter(
         &self,
-        work: &jetstream::stream::Stream<()>,
+        log: &jetstream::stream::Stream<()>,
         message: &jetstream::Message,
     ) -> Done {
         #[derive(Deserialize)]
@@ -241,27 +238,36 @@ impl Reactor {
             self.bad(0, &message.subject, "an advisory that cannot be read");
             return Done::Ack;
         };
-        let item = match work.direct_get(advisory.stream_seq).await {
-            Ok(stored) => serde_json::from_slice::<WorkItem>(&stored.payload).ok(),
-            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => None,
+        let stored = match log.direct_get(advisory.stream_seq).await {
+            Ok(stored) => stored,
+            // Gone from the log (its retention): nothing left to end.
+            Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {
+                return Done::Ack;
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read a dead-lettered work item");
                 return Done::Retry;
             }
         };
-        let Some(item) = item else {
-            return Done::Ack; // already removed: handled before
+        let item = WorkItem::from_delivery(
+            &self.subjects,
+            &stored.subject,
+            Some(&stored.headers),
+            &stored.payload,
+            advisory.stream_seq,
+            &self.limits,
+        );
+        let item = match item {
+            Ok(item) => item,
+            Err(e) => {
+                self.bad(advisory.stream_seq, &stored.subject, &e.to_string());
+                return Done::Ack;
+            }
         };
         let command = Command::GiveUp {
             attempt: item.attempt,
         };
-        if let Done::Retry = self.transition(&item.execution, &command).await {
-            return Done::Retry;
-        }
-        if let Err(e) = work.delete_message(advisory.stream_seq).await {
-            tracing::debug!(error = %e, "the dead-lettered work item was already gone");
-        }
-        Done::Ack
+        self.transition(&item.execution, &command).await
     }
 
     async fn handle(&self, message: jetstream::Message) {
@@ -416,7 +422,6 @@ impl Reactor {
             return Done::Ack;
         };
         let mut expected = seq;
-        let mut queued = None;
         for fact in facts {
             let mut envelope = Envelope::new(
                 submitted.execution.clone(),
@@ -437,25 +442,17 @@ impl Reactor {
                     return Done::Retry;
                 }
             }
-            if let Event::Queued(q) = envelope.event {
-                queued = Some((envelope.attempt, q, expected));
+            if let Event::Queued(_) = envelope.event {
+                self.stats.dispatched.fetch_add(1, Ordering::Relaxed);
             }
-        }
-        // If the publish fails, this reaction is retried, and `enqueue`
-        // finds the attempt queued and dispatches it.
-        if let (Some((attempt, q, at)), Event::Submitted(s)) = (queued, submitted.event) {
-            let mut item = WorkItem::of(submitted.execution.clone(), attempt, &q, at);
-            item.spec = Some(s.spec);
-            return self.dispatch(&item, &q).await;
         }
         Done::Ack
     }
 
-    /// Queues the next attempt of `execution` and publishes its work item.
-    /// An attempt already queued (our own `queued` whose dispatch failed or
-    /// whose reaction died, another replica's) gets its work item again:
-    /// the server drops a duplicate by its `Nats-Msg-Id`, and a claim skips
-    /// a stale one. Anything else is decided on the whole history.
+    /// Queues the next attempt of `execution`, decided on its whole
+    /// history. An attempt already queued (another replica's reaction, our
+    /// own whose acknowledgement was lost) is dispatched already: its
+    /// `queued` is the work item.
     async fn enqueue(&self, execution: &ExecutionId) -> Done {
         let history = match self.journal.load(execution).await {
             Ok(history) => history,
@@ -464,84 +461,24 @@ impl Reactor {
                 return Done::Retry;
             }
         };
-        if history.state.status == decider::Status::Queued {
-            return self.dispatch_queued(&history).await;
-        }
+        let before = history.last_seq;
         match self
             .journal
             .advance(execution, history, &Command::Enqueue, Utc::now())
             .await
         {
-            Ok(history) => self.dispatch_queued(&history).await,
+            Ok(history) => {
+                if history.last_seq != before {
+                    self.stats.dispatched.fetch_add(1, Ordering::Relaxed);
+                }
+                Done::Ack
+            }
             Err(TransitionError::Rejected(rejection)) => {
                 tracing::debug!(%execution, code = rejection.code(), "nothing to queue");
                 Done::Ack
             }
             Err(e) => {
                 tracing::warn!(error = %e, %execution, "cannot queue; will retry");
-                Done::Retry
-            }
-        }
-    }
-
-    /// Publishes the work item of the queued attempt `history` ends in.
-    async fn dispatch_queued(&self, history: &History) -> Done {
-        match WorkItem::of_queued(history) {
-            Some((item, queued)) => self.dispatch(&item, &queued).await,
-            None => Done::Ack, // no longer queued: nothing to dispatch
-        }
-    }
-
-    /// Publishes the work item of every execution in `queued` (queued when
-    /// this engine started) whose item is missing from the work stream:
-    /// the engine doors record an execution and publish its item one after
-    /// the other, and an engine that died in between left it without one.
-    /// Returns how many were published again.
-    pub async fn redispatch_stranded(
-        &self,
-        queued: Vec<(
-            ExecutionId,
-            runlog_events::QueueName,
-            runlog_events::Priority,
-        )>,
-        shutdown: &CancellationToken,
-    ) -> Result<usize, ReactorError> {
-        let work = self
-            .journal
-            .jetstream()
-            .get_stream_no_info(self.subjects.work_stream())
-            .await
-            .map_err(|e| ReactorError(e.to_string()))?;
-        let mut published = 0;
-        for (execution, queue, priority) in queued {
-            if shutdown.is_cancelled() {
-                break;
-            }
-            let subject = self.subjects.dispatch(&queue, priority, &execution);
-            match work.direct_get_last_for_subject(subject).await {
-                Ok(_) => continue,
-                Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {}
-                Err(e) => return Err(ReactorError(e.to_string())),
-            }
-            if let Done::Ack = self.enqueue(&execution).await {
-                published += 1;
-            }
-        }
-        Ok(published)
-    }
-
-    /// Publishes the work item of a queued attempt.
-    async fn dispatch(&self, item: &WorkItem, queued: &runlog_events::event::Queued) -> Done {
-        match item
-            .publish(self.journal.jetstream(), &self.subjects, queued)
-            .await
-        {
-            Ok(()) => {
-                self.stats.dispatched.fetch_add(1, Ordering::Relaxed);
-                Done::Ack
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, execution = %item.execution, "cannot dispatch");
                 Done::Retry
             }
         }

@@ -40,7 +40,8 @@ async fn fail(
     Ok(())
 }
 
-/// The work item published for `exec`, if any.
+/// The work item of `exec` on `queue` at `priority`: its latest `queued`
+/// event there, if any.
 async fn work_item(
     run: &common::Running,
     queue: &str,
@@ -49,11 +50,19 @@ async fn work_item(
 ) -> Option<WorkItem> {
     let subject = run
         .subjects
-        .dispatch(&QueueName::new(queue).ok()?, priority, exec);
-    let stored = direct::last(&run.js, &run.subjects.work_stream(), &subject)
+        .queued(exec, &QueueName::new(queue).ok()?, priority);
+    let stored = direct::last(&run.js, &run.subjects.exec_stream(), &subject)
         .await
         .ok()??;
-    serde_json::from_slice(&stored.payload).ok()
+    WorkItem::from_delivery(
+        &run.subjects,
+        &subject,
+        Some(&stored.headers),
+        &stored.payload,
+        stored.seq,
+        &runlog_events::codec::Limits::default(),
+    )
+    .ok()
 }
 
 #[tokio::test]
@@ -514,11 +523,11 @@ async fn a_work_item_the_server_gives_up_on_ends_dead_lettered() -> Result<()> {
     use async_nats::jetstream::consumer::{AckPolicy, pull};
     let mut run = start().await?;
     // A consumer that gives up after one unacknowledged delivery.
-    let work = run.js.get_stream("RUNLOG_WORK").await?;
-    let consumer = work
+    let log = run.js.get_stream("RUNLOG_EXEC").await?;
+    let consumer = log
         .create_consumer(pull::Config {
             durable_name: Some("runlog-work-default-normal".into()),
-            filter_subject: "runlog.work.default.normal.>".into(),
+            filter_subject: "runlog.ev.*.queued.default.normal".into(),
             ack_policy: AckPolicy::Explicit,
             ack_wait: Duration::from_millis(500),
             max_deliver: 1,

@@ -39,19 +39,21 @@ async fn a_submission_is_recorded_once_queued_with_its_spec_and_its_work_item() 
         panic!("the first event is {:?}", history.events[0].envelope.event);
     };
     assert_eq!(queued.spec.as_ref().map(|s| s.kind.as_str()), Some("shell"));
-    // Its work item, with the spec, expecting the `queued`'s sequence.
+    // That event is its work item, with the spec.
     let subjects = journal.subjects();
-    let item = journal
-        .jetstream()
-        .get_stream_no_info(subjects.work_stream())
-        .await?
-        .direct_get_last_for_subject(subjects.dispatch(
-            &queued.queue,
-            queued.priority,
-            &accepted.execution,
-        ))
-        .await?;
-    let item: runlog_events::WorkItem = serde_json::from_slice(&item.payload)?;
+    let subject = subjects.queued(&accepted.execution, &queued.queue, queued.priority);
+    let stored =
+        runlog_events::direct::last(journal.jetstream(), &subjects.exec_stream(), &subject)
+            .await?
+            .expect("the queued event on its work subject");
+    let item = runlog_events::WorkItem::from_delivery(
+        subjects,
+        &subject,
+        Some(&stored.headers),
+        &stored.payload,
+        stored.seq,
+        &runlog_events::codec::Limits::default(),
+    )?;
     assert_eq!((item.attempt, item.queued_seq), (1, accepted.last_seq));
     assert_eq!(item.spec.map(|s| s.kind), Some("shell".to_owned()));
     for recorded in &history.events {

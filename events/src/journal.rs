@@ -306,8 +306,9 @@ impl Journal {
 
     /// The stored event that created `execution`: its `submitted`, or the
     /// `queued` carrying the spec that an engine door records instead. Both
-    /// are found by literal subject, through the server's per-subject
-    /// index (a wildcard read from sequence 1 would scan the log).
+    /// are found through the server's per-subject index: `submitted` by
+    /// literal subject, the first `queued` by `<p>.ev.<exec>.queued.>`,
+    /// whose literal prefix the index resolves without a scan of the log.
     pub async fn creation(
         &self,
         execution: &ExecutionId,

@@ -11,7 +11,7 @@
 //!   and consumer, so engine and workers agree on one layout.
 //! - [`journal`] appends events with optimistic concurrency and replays an
 //!   execution's history: the only way components write the log.
-//! - [`work`] is the work item a worker pulls for a queued attempt, and
+//! - [`work`] is a worker's view of a delivered `queued` event, and
 //!   [`timer`] the broker-held timers (retries, starts, deadlines).
 //! - [`schema`] exports the JSON Schema of every event body, the envelope,
 //!   the commands and the task spec, for clients in other languages.

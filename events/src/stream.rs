@@ -4,16 +4,16 @@
 //!   schedule must target a subject of its own stream; timers fire on
 //!   `<p>.sched.<exec>.<timer>.due`, which the engine consumes). Limits
 //!   retention: the log is the truth and is never consumed away. Stored
-//!   events are republished on `<p>.live.ev.>` for live feeds.
-//! - **work** (`RUNLOG_WORK`): work items, one durable consumer per queue and
-//!   priority, work-queue retention (an acknowledged item is deleted). Kept
-//!   apart from the log so a worker's fetch on an empty priority level looks
-//!   only at pending work, not at the whole history.
+//!   events are republished on `<p>.live.ev.>` for live feeds. The workers'
+//!   consumers read it too: a `queued` event on
+//!   `<p>.ev.<exec>.queued.<queue>.<priority>` is the work item, one durable
+//!   consumer per queue and priority (see [`crate::work`]).
 //! - **logs** (`RUNLOG_LOGS`): log lines, progress and heartbeats, capped per
 //!   subject and by age, out of the optimistic-concurrency filter; also the
 //!   circuit-breaker transitions (`<p>.breaker.<key>`).
 //! - **dlq** (`RUNLOG_DLQ`): the server's max-deliveries and terminated
-//!   advisories for work items, so crash-protection dead letters are durable.
+//!   advisories of the execution stream's consumers, so crash-protection
+//!   dead letters are durable.
 //!
 //! [`Layout::ensure`] creates or updates them idempotently and refuses to
 //! touch a stream whose existing configuration cannot be changed into ours.
@@ -111,7 +111,9 @@ impl Layout {
         let s = &self.subjects;
         stream::Config {
             name: s.exec_stream(),
-            description: Some("runlog execution log, work items and timers".to_owned()),
+            description: Some(
+                "runlog execution log (its queued events are the work items) and timers".to_owned(),
+            ),
             subjects: vec![s.all_events(), s.all_schedules()],
             retention: RetentionPolicy::Limits,
             storage: self.storage,
@@ -128,23 +130,6 @@ impl Layout {
                 destination: format!("{}.live.ev.>", s.prefix()),
                 headers_only: false,
             }),
-            ..Default::default()
-        }
-    }
-
-    /// The work stream.
-    pub fn work_stream(&self) -> stream::Config {
-        let s = &self.subjects;
-        stream::Config {
-            name: s.work_stream(),
-            description: Some("runlog work items".to_owned()),
-            subjects: vec![s.all_dispatch()],
-            retention: RetentionPolicy::WorkQueue,
-            storage: self.storage,
-            num_replicas: self.replicas,
-            duplicate_window: DUPLICATE_WINDOW,
-            max_message_size: message_size_limit(),
-            allow_direct: true,
             ..Default::default()
         }
     }
@@ -177,13 +162,13 @@ impl Layout {
     /// The dead-letter advisory stream.
     pub fn dlq_stream(&self) -> stream::Config {
         let s = &self.subjects;
-        let work = s.work_stream();
+        let exec = s.exec_stream();
         stream::Config {
             name: s.dlq_stream(),
             description: Some("runlog dead-letter advisories of work items".to_owned()),
             subjects: vec![
-                format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{work}.*"),
-                format!("$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{work}.*"),
+                format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{exec}.*"),
+                format!("$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{exec}.*"),
             ],
             retention: RetentionPolicy::Limits,
             storage: self.storage,
@@ -194,13 +179,8 @@ impl Layout {
     }
 
     /// Every stream, in creation order.
-    pub fn streams(&self) -> [stream::Config; 4] {
-        [
-            self.exec_stream(),
-            self.work_stream(),
-            self.logs_stream(),
-            self.dlq_stream(),
-        ]
+    pub fn streams(&self) -> [stream::Config; 3] {
+        [self.exec_stream(), self.logs_stream(), self.dlq_stream()]
     }
 
     /// The durable pull consumer that all workers of `queue` share at
@@ -378,7 +358,7 @@ impl Layout {
         queue: &QueueName,
         priority: Priority,
     ) -> Result<jetstream::consumer::Consumer<pull::Config>, LayoutError> {
-        let stream_name = self.subjects.work_stream();
+        let stream_name = self.subjects.exec_stream();
         let api = |e: Box<dyn std::error::Error + Send + Sync>| LayoutError::Api {
             stream: stream_name.clone(),
             source: e,

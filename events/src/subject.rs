@@ -6,7 +6,7 @@
 //! | subject | holds |
 //! |---|---|
 //! | `<p>.ev.<exec>.<type>` | lifecycle events: the execution log, checked with optimistic concurrency on `<p>.ev.<exec>.>` |
-//! | `<p>.work.<queue>.<priority>.<exec>` | work items that workers pull, one durable consumer per queue and priority |
+//! | `<p>.ev.<exec>.queued.<queue>.<priority>` | a `queued` event, which is also the work item: workers pull them, one durable consumer per queue and priority |
 //! | `<p>.sched.<exec>.<purpose>` | broker-held timers (retry backoff, deadlines); each fires on `<p>.sched.<exec>.<purpose>.due` |
 //! | `<p>.log.<exec>`, `<p>.progress.<exec>`, `<p>.heartbeat.<exec>` | telemetry of running attempts |
 //! | `<p>.live.ev.<exec>.<type>` | the stream's RePublish of every stored lifecycle event (live feeds) |
@@ -21,12 +21,13 @@
 //! let exec = ExecutionId::new("e1").unwrap();
 //! assert_eq!(s.event(&exec, EventType::Started), "runlog.ev.e1.started");
 //! assert_eq!(s.execution_events(&exec), "runlog.ev.e1.>");
-//! assert_eq!(s.dispatch(&QueueName::default(), Priority::High, &exec), "runlog.work.default.high.e1");
+//! assert_eq!(s.queued(&exec, &QueueName::default(), Priority::High), "runlog.ev.e1.queued.default.high");
+//! assert_eq!(s.dispatch_filter(&QueueName::default(), Priority::High), "runlog.ev.*.queued.default.high");
 //! assert_eq!(s.exec_stream(), "RUNLOG_EXEC");
 //! ```
 
 use crate::envelope::Envelope;
-use crate::event::EventType;
+use crate::event::{Event, EventType};
 use crate::id::{ExecutionId, QueueName, TokenError, validate_token};
 use crate::spec::Priority;
 
@@ -62,20 +63,33 @@ impl Subjects {
     }
 
     /// The subject an event of `exec` of type `ty` is published on.
-    /// Lifecycle events go to the execution log, telemetry to its own subjects.
+    /// Lifecycle events go to the execution log, telemetry to its own
+    /// subjects. A `queued` event's subject also names its queue and
+    /// priority ([`Subjects::queued`]); for [`EventType::Queued`] this is
+    /// the filter of every `queued` of `exec`.
     pub fn event(&self, exec: &ExecutionId, ty: EventType) -> String {
         let p = &self.prefix;
         match ty {
             EventType::Log => format!("{p}.log.{exec}"),
             EventType::Progress => format!("{p}.progress.{exec}"),
             EventType::Heartbeat => format!("{p}.heartbeat.{exec}"),
+            EventType::Queued => format!("{p}.ev.{exec}.queued.>"),
             _ => format!("{p}.ev.{exec}.{}", ty.as_str()),
         }
     }
 
-    /// The subject of an envelope.
+    /// The subject of a `queued` event of `exec` on `queue` at `priority`:
+    /// the work item the workers of that queue and priority pull.
+    pub fn queued(&self, exec: &ExecutionId, queue: &QueueName, priority: Priority) -> String {
+        format!("{}.ev.{exec}.queued.{queue}.{priority}", self.prefix)
+    }
+
+    /// The subject an envelope is published on.
     pub fn of(&self, envelope: &Envelope) -> String {
-        self.event(&envelope.execution, envelope.event_type())
+        match &envelope.event {
+            Event::Queued(q) => self.queued(&envelope.execution, &q.queue, q.priority),
+            _ => self.event(&envelope.execution, envelope.event_type()),
+        }
     }
 
     /// Every lifecycle event of one execution: the optimistic-concurrency
@@ -91,7 +105,10 @@ impl Subjects {
 
     /// Every lifecycle event of type `ty`, of every execution.
     pub fn events_of_type(&self, ty: EventType) -> String {
-        format!("{}.ev.*.{}", self.prefix, ty.as_str())
+        match ty {
+            EventType::Queued => format!("{}.ev.*.queued.>", self.prefix),
+            _ => format!("{}.ev.*.{}", self.prefix, ty.as_str()),
+        }
     }
 
     /// Where the stream republishes stored lifecycle events.
@@ -110,19 +127,10 @@ impl Subjects {
         format!("{}.live.log.{exec}", self.prefix)
     }
 
-    /// The work item of `exec` on `queue` at `priority`.
-    pub fn dispatch(&self, queue: &QueueName, priority: Priority, exec: &ExecutionId) -> String {
-        format!("{}.work.{queue}.{priority}.{exec}", self.prefix)
-    }
-
-    /// Every work item of `queue` at `priority`: one consumer's filter.
+    /// Every `queued` event of `queue` at `priority`: the filter of the
+    /// workers' consumer of that queue and priority.
     pub fn dispatch_filter(&self, queue: &QueueName, priority: Priority) -> String {
-        format!("{}.work.{queue}.{priority}.>", self.prefix)
-    }
-
-    /// Every work subject.
-    pub fn all_dispatch(&self) -> String {
-        format!("{}.work.>", self.prefix)
+        format!("{}.ev.*.queued.{queue}.{priority}", self.prefix)
     }
 
     /// A broker-held timer of `exec` (`retry`, `deadline`).
@@ -170,11 +178,6 @@ impl Subjects {
         format!("{}_EXEC", self.upper)
     }
 
-    /// The work stream (work items, removed once acknowledged).
-    pub fn work_stream(&self) -> String {
-        format!("{}_WORK", self.upper)
-    }
-
     /// The telemetry stream.
     pub fn logs_stream(&self) -> String {
         format!("{}_LOGS", self.upper)
@@ -217,17 +220,29 @@ impl Subjects {
     }
 
     /// Reads the execution and type out of a lifecycle event subject
-    /// (`runlog.ev.<exec>.<type>` or its live republish).
+    /// (`runlog.ev.<exec>.<type>`, `runlog.ev.<exec>.queued.<queue>.<priority>`,
+    /// or their live republish).
     pub fn parse_event(&self, subject: &str) -> Option<(ExecutionId, EventType)> {
         let rest = subject.strip_prefix(&self.prefix)?.strip_prefix('.')?;
         let rest = rest.strip_prefix("live.").unwrap_or(rest);
         let mut parts = rest.split('.');
-        let (Some("ev"), Some(exec), Some(ty), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some("ev"), Some(exec), Some(ty)) = (parts.next(), parts.next(), parts.next()) else {
             return None;
         };
-        Some((ExecutionId::new(exec).ok()?, ty.parse().ok()?))
+        let ty: EventType = ty.parse().ok()?;
+        let routed = match ty {
+            EventType::Queued => {
+                let (Some(queue), Some(priority)) = (parts.next(), parts.next()) else {
+                    return None;
+                };
+                QueueName::new(queue).is_ok() && priority.parse::<Priority>().is_ok()
+            }
+            _ => true,
+        };
+        if !routed || parts.next().is_some() {
+            return None;
+        }
+        Some((ExecutionId::new(exec).ok()?, ty))
     }
 }
 
@@ -256,18 +271,27 @@ mod tests {
     fn event_subjects_parse_back() {
         let s = Subjects::default();
         let e = ExecutionId::generate();
-        for ty in EventType::ALL.into_iter().filter(|t| t.is_lifecycle()) {
+        for ty in EventType::ALL
+            .into_iter()
+            .filter(|t| t.is_lifecycle() && *t != EventType::Queued)
+        {
             assert_eq!(s.parse_event(&s.event(&e, ty)), Some((e.clone(), ty)));
         }
+        let queued = s.queued(&e, &QueueName::default(), Priority::Low);
+        assert_eq!(s.parse_event(&queued), Some((e.clone(), EventType::Queued)));
         assert_eq!(
-            s.parse_event(&format!("runlog.live.ev.{e}.queued")),
+            s.parse_event(&format!("runlog.live.ev.{e}.queued.default.high")),
             Some((e.clone(), EventType::Queued))
         );
         for bad in [
             "runlog.ev.e1",
             "runlog.ev.e1.nope",
-            "other.ev.e1.queued",
+            "other.ev.e1.queued.default.high",
+            "runlog.ev.e1.queued",
             "runlog.ev.e1.queued.x",
+            "runlog.ev.e1.queued.default.urgent",
+            "runlog.ev.e1.queued.default.high.x",
+            "runlog.ev.e1.started.x",
         ] {
             assert_eq!(s.parse_event(bad), None, "{bad}");
         }

@@ -1,31 +1,36 @@
-//! Work items: what a worker pulls from `<p>.work.<queue>.<priority>.<exec>`.
+//! Work items: what a worker takes from a delivered `queued` event.
 //!
-//! The engine's reactor publishes one work item for every `queued` event,
-//! with `Nats-Msg-Id` `<exec>:work:<attempt>` so a repeated reaction is
-//! dropped by the server. A work item is only a hint: the claim (an
-//! optimistic append of `started`) decides whether there is still work, so
-//! a duplicate or stale item is skipped and acknowledged.
+//! There is no separate work message. A `queued` event is stored on
+//! `<p>.ev.<exec>.queued.<queue>.<priority>`, and the workers of that
+//! queue share one durable consumer per priority level filtered on those
+//! subjects, so the append that queues an attempt is also its dispatch.
+//! Nothing can be recorded queued without being dispatched, and nothing is
+//! dispatched that the log does not hold.
 //!
-//! The item carries the kind and the required worker labels so a worker can
-//! apply its capacity rules and label filter before it reads the history.
-//! It may also carry the task spec (as recorded in `submitted`, so without
-//! environment values): a worker that finds it there claims without reading
-//! the log first. Without it, the worker reads `submitted`.
+//! A delivered `queued` is only a hint: the claim (an optimistic append of
+//! `started`) decides whether there is still work, so a stale delivery (the
+//! execution was cancelled, another worker took over after a lost attempt)
+//! is skipped and acknowledged.
+//!
+//! The event carries the kind and the required worker labels, so a worker
+//! applies its capacity rules and label filter before it reads the
+//! history. The first `queued` of an execution carries the spec as well: a
+//! worker that finds it there claims without reading the log first. A later
+//! `queued` (a retry) does not, and the worker reads the event that created
+//! the execution.
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use async_nats::HeaderMap;
 
-use crate::codec;
-use crate::decider::Status;
+use crate::codec::{self, DecodeError, Limits};
 use crate::event::{Event, Queued};
 use crate::id::ExecutionId;
-use crate::journal::History;
 use crate::spec::TaskSpec;
 use crate::subject::Subjects;
 
-/// The body of a work item (JSON).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+/// A queued attempt, as a worker sees it.
+#[derive(Debug, Clone, PartialEq)]
 pub struct WorkItem {
     /// The execution to claim.
     pub execution: ExecutionId,
@@ -34,18 +39,42 @@ pub struct WorkItem {
     /// The task kind.
     pub kind: String,
     /// Labels the worker must carry.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub worker_labels: BTreeMap<String, String>,
     /// The stream sequence of the `queued` event.
     pub queued_seq: u64,
-    /// The task as recorded in `submitted`, when the engine had it at hand
-    /// and it is small (see [`WorkItem::MAX_SPEC_BYTES`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The task as recorded (environment values sealed), when the `queued`
+    /// carries it.
     pub spec: Option<TaskSpec>,
 }
 
+/// Why a delivered message is not a work item.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkItemError {
+    /// The subject is not a `queued` event's.
+    #[error("{subject:?} is not the subject of a queued event")]
+    Subject {
+        /// The subject it was delivered on.
+        subject: String,
+    },
+    /// The body is not an event.
+    #[error("the event cannot be read: {0}")]
+    Decode(#[from] DecodeError),
+    /// The body is an event, but not the `queued` its subject names.
+    #[error(
+        "the event on {subject:?} is {found} of {execution}, not a queued event of that execution, queue and priority"
+    )]
+    Mismatch {
+        /// The subject it was delivered on.
+        subject: String,
+        /// The event it holds.
+        found: String,
+        /// The execution the event names.
+        execution: ExecutionId,
+    },
+}
+
 impl WorkItem {
-    /// The work item of a `queued` event stored at `seq`.
+    /// The work item of a `queued` event of `execution` stored at `seq`.
     pub fn of(execution: ExecutionId, attempt: u32, queued: &Queued, seq: u64) -> Self {
         WorkItem {
             execution,
@@ -53,74 +82,42 @@ impl WorkItem {
             kind: queued.kind.clone(),
             worker_labels: queued.worker_labels.clone(),
             queued_seq: seq,
-            spec: None,
+            spec: queued.spec.as_deref().cloned(),
         }
     }
 
-    /// The work item of the attempt `history` is queued at, with the spec
-    /// the history holds, and the `queued` it belongs to; `None` when the
-    /// execution is not queued.
-    pub fn of_queued(history: &History) -> Option<(WorkItem, Queued)> {
-        if history.state.status != Status::Queued {
-            return None;
-        }
-        let attempt = history.state.attempt;
-        let execution = history.state.id.clone()?;
-        history
-            .events
-            .iter()
-            .rev()
-            .find_map(|r| match &r.envelope.event {
-                Event::Queued(q) if r.envelope.attempt == attempt => {
-                    let mut item = WorkItem::of(execution.clone(), attempt, q, r.seq);
-                    item.spec = history.state.spec.as_deref().cloned();
-                    Some((item, q.clone()))
-                }
-                _ => None,
-            })
-    }
-
-    /// The largest body a work item with its spec may have; a larger spec
-    /// is left out and read from the log by the worker.
-    pub const MAX_SPEC_BYTES: usize = 64 << 10;
-
-    /// Its JSON body: with the spec when that stays within
-    /// [`WorkItem::MAX_SPEC_BYTES`], without it otherwise.
-    pub fn to_body(&self) -> Vec<u8> {
-        let body = serde_json::to_vec(self).expect("a work item always serialises");
-        if body.len() <= Self::MAX_SPEC_BYTES || self.spec.is_none() {
-            return body;
-        }
-        let bare = WorkItem {
-            spec: None,
-            ..self.clone()
-        };
-        serde_json::to_vec(&bare).expect("a work item always serialises")
-    }
-
-    /// Its `Nats-Msg-Id`.
-    pub fn msg_id(&self) -> String {
-        format!("{}:work:{}", self.execution, self.attempt)
-    }
-
-    /// Publishes the item on its dispatch subject (the queue and priority
-    /// of `queued`) and waits until the server stored it. A second publish
-    /// of the same attempt's item within the duplicate window is dropped by
-    /// its `Nats-Msg-Id`; a later one is skipped by the claim.
-    pub async fn publish(
-        &self,
-        js: &async_nats::jetstream::Context,
+    /// The work item of a `queued` event delivered on `subject` from
+    /// stream sequence `seq`. The event must be the `queued` its subject
+    /// names (execution, queue and priority), so a foreign publisher cannot
+    /// route an attempt past the rules of its own queue.
+    pub fn from_delivery(
         subjects: &Subjects,
-        queued: &Queued,
-    ) -> Result<(), async_nats::jetstream::context::PublishError> {
-        let subject = subjects.dispatch(&queued.queue, queued.priority, &self.execution);
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(codec::header::MSG_ID, self.msg_id().as_str());
-        headers.insert(codec::header::CONTENT_TYPE, codec::JSON);
-        js.publish_with_headers(subject, headers, self.to_body().into())
-            .await?
-            .await
-            .map(drop)
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        body: &[u8],
+        seq: u64,
+        limits: &Limits,
+    ) -> Result<Self, WorkItemError> {
+        let Some((execution, crate::EventType::Queued)) = subjects.parse_event(subject) else {
+            return Err(WorkItemError::Subject {
+                subject: subject.to_owned(),
+            });
+        };
+        let empty = HeaderMap::new();
+        let envelope = codec::decode(headers.unwrap_or(&empty), body, limits)?;
+        match &envelope.event {
+            Event::Queued(q)
+                if envelope.execution == execution
+                    && subjects.queued(&execution, &q.queue, q.priority) == subject =>
+            {
+                Ok(WorkItem::of(execution, envelope.attempt, q, seq))
+            }
+            other => Err(WorkItemError::Mismatch {
+                subject: subject.to_owned(),
+                found: other.event_type().to_string(),
+                execution: envelope.execution.clone(),
+            }),
+        }
     }
 
     /// Whether a worker with `labels` may take it: every required label
@@ -134,42 +131,75 @@ impl WorkItem {
 
 #[cfg(test)]
 mod tests {
+    use chrono::Utc;
+
     use super::*;
+    use crate::envelope::Envelope;
+    use crate::event::Started;
+    use crate::id::QueueName;
+    use crate::spec::Priority;
+
+    fn queued(labels: BTreeMap<String, String>) -> Queued {
+        Queued {
+            queue: QueueName::default(),
+            priority: Priority::High,
+            kind: "shell".into(),
+            worker_labels: labels,
+            spec: Some(Box::new(TaskSpec::new("shell"))),
+        }
+    }
 
     #[test]
     fn labels_must_all_match() {
-        let item = WorkItem {
-            execution: ExecutionId::new("e1").unwrap(),
-            attempt: 1,
-            kind: "shell".into(),
-            worker_labels: [("pool".to_owned(), "backup".to_owned())].into(),
-            queued_seq: 7,
-            spec: None,
-        };
-        assert_eq!(item.msg_id(), "e1:work:1");
+        let q = queued([("pool".to_owned(), "backup".to_owned())].into());
+        let item = WorkItem::of(ExecutionId::new("e1").unwrap(), 1, &q, 7);
+        assert_eq!(item.spec.as_ref().map(|s| s.kind.as_str()), Some("shell"));
         assert!(!item.accepts(&BTreeMap::new()));
         assert!(item.accepts(&[("pool".to_owned(), "backup".to_owned())].into()));
         assert!(!item.accepts(&[("pool".to_owned(), "eu".to_owned())].into()));
     }
 
     #[test]
-    fn a_large_spec_stays_out_of_the_item() {
-        let mut spec = TaskSpec::new("echo");
-        let mut item = WorkItem {
-            execution: ExecutionId::new("e1").unwrap(),
-            attempt: 1,
-            kind: "echo".into(),
-            worker_labels: BTreeMap::new(),
-            queued_seq: 7,
-            spec: Some(spec.clone()),
+    fn a_delivery_must_be_the_queued_its_subject_names() {
+        let s = Subjects::default();
+        let e = ExecutionId::new("e1").unwrap();
+        let limits = Limits::default();
+        let event = |event: Event| {
+            let envelope = Envelope::new(e.clone(), 1, Utc::now(), "/test", event);
+            let (headers, body) = codec::encode(&envelope, codec::Format::Json).unwrap();
+            (headers, body)
         };
-        let small: WorkItem = serde_json::from_slice(&item.to_body()).unwrap();
-        assert_eq!(small.spec.as_ref(), Some(&spec));
-        spec.input = serde_json::json!("x".repeat(WorkItem::MAX_SPEC_BYTES));
-        item.spec = Some(spec);
-        let body = item.to_body();
-        assert!(body.len() < 1024, "{} bytes", body.len());
-        let bare: WorkItem = serde_json::from_slice(&body).unwrap();
-        assert_eq!(bare.spec, None);
+        let (headers, body) = event(Event::Queued(queued(BTreeMap::new())));
+        let subject = s.queued(&e, &QueueName::default(), Priority::High);
+        let item = WorkItem::from_delivery(&s, &subject, Some(&headers), &body, 9, &limits)
+            .expect("a queued event on its own subject");
+        assert_eq!((item.attempt, item.queued_seq), (1, 9));
+
+        let elsewhere = s.queued(&e, &QueueName::default(), Priority::Low);
+        let moved = WorkItem::from_delivery(&s, &elsewhere, Some(&headers), &body, 9, &limits);
+        assert!(
+            matches!(moved, Err(WorkItemError::Mismatch { .. })),
+            "{moved:?}"
+        );
+
+        let (headers, body) = event(Event::Started(Started {
+            worker: "w".into(),
+            deadline: None,
+        }));
+        let wrong = WorkItem::from_delivery(&s, &subject, Some(&headers), &body, 9, &limits);
+        assert!(
+            matches!(wrong, Err(WorkItemError::Mismatch { .. })),
+            "{wrong:?}"
+        );
+
+        let garbage = WorkItem::from_delivery(&s, &subject, None, b"\xff\x00", 9, &limits);
+        assert!(
+            matches!(garbage, Err(WorkItemError::Decode(_))),
+            "{garbage:?}"
+        );
+
+        let started = s.event(&e, crate::EventType::Started);
+        let off = WorkItem::from_delivery(&s, &started, Some(&headers), &body, 9, &limits);
+        assert!(matches!(off, Err(WorkItemError::Subject { .. })), "{off:?}");
     }
 }

@@ -103,7 +103,8 @@ async def main() -> int:
     done = asyncio.get_running_loop().create_future()
 
     async def on_event(msg):
-        event_type = msg.subject.rsplit(".", 1)[-1]
+        # <p>.live.ev.<exec>.<type>, and for `queued` .<queue>.<priority> after it.
+        event_type = msg.subject.split(".")[4]
         h = msg.headers or {}
         content_type = h.get("Content-Type", "application/json")
         # Events come in either mode of the CloudEvents binding. runlog's own

@@ -3,16 +3,16 @@
 //!
 //! Tasks are `echo` tasks with about 100 bytes of JSON input: the worker
 //! returns the input, so every figure is runlog's own cost. Completion is
-//! read from the log itself: an ordered consumer on the terminal event
-//! types counts each execution's end as the server stores it.
+//! read from the engine's projection (see [`Terminals`]), as `log-floor`
+//! reads it from its own.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
+use async_nats::jetstream;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::Mutex;
@@ -27,91 +27,73 @@ pub fn task_body() -> serde_json::Value {
 /// How long a scenario may wait for its last execution.
 const FINISH: Duration = Duration::from_secs(900);
 
-/// Counts terminal events as the log stores them.
+/// Counts ended executions as the engine's projection folds them.
+///
+/// It polls the engine's `/v1/stats` every [`Terminals::POLL`] instead of
+/// following the log itself: a consumer of its own would cost the server a
+/// delivery per task, a message `log-floor` does not pay (its projection,
+/// like the engine's, is what sees the end).
 pub struct Terminals {
-    succeeded: Arc<AtomicUsize>,
-    other: Arc<AtomicUsize>,
-    /// When the newest terminal event was read, in nanoseconds since `epoch`.
-    last: Arc<AtomicU64>,
-    epoch: Instant,
-    task: tokio::task::JoinHandle<()>,
+    http: reqwest::Client,
+    stats: String,
+    /// The counts when it started: (succeeded, ended otherwise).
+    base: (u64, u64),
 }
 
 impl Terminals {
-    /// Starts counting terminal events stored from now on.
-    pub async fn follow(nats_url: &str) -> anyhow::Result<Self> {
-        let js = jetstream::new(async_nats::connect(nats_url).await?);
-        let stream = js.get_stream_no_info("RUNLOG_EXEC").await?;
-        let mut messages = stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subjects: [
-                    "succeeded",
-                    "dead_lettered",
-                    "rejected",
-                    "cancelled",
-                    "timed_out",
-                ]
-                .iter()
-                .map(|t| format!("runlog.ev.*.{t}"))
-                .collect(),
-                deliver_policy: DeliverPolicy::New,
-                ..Default::default()
-            })
-            .await?
-            .messages()
-            .await?;
-        let succeeded = Arc::new(AtomicUsize::new(0));
-        let other = Arc::new(AtomicUsize::new(0));
-        let last = Arc::new(AtomicU64::new(0));
-        let epoch = Instant::now();
-        let task = tokio::spawn({
-            let (succeeded, other, last) = (succeeded.clone(), other.clone(), last.clone());
-            async move {
-                while let Some(Ok(message)) = messages.next().await {
-                    if message.subject.ends_with(".succeeded") {
-                        succeeded.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        other.fetch_add(1, Ordering::Relaxed);
-                    }
-                    last.store(epoch.elapsed().as_nanos() as u64, Ordering::Relaxed);
-                }
-            }
-        });
-        Ok(Terminals {
-            succeeded,
-            other,
-            last,
-            epoch,
-            task,
-        })
+    /// How often the engine's counts are read; the error it adds to a
+    /// run's end is below this.
+    pub const POLL: Duration = Duration::from_millis(5);
+
+    /// Starts counting executions that end from now on, on the engine at
+    /// `http_base`.
+    pub async fn follow(http_base: &str) -> anyhow::Result<Self> {
+        let mut terminals = Terminals {
+            http: reqwest::Client::new(),
+            stats: format!("{http_base}/v1/stats"),
+            base: (0, 0),
+        };
+        terminals.base = terminals.counts().await?;
+        Ok(terminals)
     }
 
-    /// Waits until `n` executions ended; returns when the last one was stored.
+    /// (succeeded, ended otherwise) as the projection holds them.
+    async fn counts(&self) -> anyhow::Result<(u64, u64)> {
+        let stats: serde_json::Value = self
+            .http
+            .get(&self.stats)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let by = &stats["by_status"];
+        let n = |status: &str| by[status].as_u64().unwrap_or(0);
+        let other = ["dead_lettered", "rejected", "cancelled", "timed_out"]
+            .iter()
+            .map(|s| n(s))
+            .sum();
+        Ok((n("succeeded"), other))
+    }
+
+    /// Waits until `n` executions ended; returns when the engine was first
+    /// seen holding the last one.
     pub async fn wait(&self, n: usize) -> anyhow::Result<Instant> {
         let deadline = Instant::now() + FINISH;
         loop {
-            let (ok, other) = (
-                self.succeeded.load(Ordering::Relaxed),
-                self.other.load(Ordering::Relaxed),
-            );
+            let (ok, other) = self.counts().await?;
+            let (ok, other) = (ok - self.base.0.min(ok), other - self.base.1.min(other));
             if other > 0 {
                 bail!("{other} executions did not succeed");
             }
-            if ok >= n {
-                let last = Duration::from_nanos(self.last.load(Ordering::Relaxed));
-                return Ok(self.epoch + last);
+            if ok >= n as u64 {
+                return Ok(Instant::now());
             }
             if Instant::now() > deadline {
                 bail!("only {ok} of {n} executions ended within {FINISH:?}");
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            tokio::time::sleep(Self::POLL).await;
         }
-    }
-}
-
-impl Drop for Terminals {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -197,13 +179,14 @@ pub async fn submit_bulk(nats_url: &str, n: usize) -> anyhow::Result<Instant> {
     Ok(started)
 }
 
-/// Waits until the work stream holds `n` items: every submission queued and
-/// dispatched.
+/// Waits until the execution log holds `n` events: every submission
+/// queued, and so dispatched (a `queued` event is its own work item; on a
+/// fresh rig nothing else is stored before the workers start).
 async fn wait_dispatched(nats_url: &str, n: usize) -> anyhow::Result<Instant> {
     let js = jetstream::new(async_nats::connect(nats_url).await?);
     let deadline = Instant::now() + FINISH;
     loop {
-        let mut stream = js.get_stream("RUNLOG_WORK").await?;
+        let mut stream = js.get_stream("RUNLOG_EXEC").await?;
         if stream.info().await?.state.messages as usize >= n {
             return Ok(Instant::now());
         }
@@ -267,7 +250,7 @@ async fn enqueue_then_drain(
     producer: Producer,
 ) -> anyhow::Result<Run> {
     let mut rig = Rig::start().await?;
-    let terminals = Terminals::follow(&rig.nats_url()).await?;
+    let terminals = Terminals::follow(rig.http()).await?;
     let cpu_before = rig.cpu().await;
     let first = Instant::now();
     match producer {
@@ -306,7 +289,7 @@ async fn enqueue_then_drain(
 pub async fn mixed(shape: Shape) -> anyhow::Result<Run> {
     let mut rig = Rig::start().await?;
     rig.start_workers(shape.workers, shape.concurrency).await?;
-    let terminals = Terminals::follow(&rig.nats_url()).await?;
+    let terminals = Terminals::follow(rig.http()).await?;
     produce(&rig, &terminals, shape, None).await
 }
 
@@ -589,7 +572,7 @@ pub async fn fanout(shape: Shape, clients: usize) -> anyhow::Result<Fanout> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let terminals = Terminals::follow(&rig.nats_url()).await?;
+    let terminals = Terminals::follow(rig.http()).await?;
     let run = produce(&rig, &terminals, shape, Some(&prefix)).await?;
     let mut lags = Vec::new();
     let deadline = Instant::now() + FINISH;

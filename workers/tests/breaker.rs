@@ -333,13 +333,9 @@ async fn delayed_items_outlive_max_deliver_and_run_once_a_probe_succeeds() -> Re
         dead_letters(&h).await? == 0,
         "a delayed item was dead-lettered"
     );
-    // Items ran out of deliveries and were re-published with fresh ones.
-    let mut work = h.js.get_stream(h.subjects.work_stream()).await?;
-    let published = work.info().await?.state.last_sequence;
-    ensure!(
-        published > execs.len() as u64,
-        "no item was re-published ({published} items)"
-    );
+    // Six failed probes hand an item back more often than max_deliver
+    // allows: without the hold on its last delivery it would have been
+    // dead-lettered (checked above).
     worker.stop().await?;
     Ok(())
 }

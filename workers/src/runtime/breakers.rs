@@ -17,10 +17,10 @@
 //! - **Deliveries.** Every NAK is a delivery of the item, and the consumer
 //!   dead-letters an item after `max_deliver` of them. So an item whose
 //!   next delivery would leave no delivery for its run (delivered + 1 ≥
-//!   `max_deliver`) is not NAKed: a fresh copy is published on the same
-//!   subject (`Nats-Msg-Id` `<item id>:b<stream seq>`, header
-//!   [`REDELIVERED`]) and the original acknowledged. A long outage never
-//!   dead-letters delayed work.
+//!   `max_deliver`) is not NAKed: the worker holds it (in-progress acks, no
+//!   slot, like an item a rate limit holds) until the breaker may probe,
+//!   and asks again then. The item is a `queued` event of the log, so it is
+//!   never copied. A long outage never dead-letters delayed work.
 //! - **Announcements.** Every transition is published (JSON
 //!   [`Transition`]) on `<p>.breaker.<key>`, kept in the logs stream.
 
@@ -28,7 +28,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::kv::{self, Operation};
 use async_nats::jetstream::{self, Message};
 use chrono::{DateTime, Utc};
@@ -43,24 +42,11 @@ use super::breaker::{self, Admission, BreakerConfig, Record, State, Verdict, Win
 use super::execution;
 use crate::attempt::Outcome;
 
-/// The header that marks a copy of a redelivered work item (see the
-/// module docs): the claim treats the copy as redelivered.
-pub const REDELIVERED: &str = "Runlog-Redelivered";
-
 /// Keys counted at once before the windows with nothing in them are dropped.
 const MAX_WINDOWS: usize = 4096;
 
 /// How long the watch waits before it is re-established after an error.
 const REWATCH: Duration = Duration::from_secs(1);
-
-/// Whether `message` is a copy of a redelivered item.
-pub(crate) fn carries_redelivery(message: &Message) -> bool {
-    message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(REDELIVERED))
-        .is_some()
-}
 
 /// The breaker key of a task: its `breaker`, else for an `http` task its
 /// target host (`host=<host>`, or `host=<host>=<port>` with a port that is
@@ -283,19 +269,14 @@ impl Breakers {
         }
     }
 
-    /// Decides whether `item` runs now. `None`: its breaker is open and
-    /// the item was handed back (or re-published) for later.
-    pub async fn gate(
-        &self,
-        journal: &Journal,
-        message: &Message,
-        item: &WorkItem,
-    ) -> Option<Permit> {
+    /// Decides whether `item` runs now: with a permit, or not yet, its
+    /// breaker being open (handed back, or to be held until an instant).
+    pub async fn gate(&self, journal: &Journal, message: &Message, item: &WorkItem) -> Gate {
         let Some(inner) = &self.0 else {
-            return Some(Permit::default());
+            return Gate::Run(Permit::default());
         };
         if !inner.view.any_unclosed() {
-            return Some(Permit::default());
+            return Gate::Run(Permit::default());
         }
         let spec = match &item.spec {
             Some(spec) => Some(spec.clone()),
@@ -303,7 +284,7 @@ impl Breakers {
         };
         let key = spec.and_then(|spec| breaker_key(&spec));
         let Some(key) = key else {
-            return Some(Permit {
+            return Gate::Run(Permit {
                 resolved: true,
                 ..Permit::default()
             });
@@ -315,8 +296,7 @@ impl Breakers {
                 // Other workers keep winning the record: let them probe.
                 let until =
                     now + chrono::Duration::from_std(inner.config.probe_wait()).unwrap_or_default();
-                inner.delay(message, item, until, now).await;
-                return None;
+                return inner.delay(message, item, until, now).await;
             }
             match breaker::admit(
                 &inner.config,
@@ -326,8 +306,7 @@ impl Breakers {
             ) {
                 Admission::Run => break,
                 Admission::Delay(until) => {
-                    inner.delay(message, item, until, now).await;
-                    return None;
+                    return inner.delay(message, item, until, now).await;
                 }
                 Admission::Probe(next) => {
                     let from = held.as_ref().map_or(State::Closed, |(r, _)| r.state);
@@ -337,7 +316,7 @@ impl Breakers {
                     {
                         Ok(()) => {
                             tracing::debug!(%key, execution = %item.execution, "running a probe");
-                            return Some(Permit {
+                            return Gate::Run(Permit {
                                 key: Some(key),
                                 resolved: true,
                                 probe: true,
@@ -353,7 +332,7 @@ impl Breakers {
                 }
             }
         }
-        Some(Permit {
+        Gate::Run(Permit {
             key: Some(key),
             resolved: true,
             probe: false,
@@ -541,50 +520,42 @@ impl Inner {
 
     /// Hands `message` back until `until` (plus a little jitter, so the
     /// delayed items do not all return at once) — or, when a NAK would
-    /// leave the item no delivery to run with, re-publishes it.
+    /// leave the item no delivery to run with, has the worker hold it.
     async fn delay(
         &self,
         message: &Message,
         item: &WorkItem,
         until: DateTime<Utc>,
         now: DateTime<Utc>,
-    ) {
+    ) -> Gate {
         let wait = (until - now).to_std().unwrap_or_default();
         let spread = (self.config.open_for / 10).min(Duration::from_secs(1));
         let wait = wait + spread.mul_f64(rand::random::<f64>());
         let wait = wait.max(Duration::from_millis(10));
-        let (delivered, seq) = message
+        let delivered = message
             .info()
-            .map(|i| (u64::try_from(i.delivered).unwrap_or(1), i.stream_sequence))
-            .unwrap_or((1, 0));
-        let exhausted = self.max_deliver.is_some_and(|max| delivered + 1 >= max);
-        if !exhausted {
-            tracing::debug!(execution = %item.execution, ?wait, "breaker open; handing the item back");
-            execution::nak(message, Some(wait)).await;
-            return;
+            .map(|i| u64::try_from(i.delivered).unwrap_or(1))
+            .unwrap_or(1);
+        if self.max_deliver.is_some_and(|max| delivered + 1 >= max) {
+            tracing::debug!(execution = %item.execution, delivered, ?wait, "breaker open; holding the item");
+            return Gate::Hold(tokio::time::Instant::now() + wait);
         }
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", format!("{}:b{seq}", item.msg_id()).as_str());
-        headers.insert(REDELIVERED, "1");
-        let copied = match self
-            .js
-            .publish_with_headers(message.subject.clone(), headers, message.payload.clone())
-            .await
-        {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        match copied {
-            Ok(()) => {
-                tracing::debug!(execution = %item.execution, delivered, "breaker open; re-published the item with fresh deliveries");
-                execution::ack(message).await;
-            }
-            Err(e) => {
-                tracing::warn!(execution = %item.execution, error = %e, "cannot re-publish a delayed item; handing it back");
-                execution::nak(message, Some(wait)).await;
-            }
-        }
+        tracing::debug!(execution = %item.execution, ?wait, "breaker open; handing the item back");
+        execution::nak(message, Some(wait)).await;
+        Gate::HandedBack
     }
+}
+
+/// What the gate decided about an item.
+#[derive(Debug)]
+pub(crate) enum Gate {
+    /// Run it under this permit.
+    Run(Permit),
+    /// Its breaker is open: it was handed back with a delayed NAK.
+    HandedBack,
+    /// Its breaker is open and a NAK would spend its last delivery: hold it
+    /// in the worker and ask again at this instant.
+    Hold(tokio::time::Instant),
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message};
+use runlog_events::codec::Limits;
 use runlog_events::{Priority, WorkItem};
 use tokio::sync::watch;
 use tokio::task::{self, JoinError, JoinSet};
@@ -264,10 +265,19 @@ impl Dispatcher {
     async fn admit(&mut self, fetched: Fetched) {
         let Fetched { message, priority } = fetched;
         let delivered = message.info().map(|i| i.delivered).unwrap_or(1).max(1);
-        let item: WorkItem = match serde_json::from_slice(&message.payload) {
+        let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let item = WorkItem::from_delivery(
+            &self.shared.subjects,
+            &message.subject,
+            message.headers.as_ref(),
+            &message.payload,
+            seq,
+            &Limits::default(),
+        );
+        let item = match item {
             Ok(item) => item,
             Err(e) => {
-                tracing::warn!(subject = %message.subject, error = %e, "undecodable work item; terminating it");
+                tracing::warn!(subject = %message.subject, error = %e, "not a work item; terminating it");
                 if let Err(e) = message.ack_with(AckKind::Term).await {
                     tracing::warn!(error = %e, "cannot terminate a work item");
                 }
@@ -281,8 +291,7 @@ impl Dispatcher {
             return;
         }
         self.arrivals += 1;
-        // A copy re-published for a circuit breaker stands for a redelivery.
-        let redelivered = delivered > 1 || super::breakers::carries_redelivery(&message);
+        let redelivered = delivered > 1;
         let waiting = Waiting {
             message,
             item,
@@ -382,13 +391,14 @@ impl Dispatcher {
                     item,
                     keys,
                     retry_at,
+                    last_delivery,
                 } = *held;
                 if self.draining {
                     execution::nak(&message, None).await;
                     return;
                 }
                 let held = self.waiting.iter().filter(|w| w.held_until.is_some());
-                if held.count() >= self.shared.limits.hold() {
+                if !last_delivery && held.count() >= self.shared.limits.hold() {
                     let delivered = message.info().map(|i| i.delivered).unwrap_or(1).max(1);
                     let delay = self.growing_delay(delivered);
                     tracing::debug!(execution = %item.execution, ?delay, "its limit is reached and the worker holds enough items; handing it back");

@@ -34,7 +34,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::breakers::Breakers;
+use super::breakers::{Breakers, Gate, Permit};
 use super::environment::{self, SecretSource};
 use super::limits::{Admission, LimitKeys, Limits};
 use super::liveness::{Running, RunningAttempt};
@@ -103,13 +103,34 @@ pub(crate) enum Ended {
     Held(Box<Held>),
 }
 
-/// An item the limits gate held back.
+/// An item the limits gate or an open circuit breaker held back.
 pub(crate) struct Held {
     pub message: Message,
     pub item: WorkItem,
     /// `None` while the task's keys could not be read.
     pub keys: Option<LimitKeys>,
     pub retry_at: Instant,
+    /// Held because a NAK would spend its last delivery: the worker keeps
+    /// it however many items it already holds.
+    pub last_delivery: bool,
+}
+
+impl Held {
+    /// An item the limits gate holds until `retry_at`.
+    fn limited(
+        message: Message,
+        item: WorkItem,
+        keys: Option<LimitKeys>,
+        retry_at: Instant,
+    ) -> Self {
+        Held {
+            message,
+            item,
+            keys,
+            retry_at,
+            last_delivery: false,
+        }
+    }
 }
 
 /// Runs one work item through the limits gate, then to its end. `keys`
@@ -123,8 +144,10 @@ pub(crate) async fn attempt(
     keys: Option<LimitKeys>,
 ) -> Ended {
     if !shared.limits.active() {
-        execute(shared, message, item, redelivered, hard_stop, None).await;
-        return Ended::Done(None);
+        return match execute(shared, message, item, redelivered, hard_stop, None).await {
+            Some(held) => Ended::Held(held),
+            None => Ended::Done(None),
+        };
     }
     let keys = match keys.or_else(|| item.spec.as_ref().map(LimitKeys::of)) {
         Some(keys) => keys,
@@ -138,38 +161,41 @@ pub(crate) async fn attempt(
             Err(e) => {
                 tracing::warn!(execution = %item.execution, error = %e, "cannot read the task's limit keys; holding the item");
                 let retry_at = Instant::now() + Duration::from_secs(1);
-                return Ended::Held(Box::new(Held {
-                    message,
-                    item,
-                    keys: None,
-                    retry_at,
-                }));
+                return Ended::Held(Box::new(Held::limited(message, item, None, retry_at)));
             }
         },
     };
     match shared.limits.admit(&keys, &item.execution).await {
-        Admission::Free => {
-            execute(shared, message, item, redelivered, hard_stop, None).await;
-            Ended::Done(None)
-        }
+        Admission::Free => match execute(shared, message, item, redelivered, hard_stop, None).await
+        {
+            Some(mut held) => {
+                held.keys = Some(keys);
+                Ended::Held(held)
+            }
+            None => Ended::Done(None),
+        },
         Admission::Go(permit) => {
             let at = permit.at;
-            execute(shared, message, item, redelivered, hard_stop, Some(at)).await;
+            let held = execute(shared, message, item, redelivered, hard_stop, Some(at)).await;
             permit.release().await;
-            Ended::Done(Some(keys))
+            match held {
+                Some(mut held) => {
+                    held.keys = Some(keys);
+                    Ended::Held(held)
+                }
+                None => Ended::Done(Some(keys)),
+            }
         }
-        Admission::Hold(retry_at) => Ended::Held(Box::new(Held {
-            message,
-            item,
-            keys: Some(keys),
-            retry_at,
-        })),
+        Admission::Hold(retry_at) => {
+            Ended::Held(Box::new(Held::limited(message, item, Some(keys), retry_at)))
+        }
     }
 }
 
 /// Runs one work item to its end. `hard_stop` is cancelled when the
 /// worker's drain timeout passes. `started_at` is the start time a rate
-/// limit recorded (the claim's time otherwise).
+/// limit recorded (the claim's time otherwise). Returns the item when its
+/// open circuit breaker has the worker hold it.
 pub(crate) async fn execute(
     shared: Arc<Shared>,
     message: Message,
@@ -177,12 +203,51 @@ pub(crate) async fn execute(
     redelivered: bool,
     hard_stop: CancellationToken,
     started_at: Option<DateTime<Utc>>,
-) {
-    let exec = item.execution.clone();
-    // An item whose circuit breaker is open was handed back for later.
-    let Some(permit) = shared.breakers.gate(&shared.journal, &message, &item).await else {
-        return;
+) -> Option<Box<Held>> {
+    let permit = match shared.breakers.gate(&shared.journal, &message, &item).await {
+        Gate::Run(permit) => permit,
+        // Its breaker is open: handed back for later, or held here.
+        Gate::HandedBack => return None,
+        Gate::Hold(retry_at) => {
+            return Some(Box::new(Held {
+                message,
+                item,
+                keys: None,
+                retry_at,
+                last_delivery: true,
+            }));
+        }
     };
+    let claim = Claiming {
+        message,
+        item,
+        redelivered,
+        started_at,
+        permit,
+    };
+    run(shared, claim, hard_stop).await;
+    None
+}
+
+/// An item its breaker let through, about to be claimed.
+struct Claiming {
+    message: Message,
+    item: WorkItem,
+    redelivered: bool,
+    started_at: Option<DateTime<Utc>>,
+    permit: Permit,
+}
+
+/// Claims and runs an item its breaker let through, to its end.
+async fn run(shared: Arc<Shared>, claim: Claiming, hard_stop: CancellationToken) {
+    let Claiming {
+        message,
+        item,
+        redelivered,
+        started_at,
+        permit,
+    } = claim;
+    let exec = item.execution.clone();
     let cancel_signal = shared.signals.watch(&exec);
     let (claimed_at, claimed_instant) = (started_at.unwrap_or_else(Utc::now), Instant::now());
     let claim = Attempt::claim_item(

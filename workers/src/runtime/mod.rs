@@ -71,7 +71,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use breaker::BreakerConfig;
-pub use breakers::{BreakerView, REDELIVERED, breaker_key};
+pub use breakers::{BreakerView, breaker_key};
 pub use capacity::{CapacityRule, CapacityRuleError};
 pub use environment::{EnvSecrets, SecretSource};
 pub use guard::{GuardConfig, ResourceProbe, SystemProbe, Usage};
@@ -537,7 +537,7 @@ async fn dispatch_consumer(
         reason,
     };
     let stream = js
-        .get_stream(layout.subjects.work_stream())
+        .get_stream(layout.subjects.exec_stream())
         .await
         .map_err(|e| fail(e.to_string()))?;
     stream

@@ -9,8 +9,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail};
-use async_nats::HeaderMap;
+use anyhow::{Context as _, Result, bail, ensure};
 use async_nats::jetstream::{self, consumer};
 use chrono::Utc;
 use futures::StreamExt;
@@ -20,7 +19,6 @@ use runlog_events::journal::{History, Journal};
 use runlog_events::stream::Layout;
 use runlog_events::{
     Envelope, ErrorClass, Event, ExecutionId, QueueName, Status, Subjects, TaskError, TaskSpec,
-    WorkItem,
 };
 use runlog_testkit::NatsServer;
 use runlog_worker::handler::{Context, Handler, HandlerResult};
@@ -52,11 +50,10 @@ impl Harness {
         })
     }
 
-    /// Records `submitted` and `queued`, then publishes the work item as
-    /// the reactor does (Msg-Id, awaited ack).
+    /// Records `submitted` and `queued` as the reactor does; the stored
+    /// `queued` is the work item.
     pub async fn submit(&self, spec: TaskSpec) -> Result<ExecutionId> {
         let exec = ExecutionId::generate();
-        let (queue, priority) = (spec.queue.clone(), spec.priority);
         self.journal
             .transition(&exec, &Command::Submit { spec }, Utc::now())
             .await?;
@@ -65,20 +62,10 @@ impl Harness {
             .transition(&exec, &Command::Enqueue, Utc::now())
             .await?;
         let queued = history.events.last().context("queued event")?;
-        let Event::Queued(q) = &queued.envelope.event else {
-            bail!("the last event is not queued");
-        };
-        let item = WorkItem::of(exec.clone(), queued.envelope.attempt, q, queued.seq);
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", item.msg_id().as_str());
-        self.js
-            .publish_with_headers(
-                self.subjects.dispatch(&queue, priority, &exec),
-                headers,
-                serde_json::to_vec(&item)?.into(),
-            )
-            .await?
-            .await?;
+        ensure!(
+            matches!(queued.envelope.event, Event::Queued(_)),
+            "the last event is not queued"
+        );
         Ok(exec)
     }
 
