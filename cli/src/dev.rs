@@ -65,6 +65,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let mut config = EngineConfig::default();
     config.nats.urls = vec![server.url()];
+    // Clients trying the protocol (examples/python) follow live events.
+    config.nats.live_events = true;
     config.listen = args.listen;
     let engine = Engine::start(config, shutdown.clone()).await?;
     let subjects = Subjects::default();

@@ -32,6 +32,10 @@ pub struct Args {
     /// Serve the API and projections only; leave reactions to other replicas.
     #[arg(long, env = "RUNLOG_NO_REACTOR")]
     no_reactor: bool,
+    /// Republish every stored event on `<p>.live.ev.>` (core NATS) for
+    /// clients that follow executions without the HTTP API.
+    #[arg(long, env = "RUNLOG_LIVE_EVENTS")]
+    live_events: bool,
     /// Seconds without progress or log lines (worker alive) after which a
     /// running attempt is shown as stuck (default 300).
     #[arg(long, env = "RUNLOG_STUCK_AFTER")]
@@ -58,6 +62,9 @@ impl Args {
         }
         if self.no_reactor {
             config.reactor = false;
+        }
+        if self.live_events {
+            config.nats.live_events = true;
         }
         if let Some(secs) = self.stuck_after {
             config.stuck_after_secs = secs;

@@ -466,7 +466,8 @@ async fn bad_input_on_every_subject_is_counted_and_everything_keeps_running() ->
     // On the execution log (`runlog.ev.*`), which the reactor and the
     // projection consume. Reactor: 2 bad (it reads only the types it reacts
     // to: the two `submitted`, not `started`, `queued` or the unknown
-    // `exploded`); projection: 5 undecodable.
+    // `exploded`); projection: 5 undecodable (2 more below, on work
+    // subjects).
     publish(
         s.event(&id("bad-bytes"), runlog_events::EventType::Submitted),
         HeaderMap::new(),
@@ -610,11 +611,10 @@ async fn bad_input_on_every_subject_is_counted_and_everything_keeps_running() ->
         br#"{"execution":42}"#.to_vec(),
     )
     .await?;
-    let ghost = Envelope::new(
-        id("ghost-work"),
+    let ghost = id("ghost-work");
+    let (ghost_headers, ghost_body) = envelope(
+        &ghost,
         1,
-        chrono::Utc::now(),
-        "/test/junk",
         Event::Queued(runlog_events::event::Queued {
             queue: queue.clone(),
             priority: normal,
@@ -623,9 +623,8 @@ async fn bad_input_on_every_subject_is_counted_and_everything_keeps_running() ->
             spec: None,
         }),
     );
-    let (ghost_headers, ghost_body) = codec::encode(&ghost, codec::Format::Json)?;
     publish(
-        s.queued(&ghost.execution, &queue, normal),
+        s.queued(&ghost, &queue, normal),
         ghost_headers,
         ghost_body.to_vec(),
     )
@@ -806,7 +805,7 @@ async fn bad_input_on_every_subject_is_counted_and_everything_keeps_running() ->
         dlq_after - dlq_before
     );
     println!(
-        "[bad input] projection skipped_events +{skipped} (5 undecodable + 3 refused sent), \
+        "[bad input] projection skipped_events +{skipped} (7 undecodable + 4 refused sent), \
          reactor bad +{bad} (2 `submitted` + 1 timer + 1 advisory sent), RUNLOG_DLQ +{} \
          (3 MSG_TERMINATED of the junk, wrong-schema and unknown-execution work items + the 2 forged advisories), rejected: bad-bytes ({}), bad-schema ({}); victim's forged \
          events listed as skipped: {}; intake refused: {}; the normal task then succeeded \

@@ -40,6 +40,8 @@ async fn start(
 ) -> Result<(Engine, tokio::task::JoinHandle<()>, async_nats::Client)> {
     let mut config = EngineConfig::default();
     config.nats.urls = vec![server.url()];
+    // The example follows the stream's RePublish of stored events.
+    config.nats.live_events = true;
     config.listen = "127.0.0.1:0".parse()?;
     let engine = Engine::start(config, shutdown.clone()).await?;
     let client = async_nats::connect(server.url()).await?;

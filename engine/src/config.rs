@@ -39,6 +39,9 @@ pub struct NatsConfig {
     pub prefix: String,
     /// Stream replicas: 1 on a single server, 3 on a cluster.
     pub replicas: usize,
+    /// Republish every stored lifecycle event on `<p>.live.ev.>` for
+    /// clients outside the engine (see `Layout::live_events`).
+    pub live_events: bool,
 }
 
 impl Default for NatsConfig {
@@ -55,6 +58,7 @@ impl Default for NatsConfig {
             tls_key: None,
             prefix: runlog_events::subject::DEFAULT_PREFIX.to_owned(),
             replicas: 1,
+            live_events: false,
         }
     }
 }
@@ -104,6 +108,7 @@ impl NatsConfig {
         Ok(Layout {
             subjects: self.subjects()?,
             replicas: self.replicas.max(1),
+            live_events: Some(self.live_events),
             ..Layout::default()
         })
     }

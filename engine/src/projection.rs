@@ -328,14 +328,14 @@ impl Projection {
 
     /// Throughput and latency of recent completions, as of `now`.
     pub fn rates(&self, now: DateTime<Utc>) -> Rates {
-        let tally = self.tally.lock().expect("the tally is never poisoned");
+        // Copied out, so the fold waits for a copy, not for a sort.
+        let recent: Vec<(DateTime<Utc>, i64)> = {
+            let tally = self.tally.lock().expect("the tally is never poisoned");
+            tally.recent.iter().copied().collect()
+        };
         let minute_ago = now - chrono::TimeDelta::minutes(1);
-        let completed = tally
-            .recent
-            .iter()
-            .filter(|(t, _)| *t >= minute_ago)
-            .count() as u64;
-        let mut latencies: Vec<i64> = tally.recent.iter().map(|(_, ms)| *ms).collect();
+        let completed = recent.iter().filter(|(t, _)| *t >= minute_ago).count() as u64;
+        let mut latencies: Vec<i64> = recent.into_iter().map(|(_, ms)| ms).collect();
         latencies.sort_unstable();
         let pct = |p: f64| {
             (!latencies.is_empty()).then(|| {

@@ -3,8 +3,9 @@
 //! - **exec** (`RUNLOG_EXEC`): lifecycle events and timers (a broker
 //!   schedule must target a subject of its own stream; timers fire on
 //!   `<p>.sched.<exec>.<timer>.due`, which the engine consumes). Limits
-//!   retention: the log is the truth and is never consumed away. Stored
-//!   events are republished on `<p>.live.ev.>` for live feeds. The workers'
+//!   retention: the log is the truth and is never consumed away. With
+//!   [`Layout::live_events`], stored events are republished on
+//!   `<p>.live.ev.>` for outside clients' live feeds. The workers'
 //!   consumers read it too: a `queued` event on
 //!   `<p>.ev.<exec>.queued.<queue>.<priority>` is the work item, one durable
 //!   consumer per queue and priority (see [`crate::work`]).
@@ -65,6 +66,13 @@ pub struct Layout {
     pub replicas: usize,
     /// Storage of every stream.
     pub storage: StorageType,
+    /// Whether the execution stream republishes every stored event on
+    /// `<p>.live.ev.>` (core NATS, for clients outside the engine; the
+    /// engine's own feeds come from its projection). It costs the server
+    /// about a tenth of its work per task, so it is off unless asked for.
+    /// `None` leaves an existing stream's setting as it is (what workers
+    /// do: the engine owns it) and creates a stream without.
+    pub live_events: Option<bool>,
 }
 
 impl Default for Layout {
@@ -73,6 +81,7 @@ impl Default for Layout {
             subjects: Subjects::default(),
             replicas: 1,
             storage: StorageType::File,
+            live_events: None,
         }
     }
 }
@@ -125,9 +134,9 @@ impl Layout {
             allow_message_ttl: true,
             allow_atomic_publish: true,
             allow_message_schedules: true,
-            republish: Some(stream::Republish {
+            republish: (self.live_events == Some(true)).then(|| stream::Republish {
                 source: s.all_events(),
-                destination: format!("{}.live.ev.>", s.prefix()),
+                destination: s.live_events(),
                 headers_only: false,
             }),
             ..Default::default()
@@ -375,7 +384,11 @@ impl Layout {
             .map_err(|e| api(e.into()))
     }
 
-    async fn ensure_stream(&self, js: &Context, wanted: stream::Config) -> Result<(), LayoutError> {
+    async fn ensure_stream(
+        &self,
+        js: &Context,
+        mut wanted: stream::Config,
+    ) -> Result<(), LayoutError> {
         let name = wanted.name.clone();
         let api = |e: Box<dyn std::error::Error + Send + Sync>| LayoutError::Api {
             stream: name.clone(),
@@ -391,6 +404,9 @@ impl Layout {
                         prefix: self.subjects.prefix().to_owned(),
                         reason,
                     });
+                }
+                if self.live_events.is_none() && name == self.subjects.exec_stream() {
+                    wanted.republish = info.config.republish.clone();
                 }
                 if needs_update(&info.config, &wanted) {
                     js.update_stream(wanted).await.map_err(|e| api(e.into()))?;

@@ -251,3 +251,28 @@ async fn the_layout_is_idempotent_and_refuses_a_foreign_stream() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn live_events_are_set_by_who_asks_and_kept_by_who_does_not() -> Result<()> {
+    let server = NatsServer::start()?;
+    let js = jetstream::new(async_nats::connect(server.url()).await?);
+    let republishes = |js: jetstream::Context| async move {
+        let mut stream = js.get_stream(Subjects::default().exec_stream()).await?;
+        anyhow::Ok(stream.info().await?.config.republish.is_some())
+    };
+    let with = |live: Option<bool>| Layout {
+        live_events: live,
+        ..Layout::default()
+    };
+    // Created by a component that does not say (a worker): without.
+    with(None).ensure(&js).await?;
+    assert!(!republishes(js.clone()).await?);
+    // The engine turns it on; a worker starting later leaves it on.
+    with(Some(true)).ensure(&js).await?;
+    with(None).ensure(&js).await?;
+    assert!(republishes(js.clone()).await?);
+    // The engine turns it off again.
+    with(Some(false)).ensure(&js).await?;
+    assert!(!republishes(js.clone()).await?);
+    Ok(())
+}

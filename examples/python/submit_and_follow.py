@@ -10,7 +10,9 @@ execution exactly once. Needs nats-py (./scripts/setup.sh puts it in
     PYTHONPATH=.tools/python python3 examples/python/submit_and_follow.py \
         --url nats://127.0.0.1:4222 --argv echo hello
 
-Exits 0 when the execution succeeded, 1 otherwise; prints every event.
+Exits 0 when the execution succeeded, 1 otherwise; prints every event. It
+follows the live feed `<p>.live.ev.<exec>.>`, which the engine publishes with
+`--live-events` (`runlog dev` turns it on).
 
 With `--batch FILE` (one JSON task spec a line, as `POST /v1/executions`
 takes it) it submits them all in one request to the engine's NATS batch
