@@ -39,7 +39,6 @@ use runlog_events::{TaskSpec, WorkItem};
 use tokio_util::sync::CancellationToken;
 
 use super::breaker::{self, Admission, BreakerConfig, Record, State, Verdict, Window};
-use super::execution;
 use crate::attempt::Outcome;
 
 /// Keys counted at once before the windows with nothing in them are dropped.
@@ -296,7 +295,7 @@ impl Breakers {
                 // Other workers keep winning the record: let them probe.
                 let until =
                     now + chrono::Duration::from_std(inner.config.probe_wait()).unwrap_or_default();
-                return inner.delay(message, item, until, now).await;
+                return inner.delay(message, item, until, now);
             }
             match breaker::admit(
                 &inner.config,
@@ -306,7 +305,7 @@ impl Breakers {
             ) {
                 Admission::Run => break,
                 Admission::Delay(until) => {
-                    return inner.delay(message, item, until, now).await;
+                    return inner.delay(message, item, until, now);
                 }
                 Admission::Probe(next) => {
                     let from = held.as_ref().map_or(State::Closed, |(r, _)| r.state);
@@ -521,7 +520,7 @@ impl Inner {
     /// Hands `message` back until `until` (plus a little jitter, so the
     /// delayed items do not all return at once) — or, when a NAK would
     /// leave the item no delivery to run with, has the worker hold it.
-    async fn delay(
+    fn delay(
         &self,
         message: &Message,
         item: &WorkItem,
@@ -541,8 +540,7 @@ impl Inner {
             return Gate::Hold(tokio::time::Instant::now() + wait);
         }
         tracing::debug!(execution = %item.execution, ?wait, "breaker open; handing the item back");
-        execution::nak(message, Some(wait)).await;
-        Gate::HandedBack
+        Gate::Delay(wait)
     }
 }
 
@@ -551,8 +549,8 @@ impl Inner {
 pub(crate) enum Gate {
     /// Run it under this permit.
     Run(Permit),
-    /// Its breaker is open: it was handed back with a delayed NAK.
-    HandedBack,
+    /// Its breaker is open: hand it back with a NAK delayed this long.
+    Delay(Duration),
     /// Its breaker is open and a NAK would spend its last delivery: hold it
     /// in the worker and ask again at this instant.
     Hold(tokio::time::Instant),

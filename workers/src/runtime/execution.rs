@@ -207,7 +207,10 @@ pub(crate) async fn execute(
     let permit = match shared.breakers.gate(&shared.journal, &message, &item).await {
         Gate::Run(permit) => permit,
         // Its breaker is open: handed back for later, or held here.
-        Gate::HandedBack => return None,
+        Gate::Delay(wait) => {
+            nak(&message, Some(wait)).await;
+            return None;
+        }
         Gate::Hold(retry_at) => {
             return Some(Box::new(Held {
                 message,
