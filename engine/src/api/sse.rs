@@ -297,7 +297,7 @@ pub(super) async fn all(
                                 .and_then(|e| e.state.spec.map(|s| s.queue == *queue))
                                 .unwrap_or(false)
                         });
-                        if in_queue && statuses.is_empty() || statuses.contains(&Status::Running) {
+                        if progress_wanted(in_queue, &statuses) {
                             let data = json!({
                                 "execution": report.execution,
                                 "attempt": report.attempt,
@@ -320,6 +320,13 @@ pub(super) async fn all(
         }
     });
     response
+}
+
+/// Whether a progress report passes a stream's filters: its execution is
+/// in the queue asked for (or none was), and the statuses asked for, if
+/// any, include `running` (progress comes only from running attempts).
+fn progress_wanted(in_queue: bool, statuses: &[Status]) -> bool {
+    in_queue && (statuses.is_empty() || statuses.contains(&Status::Running))
 }
 
 fn overflow() -> SseEvent {
@@ -458,4 +465,20 @@ fn log_event(seq: u64, lines: Vec<serde_json::Value>) -> SseEvent {
         .id(seq.to_string())
         .event("log")
         .data(json!({ "lines": lines }).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_of_another_queue_stays_out_whatever_the_statuses() {
+        // `?queue=nosuchqueue&status=running` once let every progress
+        // report of other queues through.
+        assert!(!progress_wanted(false, &[Status::Running]));
+        assert!(!progress_wanted(false, &[]));
+        assert!(progress_wanted(true, &[]));
+        assert!(progress_wanted(true, &[Status::Queued, Status::Running]));
+        assert!(!progress_wanted(true, &[Status::Succeeded]));
+    }
 }
