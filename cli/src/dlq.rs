@@ -110,8 +110,8 @@ struct Filter {
     #[arg(long)]
     kind: Option<String>,
     /// Only this class of the last error (network, timeout, rate_limited,
-    /// resource, permission, invalid_input, not_found, crashed, cancelled,
-    /// unknown).
+    /// resource, permission, invalid_input, not_found, permanent, crashed,
+    /// cancelled, unknown).
     #[arg(long)]
     class: Option<String>,
     /// Only this reason: attempts_exhausted, permanent or max_deliveries.

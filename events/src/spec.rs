@@ -90,6 +90,9 @@ pub enum ErrorClass {
     InvalidInput,
     /// The target does not exist: retrying will not help.
     NotFound,
+    /// The task itself says retrying will not help (a shell task's exit
+    /// code listed in `permanent_exit_codes`).
+    Permanent,
     /// The process died (signal, OOM kill, non-zero exit without a class).
     Crashed,
     /// The attempt was stopped on request.
@@ -107,6 +110,7 @@ impl ErrorClass {
             ErrorClass::Permission
                 | ErrorClass::InvalidInput
                 | ErrorClass::NotFound
+                | ErrorClass::Permanent
                 | ErrorClass::Cancelled
         )
     }

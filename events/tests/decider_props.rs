@@ -34,6 +34,7 @@ fn arb_class() -> impl Strategy<Value = ErrorClass> {
         Just(ErrorClass::Permission),
         Just(ErrorClass::InvalidInput),
         Just(ErrorClass::NotFound),
+        Just(ErrorClass::Permanent),
         Just(ErrorClass::Crashed),
         Just(ErrorClass::Cancelled),
         Just(ErrorClass::Unknown),

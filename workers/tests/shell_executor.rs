@@ -181,9 +181,14 @@ async fn exit_code_lists_decide_what_is_retried() {
         input
     };
     let (permanent, _) = run(exit(3, json!({"permanent_exit_codes": [3]}))).await;
-    assert!(!permanent.unwrap_err().retryable);
+    let permanent = permanent.unwrap_err();
+    assert!(!permanent.retryable);
+    // A listed code is the task's own verdict: class `permanent`, not `unknown`.
+    assert_eq!(permanent.class, ErrorClass::Permanent);
     let (other, _) = run(exit(3, json!({"retryable_exit_codes": [75]}))).await;
-    assert!(!other.unwrap_err().retryable);
+    let other = other.unwrap_err();
+    assert!(!other.retryable);
+    assert_eq!(other.class, ErrorClass::Unknown);
     let (listed, _) = run(exit(75, json!({"retryable_exit_codes": [75]}))).await;
     assert!(listed.unwrap_err().retryable);
 }

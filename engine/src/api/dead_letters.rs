@@ -109,7 +109,8 @@ fn parse_filter(
                     "class",
                     &format!(
                         "unknown error class {class:?}; use network, timeout, rate_limited, \
-                         resource, permission, invalid_input, not_found, crashed, cancelled or unknown"
+                         resource, permission, invalid_input, not_found, permanent, crashed, cancelled \
+                         or unknown"
                     ),
                 )
             })?);

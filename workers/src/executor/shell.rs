@@ -413,7 +413,7 @@ impl Plan {
             (Some(0), _) => Ok(shared.output()),
             (Some(code), _) => {
                 let message = format!("{} exited with code {code}; {}", self.name, stderr_tail());
-                let mut error = TaskError::new(ErrorClass::Unknown, mask(&message, secrets));
+                let mut error = TaskError::new(self.exits.class(code), mask(&message, secrets));
                 error.retryable = self.exits.retryable(code);
                 Err(error)
             }
@@ -440,6 +440,16 @@ struct ExitPolicy {
 }
 
 impl ExitPolicy {
+    /// The class of a failed exit: `permanent` for a code the task lists
+    /// as such, `unknown` otherwise.
+    fn class(&self, code: i32) -> ErrorClass {
+        if self.permanent.contains(&code) {
+            ErrorClass::Permanent
+        } else {
+            ErrorClass::Unknown
+        }
+    }
+
     fn retryable(&self, code: i32) -> bool {
         if self.permanent.contains(&code) {
             false
@@ -1114,6 +1124,9 @@ mod tests {
         };
         assert!(!permanent.retryable(2));
         assert!(permanent.retryable(1));
+        // A listed code is the task saying so: class `permanent`, not `unknown`.
+        assert_eq!(permanent.class(2), ErrorClass::Permanent);
+        assert_eq!(permanent.class(1), ErrorClass::Unknown);
         let only = ExitPolicy {
             permanent: vec![],
             retryable: vec![75],

@@ -153,7 +153,10 @@ pub fn verdict_of(class: ErrorClass) -> Verdict {
         | ErrorClass::RateLimited
         | ErrorClass::Crashed
         | ErrorClass::Unknown => Verdict::Failure,
-        ErrorClass::Cancelled | ErrorClass::InvalidInput | ErrorClass::Resource => Verdict::Ignored,
+        ErrorClass::Cancelled
+        | ErrorClass::InvalidInput
+        | ErrorClass::Resource
+        | ErrorClass::Permanent => Verdict::Ignored,
         ErrorClass::Permission | ErrorClass::NotFound => Verdict::Success,
     }
 }
