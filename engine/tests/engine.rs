@@ -396,6 +396,39 @@ async fn a_retry_starts_a_new_chain_linked_to_its_original() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_failed_execution_awaiting_its_retry_cannot_be_retried_by_hand() -> Result<()> {
+    // No reactor: the execution stays `failed`, as it does for the moment
+    // between a failure and the reactor's `retry_scheduled`. A retry then
+    // would start a second chain beside the scheduled one.
+    let server = runlog_testkit::NatsServer::start()?;
+    let mut run = common::start_with(server, |c| c.reactor = false).await?;
+    let original = run
+        .submit(json!({"kind": "shell", "retry": {"max_attempts": 3}}))
+        .await?;
+    run.wait_status(&original, Status::Queued, None).await?;
+    claim(&run, &original, "w1").await?;
+    fail(&run, &original, 1, ErrorClass::Network).await?;
+    run.wait_status(&original, Status::Failed, None).await?;
+    let (status, body) = run
+        .post(&format!("/v1/executions/{original}/retry"), json!({}))
+        .await?;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["code"], "not_retryable");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("failed"),
+        "{body}"
+    );
+    // One chain in the log: nothing was submitted beside it.
+    let (_, stats) = run.get("/v1/stats").await?;
+    assert_eq!(stats["executions"], 1, "{stats}");
+    run.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn an_idempotency_key_returns_the_same_execution_through_every_door() -> Result<()> {
     let mut run = start().await?;
     let body = json!({"kind": "shell", "idempotency_key": "deploy #42 / prod"});

@@ -560,6 +560,20 @@ pub enum Rejection {
     },
 }
 
+/// Whether an execution in `status` may be retried as a new execution
+/// linked to it (`POST /v1/executions/{id}/retry`, a bulk replay): only
+/// once it ended without success. `failed` is not an end: a retry or a dead
+/// letter still follows it, and a second chain would run beside that one.
+pub fn may_retry(status: Status) -> Result<(), Rejection> {
+    match status {
+        Status::DeadLettered | Status::TimedOut | Status::Cancelled => Ok(()),
+        status => Err(Rejection::WrongStatus {
+            command: "retry",
+            status,
+        }),
+    }
+}
+
 impl Rejection {
     /// A stable, machine-readable code (`stale_attempt`).
     pub fn code(&self) -> &'static str {

@@ -66,8 +66,8 @@ pub async fn cancel(args: CancelArgs) -> Result<Exit, Error> {
 /// Options of `runlog retry`.
 #[derive(Debug, clap::Args)]
 pub struct RetryArgs {
-    /// The id of an ended, unsuccessful execution (failed, dead-lettered,
-    /// timed out or cancelled).
+    /// The id of an ended, unsuccessful execution (dead-lettered, timed out
+    /// or cancelled).
     id: String,
     /// Follow the new execution to its end and exit with its outcome.
     #[arg(long, short)]

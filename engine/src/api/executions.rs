@@ -653,15 +653,13 @@ pub(crate) async fn retry_execution(
                 .status
         }
     };
-    if !matches!(
-        status,
-        Status::DeadLettered | Status::TimedOut | Status::Cancelled | Status::Failed
-    ) {
+    if runlog_events::decider::may_retry(status).is_err() {
         return Err(Problem::new(
             StatusCode::CONFLICT,
             "not_retryable",
             format!(
-                "execution {execution} is {status}; only a failed, dead-lettered, timed-out or cancelled execution can be retried"
+                "execution {execution} is {status}; only a dead-lettered, timed-out or cancelled \
+                 execution can be retried (a failed one still has its retry or dead letter to come)"
             ),
         ));
     }
