@@ -352,7 +352,7 @@ async fn a_shell_task_s_progress_bar_moves_to_done() -> Result<()> {
     ensure!(
         detail
             .as_str()
-            .is_some_and(|d| d.contains("only a failed, dead-lettered, timed-out or cancelled")),
+            .is_some_and(|d| d.contains("only a dead-lettered, timed-out or cancelled")),
         "not the problem's detail: {detail}"
     );
     stack.stop().await

@@ -467,6 +467,17 @@ async fn api_errors_are_problem_details_with_stable_codes() -> Result<()> {
     let problem: Value = response.json().await?;
     assert_eq!(problem["code"], "invalid_body");
     assert_eq!(problem["field"], "kind");
+    // Not JSON at all: a bad request, not a rule broken by a good body.
+    let response = run
+        .http
+        .post(format!("{}/v1/executions", run.base))
+        .header("content-type", "application/json")
+        .body("{\"kind\": \"shell\",")
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 400);
+    let problem: Value = response.json().await?;
+    assert_eq!(problem["code"], "invalid_body");
 
     let (status, problem) = run
         .post(

@@ -85,10 +85,15 @@ pub(super) async fn submit(
     }
 }
 
+/// The problem of a body that could not be read as the JSON a route takes:
+/// 400 when it is not JSON at all, 422 when it is JSON that breaks the
+/// route's shape (a missing or mistyped field), 413 and 415 for its size
+/// and content type.
 pub(super) fn invalid_body(e: JsonRejection) -> Problem {
     let status = match e {
         JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         JsonRejection::BytesRejection(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        JsonRejection::JsonSyntaxError(_) => StatusCode::BAD_REQUEST,
         _ => StatusCode::UNPROCESSABLE_ENTITY,
     };
     let detail = e.body_text();
