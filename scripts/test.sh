@@ -13,6 +13,9 @@ export RUNLOG_NATS_SERVER="$PWD/.tools/pip/bin/nats-server"
 # buys little for a whole-suite run; `CARGO_INCREMENTAL=1 ./scripts/test.sh` turns it back on.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
+# Modules of a crate must not import each other in a circle.
+./scripts/check-module-cycles.py
+
 locked=()
 if [[ ${CI:-} == true && -f Cargo.lock ]]; then
     locked=(--locked) # CI builds exactly the committed lock file

@@ -7,19 +7,17 @@ use std::time::Duration;
 
 use runlog_events::journal::Journal;
 use runlog_events::stream::LayoutError;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
 use crate::config::{ConfigError, EngineConfig};
 use crate::intake::Intake;
 use crate::live::Live;
+use crate::operations::Executions;
 use crate::projection::Projection;
 use crate::reactor::{Reactor, ReactorStats};
-
-/// How long a failed background loop (projection, reactor) waits before it
-/// starts again, e.g. while NATS restarts.
-const RESTART_DELAY: Duration = Duration::from_millis(500);
+use crate::retry::Retries;
+use crate::supervisor::Supervisor;
 
 /// Why the engine could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +49,7 @@ pub struct Engine {
     addr: SocketAddr,
     projection: Arc<Projection>,
     reactor: Arc<ReactorStats>,
-    tasks: JoinSet<()>,
+    tasks: Supervisor,
 }
 
 impl Engine {
@@ -106,7 +104,7 @@ impl Engine {
             format!("{host}-{}", runlog_events::ExecutionId::generate()),
         )
         .await?;
-        let mut tasks = JoinSet::new();
+        let mut tasks = Supervisor::default();
         let projection = Arc::new(Projection::new());
         if config.snapshot_interval_secs > 0 {
             match crate::snapshot::store(&pub_js, &subjects, layout.replicas).await {
@@ -121,12 +119,10 @@ impl Engine {
                         Err(e) => tracing::warn!(error = %e, "replaying the whole log"),
                     }
                     let every = Duration::from_secs(config.snapshot_interval_secs);
-                    tasks.spawn(crate::snapshot::run(
-                        store,
-                        projection.clone(),
-                        every,
-                        shutdown.clone(),
-                    ));
+                    tasks.once(
+                        "snapshots",
+                        crate::snapshot::run(store, projection.clone(), every, shutdown.clone()),
+                    );
                 }
                 Err(e) => tracing::warn!(error = %e, "projection snapshots are off"),
             }
@@ -147,57 +143,46 @@ impl Engine {
         .map_err(|e| EngineError::Subscribe(e.to_string()))?;
 
         {
-            let (projection, js, subjects, stop) = (
-                projection.clone(),
-                sub_js.clone(),
-                subjects.clone(),
-                shutdown.clone(),
-            );
-            tasks.spawn(async move {
-                while !stop.is_cancelled() {
-                    if let Err(e) = projection.follow(&js, &subjects, stop.clone()).await {
-                        tracing::warn!(error = %e, "projection stopped; following again");
-                        tokio::time::sleep(RESTART_DELAY).await;
-                    }
-                }
+            let (projection, js, subjects) = (projection.clone(), sub_js.clone(), subjects.clone());
+            tasks.restart("projection", shutdown.clone(), move |stop| {
+                let (projection, js, subjects) = (projection.clone(), js.clone(), subjects.clone());
+                async move { projection.follow(&js, &subjects, stop).await }
             });
         }
         let reactor = Reactor::new(journal.clone());
         let reactor_stats = reactor.stats();
         if config.reactor {
-            tasks.spawn(crate::deadlines::arm(
-                reactor.clone(),
-                projection.clone(),
-                live.clone(),
-                shutdown.clone(),
-            ));
-            let dead_letters = reactor.clone();
-            let (js, stop, replicas) = (sub_js.clone(), shutdown.clone(), layout.replicas);
-            tasks.spawn(async move {
-                while !stop.is_cancelled() {
-                    if let Err(e) = dead_letters
-                        .run_dead_letters(&js, replicas, stop.clone())
-                        .await
-                    {
-                        tracing::warn!(error = %e, "dead-letter reactions stopped; starting again");
-                        tokio::time::sleep(RESTART_DELAY).await;
-                    }
-                }
+            tasks.once(
+                "deadlines",
+                crate::deadlines::arm(
+                    reactor.clone(),
+                    projection.clone(),
+                    live.clone(),
+                    shutdown.clone(),
+                ),
+            );
+            let (dead_letters, js, replicas) = (reactor.clone(), sub_js.clone(), layout.replicas);
+            tasks.restart("dead-letter reactions", shutdown.clone(), move |stop| {
+                let (reactor, js) = (dead_letters.clone(), js.clone());
+                async move { reactor.run_dead_letters(&js, replicas, stop).await }
             });
-            let (js, stop, replicas) = (sub_js.clone(), shutdown.clone(), layout.replicas);
-            tasks.spawn(async move {
-                while !stop.is_cancelled() {
-                    if let Err(e) = reactor.run(&js, replicas, stop.clone()).await {
-                        tracing::warn!(error = %e, "reactor stopped; starting again");
-                        tokio::time::sleep(RESTART_DELAY).await;
-                    }
-                }
+            let (js, replicas) = (sub_js.clone(), layout.replicas);
+            tasks.restart("reactor", shutdown.clone(), move |stop| {
+                let (reactor, js) = (reactor.clone(), js.clone());
+                async move { reactor.run(&js, replicas, stop).await }
             });
         }
 
+        let retries = Retries::new(intake.clone(), journal.clone(), projection.clone());
+        let executions = Executions {
+            projection: projection.clone(),
+            journal: journal.clone(),
+            retries: retries.clone(),
+        };
         let state = ApiState {
             intake,
             journal,
+            retries,
             projection: projection.clone(),
             live,
             subjects,
@@ -207,7 +192,10 @@ impl Engine {
             reactor: reactor_stats.clone(),
             stuck_after: Duration::from_secs(config.stuck_after_secs),
         };
-        tasks.spawn(operations.supervise(state.clone(), shutdown.clone()));
+        tasks.once(
+            "bulk operations",
+            operations.supervise(executions, shutdown.clone()),
+        );
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|e| EngineError::Listen {
@@ -220,7 +208,7 @@ impl Engine {
         })?;
         let app = api::router(state);
         let stop = shutdown.clone();
-        tasks.spawn(async move {
+        tasks.once("HTTP API", async move {
             if let Err(e) = axum::serve(listener, app)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await
@@ -254,7 +242,7 @@ impl Engine {
 
     /// Waits until every part stopped (after the shutdown token was
     /// cancelled).
-    pub async fn wait(mut self) {
-        while self.tasks.join_next().await.is_some() {}
+    pub async fn wait(self) {
+        self.tasks.wait().await;
     }
 }

@@ -88,9 +88,30 @@ pub enum IntakeError {
     /// The log could not be read.
     #[error(transparent)]
     Load(#[from] LoadError),
-    /// A key-value bucket (sealed environments, idempotency keys) failed.
-    #[error("cannot {0}; is the NATS server reachable?")]
-    Store(String),
+    /// A key-value bucket (sealed environments, idempotency keys) or the
+    /// deadline schedule failed.
+    #[error("cannot {action} ({source}); is the NATS server reachable?")]
+    Store {
+        /// What intake was doing (`seal the task environment`).
+        action: &'static str,
+        /// The client's error, with its kind.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The original's sealed environment is gone (its bucket entries expire).
+    #[error("the sealed environment of {0} has expired; submit the task again with its env")]
+    EnvExpired(ExecutionId),
+}
+
+impl IntakeError {
+    fn store(
+        action: &'static str,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> IntakeError {
+        IntakeError::Store {
+            action,
+            source: source.into(),
+        }
+    }
 }
 
 impl IntakeError {
@@ -99,7 +120,10 @@ impl IntakeError {
         match self {
             IntakeError::Rejected(r) => r.code(),
             IntakeError::Append(AppendError::Conflict { .. }) => "conflict",
-            IntakeError::Append(_) | IntakeError::Load(_) | IntakeError::Store(_) => "unavailable",
+            IntakeError::EnvExpired(_) => "not_retryable",
+            IntakeError::Append(_) | IntakeError::Load(_) | IntakeError::Store { .. } => {
+                "unavailable"
+            }
         }
     }
 }
@@ -165,7 +189,7 @@ impl Intake {
             self.env
                 .put(execution.as_str(), sealed.into())
                 .await
-                .map_err(|e| IntakeError::Store(format!("seal the task environment ({e})")))?;
+                .map_err(|e| IntakeError::store("seal the task environment", e))?;
         }
         let facts = decider::decide(&Command::Admit { spec }, &ExecutionState::default(), now)?;
         let mut state = ExecutionState::default();
@@ -184,9 +208,7 @@ impl Intake {
                 Schedule::new(self.journal.subjects(), &execution, Timer::Deadline, at, 0)
                     .publish(self.journal.jetstream())
                     .await
-                    .map_err(|e| {
-                        IntakeError::Store(format!("set the execution's deadline ({e})"))
-                    })?;
+                    .map_err(|e| IntakeError::store("set the execution's deadline", e))?;
             }
             let mut envelope = Envelope::new(
                 execution.clone(),
@@ -277,17 +299,35 @@ impl Intake {
                     .idempotency
                     .get(&store_key)
                     .await
-                    .map_err(|e| IntakeError::Store(format!("read an idempotency key ({e})")))?
+                    .map_err(|e| IntakeError::store("read an idempotency key", e))?
                     .and_then(|v| ExecutionId::new(String::from_utf8_lossy(&v)).ok());
                 // The key was claimed but its owner may not have recorded
                 // the execution yet (or died first): submitting under the
                 // owner's id is still exactly-once (expected sequence 0).
                 Ok(owner.unwrap_or(candidate))
             }
-            Err(e) => Err(IntakeError::Store(format!(
-                "claim an idempotency key ({e})"
-            ))),
+            Err(e) => Err(IntakeError::store("claim an idempotency key", e)),
         }
+    }
+
+    /// Copies the sealed environment of `from` to `to` (a retry runs with
+    /// its original's environment; the values never leave the bucket).
+    pub async fn copy_sealed_env(
+        &self,
+        from: &ExecutionId,
+        to: &ExecutionId,
+    ) -> Result<(), IntakeError> {
+        let value = self
+            .env
+            .get(from.as_str())
+            .await
+            .map_err(|e| IntakeError::store("read the sealed environment", e))?
+            .ok_or_else(|| IntakeError::EnvExpired(from.clone()))?;
+        self.env
+            .put(to.as_str(), value)
+            .await
+            .map_err(|e| IntakeError::store("seal the task environment", e))?;
+        Ok(())
     }
 
     async fn existing(&self, execution: ExecutionId) -> Result<Accepted, IntakeError> {

@@ -14,7 +14,9 @@
 //!   thrown away and rebuilt by replay, and [`snapshot`]ted so a restart
 //!   replays only the tail; [`live`] fans stored events out to SSE clients.
 //! - [`api`]: HTTP JSON, problem+json errors, Server-Sent Events; the
-//!   [`dashboard`] it serves at `/` reads them like any client.
+//!   dashboard it serves at `/` reads them like any client.
+//! - [`retry`]: a new execution with an ended one's spec, for the retry
+//!   route and bulk replays.
 //! - [`operations`]: bulk replays of dead letters and bulk cancels, by
 //!   filter, rate-limited, audited, each dead letter replayed at most once.
 //! - [`engine`] puts them together under one shutdown token; [`config`]
@@ -23,7 +25,6 @@
 
 pub mod api;
 pub mod config;
-pub mod dashboard;
 pub mod deadlines;
 pub mod engine;
 pub mod intake;
@@ -31,8 +32,10 @@ pub mod live;
 pub mod operations;
 pub mod projection;
 pub mod reactor;
+pub mod retry;
 pub mod snapshot;
 pub mod submit;
+mod supervisor;
 
 pub use config::{EngineConfig, NatsConfig};
 pub use engine::{Engine, EngineError};

@@ -40,7 +40,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use runlog_events::decider::{Command, Status};
 use runlog_events::event::DeadLetterReason;
-use runlog_events::journal::TransitionError;
+use runlog_events::journal::{Journal, TransitionError};
 use runlog_events::stream::{Layout, LayoutError};
 use runlog_events::{ErrorClass, ExecutionId, QueueName};
 use serde::{Deserialize, Serialize};
@@ -48,9 +48,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::ApiState;
-use crate::api::executions::{RetryRequest, retry_execution};
-use crate::projection::{DeadLetterFilter, Filter, OPERATION_LABEL};
+use crate::projection::{DeadLetterFilter, Filter, OPERATION_LABEL, Projection};
+use crate::retry::{Retries, RetryRequest};
 
 /// Replays or cancels per second when the request does not say.
 pub const DEFAULT_RATE: u32 = 100;
@@ -282,8 +281,47 @@ struct Claim {
 
 /// Why an operation could not be stored or read.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot {0}; is the NATS server reachable?")]
-pub struct OperationsError(String);
+pub enum OperationsError {
+    /// The record could not be written.
+    #[error("cannot record operation {id} ({source}); is the NATS server reachable?")]
+    Record {
+        /// The operation.
+        id: String,
+        /// The bucket's error.
+        source: kv::CreateError,
+    },
+    /// The record could not be read.
+    #[error("cannot read operation {id} ({source}); is the NATS server reachable?")]
+    Read {
+        /// The operation.
+        id: String,
+        /// The bucket's error.
+        source: kv::EntryError,
+    },
+    /// The record could not be updated.
+    #[error("cannot update operation {id} ({source}); is the NATS server reachable?")]
+    Update {
+        /// The operation.
+        id: String,
+        /// The bucket's error.
+        source: kv::UpdateError,
+    },
+    /// The records could not be listed.
+    #[error("cannot list operations ({0}); is the NATS server reachable?")]
+    List(#[source] kv::HistoryError),
+}
+
+/// The executions bulk operations act on: the read model that picks them,
+/// the log that cancels them, the retries that replay them.
+#[derive(Debug, Clone)]
+pub struct Executions {
+    /// Matches and the state of each.
+    pub projection: Arc<Projection>,
+    /// Cancels and the histories of replays.
+    pub journal: Journal,
+    /// Replays.
+    pub retries: Retries,
+}
 
 /// The outcome of [`Operations::cancel`].
 #[derive(Debug)]
@@ -393,7 +431,10 @@ impl Operations {
             .records
             .create(&operation.id, operation.encode())
             .await
-            .map_err(|e| OperationsError(format!("record the operation ({e})")))?;
+            .map_err(|source| OperationsError::Record {
+                id: operation.id.clone(),
+                source,
+            })?;
         let job = Job {
             operation: operation.clone(),
             revision,
@@ -417,7 +458,10 @@ impl Operations {
             .records
             .entry(id)
             .await
-            .map_err(|e| OperationsError(format!("read operation {id} ({e})")))?;
+            .map_err(|source| OperationsError::Read {
+                id: id.to_owned(),
+                source,
+            })?;
         Ok(entry
             .filter(|e| e.operation == kv::Operation::Put)
             .and_then(|e| {
@@ -428,10 +472,9 @@ impl Operations {
 
     /// Every operation, newest first.
     pub async fn list(&self) -> Result<Vec<Operation>, OperationsError> {
-        let fail = |e: &dyn std::fmt::Display| OperationsError(format!("list operations ({e})"));
         let keys: Vec<String> = match self.records.keys().await {
             Ok(keys) => keys.filter_map(|k| async move { k.ok() }).collect().await,
-            Err(e) => return Err(fail(&e)),
+            Err(e) => return Err(OperationsError::List(e)),
         };
         let mut operations = Vec::with_capacity(keys.len());
         for key in keys {
@@ -467,7 +510,12 @@ impl Operations {
                 }
                 // The runner wrote in between: read again.
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-                Err(e) => return Err(OperationsError(format!("cancel operation {id} ({e})"))),
+                Err(source) => {
+                    return Err(OperationsError::Update {
+                        id: id.to_owned(),
+                        source,
+                    });
+                }
             }
         }
     }
@@ -481,7 +529,7 @@ impl Operations {
     /// Runs the operations started on this engine, and resumes orphaned
     /// ones, until `shutdown`; then waits for its runners to record where
     /// they stopped.
-    pub async fn supervise(self, state: ApiState, shutdown: CancellationToken) {
+    pub async fn supervise(self, executions: Executions, shutdown: CancellationToken) {
         let Some(mut inbox) = self
             .inbox
             .lock()
@@ -501,12 +549,12 @@ impl Operations {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 job = inbox.recv() => match job {
-                    Some(job) => self.spawn(&mut runners, &state, job, &shutdown),
+                    Some(job) => self.spawn(&mut runners, &executions, job, &shutdown),
                     None => break,
                 },
                 _ = &mut scan => {
-                    if state.projection.is_caught_up() {
-                        if let Err(e) = self.resume_orphans(&mut runners, &state, &shutdown).await {
+                    if executions.projection.is_caught_up() {
+                        if let Err(e) = self.resume_orphans(&mut runners, &executions, &shutdown).await {
                             tracing::warn!(error = %e, "cannot look for bulk operations to resume");
                         }
                         pause = SCAN_EVERY;
@@ -522,17 +570,17 @@ impl Operations {
     fn spawn(
         &self,
         runners: &mut JoinSet<()>,
-        state: &ApiState,
+        executions: &Executions,
         job: Job,
         shutdown: &CancellationToken,
     ) {
         let stop = shutdown.child_token();
         self.lock_running()
             .insert(job.operation.id.clone(), stop.clone());
-        let (this, state, shutdown) = (self.clone(), state.clone(), shutdown.clone());
+        let (this, executions, shutdown) = (self.clone(), executions.clone(), shutdown.clone());
         runners.spawn(async move {
             let id = job.operation.id.clone();
-            this.run(&state, job, stop, &shutdown).await;
+            this.run(&executions, job, stop, &shutdown).await;
             this.lock_running().remove(&id);
         });
     }
@@ -542,12 +590,12 @@ impl Operations {
     async fn resume_orphans(
         &self,
         runners: &mut JoinSet<()>,
-        state: &ApiState,
+        executions: &Executions,
         shutdown: &CancellationToken,
     ) -> Result<(), OperationsError> {
         let keys: Vec<String> = match self.records.keys().await {
             Ok(keys) => keys.filter_map(|k| async move { k.ok() }).collect().await,
-            Err(e) => return Err(OperationsError(format!("list operations ({e})"))),
+            Err(e) => return Err(OperationsError::List(e)),
         };
         let stale = chrono::TimeDelta::from_std(STALE_AFTER).unwrap_or_default();
         for key in keys {
@@ -573,7 +621,7 @@ impl Operations {
                     operation: op,
                     revision,
                 };
-                self.spawn(runners, state, job, shutdown);
+                self.spawn(runners, executions, job, shutdown);
             }
         }
         Ok(())
@@ -583,7 +631,7 @@ impl Operations {
     /// as it goes, until done, cancelled, or `shutdown`.
     async fn run(
         &self,
-        state: &ApiState,
+        executions: &Executions,
         job: Job,
         stop: CancellationToken,
         shutdown: &CancellationToken,
@@ -593,10 +641,12 @@ impl Operations {
             mut revision,
         } = job;
         let ids = match op.kind {
-            OperationKind::Replay => state
+            OperationKind::Replay => executions
                 .projection
                 .dead_letter_ids(&op.filter.dead_letters(Some(op.upto_seq))),
-            OperationKind::Cancel => state.projection.ids(&op.filter.executions(), op.upto_seq),
+            OperationKind::Cancel => executions
+                .projection
+                .ids(&op.filter.executions(), op.upto_seq),
         };
         // Counted afresh on every (re)start: what an earlier run did shows
         // up as done (its replays carry this operation's label).
@@ -614,8 +664,8 @@ impl Operations {
             .take_until(stop.clone().cancelled_owned())
             .map(|id| async move {
                 let outcome = match ctx.op.kind {
-                    OperationKind::Replay => self.replay_one(state, ctx, &id).await,
-                    OperationKind::Cancel => cancel_one(state, ctx, &id).await,
+                    OperationKind::Replay => self.replay_one(executions, ctx, &id).await,
+                    OperationKind::Cancel => cancel_one(executions, ctx, &id).await,
                 };
                 (id, outcome)
             })
@@ -703,9 +753,14 @@ impl Operations {
     }
 
     /// Replays one dead letter, at most once across operations and engines.
-    async fn replay_one(&self, state: &ApiState, item: &Item, original: &ExecutionId) -> Outcome {
+    async fn replay_one(
+        &self,
+        executions: &Executions,
+        item: &Item,
+        original: &ExecutionId,
+    ) -> Outcome {
         let op = &item.op;
-        let replays = state.projection.replays_of(original);
+        let replays = executions.projection.replays_of(original);
         if replays
             .iter()
             .any(|r| r.operation.as_deref() == Some(&op.id))
@@ -739,7 +794,7 @@ impl Operations {
         if !ours {
             // Claimed by another operation: complete its replay if its
             // engine died before recording it, else leave it.
-            match state.journal.load(&claim.replay).await {
+            match executions.journal.load(&claim.replay).await {
                 Ok(history) if history.state.status != Status::New => return Outcome::Skipped,
                 Ok(_) => {}
                 Err(e) => return Outcome::Failed(e.to_string()),
@@ -749,15 +804,15 @@ impl Operations {
             id: Some(claim.replay.clone()),
             labels: BTreeMap::from([(OPERATION_LABEL.to_owned(), claim.operation.clone())]),
         };
-        match retry_execution(state, original, request).await {
+        match executions.retries.retry(original, request).await {
             Ok(_) if ours => Outcome::Done,
             Ok(_) => Outcome::Skipped,
-            Err(problem) => {
+            Err(e) => {
                 // Give the dead letter back, so a re-run can try it again.
                 if ours && let Err(e) = self.replays.delete(original.as_str()).await {
                     tracing::warn!(error = %e, %original, "cannot release a replay claim");
                 }
-                Outcome::Failed(format!("{}: {}", problem.code, problem.detail))
+                Outcome::Failed(e.to_string())
             }
         }
     }
@@ -795,9 +850,9 @@ fn count(op: &mut Operation, id: ExecutionId, outcome: Outcome) {
 /// Cancels one execution through the same path as the cancel route. The
 /// cancel's reason names the operation, which is how a resumed run knows
 /// its own work.
-async fn cancel_one(state: &ApiState, item: &Item, execution: &ExecutionId) -> Outcome {
+async fn cancel_one(executions: &Executions, item: &Item, execution: &ExecutionId) -> Outcome {
     let op = &item.op;
-    if let Some(entry) = state.projection.get(execution)
+    if let Some(entry) = executions.projection.get(execution)
         && (entry.state.status.is_terminal() || entry.state.cancel_requested)
     {
         let ours = entry.state.reason.is_some_and(|r| r.contains(&op.id));
@@ -816,7 +871,7 @@ async fn cancel_one(state: &ApiState, item: &Item, execution: &ExecutionId) -> O
         op.id,
         op.name
     );
-    match state
+    match executions
         .journal
         .transition(execution, &Command::RequestCancel { reason }, Utc::now())
         .await

@@ -16,8 +16,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{ApiState, Problem};
-use crate::intake::{Accepted, Submission};
+use crate::intake::Submission;
 use crate::projection::Filter;
+use crate::retry::RetryRequest;
 
 /// The body of `POST /v1/executions`: a task spec, plus the caller's
 /// execution id and correlation id. `env` values are sealed, never stored.
@@ -612,7 +613,11 @@ pub(super) async fn retry(State(state): State<ApiState>, Path(id): Path<String>)
     let Ok(execution) = ExecutionId::new(&id) else {
         return Problem::not_found(format!("execution {id:?}")).into_response();
     };
-    match retry_execution(&state, &execution, RetryRequest::default()).await {
+    match state
+        .retries
+        .retry(&execution, RetryRequest::default())
+        .await
+    {
         Ok(accepted) => (
             StatusCode::CREATED,
             Json(json!({
@@ -622,134 +627,8 @@ pub(super) async fn retry(State(state): State<ApiState>, Path(id): Path<String>)
             })),
         )
             .into_response(),
-        Err(problem) => problem.into_response(),
+        Err(e) => Problem::from(e).into_response(),
     }
-}
-
-/// What a retry adds to the original's spec.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct RetryRequest {
-    /// The new execution's id; generated when absent. A retry that names an
-    /// id is created at most once, however often it is repeated.
-    pub id: Option<ExecutionId>,
-    /// Labels added to (or replacing those of) the original's.
-    pub labels: BTreeMap<String, String>,
-}
-
-/// Starts a new execution with the spec (and the sealed environment) of
-/// `original`, linked to it by `retry_of`. Only an ended, unsuccessful
-/// execution can be retried. The single retry route and bulk replays both
-/// come here.
-pub(crate) async fn retry_execution(
-    state: &ApiState,
-    original: &ExecutionId,
-    request: RetryRequest,
-) -> Result<Accepted, Problem> {
-    let execution = original.clone();
-    // An ended execution's state in the read model is final; anything else
-    // (a failure not folded yet, say) is read from the log.
-    let status = match state.projection.get(original).map(|e| e.state.status) {
-        Some(status) if status.is_terminal() => status,
-        _ => {
-            self::history(state, original.as_str())
-                .await?
-                .1
-                .state
-                .status
-        }
-    };
-    if runlog_events::decider::may_retry(status).is_err() {
-        return Err(Problem::new(
-            StatusCode::CONFLICT,
-            "not_retryable",
-            format!(
-                "execution {execution} is {status}; only a dead-lettered, timed-out or cancelled \
-                 execution can be retried (a failed one still has its retry or dead letter to come)"
-            ),
-        ));
-    }
-    let (mut spec, correlation_id) = submission(state, &execution).await?;
-    spec.retry_of = Some(execution.clone());
-    spec.idempotency_key = None;
-    spec.env.clear();
-    spec.labels.extend(request.labels);
-    let retry_id = request.id.unwrap_or_else(ExecutionId::generate);
-    if !spec.sealed_env.is_empty() {
-        copy_sealed_env(state, &execution, &retry_id)
-            .await
-            .map_err(Problem::unavailable)?;
-    }
-    let submission = Submission {
-        spec,
-        execution: Some(retry_id),
-        correlation_id,
-        traceparent: None,
-    };
-    state
-        .intake
-        .submit(submission, Utc::now())
-        .await
-        .map_err(Problem::from)
-}
-
-/// The spec and correlation id an execution was submitted with: one read of
-/// the event that created it (`submitted`, or the first `queued`; literal
-/// subjects, found through the server's subject index), not of its whole
-/// history.
-async fn submission(
-    state: &ApiState,
-    execution: &ExecutionId,
-) -> Result<(TaskSpec, Option<String>), Problem> {
-    let stored = state
-        .intake
-        .journal()
-        .creation(execution)
-        .await
-        .map_err(Problem::unavailable)?
-        .ok_or_else(|| Problem::not_found(format!("the submission of {execution}")))?;
-    let envelope = codec::decode(&stored.headers, &stored.payload, &codec::Limits::default())
-        .map_err(|e| {
-            Problem::new(
-                StatusCode::CONFLICT,
-                "not_retryable",
-                format!(
-                    "the submission of {execution} cannot be read ({e}); submit the task again"
-                ),
-            )
-        })?;
-    match envelope.event {
-        Event::Submitted(submitted) => Ok((submitted.spec, envelope.correlation_id)),
-        Event::Queued(Queued {
-            spec: Some(spec), ..
-        }) => Ok((*spec, envelope.correlation_id)),
-        _ => Err(Problem::not_found(format!("the submission of {execution}"))),
-    }
-}
-
-async fn copy_sealed_env(
-    state: &ApiState,
-    from: &ExecutionId,
-    to: &ExecutionId,
-) -> Result<(), String> {
-    let store = state
-        .js
-        .get_key_value(state.subjects.env_bucket())
-        .await
-        .map_err(|e| format!("cannot open the env bucket: {e}"))?;
-    let value = store
-        .get(from.as_str())
-        .await
-        .map_err(|e| format!("cannot read the sealed environment: {e}"))?
-        .ok_or_else(|| {
-            format!(
-                "the sealed environment of {from} has expired; submit the task again with its env"
-            )
-        })?;
-    store
-        .put(to.as_str(), value)
-        .await
-        .map_err(|e| format!("cannot seal the environment: {e}"))?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -20,10 +20,11 @@
 //! | `POST /v1/dead-letters/replay` | replay dead letters by filter, once each (a bulk operation) |
 //! | `POST /v1/executions/cancel` | cancel executions by filter (a bulk operation) |
 //! | `GET /v1/operations`, `GET /v1/operations/{id}`, `POST /v1/operations/{id}/cancel` | bulk operations: audit, progress, cancel |
-//! | `GET /`, `GET /assets/{file}` | the [dashboard](crate::dashboard) |
+//! | `GET /`, `GET /assets/{file}` | the [dashboard](dashboard) |
 
 pub(crate) mod batch;
 mod breakers;
+mod dashboard;
 mod dead_letters;
 pub(crate) mod executions;
 pub mod problem;
@@ -71,6 +72,8 @@ pub struct ApiState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Bulk operations (replays, cancels).
     pub operations: crate::operations::Operations,
+    /// Retries of ended executions.
+    pub retries: crate::retry::Retries,
     /// The reactor's counters (messages it could not read, retries).
     pub reactor: Arc<crate::reactor::ReactorStats>,
     /// How long a running attempt may go silent (worker alive) before it is
@@ -114,7 +117,7 @@ pub fn router(state: ApiState) -> Router {
             "/v1/operations/{id}/cancel",
             post(dead_letters::cancel_operation),
         )
-        .merge(crate::dashboard::router())
+        .merge(dashboard::router())
         .fallback(|| async {
             Problem::new(
                 StatusCode::NOT_FOUND,

@@ -7,6 +7,7 @@ use runlog_events::Rejection;
 use serde::Serialize;
 
 use crate::intake::IntakeError;
+use crate::retry::RetryError;
 
 /// An API error as `application/problem+json`.
 #[derive(Debug, Clone, Serialize)]
@@ -85,6 +86,21 @@ impl From<IntakeError> for Problem {
         match e {
             IntakeError::Rejected(r) => r.into(),
             other => Problem::unavailable(other),
+        }
+    }
+}
+
+impl From<RetryError> for Problem {
+    fn from(e: RetryError) -> Self {
+        match e {
+            RetryError::NotFound(what) => Problem::not_found(what),
+            RetryError::NotRetryable { .. }
+            | RetryError::Unreadable { .. }
+            | RetryError::Intake(IntakeError::EnvExpired(_)) => {
+                Problem::new(StatusCode::CONFLICT, "not_retryable", e.to_string())
+            }
+            RetryError::Intake(e) => e.into(),
+            RetryError::Load(_) | RetryError::Read(_) => Problem::unavailable(e),
         }
     }
 }

@@ -16,7 +16,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::api::Problem;
+use super::Problem;
 
 /// A file of the dashboard.
 struct Asset {
@@ -53,7 +53,7 @@ const fn etag(bytes: &[u8]) -> [u8; 18] {
 
 macro_rules! asset {
     ($name:literal, $content_type:literal) => {{
-        const BODY: &[u8] = include_bytes!(concat!("../assets/dashboard/", $name));
+        const BODY: &[u8] = include_bytes!(concat!("../../assets/dashboard/", $name));
         const ETAG: [u8; 18] = etag(BODY);
         Asset {
             name: $name,
