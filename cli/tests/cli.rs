@@ -581,6 +581,62 @@ async fn workers_and_queues_show_the_cluster() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_no_live_worker_runs_is_accepted_with_a_warning_everywhere() -> Result<()> {
+    let stack = Stack::start("warnings").await?;
+    // Until the engine has seen the worker's registry entry, a kind the
+    // worker lacks reads as an unserved queue; wait for the sharper warning.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let run = loop {
+        let run = stack.runlog(&["submit", "plan"]).await?;
+        ensure!(run.code == 0, "accepted all the same: {run:?}");
+        if run
+            .stderr
+            .contains("no live worker runs kind \"plan\" on queue \"default\"")
+        {
+            break run;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no warning about the kind: {run:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    ensure!(run.stderr.starts_with("warning: "), "{run:?}");
+    // This worker dead-letters a kind it lacks at once (`invalid_input`);
+    // a task of a queue no worker serves waits, and says why while it does.
+    let answer = stack.json(&["submit", "echo", "--queue", "tf"]).await?;
+    ensure!(
+        answer["warning"] == "no live worker serves queue \"tf\"",
+        "{answer}"
+    );
+    let id = answer["id"].as_str().unwrap_or_default();
+    let status = stack.json(&["status", id]).await?;
+    ensure!(
+        status["warning"] == "no live worker serves queue \"tf\"",
+        "{status}"
+    );
+    let text = stack.runlog(&["status", id]).await?;
+    ensure!(text.stdout.contains("warning:"), "{text:?}");
+    let queues = stack.json(&["queues"]).await?;
+    let tf = queues["queues"]
+        .as_array()
+        .and_then(|q| q.iter().find(|q| q["queue"] == "tf"))
+        .cloned()
+        .unwrap_or_default();
+    ensure!(
+        tf["warning"] == "no live worker serves queue \"tf\"",
+        "{queues}"
+    );
+    // A task the worker runs gets none.
+    let fine = stack.runlog(&["submit", "echo"]).await?;
+    ensure!(
+        fine.code == 0 && !fine.stderr.contains("warning"),
+        "{fine:?}"
+    );
+    stack.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_prints_one_line_per_event_when_piped() -> Result<()> {
     use tokio::io::AsyncBufReadExt;
     let stack = Stack::start("watch").await?;

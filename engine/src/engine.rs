@@ -18,6 +18,7 @@ use crate::projection::Projection;
 use crate::reactor::{Reactor, ReactorStats};
 use crate::retry::Retries;
 use crate::supervisor::Supervisor;
+use crate::workers::LiveWorkers;
 
 /// Why the engine could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -133,10 +134,21 @@ impl Engine {
         live.start(&consumer, &subjects, shutdown.clone())
             .await
             .map_err(|e| EngineError::Subscribe(e.to_string()))?;
+        let workers = LiveWorkers::default();
+        {
+            let (view, js, subjects) = (workers.clone(), sub_js.clone(), subjects.clone());
+            tasks.restart("worker view", shutdown.clone(), move |stop| {
+                let (view, js, subjects) = (view.clone(), js.clone(), subjects.clone());
+                async move { view.follow(&js, &subjects, stop).await }
+            });
+        }
         crate::submit::serve(
             publisher.clone(),
             subjects.clone(),
-            intake.clone(),
+            crate::submit::Doors {
+                intake: intake.clone(),
+                workers: workers.clone(),
+            },
             shutdown.clone(),
         )
         .await
@@ -183,6 +195,7 @@ impl Engine {
             intake,
             journal,
             retries,
+            workers,
             projection: projection.clone(),
             live,
             subjects,

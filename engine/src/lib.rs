@@ -36,6 +36,7 @@ pub mod retry;
 pub mod snapshot;
 pub mod submit;
 mod supervisor;
+pub mod workers;
 
 pub use config::{EngineConfig, NatsConfig};
 pub use engine::{Engine, EngineError};

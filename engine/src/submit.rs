@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::batch;
 use crate::api::problem::Problem;
 use crate::intake::Intake;
+use crate::workers::LiveWorkers;
 
 /// Requests handled at once.
 const CONCURRENCY: usize = 64;
@@ -29,12 +30,21 @@ const CONCURRENCY: usize = 64;
 /// ([`BATCH_IN_FLIGHT`](crate::intake::BATCH_IN_FLIGHT)).
 const BATCH_CONCURRENCY: usize = 8;
 
+/// What a door hands its submissions to.
+#[derive(Debug, Clone)]
+pub struct Doors {
+    /// Records them.
+    pub intake: Intake,
+    /// Warns about tasks no live worker would take.
+    pub workers: LiveWorkers,
+}
+
 /// Serves `<p>.submit.*` and `<p>.submit-batch.*` on `client` until
 /// `shutdown`.
 pub async fn serve(
     client: async_nats::Client,
     subjects: Subjects,
-    intake: Intake,
+    intake: Doors,
     shutdown: CancellationToken,
 ) -> Result<(), async_nats::SubscribeError> {
     let p = subjects.prefix();
@@ -72,12 +82,12 @@ async fn door<F, Fut>(
     subject: String,
     group: String,
     concurrency: usize,
-    intake: &Intake,
+    intake: &Doors,
     shutdown: &CancellationToken,
     handle: F,
 ) -> Result<(), async_nats::SubscribeError>
 where
-    F: Fn(Intake, async_nats::Message) -> Fut + Send + Sync + 'static,
+    F: Fn(Doors, async_nats::Message) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = serde_json::Value> + Send,
 {
     let requests = client.queue_subscribe(subject, group).await?;
@@ -123,7 +133,7 @@ fn is_msgpack(message: &async_nats::Message) -> bool {
         .is_some_and(|v| v.as_str() == codec::MSGPACK)
 }
 
-async fn handle_batch(intake: Intake, message: async_nats::Message) -> serde_json::Value {
+async fn handle_batch(doors: Doors, message: async_nats::Message) -> serde_json::Value {
     if message.payload.len() > crate::api::MAX_BATCH_BODY {
         return error(
             "payload_too_large",
@@ -132,12 +142,14 @@ async fn handle_batch(intake: Intake, message: async_nats::Message) -> serde_jso
         );
     }
     match batch::read(&message.payload, is_msgpack(&message)) {
-        Ok(specs) => batch::submit_all(&intake, specs, queue_of(&message)).await,
+        Ok(specs) => {
+            batch::submit_all(&doors.intake, &doors.workers, specs, queue_of(&message)).await
+        }
         Err(problem) => batch::error(&problem),
     }
 }
 
-async fn handle(intake: Intake, message: async_nats::Message) -> serde_json::Value {
+async fn handle(doors: Doors, message: async_nats::Message) -> serde_json::Value {
     let queue = queue_of(&message);
     let msgpack = is_msgpack(&message);
     if message.payload.len() > crate::api::MAX_BODY {
@@ -147,14 +159,17 @@ async fn handle(intake: Intake, message: async_nats::Message) -> serde_json::Val
             None,
         );
     }
-    let body: Result<crate::api::SubmitBody, String> = if msgpack {
+    let value: Result<serde_json::Value, String> = if msgpack {
         rmp_serde::from_slice(&message.payload).map_err(|e| e.to_string())
     } else {
         serde_json::from_slice(&message.payload).map_err(|e| e.to_string())
     };
-    let mut body = match body {
-        Ok(body) => body,
-        Err(e) => return error("invalid_body", &e, None),
+    let mut body = match value.map_err(|e| error("invalid_body", &e, None)) {
+        Ok(value) => match crate::api::SubmitBody::read(value) {
+            Ok(body) => body,
+            Err(problem) => return batch::error(&problem),
+        },
+        Err(answer) => return answer,
     };
     if let Some(queue) = queue {
         body.spec.queue = queue;
@@ -163,8 +178,9 @@ async fn handle(intake: Intake, message: async_nats::Message) -> serde_json::Val
         Ok(submission) => submission,
         Err(problem) => return batch::error(&problem),
     };
-    let accepted = intake.submit(submission, Utc::now()).await;
-    batch::answer(accepted.map_err(Problem::from))
+    let warning = doors.workers.warning(&submission.spec);
+    let accepted = doors.intake.submit(submission, Utc::now()).await;
+    batch::answer(accepted.map_err(Problem::from), warning)
 }
 
 fn error(code: &str, detail: &str, field: Option<&str>) -> serde_json::Value {

@@ -506,6 +506,88 @@ async fn api_errors_are_problem_details_with_stable_codes() -> Result<()> {
 }
 
 #[tokio::test]
+async fn an_input_over_the_event_limit_but_within_the_body_limit_is_a_413_naming_the_limit()
+-> Result<()> {
+    let mut run = start().await?;
+    // The body fits the HTTP limit (1 MiB + 64 KiB); its `queued` event does
+    // not fit the event limit (1 MiB). Not a 503: NATS is fine.
+    let input = "x".repeat(1024 * 1024 + 20 * 1024);
+    let (status, problem) = run
+        .post("/v1/executions", json!({"kind": "shell", "input": input}))
+        .await?;
+    assert_eq!(status, 413, "{problem}");
+    assert_eq!(problem["code"], "payload_too_large");
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("limit of 1048576 bytes"), "{detail}");
+    // Nothing was recorded, and the next submission is fine.
+    let (status, _) = run.post("/v1/executions", json!({"kind": "echo"})).await?;
+    assert_eq!(status, 201);
+    run.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_bad_submission_names_its_field_by_json_path_through_both_doors() -> Result<()> {
+    let mut run = start().await?;
+    for (body, field, says) in [
+        (
+            json!({"kind": "shell", "priority": "urgent"}),
+            "priority",
+            "`high`, `normal`, `low`",
+        ),
+        (
+            json!({"kind": "shell", "queue": "bad queue!"}),
+            "queue",
+            "letters, digits",
+        ),
+        (
+            json!({"kind": "shell", "inptu": {}}),
+            "inptu",
+            "did you mean `input`?",
+        ),
+        (
+            json!({"kind": "shell", "retry": {"max_atempts": 2}}),
+            "retry.max_atempts",
+            "`max_attempts`",
+        ),
+        (
+            json!({"kind": "shell", "retry": {"max_attempts": "x"}}),
+            "retry.max_attempts",
+            "whole number",
+        ),
+        (
+            json!({"kind": "shell", "labels": {"team": 1}}),
+            "labels.team",
+            "expected a string",
+        ),
+        (json!({"kind": "shell", "id": 7}), "id", "expected a string"),
+    ] {
+        let (status, problem) = run.post("/v1/executions", body.clone()).await?;
+        assert_eq!(status, 422, "{body}: {problem}");
+        assert_eq!(problem["field"], field, "{body}: {problem}");
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(says), "{body}: {detail}");
+        assert!(!detail.contains("line 1"), "{body}: {detail}");
+        // The NATS door reads the same way.
+        let answer = run
+            .client
+            .request("runlog.submit.default", serde_json::to_vec(&body)?.into())
+            .await?;
+        let answer: Value = serde_json::from_slice(&answer.payload)?;
+        assert_eq!(answer["error"]["field"], field, "{body}: {answer}");
+    }
+    // Nothing of it was recorded.
+    let (_, list) = run.get("/v1/executions").await?;
+    assert_eq!(
+        list["executions"].as_array().map(Vec::len),
+        Some(0),
+        "{list}"
+    );
+    run.stop().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn listing_filters_and_pages_newest_first() -> Result<()> {
     let mut run = start().await?;
     let mut ids = Vec::new();

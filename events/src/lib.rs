@@ -29,6 +29,7 @@ pub mod schema;
 pub mod spec;
 pub mod stream;
 pub mod subject;
+pub mod submission;
 pub mod timer;
 pub mod work;
 

@@ -456,6 +456,7 @@ mod tests {
         assert_eq!(problem(404, "not_found").exit(), Exit::NotFound);
         assert_eq!(problem(409, "already_ended").exit(), Exit::Conflict);
         assert_eq!(problem(422, "invalid_task").exit(), Exit::Usage);
+        assert_eq!(problem(413, "payload_too_large").exit(), Exit::Usage);
         assert_eq!(problem(503, "unavailable").exit(), Exit::Unreachable);
         assert_eq!(problem(500, "http_500").exit(), Exit::Other);
     }

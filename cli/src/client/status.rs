@@ -48,6 +48,9 @@ fn print(e: &Execution) {
         status.push_str(" (cancel requested)");
     }
     field("status", status);
+    if let Some(warning) = &e.warning {
+        field("warning", warning.clone());
+    }
     if let Some(spec) = &e.spec {
         field("kind", spec.kind.clone());
         field(

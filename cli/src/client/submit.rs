@@ -127,6 +127,9 @@ pub async fn run(mut args: Args) -> Result<Exit, Error> {
     let raw: Value = client.post("/v1/executions", &body).await?;
     let accepted: Accepted = serde_json::from_value(raw.clone())
         .map_err(|e| Error::Protocol(format!("cannot read the engine's answer: {e}")))?;
+    if let Some(warning) = accepted.warning.as_deref().filter(|_| !args.conn.json()) {
+        eprintln!("warning: {warning}");
+    }
     if args.wait {
         if !args.conn.json() {
             eprintln!("{}", accepted_line(&accepted));
@@ -682,6 +685,18 @@ fn summarise(results: &[LineResult], name: &str, conn: &Conn) {
         "{name}: {submitted} submitted, {existing} existing (same id or idempotency key), {} failed",
         failed.len()
     );
+    // Each distinct warning once, with the lines it applies to.
+    let mut warnings: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+    for r in results {
+        if let Some(warning) = r.result["warning"].as_str() {
+            warnings.entry(warning).or_default().push(r.line);
+        }
+    }
+    for (warning, lines) in warnings {
+        let shown: Vec<String> = lines.iter().take(5).map(usize::to_string).collect();
+        let more = if lines.len() > 5 { ", ..." } else { "" };
+        eprintln!("warning: {warning} (lines {}{more})", shown.join(", "));
+    }
     for r in failed {
         let error = &r.result["error"];
         let field = match error["field"].as_str() {

@@ -19,6 +19,9 @@ pub struct Accepted {
     /// Whether the id or idempotency key was seen before.
     #[serde(default)]
     pub existing: bool,
+    /// Why no live worker would take it, when none would.
+    #[serde(default)]
+    pub warning: Option<String>,
 }
 
 /// `GET /v1/executions/{id}`.
@@ -35,6 +38,9 @@ pub struct Execution {
     /// A cancel was asked for and the worker not done yet.
     #[serde(default)]
     pub cancel_requested: bool,
+    /// Why no live worker would take it, while it waits for one.
+    #[serde(default)]
+    pub warning: Option<String>,
     /// The running attempt's latest progress.
     pub progress: Option<Progress>,
     /// The output, once succeeded.

@@ -762,7 +762,13 @@ function drawQueues(queues) {
     tr.dataset.queue = q.queue;
     tr.dataset.depth = String(q.depth ?? 0);
     const queued = q.queued || {};
-    tr.append(el('td', 'mono', q.queue));
+    const name = el('td', 'mono', q.queue);
+    if (q.warning) {
+      tr.dataset.warning = q.warning;
+      name.append(el('span', 'warn small', ' ⚠'));
+      name.title = q.warning;
+    }
+    tr.append(name);
     for (const p of ['high', 'normal', 'low']) tr.append(el('td', 'num', String(queued[p] ?? 0)));
     tr.append(el('td', 'num', String(q.running ?? 0)), el('td', 'num', String(q.retry_scheduled ?? 0)));
     body.append(tr);
@@ -1044,6 +1050,11 @@ function drawDetail(exec) {
   $('exec-view').dataset.status = d.status;
   $('cancel').disabled = exec.acting || TERMINAL.has(d.status) || d.cancel_requested;
   $('retry').disabled = exec.acting || !RETRYABLE.has(d.status);
+
+  // Why no live worker would take it, while it waits for one.
+  const warning = $('exec-warning');
+  warning.textContent = d.warning || '';
+  warning.hidden = !d.warning;
 
   const spec = d.spec || {};
   const facts = $('exec-facts');

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use super::executions::{field_named, invalid_body};
 use super::{ApiState, MAX_BODY, Problem, SubmitBody};
 use crate::intake::{Accepted, Intake};
+use crate::workers::LiveWorkers;
 
 /// The most specs one batch may hold.
 pub const MAX_BATCH: usize = 1000;
@@ -59,7 +60,7 @@ pub(super) async fn submit(
         .iter()
         .map(|raw| json_spec(raw.get()))
         .collect();
-    Json(submit_all(&state.intake, specs, None).await).into_response()
+    Json(submit_all(&state.intake, &state.workers, specs, None).await).into_response()
 }
 
 /// Reads a batch body, JSON or (with `msgpack`) MessagePack, into one spec
@@ -93,12 +94,14 @@ pub(crate) fn read(
 /// one) and answers `{"results": [...]}`, in the batch's order.
 pub(crate) async fn submit_all(
     intake: &Intake,
+    workers: &LiveWorkers,
     specs: Vec<Result<SubmitBody, Problem>>,
     queue: Option<QueueName>,
 ) -> Value {
     let mut results: Vec<Option<Result<Accepted, Problem>>> = Vec::with_capacity(specs.len());
     let mut submissions = Vec::with_capacity(specs.len());
     let mut positions = Vec::with_capacity(specs.len());
+    let mut warnings = Vec::with_capacity(specs.len());
     for spec in specs {
         let submission = spec.and_then(|mut body| {
             if let Some(queue) = &queue {
@@ -108,11 +111,15 @@ pub(crate) async fn submit_all(
         });
         match submission {
             Ok(submission) => {
+                warnings.push(workers.warning(&submission.spec));
                 positions.push(results.len());
                 submissions.push(submission);
                 results.push(None);
             }
-            Err(problem) => results.push(Some(Err(problem))),
+            Err(problem) => {
+                warnings.push(None);
+                results.push(Some(Err(problem)));
+            }
         }
     }
     let accepted = intake.submit_many(submissions, Utc::now()).await;
@@ -121,20 +128,29 @@ pub(crate) async fn submit_all(
     }
     let results: Vec<Value> = results
         .into_iter()
-        .map(|r| answer(r.expect("every spec has a result")))
+        .zip(warnings)
+        .map(|(r, warning)| answer(r.expect("every spec has a result"), warning))
         .collect();
     json!({ "results": results })
 }
 
 /// One submission's answer, as both intake doors over NATS and the batch
 /// route give it.
-pub(crate) fn answer(result: Result<Accepted, Problem>) -> Value {
+/// A `warning` says why no live worker would take the task
+/// ([`LiveWorkers::warning`]).
+pub(crate) fn answer(result: Result<Accepted, Problem>, warning: Option<String>) -> Value {
     match result {
-        Ok(accepted) => json!({
-            "id": accepted.execution,
-            "status": accepted.state.status,
-            "existing": accepted.existing,
-        }),
+        Ok(accepted) => {
+            let mut answer = json!({
+                "id": accepted.execution,
+                "status": accepted.state.status,
+                "existing": accepted.existing,
+            });
+            if let Some(warning) = warning {
+                answer["warning"] = json!(warning);
+            }
+            answer
+        }
         Err(problem) => error(&problem),
     }
 }
@@ -163,7 +179,8 @@ fn json_spec(raw: &str) -> Result<SubmitBody, Problem> {
     if raw.len() > MAX_BODY {
         return Err(spec_too_large(raw.len()));
     }
-    serde_json::from_str(raw).map_err(|e| bad_spec(e.to_string()))
+    // The batch parsed, so its elements are JSON.
+    SubmitBody::read(serde_json::from_str(raw).map_err(|e| bad_spec(e.to_string()))?)
 }
 
 fn msgpack_spec(value: Value) -> Result<SubmitBody, Problem> {
@@ -172,7 +189,7 @@ fn msgpack_spec(value: Value) -> Result<SubmitBody, Problem> {
     if rmp_serde::encode::write_named(&mut size, &value).is_ok() && size.0 > MAX_BODY {
         return Err(spec_too_large(size.0));
     }
-    serde_json::from_value(value).map_err(|e| bad_spec(e.to_string()))
+    SubmitBody::read(value)
 }
 
 /// A spec that is not a task: serde's sentence, with the field it names.

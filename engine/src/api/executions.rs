@@ -11,9 +11,11 @@ use chrono::{DateTime, Utc};
 use runlog_events::decider::{Command, Status};
 use runlog_events::event::{Event, LogBatch, LogStream, Queued, TimeoutScope};
 use runlog_events::journal::{History, TransitionError};
-use runlog_events::{Envelope, ExecutionId, QueueName, TaskError, TaskSpec, codec, direct};
+use runlog_events::{
+    Envelope, ExecutionId, QueueName, TaskError, TaskSpec, codec, direct, submission,
+};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::{ApiState, Problem};
 use crate::intake::Submission;
@@ -22,20 +24,55 @@ use crate::retry::RetryRequest;
 
 /// The body of `POST /v1/executions`: a task spec, plus the caller's
 /// execution id and correlation id. `env` values are sealed, never stored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug)]
 pub struct SubmitBody {
     /// The task.
-    #[serde(flatten)]
     pub spec: TaskSpec,
     /// The execution id to use (a subject token); generated when absent.
-    #[serde(default)]
     pub id: Option<String>,
     /// Groups executions that belong together.
-    #[serde(default)]
     pub correlation_id: Option<String>,
 }
 
 impl SubmitBody {
+    /// Reads a submission strictly (`runlog_events::submission`): an
+    /// unknown field is refused with the nearest known one, and a bad value
+    /// is named by its JSON path.
+    pub fn read(mut value: Value) -> Result<SubmitBody, Problem> {
+        let mut text = |name: &str| -> Result<Option<String>, Problem> {
+            match value.as_object_mut().and_then(|o| o.remove(name)) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s)),
+                Some(other) => Err(Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_body",
+                    format!("{name}: expected a string, found {other}"),
+                )
+                .field(name)),
+            }
+        };
+        let id = text("id")?;
+        let correlation_id = text("correlation_id")?;
+        let spec = submission::read_spec(value, &["id", "correlation_id"]).map_err(|e| {
+            let detail = if e.field.is_empty() {
+                e.reason
+            } else {
+                format!("{}: {}", e.field, e.reason)
+            };
+            let problem = Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", detail);
+            if e.field.is_empty() {
+                problem
+            } else {
+                problem.field(e.field)
+            }
+        })?;
+        Ok(SubmitBody {
+            spec,
+            id,
+            correlation_id,
+        })
+    }
+
     /// The submission this body asks for; a malformed `id` is refused with
     /// its field.
     pub(crate) fn into_submission(self) -> Result<Submission, Problem> {
@@ -58,16 +95,17 @@ impl SubmitBody {
 
 pub(super) async fn submit(
     State(state): State<ApiState>,
-    body: Result<Json<SubmitBody>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> Response {
     let Json(body) = match body {
         Ok(body) => body,
         Err(e) => return invalid_body(e).into_response(),
     };
-    let submission = match body.into_submission() {
+    let submission = match SubmitBody::read(body).and_then(SubmitBody::into_submission) {
         Ok(submission) => submission,
         Err(problem) => return problem.into_response(),
     };
+    let warning = state.workers.warning(&submission.spec);
     match state.intake.submit(submission, Utc::now()).await {
         Ok(accepted) => {
             let status = if accepted.existing {
@@ -75,11 +113,14 @@ pub(super) async fn submit(
             } else {
                 StatusCode::CREATED
             };
-            let body = json!({
+            let mut body = json!({
                 "id": accepted.execution,
                 "status": accepted.state.status,
                 "existing": accepted.existing,
             });
+            if let Some(warning) = warning {
+                body["warning"] = json!(warning);
+            }
             (status, Json(body)).into_response()
         }
         Err(e) => Problem::from(e).into_response(),
@@ -375,8 +416,22 @@ pub(super) async fn get(State(state): State<ApiState>, Path(id): Path<String>) -
         "last_log_at": liveness.as_ref().and_then(|l| l.last_log_at),
         "last_heartbeat_at": liveness.as_ref().and_then(|l| l.last_heartbeat_at),
         "stuck": liveness.as_ref().is_some_and(|l| l.stuck),
+        "warning": waiting_warning(&state, s),
     }))
     .into_response()
+}
+
+/// Why an execution waiting for an attempt may wait forever: no live
+/// worker would take it.
+fn waiting_warning(state: &ApiState, s: &runlog_events::ExecutionState) -> Option<String> {
+    let waiting = matches!(s.status, Status::Queued | Status::RetryScheduled);
+    waiting
+        .then(|| {
+            s.spec
+                .as_deref()
+                .and_then(|spec| state.workers.warning(spec))
+        })
+        .flatten()
 }
 
 /// When the running attempt last showed a sign of life.

@@ -72,6 +72,8 @@ pub struct ApiState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Bulk operations (replays, cancels).
     pub operations: crate::operations::Operations,
+    /// The live workers (warnings about tasks none would take).
+    pub workers: crate::workers::LiveWorkers,
     /// Retries of ended executions.
     pub retries: crate::retry::Retries,
     /// The reactor's counters (messages it could not read, retries).
@@ -159,18 +161,27 @@ async fn readyz(State(state): State<ApiState>) -> Response {
 }
 
 async fn queues(State(state): State<ApiState>) -> Response {
+    let served = state.workers.served();
     let queues: Vec<_> = state
         .projection
         .queues()
         .into_iter()
         .map(|(name, tally)| {
-            json!({
+            let workers = served
+                .as_ref()
+                .map(|s| s.get(name.as_str()).copied().unwrap_or(0));
+            let mut queue = json!({
                 "queue": name,
                 "queued": tally.queued,
                 "depth": tally.queued.values().sum::<u64>(),
                 "running": tally.running,
                 "retry_scheduled": tally.retry_scheduled,
-            })
+                "workers": workers,
+            });
+            if workers == Some(0) {
+                queue["warning"] = json!(format!("no live worker serves queue \"{name}\""));
+            }
+            queue
         })
         .collect();
     axum::Json(json!({ "queues": queues })).into_response()

@@ -4,6 +4,8 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use runlog_events::Rejection;
+use runlog_events::codec::EncodeError;
+use runlog_events::journal::AppendError;
 use serde::Serialize;
 
 use crate::intake::IntakeError;
@@ -85,6 +87,13 @@ impl From<IntakeError> for Problem {
     fn from(e: IntakeError) -> Self {
         match e {
             IntakeError::Rejected(r) => r.into(),
+            IntakeError::Append(AppendError::Encode(e @ EncodeError::TooLarge { .. })) => {
+                Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    e.to_string(),
+                )
+            }
             other => Problem::unavailable(other),
         }
     }

@@ -276,6 +276,19 @@ pub enum EncodeError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// The event is larger than runlog stores (and decoders accept).
+    #[error(
+        "the {event_type} event would be {size} bytes, over the limit of {limit} bytes; \
+         keep large inputs and outputs out of events (a URL or a path the task reads)"
+    )]
+    TooLarge {
+        /// The event type.
+        event_type: EventType,
+        /// The encoded body's size.
+        size: usize,
+        /// The limit ([`DEFAULT_MAX_PAYLOAD`]).
+        limit: usize,
+    },
     /// The serializer failed (a map with non-string keys, say).
     #[error("cannot serialize the {event_type} body: {reason}")]
     Body {
@@ -287,9 +300,18 @@ pub enum EncodeError {
 }
 
 /// Encodes `envelope` as runlog stores it: structured mode in `format`, with
-/// `Content-Type` and `Nats-Msg-Id` headers.
+/// `Content-Type` and `Nats-Msg-Id` headers. A body over
+/// [`DEFAULT_MAX_PAYLOAD`], which no decoder would accept back (nor a
+/// nats-server with its default `max_payload`), is refused.
 pub fn encode(envelope: &Envelope, format: Format) -> Result<(HeaderMap, Bytes), EncodeError> {
     let body = structured::encode(envelope, format)?;
+    if body.len() > DEFAULT_MAX_PAYLOAD {
+        return Err(EncodeError::TooLarge {
+            event_type: envelope.event.event_type(),
+            size: body.len(),
+            limit: DEFAULT_MAX_PAYLOAD,
+        });
+    }
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, format.structured_content_type());
     headers.insert(header::MSG_ID, envelope.msg_id().as_str());

@@ -36,6 +36,13 @@ pub struct WorkerEntry {
     pub version: String,
     /// The queues it takes work from.
     pub queues: Vec<String>,
+    /// The task kinds it runs (its handlers), sorted.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// How often it rewrites this entry, in milliseconds: an entry not
+    /// rewritten for three of these belongs to a worker that is gone.
+    #[serde(default)]
+    pub heartbeat_ms: u64,
     /// Its labels.
     pub labels: BTreeMap<String, String>,
     /// Its slots.

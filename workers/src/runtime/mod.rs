@@ -429,6 +429,7 @@ impl Worker {
             subjects.clone(),
             format!("/runlog/worker/{}", config.id),
         );
+        let kinds = registry.kinds();
         let services_stop = CancellationToken::new();
         let signals = signals::Signals::start(&client, &subjects, services_stop.clone()).await?;
         let shared = Arc::new(execution::Shared {
@@ -456,6 +457,8 @@ impl Worker {
             host: host_name(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             queues: config.queues.iter().map(|q| q.to_string()).collect(),
+            kinds,
+            heartbeat_ms: config.heartbeat.as_millis() as u64,
             labels: config.labels.clone(),
             concurrency: config.concurrency.get(),
             capacity: config.capacity.clone(),
