@@ -353,8 +353,8 @@ impl Breakers {
             return;
         };
         let verdict = match outcome {
-            Outcome::Succeeded(_) => Verdict::Success,
-            Outcome::Failed(error) => breaker::verdict_of(error.class),
+            Outcome::Succeeded { .. } => Verdict::Success,
+            Outcome::Failed { error } => breaker::verdict_of(error.class),
             Outcome::TimedOut => Verdict::Failure,
             Outcome::Cancelled => Verdict::Ignored,
         };

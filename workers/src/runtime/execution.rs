@@ -333,7 +333,7 @@ async fn run(shared: Arc<Shared>, claim: Claiming, hard_stop: CancellationToken)
         Ok::<_, TaskError>((env, handler))
     };
     let ending = match prepared.await {
-        Err(error) => Ending::Recorded(Outcome::Failed(error)),
+        Err(error) => Ending::Recorded(Outcome::Failed { error }),
         Ok((env, handler)) => {
             let deadline = spec
                 .attempt_timeout_ms
@@ -460,15 +460,14 @@ async fn supervise(
 
 fn outcome_of(result: Result<HandlerResult, tokio::task::JoinError>) -> Outcome {
     match result {
-        Ok(Ok(output)) => Outcome::Succeeded(output),
-        Ok(Err(error)) => Outcome::Failed(error),
-        Err(e) if e.is_panic() => {
-            Outcome::Failed(TaskError::new(ErrorClass::Crashed, "the handler panicked"))
-        }
-        Err(_) => Outcome::Failed(TaskError::new(
-            ErrorClass::Crashed,
-            "the handler was aborted",
-        )),
+        Ok(Ok(output)) => Outcome::Succeeded { output },
+        Ok(Err(error)) => Outcome::Failed { error },
+        Err(e) if e.is_panic() => Outcome::Failed {
+            error: TaskError::new(ErrorClass::Crashed, "the handler panicked"),
+        },
+        Err(_) => Outcome::Failed {
+            error: TaskError::new(ErrorClass::Crashed, "the handler was aborted"),
+        },
     }
 }
 
