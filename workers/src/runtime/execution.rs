@@ -36,7 +36,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::breakers::{Breakers, Gate, Permit};
+use super::breaker::{Breakers, Gate, Permit};
 use super::environment::{self, SecretSource};
 use super::limits::{Admission, LimitKeys, Limits};
 use super::liveness::{Running, RunningAttempt};

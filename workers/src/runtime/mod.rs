@@ -43,7 +43,6 @@
 //! ```
 
 pub mod breaker;
-mod breakers;
 pub mod capacity;
 mod dispatch;
 pub mod environment;
@@ -70,8 +69,7 @@ use tokio::sync::{OnceCell, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use breaker::BreakerConfig;
-pub use breakers::{BreakerView, breaker_key};
+pub use breaker::{BreakerConfig, BreakerView, breaker_key};
 pub use capacity::{CapacityRule, CapacityRuleError};
 pub use environment::{EnvSecrets, SecretSource};
 pub use guard::{GuardConfig, ResourceProbe, SystemProbe, Usage};
@@ -411,7 +409,7 @@ impl Worker {
         )
         .await?;
 
-        let breakers = breakers::Breakers::open(
+        let breakers = breaker::Breakers::open(
             &js,
             &layout,
             config.breakers,
