@@ -9,7 +9,8 @@
 //!
 //! While it runs, a [`Reporter`] publishes the attempt's telemetry
 //! (progress, log batches, heartbeats) on the telemetry subjects, outside
-//! the concurrency check. [`Attempt::finish`] records how it ended.
+//! the concurrency check. [`Attempt::finish`] records how it ended, as
+//! the core resolves it against the log (`Command::Finish`).
 
 use chrono::{DateTime, Utc};
 use runlog_events::decider::{Command, ExecutionState, Rejection, Status};

@@ -1,11 +1,14 @@
-//! Built-in executors: `shell` and `http`, each a [`Handler`](crate::Handler).
+//! Built-in executors: `shell`, `http` and `echo`, each a
+//! [`Handler`](crate::Handler).
 //!
 //! [`shell`] runs a program (or, when asked, a `sh -c` script) in its own
 //! process group, streams its output line by line to the attempt's log,
 //! parses progress and result fields from that output, and stops the whole
 //! group on cancellation or deadline. [`http`] makes one HTTP request and
-//! classifies the answer so retries do the right thing. [`builtin`] puts
-//! both in a [`Registry`](crate::Registry) under their kind names.
+//! classifies the answer so retries do the right thing. [`echo`] returns
+//! its input. [`builtin`] puts all three in a [`Registry`](crate::Registry)
+//! under their kind names. What they share (why an attempt stops, masking
+//! secret values in messages) is here.
 //!
 //! The input formats are described for users in `docs/executors.md`.
 

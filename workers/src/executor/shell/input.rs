@@ -42,8 +42,8 @@ pub struct ShellInput {
     /// absent, standard input is `/dev/null`.
     pub stdin: Option<String>,
     /// Bytes of each stream kept in the output (half from the start, half
-    /// from the end). Default [`DEFAULT_CAPTURE_BYTES`], at most
-    /// [`MAX_CAPTURE_BYTES`].
+    /// from the end). Default [`DEFAULT_CAPTURE_BYTES`](super::DEFAULT_CAPTURE_BYTES), at most
+    /// [`MAX_CAPTURE_BYTES`](super::MAX_CAPTURE_BYTES).
     pub capture_bytes: Option<usize>,
     /// How to read progress from output lines.
     pub progress: Option<ProgressPattern>,
@@ -57,7 +57,7 @@ pub struct ShellInput {
     #[serde(default)]
     pub retryable_exit_codes: Vec<i32>,
     /// Milliseconds between `SIGTERM` and `SIGKILL` when the attempt is
-    /// stopped. Default [`DEFAULT_KILL_GRACE_MS`].
+    /// stopped. Default [`DEFAULT_KILL_GRACE_MS`](super::DEFAULT_KILL_GRACE_MS).
     pub kill_grace_ms: Option<u64>,
 }
 
