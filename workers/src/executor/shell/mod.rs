@@ -25,7 +25,8 @@ use nix::sys::signal::Signal;
 use runlog_events::{ErrorClass, TaskError};
 use serde_json::Value;
 
-use super::{StopReason, mask};
+use crate::executor::mask::mask;
+use crate::executor::stop::StopReason;
 use crate::handler::{Context, Handler, HandlerResult};
 
 mod capture;

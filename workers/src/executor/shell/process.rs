@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, Command};
 
 use super::capture::{Lines, Shared};
-use crate::executor::{StopReason, stop_requested};
+use crate::executor::stop::{StopReason, stop_requested};
 use crate::handler::Context;
 
 /// How long to wait for the pipes or the leader after `SIGKILL`: only a
