@@ -511,11 +511,41 @@ pub enum Command {
         /// Why.
         reason: String,
     },
-    /// The worker stopped the attempt after a cancel request.
-    ConfirmCancel {
+    /// The worker of a running attempt reports how it ended, and `decide`
+    /// records what the log makes of it: after a recorded cancel request a
+    /// result or an error ends the attempt `cancelled`; a cancel signal
+    /// without a recorded request ends it `failed` with class `cancelled`;
+    /// a timeout is a timeout either way.
+    Finish {
         /// The attempt.
         attempt: u32,
+        /// How it ended, as the worker saw it.
+        outcome: Outcome,
     },
+}
+
+/// How a running attempt ended, as its worker saw it (the log may know
+/// better: see [`Command::Finish`]).
+///
+/// On the wire it is an object whose `ended` field names the variant:
+/// `{"ended": "succeeded", "output": …}`, `{"ended": "cancelled"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "ended", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The handler returned an output.
+    Succeeded {
+        /// The output.
+        output: serde_json::Value,
+    },
+    /// The handler returned an error.
+    Failed {
+        /// The error.
+        error: TaskError,
+    },
+    /// The worker stopped the attempt after a cancel signal.
+    Cancelled,
+    /// The attempt ran past its deadline and was stopped.
+    TimedOut,
 }
 
 /// Why a command was refused. Each has a stable [`code`](Rejection::code).
@@ -860,19 +890,40 @@ pub fn decide(
                 }),
             )],
         },
-        Command::ConfirmCancel { attempt } => {
+        Command::Finish { attempt, outcome } => {
             running(*attempt)?;
-            if !state.cancel_requested {
-                return Err(wrong());
-            }
-            vec![fact(
-                a,
-                Event::Cancelled(Cancelled {
-                    reason: state.reason.clone().unwrap_or_default(),
-                }),
-            )]
+            vec![fact(a, ending(state, outcome))]
         }
     })
+}
+
+/// The event that records how the running attempt of `state` ended.
+fn ending(state: &ExecutionState, outcome: &Outcome) -> Event {
+    match outcome {
+        // The deadline stopped it, whatever else was asked meanwhile.
+        Outcome::TimedOut => Event::TimedOut(TimedOut {
+            scope: TimeoutScope::Attempt,
+        }),
+        // A result never lands after a recorded cancel: the signal was
+        // missed, or raced the result; the attempt ends cancelled.
+        _ if state.cancel_requested => Event::Cancelled(Cancelled {
+            reason: state.reason.clone().unwrap_or_default(),
+        }),
+        Outcome::Succeeded { output } => Event::Succeeded(Succeeded {
+            output: output.clone(),
+        }),
+        Outcome::Failed { error } => Event::Failed(Failed {
+            error: error.clone(),
+        }),
+        // A cancel signal without a recorded request (a foreign publish on
+        // the cancel subject) stopped the task all the same.
+        Outcome::Cancelled => Event::Failed(Failed {
+            error: TaskError::new(
+                ErrorClass::Cancelled,
+                "stopped by a cancel signal that has no recorded cancel request",
+            ),
+        }),
+    }
 }
 
 /// The `queued` of an attempt of `spec`, without the spec.
@@ -908,6 +959,6 @@ fn command_name(command: &Command) -> &'static str {
         Command::ResolveFailure { .. } => "resolve the failure of",
         Command::GiveUp { .. } => "give up",
         Command::RequestCancel { .. } => "cancel",
-        Command::ConfirmCancel { .. } => "confirm the cancel of",
+        Command::Finish { .. } => "finish",
     }
 }

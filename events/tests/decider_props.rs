@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use proptest::prelude::*;
-use runlog_events::decider::{self, Command, ExecutionState, check, decide, evolve};
+use runlog_events::decider::{
+    self, Command, ExecutionState, Outcome, Rejection, Status, check, decide, evolve,
+};
 use runlog_events::event::{
     AttemptLost, CancelRequested, Cancelled, DeadLetterReason, DeadLettered, Failed, Heartbeat,
     LogBatch, LogLine, LogStream, Progress, Queued, Rejected, RetryScheduled, Started, Submitted,
@@ -103,7 +105,7 @@ enum Cmd {
     Resolve(f64),
     GiveUp(Pick),
     Cancel,
-    ConfirmCancel(Pick),
+    Finish(Pick, Outcome),
 }
 
 fn arb_cmd() -> impl Strategy<Value = Cmd> {
@@ -123,7 +125,18 @@ fn arb_cmd() -> impl Strategy<Value = Cmd> {
         3 => (0.0f64..=1.0).prop_map(Cmd::Resolve),
         1 => arb_pick().prop_map(Cmd::GiveUp),
         1 => Just(Cmd::Cancel),
-        1 => arb_pick().prop_map(Cmd::ConfirmCancel),
+        3 => (arb_pick(), arb_outcome()).prop_map(|(p, o)| Cmd::Finish(p, o)),
+    ]
+}
+
+fn arb_outcome() -> impl Strategy<Value = Outcome> {
+    prop_oneof![
+        Just(Outcome::Succeeded {
+            output: serde_json::json!({"ok": true})
+        }),
+        arb_error().prop_map(|error| Outcome::Failed { error }),
+        Just(Outcome::Cancelled),
+        Just(Outcome::TimedOut),
     ]
 }
 
@@ -182,7 +195,10 @@ fn command(cmd: &Cmd, state: &ExecutionState) -> Command {
         Cmd::Cancel => Command::RequestCancel {
             reason: "operator".into(),
         },
-        Cmd::ConfirmCancel(p) => Command::ConfirmCancel { attempt: at(p) },
+        Cmd::Finish(p, outcome) => Command::Finish {
+            attempt: at(p),
+            outcome,
+        },
     }
 }
 
@@ -295,6 +311,83 @@ fn arb_envelope() -> impl Strategy<Value = Envelope> {
         })
 }
 
+/// How a worker recorded an outcome before [`Command::Finish`]: the command
+/// for what it saw, then, on each refusal, the next rule (a result refused
+/// for a cancel request becomes the cancel confirmation; a confirmation
+/// without a request becomes a failure of class `cancelled`).
+fn by_fallbacks(
+    state: &ExecutionState,
+    attempt: u32,
+    outcome: &Outcome,
+    now: DateTime<Utc>,
+) -> Result<Vec<decider::Fact>, Rejection> {
+    #[allow(clippy::large_enum_variant)] // one per case
+    enum Step {
+        Record(Command),
+        ConfirmCancel,
+    }
+    // The command it replaced: the attempt runs, and a cancel was requested.
+    let confirm_cancel = || {
+        let alive = Command::Heartbeat {
+            attempt,
+            worker: "w0".into(),
+        };
+        decide(&alive, state, now)?;
+        if !state.cancel_requested {
+            return Err(Rejection::WrongStatus {
+                command: "confirm the cancel of",
+                status: state.status,
+            });
+        }
+        let reason = state.reason.clone().unwrap_or_default();
+        Ok(vec![decider::Fact {
+            attempt: state.attempt,
+            event: Event::Cancelled(Cancelled { reason }),
+        }])
+    };
+    let mut step = match outcome.clone() {
+        Outcome::Succeeded { output } => Step::Record(Command::Succeed { attempt, output }),
+        Outcome::Failed { error } => Step::Record(Command::Fail { attempt, error }),
+        Outcome::Cancelled => Step::ConfirmCancel,
+        Outcome::TimedOut => Step::Record(Command::TimeOutAttempt { attempt }),
+    };
+    loop {
+        let result = match &step {
+            Step::Record(command) => decide(command, state, now),
+            Step::ConfirmCancel => confirm_cancel(),
+        };
+        step = match (result, &step) {
+            (Ok(facts), _) => return Ok(facts),
+            (Err(Rejection::CancelRequested), _) => Step::ConfirmCancel,
+            (
+                Err(Rejection::WrongStatus {
+                    status: Status::Running,
+                    ..
+                }),
+                Step::ConfirmCancel,
+            ) => Step::Record(Command::Fail {
+                attempt,
+                error: TaskError::new(
+                    ErrorClass::Cancelled,
+                    "stopped by a cancel signal that has no recorded cancel request",
+                ),
+            }),
+            (Err(e), _) => return Err(e),
+        };
+    }
+}
+
+/// A rejection without the command's name, which differs between commands.
+fn unnamed(rejection: Rejection) -> Rejection {
+    match rejection {
+        Rejection::WrongStatus { status, .. } => Rejection::WrongStatus {
+            command: "",
+            status,
+        },
+        other => other,
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(CASES))]
 
@@ -341,6 +434,62 @@ proptest! {
         prop_assert_eq!(decider::fold(&log), state);
         let mixed: Vec<Envelope> = log.iter().chain(noise.iter()).cloned().collect();
         prop_assert_eq!(decider::fold(&mixed), decider::fold(&mixed));
+    }
+
+    /// `Finish` records what the chain of commands it replaced recorded,
+    /// or refuses what that chain refused; when it records, it is one
+    /// event that ends the running attempt.
+    #[test]
+    fn finish_resolves_like_the_fallbacks_it_replaces(
+        cmds in prop::collection::vec(arb_cmd(), 0..40),
+        pick in arb_pick(),
+        outcome in arb_outcome(),
+    ) {
+        let (state, _) = run(&cmds)?;
+        let attempt = match pick {
+            Pick::Current => state.attempt,
+            Pick::Fixed(n) => n,
+        };
+        let finish = Command::Finish { attempt, outcome: outcome.clone() };
+        let now = t0();
+        let decided = decide(&finish, &state, now);
+        let expected = by_fallbacks(&state, attempt, &outcome, now);
+        prop_assert_eq!(decided.clone().map_err(unnamed), expected.map_err(unnamed));
+        if let Ok(facts) = decided {
+            prop_assert_eq!(facts.len(), 1);
+            let env = Envelope::new(exec(), facts[0].attempt, now, "/props", facts[0].event.clone());
+            let after = evolve(state.clone(), &env);
+            prop_assert_ne!(after.status, Status::Running, "the attempt still runs: {:?}", env.event);
+            if state.cancel_requested && outcome != Outcome::TimedOut {
+                prop_assert_eq!(after.status, Status::Cancelled);
+            }
+        }
+    }
+
+    /// Each attempt ends once (succeeded, failed, timed out or lost), and
+    /// each execution reaches one terminal event.
+    #[test]
+    fn every_attempt_and_execution_ends_at_most_once(
+        cmds in prop::collection::vec(arb_cmd(), 0..60),
+    ) {
+        let (_, log) = run(&cmds)?;
+        let mut ended = BTreeMap::new();
+        for env in &log {
+            let ends_attempt = match &env.event {
+                Event::Succeeded(_) | Event::Failed(_) | Event::AttemptLost(_) => true,
+                Event::TimedOut(t) => t.scope == TimeoutScope::Attempt,
+                _ => false,
+            };
+            if ends_attempt {
+                *ended.entry(env.attempt).or_insert(0u32) += 1;
+            }
+        }
+        prop_assert!(ended.values().all(|&n| n == 1), "attempt endings: {ended:?}");
+        let terminal = log
+            .iter()
+            .filter(|env| decider::status_after(&env.event).is_terminal())
+            .count();
+        prop_assert!(terminal <= 1, "{terminal} terminal events");
     }
 }
 
@@ -439,8 +588,67 @@ fn a_result_cannot_land_after_a_cancel_request() {
         decide(&succeed, &state, t0()).unwrap_err(),
         runlog_events::Rejection::CancelRequested
     );
-    let facts = decide(&Command::ConfirmCancel { attempt: 1 }, &state, t0()).unwrap();
-    assert!(matches!(facts[0].event, Event::Cancelled(_)));
+    let finish = |outcome| Command::Finish {
+        attempt: 1,
+        outcome,
+    };
+    for outcome in [
+        Outcome::Succeeded {
+            output: serde_json::Value::Null,
+        },
+        Outcome::Failed {
+            error: TaskError::new(ErrorClass::Network, "reset"),
+        },
+        Outcome::Cancelled,
+    ] {
+        let facts = decide(&finish(outcome.clone()), &state, t0()).unwrap();
+        assert!(
+            matches!(&facts[..], [fact] if matches!(fact.event, Event::Cancelled(_))),
+            "{outcome:?} ended as {facts:?}"
+        );
+    }
+    let facts = decide(&finish(Outcome::TimedOut), &state, t0()).unwrap();
+    assert!(matches!(
+        &facts[..],
+        [fact] if fact.event == Event::TimedOut(TimedOut { scope: TimeoutScope::Attempt })
+    ));
+}
+
+#[test]
+fn a_cancel_signal_without_a_cancel_request_fails_the_attempt_as_cancelled() {
+    let (state, _) = run(&[
+        Cmd::Submit(TaskSpec::new("shell")),
+        Cmd::Enqueue,
+        Cmd::Claim(1, false),
+        Cmd::Finish(Pick::Current, Outcome::Cancelled),
+    ])
+    .unwrap();
+    assert_eq!(state.status, Status::Failed);
+    assert_eq!(state.errors[0].error.class, ErrorClass::Cancelled);
+}
+
+#[test]
+fn a_lost_attempt_cannot_finish() {
+    let (state, _) = run(&[
+        Cmd::Submit(TaskSpec::new("shell")),
+        Cmd::Enqueue,
+        Cmd::Claim(1, false),
+        Cmd::Claim(2, true),
+    ])
+    .unwrap();
+    let late = Command::Finish {
+        attempt: 1,
+        outcome: Outcome::Succeeded {
+            output: serde_json::Value::Null,
+        },
+    };
+    assert_eq!(
+        decide(&late, &state, t0()).unwrap_err(),
+        Rejection::StaleAttempt {
+            current: 2,
+            given: 1
+        }
+    );
 }
 
 #[test]

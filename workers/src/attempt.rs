@@ -9,13 +9,16 @@
 //!
 //! While it runs, a [`Reporter`] publishes the attempt's telemetry
 //! (progress, log batches, heartbeats) on the telemetry subjects, outside
-//! the concurrency check. [`Attempt::finish`] records how it ended.
+//! the concurrency check. [`Attempt::finish`] records how it ended, as
+//! the core resolves it against the log (`Command::Finish`).
 
 use chrono::{DateTime, Utc};
 use runlog_events::decider::{Command, ExecutionState, Rejection, Status};
 use runlog_events::event::{Heartbeat, LogBatch, Progress};
 use runlog_events::journal::{History, Journal, TransitionError};
-use runlog_events::{Envelope, ErrorClass, Event, ExecutionId, TaskError, TaskSpec, WorkItem};
+use runlog_events::{Envelope, Event, ExecutionId, TaskError, TaskSpec, WorkItem};
+
+pub use runlog_events::decider::Outcome;
 
 /// The outcome of a claim.
 #[derive(Debug)]
@@ -41,19 +44,6 @@ pub enum AttemptError {
     /// The claimed execution has no spec (its submission was never recorded).
     #[error("execution {0} has no recorded submission")]
     NoSpec(ExecutionId),
-}
-
-/// How an attempt ended, as the worker saw it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// The handler returned an output.
-    Succeeded(serde_json::Value),
-    /// The handler returned an error.
-    Failed(TaskError),
-    /// The worker stopped the attempt after a cancel signal.
-    Cancelled,
-    /// The attempt ran past its deadline and was stopped.
-    TimedOut,
 }
 
 /// The spec `execution` was recorded with, if it can be read.
@@ -248,96 +238,26 @@ impl Attempt {
         self.record(command, now).await
     }
 
-    /// Records that the attempt stopped after a cancel request.
-    pub async fn confirm_cancel(self, now: DateTime<Utc>) -> Result<History, AttemptError> {
-        let command = Command::ConfirmCancel {
-            attempt: self.number,
-        };
-        self.record(command, now).await
-    }
-
-    /// Records that the attempt ran past its deadline.
-    pub async fn time_out(self, now: DateTime<Utc>) -> Result<History, AttemptError> {
-        let command = Command::TimeOutAttempt {
-            attempt: self.number,
-        };
-        self.record(command, now).await
-    }
-
-    /// Records `outcome`, following the rules where the log knows better
-    /// than the worker:
+    /// Records `outcome` as the core resolves it against the log
+    /// ([`Command::Finish`]): a result after a recorded cancel (the signal
+    /// was missed) ends the attempt `cancelled`, and a cancel signal
+    /// without a recorded request ends it `failed` with class `cancelled`.
+    /// One decide and one append against the newest sequence seen at the
+    /// claim; if anything was recorded since, the history is read and the
+    /// outcome decided again.
     ///
-    /// - a result refused because a cancel was recorded meanwhile (the
-    ///   signal was missed) is recorded as `cancelled` instead;
-    /// - a cancel signal without a recorded request (a foreign publish on
-    ///   the cancel subject) stopped the task all the same: it is recorded
-    ///   as a failure of class `cancelled`.
-    ///
-    /// Any other refusal means the attempt is no longer this worker's (it
-    /// was declared lost, or the execution ended): the caller drops it.
+    /// A refusal means the attempt is no longer this worker's (it was
+    /// declared lost, or the execution ended): the caller drops it.
     pub async fn finish(
         self,
         outcome: Outcome,
         now: DateTime<Utc>,
     ) -> Result<History, AttemptError> {
-        let attempt = self.number;
-        let command = match &outcome {
-            Outcome::Succeeded(output) => Command::Succeed {
-                attempt,
-                output: output.clone(),
-            },
-            Outcome::Failed(error) => Command::Fail {
-                attempt,
-                error: error.clone(),
-            },
-            Outcome::Cancelled => Command::ConfirmCancel { attempt },
-            Outcome::TimedOut => Command::TimeOutAttempt { attempt },
+        let command = Command::Finish {
+            attempt: self.number,
+            outcome,
         };
-        // A cancel request is newer than the claim: decide on a fresh load.
-        let mut fresh = matches!(outcome, Outcome::Cancelled);
-        let mut command = command;
-        // Each refusal moves to a later rule; three steps reach every one.
-        for _ in 0..3 {
-            let result = if fresh {
-                self.journal
-                    .transition(&self.execution, &command, now)
-                    .await
-            } else {
-                self.try_record(&command, now).await
-            };
-            command = match result {
-                Ok(history) => return Ok(history),
-                Err(TransitionError::Rejected(Rejection::CancelRequested)) => {
-                    Command::ConfirmCancel { attempt }
-                }
-                Err(TransitionError::Rejected(Rejection::WrongStatus {
-                    status: Status::Running,
-                    ..
-                })) if matches!(command, Command::ConfirmCancel { .. }) => Command::Fail {
-                    attempt,
-                    error: TaskError::new(
-                        ErrorClass::Cancelled,
-                        "stopped by a cancel signal that has no recorded cancel request",
-                    ),
-                },
-                Err(e) => return Err(e.into()),
-            };
-            fresh = true;
-        }
-        Ok(self
-            .journal
-            .transition(&self.execution, &command, now)
-            .await?)
-    }
-
-    async fn try_record(
-        &self,
-        command: &Command,
-        now: DateTime<Utc>,
-    ) -> Result<History, TransitionError> {
-        self.journal
-            .advance(&self.execution, self.history.clone(), command, now)
-            .await
+        self.record(command, now).await
     }
 
     /// Appends the result against the newest sequence seen at the claim.

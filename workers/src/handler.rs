@@ -6,7 +6,7 @@
 //! returns the output, or a [`TaskError`] whose class (and retry-after)
 //! decides whether the engine retries.
 //!
-//! Built-in kinds (`shell`, `http`) are handlers too; a program registers
+//! Built-in kinds (`shell`, `http`, `echo`) are handlers too; a program registers
 //! its own by kind in a [`Registry`].
 //!
 //! # Examples

@@ -1,10 +1,19 @@
-//! The runlog worker runtime.
+//! The runlog worker: takes work items from the queues, runs them, and
+//! records what happened.
 //!
 //! Workers hold no state that matters: everything they know about an
 //! execution they read from the log, and everything they do they record
-//! there. Today this crate owns [`attempt`]: claiming an attempt with an
-//! optimistic append, reporting its progress, and recording its result.
-//! Priority consumption, executors and liveness grow here next.
+//! there, through the rules of `runlog_events::decider`.
+//!
+//! - [`handler`] is the contract with the code that runs a task: a
+//!   [`Handler`] per kind, in a [`Registry`], called with a [`Context`].
+//! - [`executor`] holds the built-in handlers: `shell`, `http`, `echo`.
+//! - [`attempt`] is one attempt as the log sees it: the claim (an
+//!   optimistic append of `started`), its telemetry, and its end
+//!   ([`Attempt::finish`], one command the core resolves).
+//! - [`runtime`] is the worker itself: priority fetching, capacity, limits
+//!   and circuit breakers, cancel signals, liveness and shutdown. It uses
+//!   `handler` and `attempt`; none of the modules above uses it.
 #![warn(missing_docs)]
 
 pub mod attempt;

@@ -8,6 +8,7 @@ use runlog_events::journal::Journal;
 use runlog_events::stream::Layout;
 use runlog_events::{ErrorClass, ExecutionId, Status, Subjects, TaskError, TaskSpec};
 use runlog_testkit::NatsServer;
+use runlog_worker::attempt::Outcome;
 use runlog_worker::{Attempt, Claim};
 
 async fn queued(server: &NatsServer) -> Result<(Journal, ExecutionId)> {
@@ -140,5 +141,36 @@ async fn a_cancel_recorded_after_the_claim_refuses_the_result() -> Result<()> {
         .expect_err("no result after a recorded cancel");
     assert!(err.to_string().contains("cancel was requested"), "{err}");
     assert_eq!(journal.load(&exec).await?.state.status, Status::Running);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_result_finished_after_a_missed_cancel_ends_the_execution_cancelled() -> Result<()> {
+    let server = NatsServer::start()?;
+    let (journal, exec) = queued(&server).await?;
+    let attempt = started(Attempt::claim(&journal, &exec, "w1", false, Utc::now()).await?);
+    let cancel = Command::RequestCancel {
+        reason: "operator".into(),
+    };
+    journal.transition(&exec, &cancel, Utc::now()).await?;
+    // Decided on the claim's view, the success conflicts with the cancel
+    // request; decided again on the history, it confirms the cancel.
+    let outcome = Outcome::Succeeded {
+        output: serde_json::Value::Null,
+    };
+    let history = attempt.finish(outcome, Utc::now()).await?;
+    assert_eq!(history.state.status, Status::Cancelled);
+    assert_eq!(history.state.reason.as_deref(), Some("operator"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_cancel_signal_without_a_cancel_request_fails_the_attempt() -> Result<()> {
+    let server = NatsServer::start()?;
+    let (journal, exec) = queued(&server).await?;
+    let attempt = started(Attempt::claim(&journal, &exec, "w1", false, Utc::now()).await?);
+    let history = attempt.finish(Outcome::Cancelled, Utc::now()).await?;
+    assert_eq!(history.state.status, Status::Failed);
+    assert_eq!(history.state.errors[0].error.class, ErrorClass::Cancelled);
     Ok(())
 }

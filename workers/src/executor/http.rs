@@ -22,7 +22,8 @@ use runlog_events::{ErrorClass, TaskError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{StopReason, mask, stop_requested};
+use super::mask::mask;
+use super::stop::{StopReason, stop_requested};
 use crate::handler::{Context, Handler, HandlerResult};
 
 /// Request timeout when the input does not say.

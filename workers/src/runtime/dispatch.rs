@@ -18,9 +18,9 @@
 //! left), get in-progress acks, and start in priority order as soon as the
 //! rules allow. While attempts run, a fetch round waits until a quarter of
 //! the slots are free, or at most a few milliseconds, so slots are refilled
-//! in batches rather than one fetch request per finished attempt. While an exclusive item waits, nothing else starts and the
-//! worker stops fetching, so the exclusive item starts once the running
-//! attempts end.
+//! in batches rather than one fetch request per finished attempt. While an
+//! exclusive item waits, nothing else starts and the worker stops
+//! fetching, so the exclusive item starts once the running attempts end.
 //!
 //! 5. Its rate or concurrency key is at its limit (the attempt task asks
 //!    the `limits` gate before claiming): the item is *held*. A held item
@@ -29,6 +29,10 @@
 //!    says (a rate's next free instant, a concurrency key's poll interval,
 //!    or at once when an attempt of the key ends on this worker). Beyond
 //!    `hold` held items, the next one is NAKed with a growing delay.
+//! 6. Its circuit breaker is open and a NAK would spend its last delivery
+//!    (the attempt task asks the `breaker` gate before claiming): it is
+//!    held like a limited item until the breaker may probe, however many
+//!    items are held already.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

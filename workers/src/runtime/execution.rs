@@ -1,24 +1,26 @@
-//! The life of one work item once it has a slot: claim, environment,
-//! handler, result, acknowledgement.
+//! The life of one work item once it has a slot, in named steps.
 //!
-//! 1. Watch for the execution's cancel signal (before the claim, so a
-//!    signal sent right after it is not missed), then claim the attempt.
-//!    A skip is acknowledged and dropped.
-//! 2. Resolve the environment, find the handler by kind, start it under a
-//!    token that a cancel signal, the attempt deadline or a hard shutdown
-//!    cancels. Telemetry is published alongside; the work item gets
-//!    in-progress acks.
-//! 3. Record how it ended (`succeeded`, `failed`, `cancelled`, `timed_out`),
-//!    then acknowledge the work item. If recording fails for a transient
-//!    reason the item is left unacknowledged, and the server redelivers it.
-//!    On a hard shutdown the item is handed back with an immediate NAK and
-//!    nothing is recorded: the next claim records the lost attempt.
-//!
-//! Before all of it, [`attempt`] asks the limits gate (`limits`): an item
-//! whose rate or concurrency key is at its limit goes back to the
-//! dispatcher to be held, and a started one keeps its concurrency lease
-//! until its result is recorded.
+//! 0. [`attempt`] asks the limits gate (`limits`): an item whose rate or
+//!    concurrency key is at its limit goes back to the dispatcher to be
+//!    held, and a started one keeps its concurrency lease until its result
+//!    is recorded. [`execute`] then asks the item's circuit breaker
+//!    (`breaker`): an open one hands the item back or has it held.
+//! 1. `claim`: watch for the execution's cancel signal (before the claim,
+//!    so a signal sent right after it is not missed), then claim the
+//!    attempt. A skip is acknowledged and dropped.
+//! 2. `prepare`: resolve the environment and find the handler by kind; an
+//!    error here fails the attempt without running it.
+//! 3. `run`: start the handler under a token that a cancel signal, the
+//!    attempt deadline or a hard shutdown cancels. Telemetry is published
+//!    alongside; the work item gets in-progress acks.
+//! 4. `record`: record how it ended (`succeeded`, `failed`, `cancelled`,
+//!    `timed_out`), then acknowledge the work item. If recording fails for
+//!    a transient reason the item is left unacknowledged, and the server
+//!    redelivers it. On a hard shutdown the item is handed back with an
+//!    immediate NAK and nothing is recorded: the next claim records the
+//!    lost attempt.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,17 +33,17 @@ use runlog_events::journal::{Journal, TransitionError};
 use runlog_events::{ErrorClass, Subjects, TaskError, WorkItem};
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::breakers::{Breakers, Gate, Permit};
+use super::breaker::{Breakers, Gate, Permit};
 use super::environment::{self, SecretSource};
 use super::limits::{Admission, LimitKeys, Limits};
 use super::liveness::{Running, RunningAttempt};
 use super::signals::{Signals, Watch};
 use super::telemetry::{self, TelemetryConfig};
 use crate::attempt::{Attempt, AttemptError, Claim, Outcome};
-use crate::handler::{Context, HandlerResult, Registry};
+use crate::handler::{Context, DynHandler, HandlerResult, Registry};
 
 /// What every attempt task of a worker shares.
 pub(crate) struct Shared {
@@ -192,10 +194,11 @@ pub(crate) async fn attempt(
     }
 }
 
-/// Runs one work item to its end. `hard_stop` is cancelled when the
-/// worker's drain timeout passes. `started_at` is the start time a rate
-/// limit recorded (the claim's time otherwise). Returns the item when its
-/// open circuit breaker has the worker hold it.
+/// Runs one work item to its end: breaker gate, `claim`, `prepare`,
+/// `run`, `record`. `hard_stop` is cancelled when the worker's drain
+/// timeout passes. `started_at` is the start time a rate limit recorded
+/// (the claim's time otherwise). Returns the item when its open circuit
+/// breaker has the worker hold it.
 pub(crate) async fn execute(
     shared: Arc<Shared>,
     message: Message,
@@ -221,14 +224,28 @@ pub(crate) async fn execute(
             }));
         }
     };
-    let claim = Claiming {
+    let claiming = Claiming {
         message,
         item,
         redelivered,
         started_at,
         permit,
+        hard_stop,
     };
-    run(shared, claim, hard_stop).await;
+    let mut claimed = claim(&shared, claiming).await?;
+    let attempt = &claimed.attempt;
+    let _running = shared.running.enter(RunningAttempt {
+        execution: attempt.execution().clone(),
+        attempt: attempt.number(),
+        kind: attempt.spec().kind.clone(),
+        started_at: claimed.claimed_at,
+    });
+    tracing::debug!(execution = %attempt.execution(), attempt = attempt.number(), kind = %attempt.spec().kind, "attempt started");
+    let ending = match prepare(&shared, attempt).await {
+        Err(error) => Ending::Recorded(Outcome::Failed { error }),
+        Ok((env, handler)) => claimed.run(&shared, env, handler).await,
+    };
+    claimed.record(&shared, ending).await;
     None
 }
 
@@ -239,20 +256,44 @@ struct Claiming {
     redelivered: bool,
     started_at: Option<DateTime<Utc>>,
     permit: Permit,
+    hard_stop: CancellationToken,
 }
 
-/// Claims and runs an item its breaker let through, to its end.
-async fn run(shared: Arc<Shared>, claim: Claiming, hard_stop: CancellationToken) {
+/// An attempt this worker claimed, on its way to its end: what the steps
+/// after the claim share.
+struct Claimed {
+    message: Message,
+    attempt: Box<Attempt>,
+    /// Settled with the outcome, before it is recorded.
+    permit: Permit,
+    /// The execution's cancel signal, watched since before the claim.
+    cancel_signal: Watch,
+    /// Cancelled when the worker's drain timeout passes.
+    hard_stop: CancellationToken,
+    /// The in-progress acks of the work item, until its result is recorded.
+    keep_alive: Interval,
+    /// When the attempt started, as recorded.
+    claimed_at: DateTime<Utc>,
+    /// When the attempt started on this worker's clock (its deadline
+    /// counts from here).
+    started: Instant,
+}
+
+/// Watches for the cancel signal (before the claim, so a signal sent
+/// right after it is not missed), then claims the attempt. An item with
+/// nothing to run is acknowledged, terminated or handed back here.
+async fn claim(shared: &Shared, claiming: Claiming) -> Option<Claimed> {
     let Claiming {
         message,
         item,
         redelivered,
         started_at,
         permit,
-    } = claim;
-    let exec = item.execution.clone();
-    let cancel_signal = shared.signals.watch(&exec);
-    let (claimed_at, claimed_instant) = (started_at.unwrap_or_else(Utc::now), Instant::now());
+        hard_stop,
+    } = claiming;
+    let exec = &item.execution;
+    let cancel_signal = shared.signals.watch(exec);
+    let (claimed_at, started) = (started_at.unwrap_or_else(Utc::now), Instant::now());
     let claim = Attempt::claim_item(
         &shared.journal,
         &item,
@@ -266,7 +307,7 @@ async fn run(shared: Arc<Shared>, claim: Claiming, hard_stop: CancellationToken)
         Ok(Claim::Skip { code, status }) => {
             tracing::debug!(execution = %exec, code, %status, "nothing to run");
             ack(&message).await;
-            return;
+            return None;
         }
         // An item of an execution that was never submitted is terminated,
         // not acknowledged: the server's MSG_TERMINATED advisory lands in
@@ -285,190 +326,216 @@ async fn run(shared: Arc<Shared>, claim: Claiming, hard_stop: CancellationToken)
             if let Err(e) = message.ack_with(AckKind::Term).await {
                 tracing::warn!(error = %e, "cannot terminate a work item");
             }
-            return;
+            return None;
         }
         Err(AttemptError::Transition(TransitionError::Rejected(rejection))) => {
             tracing::warn!(execution = %exec, code = rejection.code(), error = %rejection, "work item refused; dropping it");
             ack(&message).await;
-            return;
+            return None;
         }
         Err(e) => {
             tracing::warn!(execution = %exec, error = %e, "cannot claim; the item comes back later");
             nak(&message, Some(shared.nak_delay)).await;
-            return;
+            return None;
         }
     };
-    let spec = attempt.spec().clone();
-    let _running = shared.running.enter(RunningAttempt {
-        execution: exec.clone(),
-        attempt: attempt.number(),
-        kind: spec.kind.clone(),
-        started_at: claimed_at,
-    });
-    tracing::debug!(execution = %exec, attempt = attempt.number(), kind = %spec.kind, "attempt started");
-
     let mut keep_alive =
         tokio::time::interval_at(Instant::now() + shared.keep_alive, shared.keep_alive);
     keep_alive.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let prepared = async {
-        let bucket = if spec.sealed_env.is_empty() {
-            None
-        } else {
-            shared.env_bucket().await
-        };
-        let env = environment::resolve(&spec, &exec, bucket, shared.secrets.as_ref()).await?;
-        let handler = shared.registry.get(&spec.kind).ok_or_else(|| {
-            let mut error = TaskError::new(
-                ErrorClass::InvalidInput,
-                format!(
-                    "worker {} has no handler for kind {:?} (it runs {})",
-                    shared.worker,
-                    spec.kind,
-                    shared.registry.kinds().join(", ")
-                ),
-            );
-            error.retryable = false;
-            error
-        })?;
-        Ok::<_, TaskError>((env, handler))
-    };
-    let ending = match prepared.await {
-        Err(error) => Ending::Recorded(Outcome::Failed(error)),
-        Ok((env, handler)) => {
-            let deadline = spec
-                .attempt_timeout_ms
-                .map(|ms| claimed_instant + Duration::from_millis(ms));
-            let token = CancellationToken::new();
-            let (ctx, telemetry) = Context::builder(
-                exec.clone(),
-                attempt.number(),
-                &spec.kind,
-                spec.input.clone(),
-            )
-            .env(env)
-            .deadline(deadline)
-            .cancel(token.clone())
-            .build();
-            let finish = CancellationToken::new();
-            let mut publisher = AbortOnDrop(tokio::spawn(telemetry::publish(
-                attempt.reporter(),
-                telemetry,
-                shared.telemetry,
-                finish.clone(),
-            )));
-            let mut run = AbortOnDrop(tokio::spawn(handler.run_boxed(ctx)));
-            let ending = supervise(
-                &shared,
-                &message,
-                &mut run,
-                &cancel_signal,
-                &mut keep_alive,
-                &token,
-                deadline,
-                &hard_stop,
-            )
-            .await;
-            // Flush the telemetry before the result, so readers see every line first.
-            finish.cancel();
-            let flush = tokio::time::timeout(Duration::from_secs(5), &mut publisher.0);
-            if flush.await.is_err() {
-                tracing::warn!(execution = %exec, "telemetry did not flush in time");
-            }
-            ending
-        }
-    };
-    drop(cancel_signal);
-    let outcome = match ending {
-        Ending::HandBack => {
-            tracing::info!(execution = %exec, attempt = attempt.number(), "handing the work item back");
-            nak(&message, None).await;
-            return;
-        }
-        Ending::Recorded(outcome) => outcome,
-    };
-    shared.breakers.settle(permit, &spec, &outcome).await;
-    // Recording may take a while (retries during an election): keep the item.
-    let record = attempt.finish(outcome, Utc::now());
-    tokio::pin!(record);
-    let recorded = loop {
-        tokio::select! {
-            recorded = &mut record => break recorded,
-            _ = keep_alive.tick() => progress(&message).await,
-        }
-    };
-    match recorded {
-        Ok(history) => {
-            tracing::debug!(execution = %exec, status = %history.state.status, "attempt recorded");
-            ack(&message).await;
-        }
-        Err(AttemptError::Transition(TransitionError::Rejected(rejection))) => {
-            // The attempt is no longer ours (declared lost, or the execution ended).
-            tracing::info!(execution = %exec, code = rejection.code(), error = %rejection, "result refused; dropping the work item");
-            ack(&message).await;
-        }
-        Err(e) => {
-            // Leave it unacknowledged: the server redelivers it after ack_wait.
-            tracing::warn!(execution = %exec, error = %e, "cannot record the result; the work item will be redelivered");
-        }
-    }
+    Some(Claimed {
+        message,
+        attempt,
+        permit,
+        cancel_signal,
+        hard_stop,
+        keep_alive,
+        claimed_at,
+        started,
+    })
 }
 
-/// Waits for the handler, a cancel signal, the deadline or a hard stop,
-/// keeping the work item alive meanwhile.
-#[allow(clippy::too_many_arguments)]
-async fn supervise(
+/// Resolves the attempt's environment and finds the handler of its kind.
+/// An error here fails the attempt without running anything.
+async fn prepare(
     shared: &Shared,
-    message: &Message,
-    run: &mut AbortOnDrop<HandlerResult>,
-    cancel_signal: &Watch,
-    keep_alive: &mut tokio::time::Interval,
-    token: &CancellationToken,
-    deadline: Option<Instant>,
-    hard_stop: &CancellationToken,
-) -> Ending {
-    let far = Instant::now() + Duration::from_secs(366 * 24 * 3600);
-    let stopped = loop {
-        tokio::select! {
-            biased;
-            result = &mut run.0 => return Ending::Recorded(outcome_of(result)),
-            _ = cancel_signal.signalled() => break Ending::Recorded(Outcome::Cancelled),
-            _ = tokio::time::sleep_until(deadline.unwrap_or(far)) => {
-                break Ending::Recorded(Outcome::TimedOut);
-            }
-            _ = hard_stop.cancelled() => break Ending::HandBack,
-            _ = keep_alive.tick() => progress(message).await,
-        }
+    attempt: &Attempt,
+) -> Result<(BTreeMap<String, String>, Arc<dyn DynHandler>), TaskError> {
+    let spec = attempt.spec();
+    let bucket = if spec.sealed_env.is_empty() {
+        None
+    } else {
+        shared.env_bucket().await
     };
-    // Ask the handler to stop and give it the grace period to do so; its
-    // result no longer matters.
-    token.cancel();
-    let grace = tokio::time::sleep(shared.cancel_grace);
-    tokio::pin!(grace);
-    loop {
-        tokio::select! {
-            _ = &mut run.0 => break,
-            _ = &mut grace => {
-                tracing::warn!(grace = ?shared.cancel_grace, "the handler did not stop within its grace period; abandoning it");
-                run.0.abort();
-                break;
+    let env =
+        environment::resolve(spec, attempt.execution(), bucket, shared.secrets.as_ref()).await?;
+    let handler = shared.registry.get(&spec.kind).ok_or_else(|| {
+        let mut error = TaskError::new(
+            ErrorClass::InvalidInput,
+            format!(
+                "worker {} has no handler for kind {:?} (it runs {})",
+                shared.worker,
+                spec.kind,
+                shared.registry.kinds().join(", ")
+            ),
+        );
+        error.retryable = false;
+        error
+    })?;
+    Ok((env, handler))
+}
+
+impl Claimed {
+    /// Runs the handler under a token that a cancel signal, the attempt
+    /// deadline or a hard stop cancels, with its telemetry published
+    /// alongside and flushed before it returns.
+    async fn run(
+        &mut self,
+        shared: &Shared,
+        env: BTreeMap<String, String>,
+        handler: Arc<dyn DynHandler>,
+    ) -> Ending {
+        let spec = self.attempt.spec();
+        let deadline = spec
+            .attempt_timeout_ms
+            .map(|ms| self.started + Duration::from_millis(ms));
+        let token = CancellationToken::new();
+        let (ctx, telemetry) = Context::builder(
+            self.attempt.execution().clone(),
+            self.attempt.number(),
+            &spec.kind,
+            spec.input.clone(),
+        )
+        .env(env)
+        .deadline(deadline)
+        .cancel(token.clone())
+        .build();
+        let finish = CancellationToken::new();
+        let mut publisher = AbortOnDrop(tokio::spawn(telemetry::publish(
+            self.attempt.reporter(),
+            telemetry,
+            shared.telemetry,
+            finish.clone(),
+        )));
+        let mut run = AbortOnDrop(tokio::spawn(handler.run_boxed(ctx)));
+        let ending = self
+            .supervise(shared.cancel_grace, &mut run, &token, deadline)
+            .await;
+        // Flush the telemetry before the result, so readers see every line first.
+        finish.cancel();
+        let flush = tokio::time::timeout(Duration::from_secs(5), &mut publisher.0);
+        if flush.await.is_err() {
+            tracing::warn!(execution = %self.attempt.execution(), "telemetry did not flush in time");
+        }
+        ending
+    }
+
+    /// Waits for the handler, a cancel signal, the deadline or a hard stop,
+    /// keeping the work item alive meanwhile. A stopped handler gets
+    /// `grace` to return.
+    async fn supervise(
+        &mut self,
+        grace: Duration,
+        run: &mut AbortOnDrop<HandlerResult>,
+        token: &CancellationToken,
+        deadline: Option<Instant>,
+    ) -> Ending {
+        let far = Instant::now() + Duration::from_secs(366 * 24 * 3600);
+        let stopped = loop {
+            tokio::select! {
+                biased;
+                result = &mut run.0 => return Ending::Recorded(outcome_of(result)),
+                _ = self.cancel_signal.signalled() => break Ending::Recorded(Outcome::Cancelled),
+                _ = tokio::time::sleep_until(deadline.unwrap_or(far)) => {
+                    break Ending::Recorded(Outcome::TimedOut);
+                }
+                _ = self.hard_stop.cancelled() => break Ending::HandBack,
+                _ = self.keep_alive.tick() => progress(&self.message).await,
             }
-            _ = keep_alive.tick() => progress(message).await,
+        };
+        // Ask the handler to stop and give it the grace period to do so; its
+        // result no longer matters.
+        token.cancel();
+        let grace_ends = tokio::time::sleep(grace);
+        tokio::pin!(grace_ends);
+        loop {
+            tokio::select! {
+                _ = &mut run.0 => break,
+                _ = &mut grace_ends => {
+                    tracing::warn!(?grace, "the handler did not stop within its grace period; abandoning it");
+                    run.0.abort();
+                    break;
+                }
+                _ = self.keep_alive.tick() => progress(&self.message).await,
+            }
+        }
+        stopped
+    }
+
+    /// Records how the attempt ended, then acknowledges the work item; a
+    /// hand-back is a NAK with nothing recorded. If recording fails for a
+    /// transient reason the item is left unacknowledged, and the server
+    /// redelivers it.
+    async fn record(self, shared: &Shared, ending: Ending) {
+        let Claimed {
+            message,
+            attempt,
+            permit,
+            cancel_signal,
+            mut keep_alive,
+            ..
+        } = self;
+        drop(cancel_signal);
+        let exec = attempt.execution();
+        let outcome = match ending {
+            Ending::HandBack => {
+                tracing::info!(execution = %exec, attempt = attempt.number(), "handing the work item back");
+                nak(&message, None).await;
+                return;
+            }
+            Ending::Recorded(outcome) => outcome,
+        };
+        shared
+            .breakers
+            .settle(permit, attempt.spec(), &outcome)
+            .await;
+        let exec = exec.clone();
+        // Recording may take a while (retries during an election): keep the item.
+        let record = attempt.finish(outcome, Utc::now());
+        tokio::pin!(record);
+        let recorded = loop {
+            tokio::select! {
+                recorded = &mut record => break recorded,
+                _ = keep_alive.tick() => progress(&message).await,
+            }
+        };
+        match recorded {
+            Ok(history) => {
+                tracing::debug!(execution = %exec, status = %history.state.status, "attempt recorded");
+                ack(&message).await;
+            }
+            Err(AttemptError::Transition(TransitionError::Rejected(rejection))) => {
+                // The attempt is no longer ours (declared lost, or the execution ended).
+                tracing::info!(execution = %exec, code = rejection.code(), error = %rejection, "result refused; dropping the work item");
+                ack(&message).await;
+            }
+            Err(e) => {
+                // Leave it unacknowledged: the server redelivers it after ack_wait.
+                tracing::warn!(execution = %exec, error = %e, "cannot record the result; the work item will be redelivered");
+            }
         }
     }
-    stopped
 }
 
 fn outcome_of(result: Result<HandlerResult, tokio::task::JoinError>) -> Outcome {
     match result {
-        Ok(Ok(output)) => Outcome::Succeeded(output),
-        Ok(Err(error)) => Outcome::Failed(error),
-        Err(e) if e.is_panic() => {
-            Outcome::Failed(TaskError::new(ErrorClass::Crashed, "the handler panicked"))
-        }
-        Err(_) => Outcome::Failed(TaskError::new(
-            ErrorClass::Crashed,
-            "the handler was aborted",
-        )),
+        Ok(Ok(output)) => Outcome::Succeeded { output },
+        Ok(Err(error)) => Outcome::Failed { error },
+        Err(e) if e.is_panic() => Outcome::Failed {
+            error: TaskError::new(ErrorClass::Crashed, "the handler panicked"),
+        },
+        Err(_) => Outcome::Failed {
+            error: TaskError::new(ErrorClass::Crashed, "the handler was aborted"),
+        },
     }
 }
 

@@ -21,7 +21,7 @@
 //!   later are kept too: at most `sources − 1` items beyond the free slots
 //!   (sources = queues × 3), which wait in the worker for a slot.
 //!
-//! [`first_level`] and [`try_order`] are the pure rule; [`Fetcher`] does
+//! [`first_level`] and [`try_order`] are the pure rule; `Fetcher` does
 //! the I/O.
 
 use std::time::Duration;

@@ -1,5 +1,5 @@
-//! The worker runtime: priority consumption, capacity rules, liveness and
-//! graceful shutdown.
+//! The worker runtime: priority consumption, capacity rules, limits,
+//! circuit breakers, liveness and graceful shutdown.
 //!
 //! [`Worker::run`] (or [`run`]) connects the pieces:
 //!
@@ -8,18 +8,26 @@
 //!   rule so lower levels never starve;
 //! - [`capacity`] counts slots, per-kind limits and exclusive kinds, and
 //!   `dispatch` (the worker's one loop) decides for each fetched item:
-//!   start, wait in the worker, or hand back;
-//! - `execution` runs one item: claim, [`environment`], handler under a
-//!   cancel signal and deadline, result, ack;
+//!   start, wait in the worker, hold, or hand back;
+//! - `execution` runs one item through its steps: the [`limits`] gate,
+//!   the [`breaker`] gate, then claim, prepare (the [`environment`], the
+//!   handler), run (under a cancel signal and a deadline), record and ack;
+//! - [`limits`] applies rate limits and concurrency keys shared by every
+//!   worker of the cluster (key-value leases and rate logs);
+//! - [`breaker`] holds the circuit breakers: their pure rules, and the
+//!   shared key-value state that delays the items of a target whose
+//!   breaker is open;
+//! - `signals` routes cancel signals to the attempts this worker runs;
 //! - [`telemetry`] publishes progress, log batches and heartbeats of
 //!   running attempts;
 //! - [`liveness`] keeps the worker's entry in the registry bucket and its
 //!   held items alive with in-progress acks;
 //! - [`guard`] pauses fetching while the host is overloaded.
-//! - [`limits`] applies rate limits and concurrency keys shared by every
-//!   worker of the cluster (key-value leases and rate logs).
-//! - [`breaker`] (the rules) and `breakers` (the shared key-value state)
-//!   delay the items of a target whose circuit breaker is open.
+//!
+//! Dependencies point one way: `dispatch` uses `fetch`, `capacity` and
+//! `execution`; `execution` uses the gates (`limits`, `breaker`),
+//! `signals`, `environment`, `telemetry` and `liveness`; none of those
+//! uses `execution` or `dispatch`.
 //!
 //! Shutdown is one [`CancellationToken`]: fetching stops, running attempts
 //! get `drain_timeout` to finish, the rest are stopped and their items
@@ -43,7 +51,6 @@
 //! ```
 
 pub mod breaker;
-mod breakers;
 pub mod capacity;
 mod dispatch;
 pub mod environment;
@@ -70,8 +77,7 @@ use tokio::sync::{OnceCell, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use breaker::BreakerConfig;
-pub use breakers::{BreakerView, breaker_key};
+pub use breaker::{BreakerConfig, BreakerView, breaker_key};
 pub use capacity::{CapacityRule, CapacityRuleError};
 pub use environment::{EnvSecrets, SecretSource};
 pub use guard::{GuardConfig, ResourceProbe, SystemProbe, Usage};
@@ -411,7 +417,7 @@ impl Worker {
         )
         .await?;
 
-        let breakers = breakers::Breakers::open(
+        let breakers = breaker::Breakers::open(
             &js,
             &layout,
             config.breakers,

@@ -5,8 +5,9 @@
 //! right after the claim is not missed) and is told through a
 //! [`CancellationToken`]. A signal for an execution this worker does not run
 //! is dropped. Signals are core NATS and may be missed; the log is what
-//! counts: a result appended after a recorded cancel is refused, and the
-//! attempt's deadline stops a task that never heard.
+//! counts: a result reported after a recorded cancel ends the attempt
+//! `cancelled` (the core decides so), and the attempt's deadline stops a
+//! task that never heard.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

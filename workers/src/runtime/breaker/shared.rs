@@ -1,5 +1,5 @@
-//! Circuit breakers shared by every worker: the key-value shell around the
-//! rules of [`breaker`](super::breaker).
+//! Circuit breakers shared by every worker: the key-value shell around
+//! the rules.
 //!
 //! - **Shared state.** The bucket `<p>-breakers` holds one [`Record`] per
 //!   key. Every worker watches it and keeps a local [`BreakerView`], so a
@@ -38,7 +38,7 @@ use runlog_events::stream::{Layout, LayoutError};
 use runlog_events::{TaskSpec, WorkItem};
 use tokio_util::sync::CancellationToken;
 
-use super::breaker::{self, Admission, BreakerConfig, Record, State, Verdict, Window};
+use super::rules::{self, Admission, BreakerConfig, Record, State, Verdict, Window};
 use crate::attempt::Outcome;
 
 /// Keys counted at once before the windows with nothing in them are dropped.
@@ -297,7 +297,7 @@ impl Breakers {
                     now + chrono::Duration::from_std(inner.config.probe_wait()).unwrap_or_default();
                 return inner.delay(message, item, until, now);
             }
-            match breaker::admit(
+            match rules::admit(
                 &inner.config,
                 held.as_ref().map(|(r, _)| r),
                 now,
@@ -353,8 +353,8 @@ impl Breakers {
             return;
         };
         let verdict = match outcome {
-            Outcome::Succeeded(_) => Verdict::Success,
-            Outcome::Failed(error) => breaker::verdict_of(error.class),
+            Outcome::Succeeded { .. } => Verdict::Success,
+            Outcome::Failed { error } => rules::verdict_of(error.class),
             Outcome::TimedOut => Verdict::Failure,
             Outcome::Cancelled => Verdict::Ignored,
         };
@@ -415,10 +415,9 @@ impl Inner {
             let record = held.as_ref().map(|(r, _)| r);
             let from = record.map_or(State::Closed, |r| r.state);
             let next = match (from, tripped) {
-                (State::HalfOpen, _) if probe => record.and_then(|r| {
-                    breaker::settle_probe(&self.config, r, verdict, now, &self.worker)
-                }),
-                (State::Closed, Some((calls, failures))) => Some(breaker::trip(
+                (State::HalfOpen, _) if probe => record
+                    .and_then(|r| rules::settle_probe(&self.config, r, verdict, now, &self.worker)),
+                (State::Closed, Some((calls, failures))) => Some(rules::trip(
                     &self.config,
                     record,
                     key,
@@ -491,7 +490,7 @@ impl Inner {
         Ok(())
     }
 
-    async fn announce(&self, transition: breaker::Transition) {
+    async fn announce(&self, transition: rules::Transition) {
         tracing::info!(
             key = %transition.key,
             from = %transition.from,
