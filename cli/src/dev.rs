@@ -5,6 +5,10 @@
 //! execution end to end: the engine's intake records it, a worker claims it
 //! and records its result, and the execution's log is replayed through the
 //! core and compared with the live state.
+//!
+//! It reads no configuration file: the engine and the worker run with the
+//! tree's built-in defaults (docs/operations.md), live events on, and the
+//! flags below.
 
 use std::path::PathBuf;
 

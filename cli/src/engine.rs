@@ -1,81 +1,101 @@
 //! `runlog engine`: the engine as a process.
 //!
-//! Settings are layered, later wins: defaults < `--config` file (TOML) <
+//! It reads the `[nats]` and `[engine]` tables of the configuration tree,
+//! layered, later wins: built-in defaults < `--config` file (TOML) <
 //! `RUNLOG_*` environment < flags.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use anyhow::Context;
+use runlog_config::{Form, NATS, NatsConfig, Setting, Values, setting};
 use runlog_engine::{Engine, EngineConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::nats_args::NatsArgs;
+use crate::config_args::{SharedArgs, as_text, duration, print_config};
+
+/// The engine's own settings: key, variable, flag.
+pub const ENGINE: [Setting; 5] = [
+    setting(
+        "nats.live-events",
+        "RUNLOG_LIVE_EVENTS",
+        "--live-events",
+        Form::Text,
+    ),
+    setting("engine.listen", "RUNLOG_LISTEN", "--listen", Form::Text),
+    setting(
+        "engine.reactor",
+        "RUNLOG_NO_REACTOR",
+        "--no-reactor",
+        Form::Not,
+    ),
+    setting(
+        "engine.snapshot-interval",
+        "RUNLOG_SNAPSHOT_INTERVAL",
+        "--snapshot-interval",
+        Form::Text,
+    ),
+    setting(
+        "engine.stuck-after",
+        "RUNLOG_STUCK_AFTER",
+        "--stuck-after",
+        Form::Text,
+    ),
+];
 
 /// Options of `runlog engine`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// A TOML config file (kebab-case keys, see docs/operations.md).
-    #[arg(long, env = "RUNLOG_CONFIG")]
-    config: Option<PathBuf>,
     #[command(flatten)]
-    nats: NatsArgs,
-    /// Subject and stream prefix.
-    #[arg(long, env = "RUNLOG_PREFIX")]
-    prefix: Option<String>,
-    /// Stream replicas (3 on a cluster).
-    #[arg(long, env = "RUNLOG_REPLICAS")]
-    replicas: Option<usize>,
-    /// Where the HTTP API listens.
-    #[arg(long, env = "RUNLOG_LISTEN")]
+    shared: SharedArgs,
+    /// Where the HTTP API listens [default: 127.0.0.1:8080; env:
+    /// RUNLOG_LISTEN].
+    #[arg(long)]
     listen: Option<SocketAddr>,
-    /// Serve the API and projections only; leave reactions to other replicas.
-    #[arg(long, env = "RUNLOG_NO_REACTOR")]
+    /// Serve the API and projections only; leave reactions to other
+    /// replicas [env: RUNLOG_NO_REACTOR].
+    #[arg(long)]
     no_reactor: bool,
     /// Republish every stored event on `<p>.live.ev.>` (core NATS) for
-    /// clients that follow executions without the HTTP API.
-    #[arg(long, env = "RUNLOG_LIVE_EVENTS")]
+    /// clients that follow executions without the HTTP API [env:
+    /// RUNLOG_LIVE_EVENTS].
+    #[arg(long)]
     live_events: bool,
-    /// Seconds without progress or log lines (worker alive) after which a
-    /// running attempt is shown as stuck (default 300).
-    #[arg(long, env = "RUNLOG_STUCK_AFTER")]
-    stuck_after: Option<u64>,
+    /// Time between projection snapshots, `0s` for none [default: 1m; env:
+    /// RUNLOG_SNAPSHOT_INTERVAL].
+    #[arg(long, value_parser = duration)]
+    snapshot_interval: Option<humantime::Duration>,
+    /// Time without progress or log lines (worker alive) after which a
+    /// running attempt is shown as stuck [default: 5m; env:
+    /// RUNLOG_STUCK_AFTER].
+    #[arg(long, value_parser = duration)]
+    stuck_after: Option<humantime::Duration>,
 }
 
 impl Args {
     /// The layered configuration.
-    pub fn config(self) -> anyhow::Result<EngineConfig> {
-        let mut config = match &self.config {
-            Some(path) => EngineConfig::from_file(path)?,
-            None => EngineConfig::default(),
-        };
-        self.nats.apply(&mut config.nats);
-        let nats = &mut config.nats;
-        if let Some(prefix) = self.prefix {
-            nats.prefix = prefix;
-        }
-        if let Some(replicas) = self.replicas {
-            nats.replicas = replicas;
-        }
-        if let Some(listen) = self.listen {
-            config.listen = listen;
-        }
-        if self.no_reactor {
-            config.reactor = false;
-        }
-        if self.live_events {
-            config.nats.live_events = true;
-        }
-        if let Some(secs) = self.stuck_after {
-            config.stuck_after_secs = secs;
-        }
-        Ok(config)
+    pub fn config(&self) -> anyhow::Result<EngineConfig> {
+        let settings: Vec<Setting> = NATS.iter().chain(&ENGINE).copied().collect();
+        let defaults = Values::new().set("engine", EngineConfig::default());
+        let flags = Values::new()
+            .set_some("nats.live-events", self.live_events.then_some(true))
+            .set_some("engine.listen", self.listen)
+            .set_some("engine.reactor", self.no_reactor.then_some(false))
+            .set_some("engine.snapshot-interval", as_text(self.snapshot_interval))
+            .set_some("engine.stuck-after", as_text(self.stuck_after));
+        let tree = self.shared.tree(&settings, defaults, flags)?;
+        Ok(EngineConfig {
+            nats: tree.table::<NatsConfig>("nats")?,
+            ..tree.table("engine")?
+        })
     }
 }
 
 /// Runs the engine until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let config = args.config()?;
+    if args.shared.print_config {
+        return print_config(&config.nats, "engine", &config);
+    }
     let shutdown = CancellationToken::new();
     let engine = Engine::start(config, shutdown.clone()).await?;
     println!("runlog engine listening on http://{}", engine.addr());

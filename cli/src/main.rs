@@ -1,10 +1,10 @@
 //! `runlog`: the one binary. Parses the command line and runs a command.
 
 mod client;
+mod config_args;
 mod dev;
 mod dlq;
 mod engine;
-mod nats_args;
 mod worker;
 
 use clap::{Parser, Subcommand};

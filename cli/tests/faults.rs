@@ -885,7 +885,7 @@ async fn a_stuck_task_shows_no_progress_and_times_out_at_its_deadline() -> Resul
             &codec::Limits::default(),
         )?;
         ensure!(view["progress"].is_null(), "{id} reports progress: {view}");
-        // The engine runs with RUNLOG_STUCK_AFTER=2: silent for 2 s while
+        // The engine runs with RUNLOG_STUCK_AFTER=2s: silent for 2 s while
         // its worker still beats, the attempt is shown as stuck before its
         // deadline ends it.
         let stuck = wait(

@@ -107,7 +107,7 @@ impl Engine {
         .await?;
         let mut tasks = Supervisor::default();
         let projection = Arc::new(Projection::new());
-        if config.snapshot_interval_secs > 0 {
+        if !config.snapshot_interval.is_zero() {
             match crate::snapshot::store(&pub_js, &subjects, layout.replicas).await {
                 Ok(store) => {
                     match crate::snapshot::restore(&store, &projection).await {
@@ -119,7 +119,7 @@ impl Engine {
                         Ok(None) => {}
                         Err(e) => tracing::warn!(error = %e, "replaying the whole log"),
                     }
-                    let every = Duration::from_secs(config.snapshot_interval_secs);
+                    let every = config.snapshot_interval;
                     tasks.once(
                         "snapshots",
                         crate::snapshot::run(store, projection.clone(), every, shutdown.clone()),
@@ -203,7 +203,7 @@ impl Engine {
             shutdown: shutdown.clone(),
             operations: operations.clone(),
             reactor: reactor_stats.clone(),
-            stuck_after: Duration::from_secs(config.stuck_after_secs),
+            stuck_after: config.stuck_after,
         };
         tasks.once(
             "bulk operations",

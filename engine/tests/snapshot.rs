@@ -16,7 +16,10 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_starts_from_the_snapshot_and_replays_the_tail() -> Result<()> {
     let server = NatsServer::start()?;
-    let mut first = start_with(server, |c| c.snapshot_interval_secs = 1).await?;
+    let mut first = start_with(server, |c| {
+        c.snapshot_interval = std::time::Duration::from_secs(1)
+    })
+    .await?;
     let mut ids = Vec::new();
     for _ in 0..20 {
         ids.push(first.submit(json!({"kind": "shell"})).await?);
@@ -43,7 +46,10 @@ async fn a_restart_starts_from_the_snapshot_and_replays_the_tail() -> Result<()>
         journal.transition(id, &claim, Utc::now()).await?;
     }
 
-    let mut second = start_with(server, |c| c.snapshot_interval_secs = 1).await?;
+    let mut second = start_with(server, |c| {
+        c.snapshot_interval = std::time::Duration::from_secs(1)
+    })
+    .await?;
     eventually(Duration::from_secs(15), || async {
         let (status, _) = second.get("/readyz").await.ok()?;
         (status == 200).then_some(())

@@ -571,7 +571,7 @@ async fn intake(args: &Args) -> anyhow::Result<(Figure, Figure)> {
     let mut config = runlog_engine::EngineConfig::default();
     config.nats.urls = vec![server.url()];
     config.listen = "127.0.0.1:0".parse()?;
-    config.snapshot_interval_secs = 0;
+    config.snapshot_interval = std::time::Duration::ZERO;
     let engine = runlog_engine::Engine::start(config, shutdown.clone()).await?;
     let url = format!("http://{}/v1/executions", engine.addr());
     let body = serde_json::json!({"kind": "noop", "input": {"payload": "x".repeat(80)}});
@@ -662,7 +662,7 @@ async fn worker_throughput(args: &Args) -> anyhow::Result<(Figure, f64, f64)> {
     let mut config = runlog_engine::EngineConfig::default();
     config.nats.urls = vec![server.url()];
     config.listen = "127.0.0.1:0".parse()?;
-    config.snapshot_interval_secs = 0;
+    config.snapshot_interval = std::time::Duration::ZERO;
     let engine = runlog_engine::Engine::start(config, shutdown.clone()).await?;
     let mut worker = rig::spawn(
         std::process::Command::new(rig::runlog_binary()?)

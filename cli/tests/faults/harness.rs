@@ -139,7 +139,7 @@ impl EngineProcess {
             .args(&self.args)
             .env("RUNLOG_LOG", "warn")
             // Two silent seconds with the worker alive show a task as stuck.
-            .env("RUNLOG_STUCK_AFTER", "2")
+            .env("RUNLOG_STUCK_AFTER", "2s")
             .stdout(Stdio::piped())
             .stderr(log_file(&self.log)?)
             .spawn()?;

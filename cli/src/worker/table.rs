@@ -1,0 +1,360 @@
+//! The `[worker]` table of runlog.toml, and how it becomes the runtime's
+//! [`WorkerConfig`].
+
+use std::collections::BTreeMap;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::time::Duration;
+
+use runlog_config::{Form, NatsConfig, Setting, setting};
+use runlog_events::QueueName;
+use runlog_worker::runtime::{
+    BreakerConfig, CapacityRule, ConcurrencyRule, GuardConfig, LimitsConfig, RateRule, WorkerConfig,
+};
+use serde::{Deserialize, Serialize};
+
+/// The worker's settings: key, variable, flag.
+pub const WORKER: [Setting; 23] = [
+    setting("worker.id", "RUNLOG_WORKER_ID", "--id", Form::Text),
+    setting("worker.queues", "RUNLOG_QUEUES", "--queue", Form::List(',')),
+    setting(
+        "worker.concurrency",
+        "RUNLOG_CONCURRENCY",
+        "--concurrency",
+        Form::Text,
+    ),
+    setting(
+        "worker.labels",
+        "RUNLOG_LABELS",
+        "--label",
+        Form::Pairs(','),
+    ),
+    setting(
+        "worker.capacity",
+        "RUNLOG_CAPACITY",
+        "--capacity",
+        Form::List(';'),
+    ),
+    setting(
+        "worker.heartbeat",
+        "RUNLOG_HEARTBEAT",
+        "--heartbeat",
+        Form::Text,
+    ),
+    setting(
+        "worker.ack-wait",
+        "RUNLOG_ACK_WAIT",
+        "--ack-wait",
+        Form::Text,
+    ),
+    setting(
+        "worker.drain-timeout",
+        "RUNLOG_DRAIN_TIMEOUT",
+        "--drain-timeout",
+        Form::Text,
+    ),
+    setting(
+        "worker.cancel-grace",
+        "RUNLOG_CANCEL_GRACE",
+        "--cancel-grace",
+        Form::Text,
+    ),
+    setting(
+        "worker.poll-expires",
+        "RUNLOG_POLL_EXPIRES",
+        "--poll-expires",
+        Form::Text,
+    ),
+    setting(
+        "worker.aging-every",
+        "RUNLOG_AGING_EVERY",
+        "--aging-every",
+        Form::Text,
+    ),
+    setting(
+        "worker.nak-delay",
+        "RUNLOG_NAK_DELAY",
+        "--nak-delay",
+        Form::Text,
+    ),
+    setting(
+        "worker.guard.max-memory-percent",
+        "RUNLOG_MAX_MEMORY_PERCENT",
+        "--max-memory-percent",
+        Form::Text,
+    ),
+    setting(
+        "worker.guard.max-load",
+        "RUNLOG_MAX_LOAD",
+        "--max-load",
+        Form::Text,
+    ),
+    setting(
+        "worker.breakers.enabled",
+        "RUNLOG_BREAKERS",
+        "--breakers",
+        Form::Text,
+    ),
+    setting(
+        "worker.breakers.failure-percent",
+        "RUNLOG_BREAKER_FAILURE_PERCENT",
+        "--breaker-failure-percent",
+        Form::Text,
+    ),
+    setting(
+        "worker.breakers.min-calls",
+        "RUNLOG_BREAKER_MIN_CALLS",
+        "--breaker-min-calls",
+        Form::Text,
+    ),
+    setting(
+        "worker.breakers.window",
+        "RUNLOG_BREAKER_WINDOW",
+        "--breaker-window",
+        Form::Text,
+    ),
+    setting(
+        "worker.breakers.open",
+        "RUNLOG_BREAKER_OPEN",
+        "--breaker-open",
+        Form::Text,
+    ),
+    setting(
+        "worker.breakers.probes",
+        "RUNLOG_BREAKER_PROBES",
+        "--breaker-probes",
+        Form::Text,
+    ),
+    setting(
+        "worker.limits.rate",
+        "RUNLOG_RATE_LIMITS",
+        "--rate-limit",
+        Form::List(';'),
+    ),
+    setting(
+        "worker.limits.concurrency",
+        "RUNLOG_CONCURRENCY_LIMITS",
+        "--concurrency-limit",
+        Form::List(';'),
+    ),
+    setting(
+        "worker.limits.lease-ttl",
+        "RUNLOG_LEASE_TTL",
+        "--lease-ttl",
+        Form::Text,
+    ),
+];
+
+/// The `[worker]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct WorkerTable {
+    /// The worker id; none: `<host>-<random>`, new at every start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The queues to take work from.
+    pub queues: Vec<QueueName>,
+    /// Attempts run at once.
+    pub concurrency: NonZeroUsize,
+    /// Capacity rules (`plan=3`, `apply=1,exclusive`).
+    #[serde(with = "as_text")]
+    pub capacity: Vec<CapacityRule>,
+    /// Registry refresh and heartbeat interval of running attempts.
+    #[serde(with = "runlog_config::duration")]
+    pub heartbeat: Duration,
+    /// `ack_wait` of the dispatch consumers this worker creates.
+    #[serde(with = "runlog_config::duration")]
+    pub ack_wait: Duration,
+    /// How long running attempts may finish after SIGTERM.
+    #[serde(with = "runlog_config::duration")]
+    pub drain_timeout: Duration,
+    /// How long a cancelled handler may take to stop.
+    #[serde(with = "runlog_config::duration")]
+    pub cancel_grace: Duration,
+    /// How long an idle long poll waits at the server.
+    #[serde(with = "runlog_config::duration")]
+    pub poll_expires: Duration,
+    /// Every k-th pick starts one priority level lower (≥ 2).
+    pub aging_every: u32,
+    /// Base delay before an item this worker cannot take is redelivered.
+    #[serde(with = "runlog_config::duration")]
+    pub nak_delay: Duration,
+    /// Labels tasks may require (`pool = "eu"`).
+    pub labels: BTreeMap<String, String>,
+    /// When fetching pauses for the host's sake.
+    pub guard: GuardTable,
+    /// Circuit breakers.
+    pub breakers: BreakersTable,
+    /// Rate and concurrency limits.
+    pub limits: LimitsTable,
+}
+
+/// `[worker.guard]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct GuardTable {
+    /// Stop fetching while host memory use is above this percentage.
+    pub max_memory_percent: f64,
+    /// Stop fetching while the 1-minute load average is above this.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_load: Option<f64>,
+}
+
+/// `[worker.breakers]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct BreakersTable {
+    /// Consult and feed breakers at all.
+    pub enabled: bool,
+    /// The failed share (1-100 %) that opens a breaker.
+    pub failure_percent: u8,
+    /// Attempts that must have ended in the window before it may open.
+    pub min_calls: NonZeroU32,
+    /// How far back outcomes count.
+    #[serde(with = "runlog_config::duration")]
+    pub window: Duration,
+    /// How long an open breaker delays attempts before it probes.
+    #[serde(with = "runlog_config::duration")]
+    pub open: Duration,
+    /// Probes of a half-open breaker that must succeed to close it.
+    pub probes: NonZeroU32,
+}
+
+/// `[worker.limits]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct LimitsTable {
+    /// Rate rules (`provider=openai:5/s`).
+    #[serde(with = "as_text")]
+    pub rate: Vec<RateRule>,
+    /// Concurrency rules (`workspace=prod:1`).
+    #[serde(with = "as_text")]
+    pub concurrency: Vec<ConcurrencyRule>,
+    /// How long a concurrency lease outlives its worker's last renewal.
+    #[serde(with = "runlog_config::duration")]
+    pub lease_ttl: Duration,
+}
+
+impl Default for WorkerTable {
+    fn default() -> Self {
+        let runtime = WorkerConfig::default();
+        WorkerTable {
+            id: None,
+            queues: runtime.queues,
+            concurrency: runtime.concurrency,
+            capacity: runtime.capacity,
+            heartbeat: runtime.heartbeat,
+            ack_wait: runtime.ack_wait,
+            drain_timeout: runtime.drain_timeout,
+            cancel_grace: runtime.cancel_grace,
+            poll_expires: runtime.poll_expires,
+            aging_every: runtime.aging_every,
+            nak_delay: runtime.nak_delay,
+            labels: runtime.labels,
+            guard: GuardTable::default(),
+            breakers: BreakersTable::default(),
+            limits: LimitsTable::default(),
+        }
+    }
+}
+
+impl Default for GuardTable {
+    fn default() -> Self {
+        let guard = GuardConfig::default();
+        GuardTable {
+            max_memory_percent: guard.max_memory_percent,
+            max_load: guard.max_load,
+        }
+    }
+}
+
+impl Default for BreakersTable {
+    fn default() -> Self {
+        let b = BreakerConfig::default();
+        BreakersTable {
+            enabled: b.enabled,
+            failure_percent: b.failure_percent,
+            min_calls: b.min_calls,
+            window: b.window,
+            open: b.open_for,
+            probes: b.probes,
+        }
+    }
+}
+
+impl Default for LimitsTable {
+    fn default() -> Self {
+        let limits = LimitsConfig::default();
+        LimitsTable {
+            rate: limits.rates,
+            concurrency: limits.concurrency,
+            lease_ttl: limits.lease_ttl,
+        }
+    }
+}
+
+impl WorkerTable {
+    /// The runtime's configuration, connected by `nats`.
+    pub fn into_config(self, nats: &NatsConfig) -> WorkerConfig {
+        let defaults = WorkerConfig::default();
+        WorkerConfig {
+            nats_url: nats.urls.join(","),
+            prefix: nats.prefix.clone(),
+            replicas: nats.replicas,
+            id: self.id.unwrap_or(defaults.id),
+            queues: self.queues,
+            concurrency: self.concurrency,
+            labels: self.labels,
+            capacity: self.capacity,
+            heartbeat: self.heartbeat,
+            ack_wait: self.ack_wait,
+            drain_timeout: self.drain_timeout,
+            cancel_grace: self.cancel_grace,
+            poll_expires: self.poll_expires,
+            aging_every: self.aging_every,
+            nak_delay: self.nak_delay,
+            guard: GuardConfig {
+                max_memory_percent: self.guard.max_memory_percent,
+                max_load: self.guard.max_load,
+                ..defaults.guard
+            },
+            telemetry: defaults.telemetry,
+            breakers: BreakerConfig {
+                enabled: self.breakers.enabled,
+                failure_percent: self.breakers.failure_percent,
+                min_calls: self.breakers.min_calls,
+                window: self.breakers.window,
+                open_for: self.breakers.open,
+                probes: self.breakers.probes,
+            },
+            limits: LimitsConfig {
+                rates: self.limits.rate,
+                concurrency: self.limits.concurrency,
+                lease_ttl: self.limits.lease_ttl,
+                ..defaults.limits
+            },
+        }
+    }
+}
+
+/// Rules as the text their flags take (`plan=3`, `provider=openai:5/s`).
+mod as_text {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<T: Display, S: Serializer>(rules: &[T], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(rules.iter().map(ToString::to_string))
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<Vec<T>, D::Error>
+    where
+        T: FromStr<Err: Display>,
+        D: Deserializer<'de>,
+    {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|text| text.parse().map_err(serde::de::Error::custom))
+            .collect()
+    }
+}
