@@ -112,23 +112,3 @@ pub fn duration(text: &str) -> Result<humantime::Duration, String> {
 pub fn as_text(d: Option<humantime::Duration>) -> Option<String> {
     d.map(|d| d.to_string())
 }
-
-#[cfg(test)]
-mod tests {
-    use runlog_config::NATS;
-
-    use crate::engine::ENGINE;
-    use crate::worker::table::WORKER;
-
-    #[test]
-    fn every_setting_is_documented_with_its_variable_and_flag() {
-        let doc = include_str!("../../docs/operations.md");
-        for setting in NATS.iter().chain(&ENGINE).chain(&WORKER) {
-            let (_, key) = setting.key.split_once('.').expect("a key is in a table");
-            let row = format!("| `{key}` | `{}`", setting.env);
-            let line = doc.lines().find(|line| line.starts_with(&row));
-            let line = line.unwrap_or_else(|| panic!("docs/operations.md has no row {row}"));
-            assert!(line.contains(&format!("`{}", setting.flag)), "{line}");
-        }
-    }
-}
