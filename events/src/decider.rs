@@ -826,6 +826,17 @@ pub fn decide(
             if status != S::Failed {
                 return Err(wrong());
             }
+            // A cancel was asked for while the attempt ran, and the attempt
+            // ended without confirming it (its deadline stopped it first):
+            // the execution ends cancelled, not retried.
+            if state.cancel_requested {
+                return Ok(vec![fact(
+                    a,
+                    Event::Cancelled(Cancelled {
+                        reason: state.reason.clone().unwrap_or_default(),
+                    }),
+                )]);
+            }
             let default_policy = RetryPolicy::default();
             let policy = state.spec.as_ref().map_or(&default_policy, |s| &s.retry);
             let Some(last) = state.errors.last() else {

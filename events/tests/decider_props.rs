@@ -615,6 +615,25 @@ fn a_result_cannot_land_after_a_cancel_request() {
 }
 
 #[test]
+fn an_attempt_that_times_out_after_a_cancel_request_is_not_retried() {
+    let (state, log) = run(&[
+        Cmd::Submit(TaskSpec::new("shell")),
+        Cmd::Enqueue,
+        Cmd::Claim(1, false),
+        Cmd::Cancel,
+        Cmd::Finish(Pick::Current, Outcome::TimedOut),
+        Cmd::Resolve(0.5),
+    ])
+    .unwrap();
+    assert_eq!(state.status, Status::Cancelled, "{log:?}");
+    assert!(
+        !log.iter()
+            .any(|e| matches!(e.event, Event::RetryScheduled(_))),
+        "{log:?}"
+    );
+}
+
+#[test]
 fn a_cancel_signal_without_a_cancel_request_fails_the_attempt_as_cancelled() {
     let (state, _) = run(&[
         Cmd::Submit(TaskSpec::new("shell")),

@@ -87,7 +87,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
 /// # Examples
 ///
 /// ```
-/// let app: axum::Router = runlog_engine::dashboard::router();
+/// let app: axum::Router = runlog_engine::api::dashboard::router();
 /// # let _ = app;
 /// ```
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {

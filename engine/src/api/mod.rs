@@ -24,7 +24,7 @@
 
 pub(crate) mod batch;
 mod breakers;
-mod dashboard;
+pub mod dashboard;
 mod dead_letters;
 pub(crate) mod executions;
 pub mod problem;
