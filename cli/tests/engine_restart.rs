@@ -122,6 +122,7 @@ async fn a_killed_engine_restarts_with_every_execution_intact() -> Result<()> {
                     3 => {
                         let cancel = Cmd::RequestCancel {
                             reason: "test".into(),
+                            operation: None,
                         };
                         journal.transition(&id, &cancel, now).await?;
                     }

@@ -848,14 +848,14 @@ fn count(op: &mut Operation, id: ExecutionId, outcome: Outcome) {
 }
 
 /// Cancels one execution through the same path as the cancel route. The
-/// cancel's reason names the operation, which is how a resumed run knows
-/// its own work.
+/// cancel records the operation, which is how a resumed run knows its own
+/// work.
 async fn cancel_one(executions: &Executions, item: &Item, execution: &ExecutionId) -> Outcome {
     let op = &item.op;
     if let Some(entry) = executions.projection.get(execution)
         && (entry.state.status.is_terminal() || entry.state.cancel_requested)
     {
-        let ours = entry.state.reason.is_some_and(|r| r.contains(&op.id));
+        let ours = entry.state.cancelled_by_operation.as_deref() == Some(op.id.as_str());
         return if ours {
             Outcome::Done
         } else {
@@ -873,7 +873,14 @@ async fn cancel_one(executions: &Executions, item: &Item, execution: &ExecutionI
     );
     match executions
         .journal
-        .transition(execution, &Command::RequestCancel { reason }, Utc::now())
+        .transition(
+            execution,
+            &Command::RequestCancel {
+                reason,
+                operation: Some(op.id.clone()),
+            },
+            Utc::now(),
+        )
         .await
     {
         Ok(_) => Outcome::Done,

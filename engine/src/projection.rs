@@ -831,8 +831,7 @@ impl Projection {
 
     /// The dead-letter index of a restored execution. A snapshot keeps the
     /// folded state only: the dead letter's sequence is the execution's last
-    /// one (nothing follows a terminal event) and its reason is read back
-    /// from the state's reason, which the core words per reason.
+    /// one (nothing follows a terminal event) and its reason is the state's.
     fn restore_dead_letter(&self, execution: &ExecutionId, entry: &Entry) {
         let state = &entry.state;
         let mut index = self
@@ -849,7 +848,9 @@ impl Projection {
                 DeadLetter {
                     seq: entry.last_seq,
                     at: state.finished_at.unwrap_or_default(),
-                    reason: reason_of(state),
+                    reason: state
+                        .dead_letter_reason
+                        .unwrap_or(DeadLetterReason::AttemptsExhausted),
                     class: state.errors.last().map(|e| e.error.class),
                 },
             );
@@ -983,37 +984,6 @@ fn replay_of(execution: &ExecutionId, spec: &runlog_events::TaskSpec) -> Replay 
     }
 }
 
-/// The reason of a dead-lettered state, read back from the wording the core
-/// gives each reason.
-fn reason_of(state: &ExecutionState) -> DeadLetterReason {
-    const REASONS: [DeadLetterReason; 3] = [
-        DeadLetterReason::AttemptsExhausted,
-        DeadLetterReason::Permanent,
-        DeadLetterReason::MaxDeliveries,
-    ];
-    REASONS
-        .into_iter()
-        .find(|r| {
-            let mut probe = ExecutionState {
-                status: Status::Failed,
-                ..ExecutionState::default()
-            };
-            let envelope = Envelope::new(
-                ExecutionId::new("probe").expect("a valid token"),
-                0,
-                DateTime::<Utc>::default(),
-                "/runlog/projection",
-                Event::DeadLettered(runlog_events::event::DeadLettered {
-                    reason: *r,
-                    errors: Vec::new(),
-                }),
-            );
-            probe = decider::evolve(probe, &envelope);
-            probe.reason == state.reason
-        })
-        .unwrap_or(DeadLetterReason::AttemptsExhausted)
-}
-
 #[cfg(test)]
 mod dead_letter_tests {
     use super::*;
@@ -1096,7 +1066,7 @@ mod dead_letter_tests {
     }
 
     #[test]
-    fn every_reason_reads_back_from_its_wording() {
+    fn every_reason_is_kept_in_the_state() {
         for reason in [
             DeadLetterReason::AttemptsExhausted,
             DeadLetterReason::Permanent,
@@ -1125,7 +1095,7 @@ mod dead_letter_tests {
                 ),
             );
             assert_eq!(state.status, Status::DeadLettered);
-            assert_eq!(reason_of(&state), reason);
+            assert_eq!(state.dead_letter_reason, Some(reason));
         }
     }
 }

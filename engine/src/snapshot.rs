@@ -22,7 +22,7 @@ use crate::projection::{Entry, Projection};
 /// The object holding the newest snapshot.
 const OBJECT: &str = "projection";
 /// Format version; a snapshot of another version is ignored.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct File {

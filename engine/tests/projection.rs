@@ -97,6 +97,7 @@ async fn a_replayed_projection_equals_a_fresh_fold_of_every_execution() -> Resul
     // It stays live: a new event shows up without a restart.
     let cancel = Command::RequestCancel {
         reason: "operator".into(),
+        operation: None,
     };
     journal.transition(&ids[0], &cancel, Utc::now()).await?;
     caught_up(&projection, &js).await?;

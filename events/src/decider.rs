@@ -158,8 +158,14 @@ pub struct ExecutionState {
     pub progress: Option<Box<Progress>>,
     /// The output, once succeeded.
     pub output: Option<Box<serde_json::Value>>,
-    /// The reason of a rejection, a cancel or a dead letter.
+    /// The reason of a rejection, a cancel or a dead letter, in words.
     pub reason: Option<String>,
+    /// Why it was dead-lettered, once it was.
+    #[serde(default)]
+    pub dead_letter_reason: Option<DeadLetterReason>,
+    /// The bulk operation that cancelled it (or asked to), if one did.
+    #[serde(default)]
+    pub cancelled_by_operation: Option<String>,
     /// When it was submitted.
     pub submitted_at: Option<DateTime<Utc>>,
     /// When the current attempt started.
@@ -373,16 +379,21 @@ fn transition(mut s: ExecutionState, env: &Envelope) -> ExecutionState {
             s.attempt = env.attempt;
             s.retry_at = Some(*at);
         }
-        Event::CancelRequested(CancelRequested { reason }) => {
+        Event::CancelRequested(CancelRequested { reason, operation }) => {
             s.cancel_requested = true;
             s.reason = Some(reason.clone());
+            s.cancelled_by_operation.clone_from(operation);
         }
-        Event::Cancelled(Cancelled { reason }) => {
+        Event::Cancelled(Cancelled { reason, operation }) => {
             s.status = Status::Cancelled;
             s.reason = Some(reason.clone());
+            if operation.is_some() {
+                s.cancelled_by_operation.clone_from(operation);
+            }
         }
         Event::DeadLettered(DeadLettered { reason, .. }) => {
             s.status = Status::DeadLettered;
+            s.dead_letter_reason = Some(*reason);
             s.reason = Some(
                 match reason {
                     DeadLetterReason::AttemptsExhausted => "every allowed attempt failed",
@@ -510,6 +521,9 @@ pub enum Command {
     RequestCancel {
         /// Why.
         reason: String,
+        /// The bulk operation asking, if one is.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        operation: Option<String>,
     },
     /// The worker of a running attempt reports how it ended, and `decide`
     /// records what the log makes of it: after a recorded cancel request a
@@ -749,6 +763,7 @@ pub fn decide(
                 a,
                 Event::Cancelled(Cancelled {
                     reason: state.reason.clone().unwrap_or_default(),
+                    operation: state.cancelled_by_operation.clone(),
                 }),
             )],
             S::Running => {
@@ -834,6 +849,7 @@ pub fn decide(
                     a,
                     Event::Cancelled(Cancelled {
                         reason: state.reason.clone().unwrap_or_default(),
+                        operation: state.cancelled_by_operation.clone(),
                     }),
                 )]);
             }
@@ -886,18 +902,20 @@ pub fn decide(
                 }),
             )]
         }
-        Command::RequestCancel { reason } => match status {
+        Command::RequestCancel { reason, operation } => match status {
             S::Running if state.cancel_requested => vec![],
             S::Running => vec![fact(
                 a,
                 Event::CancelRequested(CancelRequested {
                     reason: reason.clone(),
+                    operation: operation.clone(),
                 }),
             )],
             _ => vec![fact(
                 a,
                 Event::Cancelled(Cancelled {
                     reason: reason.clone(),
+                    operation: operation.clone(),
                 }),
             )],
         },
@@ -919,6 +937,7 @@ fn ending(state: &ExecutionState, outcome: &Outcome) -> Event {
         // missed, or raced the result; the attempt ends cancelled.
         _ if state.cancel_requested => Event::Cancelled(Cancelled {
             reason: state.reason.clone().unwrap_or_default(),
+            operation: state.cancelled_by_operation.clone(),
         }),
         Outcome::Succeeded { output } => Event::Succeeded(Succeeded {
             output: output.clone(),

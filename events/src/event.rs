@@ -179,6 +179,9 @@ pub struct CancelRequested {
     /// Why, in the requester's words.
     #[serde(default)]
     pub reason: String,
+    /// The bulk operation that asked for it, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
 }
 
 /// Body of [`Event::Cancelled`].
@@ -187,6 +190,9 @@ pub struct Cancelled {
     /// Why, in the requester's words.
     #[serde(default)]
     pub reason: String,
+    /// The bulk operation that asked for it, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
 }
 
 /// What a deadline applied to.

@@ -194,6 +194,7 @@ fn command(cmd: &Cmd, state: &ExecutionState) -> Command {
         Cmd::GiveUp(p) => Command::GiveUp { attempt: at(p) },
         Cmd::Cancel => Command::RequestCancel {
             reason: "operator".into(),
+            operation: None,
         },
         Cmd::Finish(p, outcome) => Command::Finish {
             attempt: at(p),
@@ -272,10 +273,12 @@ fn arb_event() -> impl Strategy<Value = Event> {
             class
         })),
         Just(Event::CancelRequested(CancelRequested {
-            reason: String::new()
+            reason: String::new(),
+            operation: Some("op".into()),
         })),
         Just(Event::Cancelled(Cancelled {
-            reason: String::new()
+            reason: String::new(),
+            operation: None,
         })),
         prop_oneof![Just(TimeoutScope::Attempt), Just(TimeoutScope::Execution)]
             .prop_map(|scope| Event::TimedOut(TimedOut { scope })),
@@ -342,7 +345,10 @@ fn by_fallbacks(
         let reason = state.reason.clone().unwrap_or_default();
         Ok(vec![decider::Fact {
             attempt: state.attempt,
-            event: Event::Cancelled(Cancelled { reason }),
+            event: Event::Cancelled(Cancelled {
+                reason,
+                operation: state.cancelled_by_operation.clone(),
+            }),
         }])
     };
     let mut step = match outcome.clone() {

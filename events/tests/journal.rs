@@ -212,6 +212,7 @@ async fn transition_refolds_after_losing_a_race_and_respects_terminal_states() -
     journal.transition(&exec, &Command::Enqueue, now).await?;
     let cancel = Command::RequestCancel {
         reason: "operator".into(),
+        operation: None,
     };
     let history = journal.transition(&exec, &cancel, now).await?;
     assert_eq!(history.state.status, Status::Cancelled);

@@ -258,9 +258,11 @@ fn example(ty: EventType) -> Event {
         }),
         EventType::CancelRequested => Event::CancelRequested(CancelRequested {
             reason: "superseded by a manual backup".into(),
+            operation: None,
         }),
         EventType::Cancelled => Event::Cancelled(Cancelled {
             reason: "superseded by a manual backup".into(),
+            operation: None,
         }),
         EventType::TimedOut => Event::TimedOut(TimedOut {
             scope: TimeoutScope::Attempt,

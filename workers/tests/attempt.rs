@@ -113,6 +113,7 @@ async fn a_cancelled_execution_is_skipped() -> Result<()> {
     let (journal, exec) = queued(&server).await?;
     let cancel = Command::RequestCancel {
         reason: "operator".into(),
+        operation: None,
     };
     journal.transition(&exec, &cancel, Utc::now()).await?;
     match Attempt::claim(&journal, &exec, "w1", false, Utc::now()).await? {
@@ -131,6 +132,7 @@ async fn a_cancel_recorded_after_the_claim_refuses_the_result() -> Result<()> {
     let attempt = started(Attempt::claim(&journal, &exec, "w1", false, Utc::now()).await?);
     let cancel = Command::RequestCancel {
         reason: "operator".into(),
+        operation: None,
     };
     journal.transition(&exec, &cancel, Utc::now()).await?;
     // The worker's result was decided on a stale view: the append conflicts,
@@ -151,6 +153,7 @@ async fn a_result_finished_after_a_missed_cancel_ends_the_execution_cancelled() 
     let attempt = started(Attempt::claim(&journal, &exec, "w1", false, Utc::now()).await?);
     let cancel = Command::RequestCancel {
         reason: "operator".into(),
+        operation: None,
     };
     journal.transition(&exec, &cancel, Utc::now()).await?;
     // Decided on the claim's view, the success conflicts with the cancel

@@ -238,6 +238,7 @@ async fn a_cancel_signal_stops_the_running_handler_and_the_execution_ends_cancel
 
     let cancel = Command::RequestCancel {
         reason: "operator".into(),
+        operation: None,
     };
     h.journal.transition(&exec, &cancel, Utc::now()).await?;
     let client = h.js.client();

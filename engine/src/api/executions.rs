@@ -644,7 +644,10 @@ pub(super) async fn cancel(
     let reason = body
         .and_then(|Json(b)| b.reason)
         .unwrap_or_else(|| "cancelled through the API".to_owned());
-    let command = Command::RequestCancel { reason };
+    let command = Command::RequestCancel {
+        reason,
+        operation: None,
+    };
     match state
         .journal
         .transition(&execution, &command, Utc::now())
