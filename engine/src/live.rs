@@ -32,25 +32,45 @@ pub struct Stored {
     pub seq: u64,
     /// The event.
     pub envelope: Envelope,
+    /// Its execution's summary after it (`projection::summary`), when the
+    /// engine knows it.
+    pub state: Option<serde_json::Value>,
     /// Its JSON as the feeds send it, made by the first feed that sends it:
     /// every other client gets the same bytes without serialising again.
     json: std::sync::OnceLock<String>,
 }
 
 impl Stored {
-    /// The event stored at `seq`.
-    pub fn new(seq: u64, envelope: Envelope) -> Self {
+    /// The event stored at `seq`, leaving its execution in `state`.
+    pub fn new(seq: u64, envelope: Envelope, state: Option<serde_json::Value>) -> Self {
         Stored {
             seq,
             envelope,
+            state,
             json: std::sync::OnceLock::new(),
         }
     }
 
-    /// Its JSON, made once by `render`.
-    pub fn json(&self, render: impl FnOnce(u64, &Envelope) -> String) -> &str {
-        self.json.get_or_init(|| render(self.seq, &self.envelope))
+    /// The status the event left its execution in, when known.
+    pub fn status(&self) -> Option<runlog_events::Status> {
+        status_of(self.state.as_ref())
     }
+
+    /// Its JSON, made once by `render`.
+    pub fn json(
+        &self,
+        render: impl FnOnce(u64, &Envelope, Option<&serde_json::Value>) -> String,
+    ) -> &str {
+        self.json
+            .get_or_init(|| render(self.seq, &self.envelope, self.state.as_ref()))
+    }
+}
+
+/// The `status` of a summary.
+pub fn status_of(state: Option<&serde_json::Value>) -> Option<runlog_events::Status> {
+    state
+        .and_then(|s| s.get("status"))
+        .and_then(|s| serde_json::from_value(s.clone()).ok())
 }
 
 /// A progress report of a running attempt.

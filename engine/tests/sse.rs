@@ -71,6 +71,18 @@ async fn an_execution_stream_resumes_after_last_event_id_without_gap_or_duplicat
     let ids: Vec<u64> = all.iter().filter_map(|e| e.id).collect();
     let seqs: Vec<u64> = history.events.iter().map(|r| r.seq).collect();
     assert_eq!(ids, seqs, "exactly the log's events, once each, in order");
+    // Each event carries the status it left the execution in, and the
+    // execution's summary after it, live or replayed.
+    let statuses: Vec<&str> = all
+        .iter()
+        .map(|e| e.data["status"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(statuses, ["queued", "running", "succeeded"]);
+    for e in &all {
+        assert_eq!(e.data["state"]["id"], exec.as_str(), "{:?}", e.data);
+        assert_eq!(e.data["state"]["last_seq"], e.id.unwrap(), "{:?}", e.data);
+    }
+    assert_eq!(all[1].data["state"]["worker"], "w1");
     assert_eq!(rest.last().unwrap().data["status"], "succeeded");
     run.stop().await;
     Ok(())
@@ -110,6 +122,15 @@ async fn the_global_stream_resumes_exactly_while_events_keep_coming() -> Result<
     )
     .await?;
     assert_eq!(got, stored, "no gap, no duplicate, log order");
+    // Live events carry the fold's state; so does a replayed event that is
+    // its execution's newest (each `succeeded` here).
+    for e in seen
+        .iter()
+        .chain(rest.iter().filter(|e| e.event == "succeeded"))
+    {
+        assert!(e.data["state"].is_object(), "{:?}", e.data);
+        assert_eq!(e.data["status"], e.data["state"]["status"]);
+    }
     run.stop().await;
     Ok(())
 }

@@ -103,13 +103,9 @@ pub struct Summary {
     pub queue: Option<String>,
     /// Its kind.
     pub kind: Option<String>,
-    /// Its priority.
-    pub priority: Option<Priority>,
     /// Its labels.
     #[serde(default)]
     pub labels: Option<BTreeMap<String, String>>,
-    /// The worker of the current attempt.
-    pub worker: Option<String>,
     /// Submitted.
     pub submitted_at: Option<DateTime<Utc>>,
     /// The current attempt started.

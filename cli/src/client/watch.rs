@@ -13,8 +13,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use runlog_events::decider;
-use runlog_events::{Envelope, Event, Status};
+use runlog_events::{Envelope, Status};
 use serde_json::{Value, json};
 
 use super::list::{self, fetch};
@@ -22,6 +21,16 @@ use super::render::{self, Table, parse_duration};
 use super::sse::Feed;
 use super::views::{ProgressReport, Stats, Summary};
 use super::{Client, Conn, Error, Exit, stdout_is_tty};
+
+/// The `state` a lifecycle event of a feed carries: its execution's
+/// summary after it.
+fn event_state(data: &str) -> Option<Summary> {
+    #[derive(serde::Deserialize)]
+    struct WithState {
+        state: Option<Summary>,
+    }
+    serde_json::from_str::<WithState>(data).ok()?.state
+}
 
 /// Redraws at most this often.
 const FRAME: Duration = Duration::from_millis(200);
@@ -106,11 +115,11 @@ async fn lines(args: &Args, feed: &mut Feed) -> Result<Exit, Error> {
                 let Ok(envelope) = serde_json::from_str::<Envelope>(&event.data) else {
                     continue;
                 };
+                // The status the engine folded the event into; an event
+                // replayed without one passes the filter.
+                let status = event_state(&event.data).map(|s| s.status);
                 if !args.filters.status.is_empty()
-                    && !args
-                        .filters
-                        .status
-                        .contains(&decider::status_after(&envelope.event))
+                    && status.is_some_and(|s| !args.filters.status.contains(&s))
                 {
                     continue;
                 }
@@ -272,62 +281,33 @@ impl<'a> Screen<'a> {
             }
             return;
         }
-        let Ok(envelope) = serde_json::from_str::<Envelope>(data) else {
+        // Every lifecycle event carries its execution's summary after it
+        // (`state`), folded by the engine: the row becomes that summary. An
+        // event replayed from the log that is older than its execution's
+        // newest carries none; the newest one follows.
+        let Some(summary) = event_state(data) else {
             return;
         };
-        let seq = seq.unwrap_or(0);
-        let id = envelope.execution.to_string();
-        let row = self.rows.entry(id.clone()).or_insert_with(|| Row {
-            summary: Summary {
-                id,
-                status: Status::Pending,
-                attempt: envelope.attempt,
-                queue: None,
-                kind: None,
-                priority: None,
-                labels: None,
-                worker: None,
-                submitted_at: None,
-                started_at: None,
-                finished_at: None,
-                last_seq: 0,
-            },
-            progress: None,
-        });
-        if seq <= row.summary.last_seq {
-            return;
-        }
-        let s = &mut row.summary;
-        s.last_seq = seq;
-        s.status = decider::status_after(&envelope.event);
-        s.attempt = s.attempt.max(envelope.attempt);
-        match &envelope.event {
-            // The event that records an execution: `submitted`, or the
-            // `queued` with the spec that an engine door writes instead.
-            event @ (Event::Submitted(_) | Event::Queued(_)) => {
-                let spec = match event {
-                    Event::Submitted(sub) => Some(&sub.spec),
-                    Event::Queued(q) => q.spec.as_deref(),
-                    _ => None,
-                };
-                if let Some(spec) = spec {
-                    s.kind = Some(spec.kind.clone());
-                    s.queue = Some(spec.queue.to_string());
-                    s.priority = Some(spec.priority);
-                    s.labels = Some(spec.labels.clone());
-                    s.submitted_at = Some(envelope.time);
+        let seq = seq.unwrap_or(summary.last_seq);
+        let started = summary.status == Status::Running;
+        match self.rows.get_mut(&summary.id) {
+            Some(row) if seq <= row.summary.last_seq => {}
+            Some(row) => {
+                // Progress belongs to the running attempt it was reported for.
+                if !started || row.summary.attempt != summary.attempt {
+                    row.progress = None;
                 }
+                row.summary = summary;
             }
-            Event::Started(started) => {
-                s.worker = Some(started.worker.clone());
-                s.started_at = Some(envelope.time);
-                row.progress = None;
+            None => {
+                self.rows.insert(
+                    summary.id.clone(),
+                    Row {
+                        summary,
+                        progress: None,
+                    },
+                );
             }
-            _ if s.status.is_terminal() => {
-                s.finished_at = Some(envelope.time);
-                row.progress = None;
-            }
-            _ => {}
         }
     }
 

@@ -159,110 +159,21 @@ function rowFromSummary(s) {
     status: s.status, attempt: s.attempt || 0, queue: s.queue || '', kind: s.kind || '',
     priority: s.priority || '', worker: s.worker || null, submitted_at: s.submitted_at,
     started_at: s.started_at, finished_at: s.finished_at, reason: s.reason,
-    last_seq: s.last_seq || 0,
+    cancel_requested: !!s.cancel_requested, last_seq: s.last_seq || 0,
   });
   row.progressKnown = row.status !== 'running';
   return row;
 }
 
-// The state an event leaves a row in; mirrors the core's `evolve`.
-function evolve(row, e) {
-  const d = e.data || {};
-  switch (e.type) {
-    case 'submitted': {
-      const spec = d.spec || {};
-      row.status = 'pending';
-      row.queue = spec.queue || row.queue;
-      row.kind = spec.kind || row.kind;
-      row.priority = spec.priority || row.priority;
-      row.submitted_at = e.time;
-      break;
-    }
-    case 'queued':
-      // The first event of an execution an engine door admitted carries the spec.
-      if (d.spec) {
-        row.kind = d.spec.kind || row.kind;
-        row.priority = d.spec.priority || row.priority;
-        row.submitted_at = e.time;
-      }
-      row.status = 'queued';
-      row.attempt = e.attempt;
-      if (d.queue) row.queue = d.queue;
-      if (d.priority) row.priority = d.priority;
-      break;
-    case 'started':
-      row.status = 'running';
-      row.worker = d.worker || null;
-      row.started_at = e.time;
-      row.attempt = e.attempt;
-      row.percent = null;
-      row.message = null;
-      // Reports are not replayed: one sent before the feed opened is only
-      // in the execution's detail.
-      row.progressKnown = false;
-      break;
-    case 'progress':
-      if (row.status === 'running') {
-        row.percent = percentOf(d.percent);
-        row.message = d.message || null;
-      }
-      break;
-    case 'succeeded':
-      row.status = 'succeeded';
-      break;
-    case 'failed':
-      row.status = 'failed';
-      row.worker = null;
-      break;
-    case 'timed_out':
-      if (d.scope === 'execution') {
-        row.status = 'timed_out';
-        row.reason = 'the execution ran past its deadline';
-      } else {
-        row.status = 'failed';
-        row.worker = null;
-      }
-      break;
-    case 'attempt_lost':
-      row.status = 'queued';
-      row.attempt += 1;
-      row.worker = null;
-      break;
-    case 'retry_scheduled':
-      row.status = 'retry_scheduled';
-      row.attempt = e.attempt;
-      row.percent = null;
-      row.message = null;
-      break;
-    case 'cancel_requested':
-      row.cancel_requested = true;
-      row.reason = d.reason || null;
-      break;
-    case 'cancelled':
-      row.status = 'cancelled';
-      row.reason = d.reason || null;
-      break;
-    case 'dead_lettered':
-      row.status = 'dead_lettered';
-      row.reason = d.reason ? label(d.reason) : null;
-      break;
-    case 'rejected':
-      row.status = 'rejected';
-      row.reason = d.field ? `${d.field}: ${d.reason}` : d.reason;
-      break;
-    default:
-      break;
-  }
-  if (TERMINAL.has(row.status)) {
-    if (!row.finished_at) row.finished_at = e.time;
-    row.worker = null;
-  }
-}
-
+// A lifecycle event carries its execution's summary after it (`state`),
+// folded by the engine: the row becomes that summary. Progress is the
+// dashboard's own: kept while the same attempt runs.
 function applyEvent(e) {
+  if (!e.state) return; // replayed, older than its execution's newest event
   let row = store.byId.get(e.execution);
   if (!row) {
-    // An execution begins with `submitted`, or with a `queued` carrying the spec.
+    // A row appears with an execution's first event, or, before the first
+    // page arrived, waits for it.
     const first = e.type === 'submitted' || (e.type === 'queued' && e.data && e.data.spec);
     if (!first) {
       stash(e);
@@ -275,8 +186,18 @@ function applyEvent(e) {
   }
   if (e.seq <= row.last_seq) return;
   const before = row.status;
-  row.last_seq = e.seq;
-  evolve(row, e);
+  const sameAttempt = before === 'running' && row.attempt === (e.state.attempt || 0);
+  const kept = { percent: row.percent, message: row.message, progressKnown: row.progressKnown, ver: row.ver };
+  Object.assign(row, rowFromSummary(e.state), { last_seq: e.seq, ver: kept.ver });
+  if (row.status === 'running') {
+    if (sameAttempt) Object.assign(row, { percent: kept.percent, message: kept.message, progressKnown: kept.progressKnown });
+    else row.progressKnown = false; // reports are not replayed
+    if (e.type === 'progress') {
+      const d = e.data || {};
+      row.percent = percentOf(d.percent);
+      row.message = d.message || null;
+    }
+  }
   touch(row, before !== row.status);
 }
 

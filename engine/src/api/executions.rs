@@ -244,32 +244,9 @@ pub(super) async fn list(
     let items: Vec<_> = page
         .items
         .iter()
-        .map(|(id, entry)| summary(id, &entry.state, entry.last_seq))
+        .map(|(id, entry)| crate::projection::summary(id, &entry.state, entry.last_seq))
         .collect();
     Json(json!({ "executions": items, "next_cursor": page.next })).into_response()
-}
-
-fn summary(
-    id: &ExecutionId,
-    s: &runlog_events::ExecutionState,
-    last_seq: u64,
-) -> serde_json::Value {
-    let spec = s.spec.as_ref();
-    json!({
-        "id": id,
-        "status": s.status,
-        "attempt": s.attempt,
-        "queue": spec.map(|s| &s.queue),
-        "kind": spec.map(|s| &s.kind),
-        "priority": spec.map(|s| s.priority),
-        "labels": spec.map(|s| &s.labels),
-        "worker": s.worker,
-        "submitted_at": s.submitted_at,
-        "started_at": s.started_at,
-        "finished_at": s.finished_at,
-        "reason": s.reason,
-        "last_seq": last_seq,
-    })
 }
 
 /// One attempt, as `GET /v1/executions/{id}` shows it.
@@ -355,10 +332,34 @@ fn redacted_envelope(envelope: &Envelope) -> Envelope {
 }
 
 /// An event as the API and the SSE feeds show it.
-pub(super) fn event_json(seq: u64, envelope: &Envelope) -> serde_json::Value {
+/// The recorded events of one execution, each with the execution's summary
+/// after it, folded by the core's `evolve` as the projection folds them.
+pub(super) fn folded<'a>(
+    execution: &'a ExecutionId,
+    events: &'a [runlog_events::journal::Recorded],
+) -> impl Iterator<Item = (&'a runlog_events::journal::Recorded, serde_json::Value)> + 'a {
+    let mut state = runlog_events::ExecutionState::default();
+    events.iter().map(move |r| {
+        state = runlog_events::decider::evolve(std::mem::take(&mut state), &r.envelope);
+        (r, crate::projection::summary(execution, &state, r.seq))
+    })
+}
+
+/// An event as the API shows it: the envelope (secrets redacted), its
+/// sequence, and, where the engine knows it, `state`: its execution's
+/// summary after the event, with the `status` it left it in.
+pub(super) fn event_json(
+    seq: u64,
+    envelope: &Envelope,
+    state: Option<&serde_json::Value>,
+) -> serde_json::Value {
     let mut value = serde_json::to_value(redacted_envelope(envelope)).unwrap_or_default();
     if let Some(map) = value.as_object_mut() {
         map.insert("seq".to_owned(), json!(seq));
+        if let Some(state) = state {
+            map.insert("status".to_owned(), state["status"].clone());
+            map.insert("state".to_owned(), state.clone());
+        }
     }
     value
 }
@@ -528,10 +529,8 @@ async fn latest_progress(
 pub(super) async fn events(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
     match self::history(&state, &id).await {
         Ok((execution, history)) => {
-            let events: Vec<_> = history
-                .events
-                .iter()
-                .map(|r| event_json(r.seq, &r.envelope))
+            let events: Vec<_> = folded(&execution, &history.events)
+                .map(|(r, state)| event_json(r.seq, &r.envelope, Some(&state)))
                 .collect();
             let skipped: Vec<_> = history
                 .skipped

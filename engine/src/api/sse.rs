@@ -28,7 +28,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 
-use super::executions::{event_json, log_lines, read_logs};
+use super::executions::{event_json, folded, log_lines, read_logs};
 use super::{ApiState, Problem};
 use crate::live::Stored;
 
@@ -61,11 +61,11 @@ fn last_event_id(headers: &HeaderMap, query: Option<u64>) -> Option<u64> {
         .or(query)
 }
 
-fn event(seq: u64, envelope: &Envelope) -> SseEvent {
+fn event(seq: u64, envelope: &Envelope, state: Option<&serde_json::Value>) -> SseEvent {
     SseEvent::default()
         .id(seq.to_string())
         .event(envelope.event_type().as_str())
-        .data(event_json(seq, envelope).to_string())
+        .data(event_json(seq, envelope, state).to_string())
 }
 
 /// A live event: its JSON is made once for every client.
@@ -73,7 +73,7 @@ fn live_event(stored: &Stored) -> SseEvent {
     SseEvent::default()
         .id(stored.seq.to_string())
         .event(stored.envelope.event_type().as_str())
-        .data(stored.json(|seq, envelope| event_json(seq, envelope).to_string()))
+        .data(stored.json(|seq, envelope, state| event_json(seq, envelope, state).to_string()))
 }
 
 fn ends_execution(event: &Event) -> bool {
@@ -133,8 +133,9 @@ pub(super) async fn execution(
                 },
             };
             let from = last;
-            for r in recorded.events.iter().filter(|r| r.seq > from) {
-                if !send(&tx, event(r.seq, &r.envelope)).await {
+            let events = folded(&execution, &recorded.events).filter(|(r, _)| r.seq > from);
+            for (r, after) in events {
+                if !send(&tx, event(r.seq, &r.envelope, Some(&after))).await {
                     return;
                 }
                 last = r.seq;
@@ -151,8 +152,10 @@ pub(super) async fn execution(
                         }
                         last = stored.seq;
                         if ends_execution(&stored.envelope.event) {
-                            let _ =
-                                send(&tx, end(decider::status_after(&stored.envelope.event))).await;
+                            let status = stored
+                                .status()
+                                .unwrap_or_else(|| decider::status_after(&stored.envelope.event));
+                            let _ = send(&tx, end(status)).await;
                             return;
                         }
                     }
@@ -229,8 +232,11 @@ pub(super) async fn all(
     let (tx, rx) = mpsc::channel(BUFFER);
     let response = sse(&state, rx);
     tokio::spawn(async move {
-        let wanted = |envelope: &Envelope| -> bool {
-            if !statuses.is_empty() && !statuses.contains(&decider::status_after(&envelope.event)) {
+        // The status an event left its execution in: the fold's, where the
+        // feed has it; the core's rule for the event alone otherwise.
+        let wanted = |envelope: &Envelope, status: Option<Status>| -> bool {
+            let status = status.unwrap_or_else(|| decider::status_after(&envelope.event));
+            if !statuses.is_empty() && !statuses.contains(&status) {
                 return false;
             }
             match &queue {
@@ -253,7 +259,11 @@ pub(super) async fn all(
                     Ok(events) if events.len() < MAX_CATCH_UP => {
                         for (seq, envelope) in events {
                             last = Some(seq);
-                            if wanted(&envelope) && !send(&tx, event(seq, &envelope)).await {
+                            let after = state.projection.summary_at(&envelope.execution, seq);
+                            let status = crate::live::status_of(after.as_ref());
+                            if wanted(&envelope, status)
+                                && !send(&tx, event(seq, &envelope, after.as_ref())).await
+                            {
                                 return;
                             }
                         }
@@ -275,7 +285,9 @@ pub(super) async fn all(
                             continue;
                         }
                         last = Some(stored.seq);
-                        if wanted(&stored.envelope) && !send(&tx, live_event(&stored)).await {
+                        if wanted(&stored.envelope, stored.status())
+                            && !send(&tx, live_event(&stored)).await
+                        {
                             return;
                         }
                     }

@@ -92,10 +92,10 @@ impl Projection {
             let live = self.live.get().filter(|live| live.receiver_count() > 0);
             for event in batch {
                 let pending = event.pending;
-                let folded = self.fold(event);
-                if let (Some(live), Some((seq, envelope))) = (live, folded) {
-                    let _no_receivers =
-                        live.send(Arc::new(crate::live::Stored::new(seq, envelope)));
+                let folded = self.fold(event, live.is_some());
+                if let (Some(live), Some((seq, envelope, state))) = (live, folded) {
+                    let stored = crate::live::Stored::new(seq, envelope, state);
+                    let _no_receivers = live.send(Arc::new(stored));
                 }
                 if pending == 0 {
                     self.caught_up.store(true, Ordering::Relaxed);
@@ -150,7 +150,7 @@ impl Projection {
                 let mut done = false;
                 for event in batch {
                     done |= event.seq >= last || event.pending == 0;
-                    self.fold(event);
+                    self.fold(event, false);
                 }
                 if done {
                     return Ok(true);
@@ -163,13 +163,18 @@ impl Projection {
         result
     }
 
-    /// Folds a decoded event and hands it back; an undecodable one is
-    /// counted and skipped.
-    fn fold(&self, event: Decoded) -> Option<(u64, Envelope)> {
+    /// Folds a decoded event and hands it back, with the execution's
+    /// summary after it when `summarise`; an undecodable one is counted and
+    /// skipped.
+    fn fold(
+        &self,
+        event: Decoded,
+        summarise: bool,
+    ) -> Option<(u64, Envelope, Option<serde_json::Value>)> {
         match event.envelope {
             Ok(envelope) => {
-                self.apply(event.seq, &envelope);
-                Some((event.seq, envelope))
+                let state = self.apply_and_summarise(event.seq, &envelope, summarise);
+                Some((event.seq, envelope, state))
             }
             Err(e) => {
                 tracing::debug!(seq = event.seq, error = %e, "skipping an undecodable event");

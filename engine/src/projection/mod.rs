@@ -135,6 +135,17 @@ impl Projection {
     /// Folds one stored event. Events at or below the execution's last
     /// folded sequence are ignored, so replays are idempotent.
     pub fn apply(&self, seq: u64, envelope: &Envelope) {
+        self.apply_and_summarise(seq, envelope, false);
+    }
+
+    /// [`apply`](Self::apply), and with `summarise` the execution's
+    /// [`summary`] after the event (what the live feeds carry).
+    pub(crate) fn apply_and_summarise(
+        &self,
+        seq: u64,
+        envelope: &Envelope,
+        summarise: bool,
+    ) -> Option<serde_json::Value> {
         // Most events find their execution: no key to clone then.
         let mut entry = match self.executions.get_mut(&envelope.execution) {
             Some(entry) => entry,
@@ -164,6 +175,7 @@ impl Projection {
                 slim(&mut entry.state);
             }
         }
+        let state = summarise.then(|| summary(&envelope.execution, &entry.state, entry.last_seq));
         drop(entry);
         // Outside the entry's lock: `list` takes these two the other way round.
         if first {
@@ -176,6 +188,14 @@ impl Projection {
             self.index_dead_letter(seq, envelope);
         }
         self.applied.fetch_max(seq, Ordering::Relaxed);
+        state
+    }
+
+    /// The summary of `execution` if `seq` is the newest event folded into
+    /// it: what a feed replaying the log can say of that event exactly.
+    pub fn summary_at(&self, execution: &ExecutionId, seq: u64) -> Option<serde_json::Value> {
+        let entry = self.executions.get(execution)?;
+        (entry.last_seq == seq).then(|| summary(execution, &entry.state, seq))
     }
 
     /// Every execution held (a copy, for snapshots).
@@ -263,6 +283,28 @@ impl Projection {
     pub fn skipped(&self) -> u64 {
         self.skipped.load(Ordering::Relaxed)
     }
+}
+
+/// An execution as listings and live feeds show it: the same object in
+/// `GET /v1/executions` and in the `state` of every feed event.
+pub fn summary(id: &ExecutionId, s: &ExecutionState, last_seq: u64) -> serde_json::Value {
+    let spec = s.spec.as_ref();
+    serde_json::json!({
+        "id": id,
+        "status": s.status,
+        "attempt": s.attempt,
+        "queue": spec.map(|s| &s.queue),
+        "kind": spec.map(|s| &s.kind),
+        "priority": spec.map(|s| s.priority),
+        "labels": spec.map(|s| &s.labels),
+        "worker": s.worker,
+        "cancel_requested": s.cancel_requested,
+        "submitted_at": s.submitted_at,
+        "started_at": s.started_at,
+        "finished_at": s.finished_at,
+        "reason": s.reason,
+        "last_seq": last_seq,
+    })
 }
 
 /// What a finished execution keeps in the read model: what listings,
