@@ -147,10 +147,11 @@ fn header_names() -> Vec<&'static str> {
         .and_then(|(_, rest)| rest.split_once("\n}"))
         .map(|(body, _)| body)
         .expect("codec/mod.rs has a `pub mod header { ... }`");
+    // A long constant's value may sit on the line after its name.
     let names: Vec<&str> = module
-        .lines()
-        .filter(|l| l.trim_start().starts_with("pub const"))
-        .filter_map(|l| l.split('"').nth(1))
+        .split("pub const")
+        .skip(1)
+        .filter_map(|c| c.split('"').nth(1))
         .collect();
     // The parse must see at least the headers known today.
     for known in [
