@@ -15,7 +15,7 @@ use crate::intake::Intake;
 use crate::live::Live;
 use crate::operations::Executions;
 use crate::projection::Projection;
-use crate::reactor::{Reactor, ReactorStats};
+use crate::reactor::Reactor;
 use crate::retry::Retries;
 use crate::supervisor::Supervisor;
 use crate::workers::LiveWorkers;
@@ -31,17 +31,24 @@ pub enum EngineError {
     Layout(#[from] LayoutError),
     /// The HTTP listener could not bind.
     #[error(
-        "cannot listen on {addr}: {reason}; is another engine running there? choose another address with --listen"
+        "cannot listen on {addr}: {source}; is another engine running there? choose another address with --listen"
     )]
     Listen {
         /// The address.
         addr: SocketAddr,
         /// Why.
-        reason: String,
+        #[source]
+        source: std::io::Error,
     },
     /// A NATS subscription failed.
-    #[error("cannot subscribe: {0}")]
-    Subscribe(String),
+    #[error("cannot subscribe to {what} ({source}); is the NATS server reachable?")]
+    Subscribe {
+        /// What the subscription is for (`the live feeds`).
+        what: &'static str,
+        /// The client's error, with its kind.
+        #[source]
+        source: async_nats::SubscribeError,
+    },
 }
 
 /// A running engine.
@@ -49,7 +56,6 @@ pub enum EngineError {
 pub struct Engine {
     addr: SocketAddr,
     projection: Arc<Projection>,
-    reactor: Arc<ReactorStats>,
     tasks: Supervisor,
 }
 
@@ -133,7 +139,10 @@ impl Engine {
 
         live.start(&consumer, &subjects, shutdown.clone())
             .await
-            .map_err(|e| EngineError::Subscribe(e.to_string()))?;
+            .map_err(|source| EngineError::Subscribe {
+                what: "the live feeds",
+                source,
+            })?;
         let workers = LiveWorkers::default();
         {
             let (view, js, subjects) = (workers.clone(), sub_js.clone(), subjects.clone());
@@ -152,7 +161,10 @@ impl Engine {
             shutdown.clone(),
         )
         .await
-        .map_err(|e| EngineError::Subscribe(e.to_string()))?;
+        .map_err(|source| EngineError::Subscribe {
+            what: "the submit subjects",
+            source,
+        })?;
 
         {
             let (projection, js, subjects) = (projection.clone(), sub_js.clone(), subjects.clone());
@@ -202,7 +214,7 @@ impl Engine {
             js: sub_js,
             shutdown: shutdown.clone(),
             operations: operations.clone(),
-            reactor: reactor_stats.clone(),
+            reactor: reactor_stats,
             stuck_after: config.stuck_after,
         };
         tasks.once(
@@ -211,14 +223,16 @@ impl Engine {
         );
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
-            .map_err(|e| EngineError::Listen {
+            .map_err(|source| EngineError::Listen {
                 addr: config.listen,
-                reason: e.to_string(),
+                source,
             })?;
-        let addr = listener.local_addr().map_err(|e| EngineError::Listen {
-            addr: config.listen,
-            reason: e.to_string(),
-        })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| EngineError::Listen {
+                addr: config.listen,
+                source,
+            })?;
         let app = api::router(state);
         let stop = shutdown.clone();
         tasks.once("HTTP API", async move {
@@ -233,7 +247,6 @@ impl Engine {
         Ok(Engine {
             addr,
             projection,
-            reactor: reactor_stats,
             tasks,
         })
     }
@@ -246,11 +259,6 @@ impl Engine {
     /// The read model.
     pub fn projection(&self) -> &Arc<Projection> {
         &self.projection
-    }
-
-    /// The reactor's counters.
-    pub fn reactor_stats(&self) -> &Arc<ReactorStats> {
-        &self.reactor
     }
 
     /// Waits until every part stopped (after the shutdown token was

@@ -97,8 +97,49 @@ pub struct Reactor {
 
 /// Why the reactor stopped.
 #[derive(Debug, thiserror::Error)]
-#[error("the reactor cannot consume the execution log: {0}")]
-pub struct ReactorError(String);
+pub enum ReactorError {
+    /// A stream it reads could not be opened.
+    #[error(
+        "the reactor cannot open stream {stream} ({source}); is JetStream enabled on the server?"
+    )]
+    Stream {
+        /// The stream.
+        stream: String,
+        /// The client's error, with its kind.
+        #[source]
+        source: jetstream::context::GetStreamError,
+    },
+    /// Its durable consumer could not be created or updated.
+    #[error(
+        "the reactor cannot create its consumer {consumer} on stream {stream} ({source}); is the NATS server reachable?"
+    )]
+    Consumer {
+        /// The stream.
+        stream: String,
+        /// The consumer.
+        consumer: String,
+        /// The client's error, with its kind.
+        #[source]
+        source: jetstream::stream::ConsumerError,
+    },
+    /// Its consumer could not be read.
+    #[error(
+        "the reactor cannot read its consumer {consumer} ({source}); is the NATS server reachable?"
+    )]
+    Messages {
+        /// The consumer.
+        consumer: String,
+        /// The client's error, with its kind.
+        #[source]
+        source: jetstream::consumer::StreamError,
+    },
+    /// The dead-letter consumer's message stream ended.
+    #[error("the reactor's consumer {consumer} ended")]
+    Ended {
+        /// The consumer.
+        consumer: String,
+    },
+}
 
 impl Reactor {
     /// A reactor that appends through `journal`.
@@ -144,8 +185,8 @@ impl Reactor {
         replicas: usize,
         shutdown: CancellationToken,
     ) -> Result<(), ReactorError> {
-        let err = |e: &dyn std::fmt::Display| ReactorError(e.to_string());
         let config = Self::consumer_config(&self.subjects, replicas);
+        let name = config.durable_name.clone().unwrap_or_default();
         let consumer = durable(js, &self.subjects.exec_stream(), config).await?;
         while !shutdown.is_cancelled() {
             let messages = consumer
@@ -153,7 +194,10 @@ impl Reactor {
                 .max_messages_per_batch(CONCURRENCY)
                 .messages()
                 .await
-                .map_err(|e| err(&e))?;
+                .map_err(|source| ReactorError::Messages {
+                    consumer: name.clone(),
+                    source,
+                })?;
             let flow = messages
                 .take_until(shutdown.cancelled())
                 .for_each_concurrent(CONCURRENCY, |message| async move {
@@ -181,11 +225,11 @@ impl Reactor {
         replicas: usize,
         shutdown: CancellationToken,
     ) -> Result<(), ReactorError> {
-        let err = |e: &dyn std::fmt::Display| ReactorError(e.to_string());
+        let stream = self.subjects.exec_stream();
         let log = js
-            .get_stream_no_info(self.subjects.exec_stream())
+            .get_stream_no_info(&stream)
             .await
-            .map_err(|e| err(&e))?;
+            .map_err(|source| ReactorError::Stream { stream, source })?;
         let name = format!("{}-dead-letters", self.subjects.prefix());
         let config = pull::Config {
             durable_name: Some(name.clone()),
@@ -198,7 +242,13 @@ impl Reactor {
             ..Default::default()
         };
         let consumer = durable(js, &self.subjects.dlq_stream(), config).await?;
-        let mut messages = consumer.messages().await.map_err(|e| err(&e))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|source| ReactorError::Messages {
+                consumer: name.clone(),
+                source,
+            })?;
         loop {
             let message = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -208,7 +258,7 @@ impl Reactor {
                         tracing::warn!(error = %e, "dead-letter consumer error");
                         continue;
                     }
-                    None => return Err(ReactorError("the dead-letter consumer ended".into())),
+                    None => return Err(ReactorError::Ended { consumer: name }),
                 },
             };
             let done = self.dead_letter(&log, &message).await;
@@ -522,12 +572,10 @@ impl Reactor {
 
     /// A timer fired.
     async fn fired(&self, subject: &str, body: &[u8]) -> Done {
-        let execution = subject
-            .strip_prefix(&format!("{}.sched.", self.subjects.prefix()))
-            .and_then(|rest| rest.split('.').next())
-            .and_then(|id| ExecutionId::new(id).ok());
-        let (Some(execution), Ok(fired)) = (execution, serde_json::from_slice::<TimerFired>(body))
-        else {
+        let parsed = self.subjects.parse_timer(subject);
+        let fired = serde_json::from_slice::<TimerFired>(body);
+        // The body's timer decides, as the schedule wrote both.
+        let (Some((execution, _)), Ok(fired)) = (parsed, fired) else {
             self.bad(0, subject, "a timer that cannot be read");
             return Done::Ack;
         };
@@ -590,15 +638,22 @@ async fn durable(
     stream: &str,
     config: pull::Config,
 ) -> Result<jetstream::consumer::PullConsumer, ReactorError> {
-    let err = |e: &dyn std::fmt::Display| ReactorError(format!("{stream}: {e}"));
+    let consumer = config.durable_name.clone().unwrap_or_default();
     // Create or update: an installation created by an older engine gets
     // this version's filter.
     js.get_stream_no_info(stream)
         .await
-        .map_err(|e| err(&e))?
+        .map_err(|source| ReactorError::Stream {
+            stream: stream.to_owned(),
+            source,
+        })?
         .create_consumer(config)
         .await
-        .map_err(|e| err(&e))
+        .map_err(|source| ReactorError::Consumer {
+            stream: stream.to_owned(),
+            consumer,
+            source,
+        })
 }
 
 fn describe(e: &DecodeError) -> String {

@@ -31,13 +31,36 @@ struct File {
     executions: Vec<(ExecutionId, u64, u64, ExecutionState)>,
 }
 
-/// Why a snapshot could not be written or read.
+/// Why a snapshot could not be written or read. A snapshot is a cache:
+/// each of these costs a full replay, nothing else.
 #[derive(Debug, thiserror::Error)]
-#[error("projection snapshot: {0}")]
-pub struct SnapshotError(String);
-
-fn fail(e: impl std::fmt::Display) -> SnapshotError {
-    SnapshotError(e.to_string())
+pub enum SnapshotError {
+    /// The object store could not be created.
+    #[error(
+        "cannot create the projection snapshot bucket {bucket} ({source}); is JetStream enabled on the server?"
+    )]
+    Bucket {
+        /// The bucket.
+        bucket: String,
+        /// The client's error, with its kind.
+        #[source]
+        source: jetstream::context::CreateObjectStoreError,
+    },
+    /// The snapshot could not be stored.
+    #[error("cannot store the projection snapshot ({0}); is the NATS server reachable?")]
+    Put(#[source] object_store::PutError),
+    /// The snapshot could not be fetched.
+    #[error("cannot fetch the projection snapshot ({0}); is the NATS server reachable?")]
+    Get(#[source] object_store::GetError),
+    /// The snapshot's bytes could not be read.
+    #[error("cannot read the projection snapshot ({0})")]
+    Read(#[source] std::io::Error),
+    /// The snapshot could not be encoded.
+    #[error("cannot encode the projection snapshot ({0})")]
+    Encode(#[source] rmp_serde::encode::Error),
+    /// The task that encodes or decodes it ended early.
+    #[error("the projection snapshot task ended early ({0})")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// The object store of snapshots, created if missing.
@@ -51,13 +74,13 @@ pub async fn store(
         return Ok(store);
     }
     js.create_object_store(object_store::Config {
-        bucket,
+        bucket: bucket.clone(),
         description: Some("runlog projection snapshots".to_owned()),
         num_replicas: replicas,
         ..Default::default()
     })
     .await
-    .map_err(fail)
+    .map_err(|source| SnapshotError::Bucket { bucket, source })
 }
 
 /// Writes a snapshot of `projection`; returns the sequence it reflects and
@@ -79,13 +102,13 @@ pub async fn save(
     };
     let bytes = tokio::task::spawn_blocking(move || rmp_serde::to_vec_named(&file))
         .await
-        .map_err(fail)?
-        .map_err(fail)?;
+        .map_err(SnapshotError::Task)?
+        .map_err(SnapshotError::Encode)?;
     let size = bytes.len();
     store
         .put(OBJECT, &mut bytes.as_slice())
         .await
-        .map_err(fail)?;
+        .map_err(SnapshotError::Put)?;
     Ok((applied_seq, size))
 }
 
@@ -98,13 +121,16 @@ pub async fn restore(
     let mut object = match store.get(OBJECT).await {
         Ok(object) => object,
         Err(e) if e.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(fail(e)),
+        Err(e) => return Err(SnapshotError::Get(e)),
     };
     let mut bytes = Vec::new();
-    object.read_to_end(&mut bytes).await.map_err(fail)?;
+    object
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(SnapshotError::Read)?;
     let file: File = match tokio::task::spawn_blocking(move || rmp_serde::from_slice(&bytes))
         .await
-        .map_err(fail)?
+        .map_err(SnapshotError::Task)?
     {
         Ok(file) => file,
         Err(e) => {

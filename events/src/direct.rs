@@ -12,6 +12,8 @@ use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 use futures::StreamExt;
 
+use crate::codec::header;
+
 /// Messages per direct-get batch.
 pub const BATCH: usize = 1_000;
 /// How long one batch may take.
@@ -28,14 +30,88 @@ pub struct Stored {
     pub payload: Bytes,
 }
 
-/// Why a direct get failed.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("direct get on {stream} failed: {reason}")]
-pub struct DirectGetError {
-    /// The stream.
-    pub stream: String,
-    /// What failed.
-    pub reason: String,
+/// Why a direct get failed. Each variant names the stream; those that
+/// come from the client keep its error, with its kind.
+#[derive(Debug, thiserror::Error)]
+pub enum DirectGetError {
+    /// The reply inbox could not be subscribed to.
+    #[error(
+        "cannot read stream {stream}: the reply subscription failed ({source}); is the NATS server reachable?"
+    )]
+    Subscribe {
+        /// The stream.
+        stream: String,
+        /// The client's error.
+        #[source]
+        source: async_nats::SubscribeError,
+    },
+    /// The request could not be sent.
+    #[error(
+        "cannot read stream {stream}: the request was not sent ({source}); is the NATS server reachable?"
+    )]
+    Request {
+        /// The stream.
+        stream: String,
+        /// The client's error.
+        #[source]
+        source: async_nats::PublishError,
+    },
+    /// No reply within [`TIMEOUT`].
+    #[error(
+        "cannot read stream {stream}: the server did not answer within {TIMEOUT:?}; is the NATS server reachable?"
+    )]
+    TimedOut {
+        /// The stream.
+        stream: String,
+    },
+    /// The connection closed before the batch ended.
+    #[error("cannot read stream {stream}: the connection closed during the read")]
+    Closed {
+        /// The stream.
+        stream: String,
+    },
+    /// The server refused the request.
+    #[error(
+        "cannot read stream {stream}: the server answered {code} {description}; the stream needs allow_direct"
+    )]
+    Refused {
+        /// The stream.
+        stream: String,
+        /// The status code.
+        code: u16,
+        /// The status description.
+        description: String,
+    },
+    /// The server answered out of order.
+    #[error("cannot read stream {stream}: the server returned sequence {seq}, expected >= {next}")]
+    OutOfOrder {
+        /// The stream.
+        stream: String,
+        /// The sequence returned.
+        seq: u64,
+        /// The lowest sequence expected.
+        next: u64,
+    },
+    /// The stream could not be looked up.
+    #[error("cannot open stream {stream} ({source}); is JetStream enabled on the server?")]
+    Stream {
+        /// The stream.
+        stream: String,
+        /// The client's error.
+        #[source]
+        source: async_nats::jetstream::context::GetStreamError,
+    },
+    /// The newest message of a subject could not be read.
+    #[error("cannot read the newest message on {subject} in stream {stream} ({source})")]
+    Last {
+        /// The stream.
+        stream: String,
+        /// The subject.
+        subject: String,
+        /// The client's error.
+        #[source]
+        source: async_nats::jetstream::stream::DirectGetError,
+    },
 }
 
 /// Reads the messages of `stream` matching `filter` with sequence ≥ `from`,
@@ -48,19 +124,19 @@ pub async fn read(
     max: usize,
     mut each: impl FnMut(Stored),
 ) -> Result<(), DirectGetError> {
-    let fail = |reason: String| DirectGetError {
-        stream: stream.to_owned(),
-        reason,
-    };
     let api = format!("$JS.API.DIRECT.GET.{stream}");
     let mut next = from.max(1);
     let mut left = max;
     while left > 0 {
         let inbox = client.new_inbox();
-        let mut replies = client
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        let mut replies =
+            client
+                .subscribe(inbox.clone())
+                .await
+                .map_err(|source| DirectGetError::Subscribe {
+                    stream: stream.to_owned(),
+                    source,
+                })?;
         let request = serde_json::json!({
             "seq": next,
             "next_by_subj": filter,
@@ -69,35 +145,45 @@ pub async fn read(
         client
             .publish_with_reply(api.clone(), inbox, request.to_string().into())
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|source| DirectGetError::Request {
+                stream: stream.to_owned(),
+                source,
+            })?;
         let mut more = false;
         loop {
             let reply = tokio::time::timeout(TIMEOUT, replies.next())
                 .await
-                .map_err(|_| fail("the server did not answer".into()))?
-                .ok_or_else(|| fail("the connection closed during the read".into()))?;
+                .map_err(|_| DirectGetError::TimedOut {
+                    stream: stream.to_owned(),
+                })?
+                .ok_or_else(|| DirectGetError::Closed {
+                    stream: stream.to_owned(),
+                })?;
             match reply.status.map(|s| s.as_u16()) {
                 // End of batch: more may follow.
                 Some(204) => {
-                    more = header_u64(reply.headers.as_ref(), "Nats-Num-Pending") > 0;
+                    more = header_u64(reply.headers.as_ref(), header::NUM_PENDING) > 0;
                     break;
                 }
                 // Nothing (more) matches.
                 Some(404) => break,
                 Some(code) if code >= 300 => {
-                    return Err(fail(format!(
-                        "the server answered {code} {}; the stream needs allow_direct",
-                        reply.description.unwrap_or_default()
-                    )));
+                    return Err(DirectGetError::Refused {
+                        stream: stream.to_owned(),
+                        code,
+                        description: reply.description.unwrap_or_default(),
+                    });
                 }
                 _ => {}
             }
             let headers = reply.headers.unwrap_or_default();
-            let seq = header_u64(Some(&headers), "Nats-Sequence");
+            let seq = header_u64(Some(&headers), header::SEQUENCE);
             if seq < next {
-                return Err(fail(format!(
-                    "the server returned sequence {seq}, expected >= {next}"
-                )));
+                return Err(DirectGetError::OutOfOrder {
+                    stream: stream.to_owned(),
+                    seq,
+                    next,
+                });
             }
             next = seq + 1;
             left -= 1;
@@ -135,14 +221,13 @@ pub async fn last(
     stream: &str,
     subject: &str,
 ) -> Result<Option<Stored>, DirectGetError> {
-    let fail = |reason: String| DirectGetError {
-        stream: stream.to_owned(),
-        reason,
-    };
     let handle = js
         .get_stream_no_info(stream)
         .await
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|source| DirectGetError::Stream {
+            stream: stream.to_owned(),
+            source,
+        })?;
     match handle.direct_get_last_for_subject(subject).await {
         Ok(message) => Ok(Some(Stored {
             seq: message.sequence,
@@ -152,7 +237,11 @@ pub async fn last(
         Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => {
             Ok(None)
         }
-        Err(e) => Err(fail(e.to_string())),
+        Err(source) => Err(DirectGetError::Last {
+            stream: stream.to_owned(),
+            subject: subject.to_owned(),
+            source,
+        }),
     }
 }
 

@@ -385,6 +385,43 @@ impl FromStr for EventType {
     }
 }
 
+/// Why a broker-held timer exists (see [`crate::timer`]): the token of its
+/// subjects, `<p>.sched.<exec>.<timer>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Timer {
+    /// Queue the next attempt after its backoff.
+    Retry,
+    /// Queue the first attempt at the spec's `not_before`.
+    Start,
+    /// End the running attempt at its deadline.
+    Attempt,
+    /// End the execution at its deadline.
+    Deadline,
+}
+
+impl Timer {
+    /// Every timer.
+    pub const ALL: [Timer; 4] = [Timer::Retry, Timer::Start, Timer::Attempt, Timer::Deadline];
+
+    /// The subject token (`retry`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Timer::Retry => "retry",
+            Timer::Start => "start",
+            Timer::Attempt => "attempt",
+            Timer::Deadline => "deadline",
+        }
+    }
+}
+
+impl FromStr for Timer {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Timer::ALL.into_iter().find(|t| t.as_str() == s).ok_or(())
+    }
+}
+
 impl Event {
     /// This event's type.
     pub fn event_type(&self) -> EventType {

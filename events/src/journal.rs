@@ -21,24 +21,20 @@
 use std::time::Duration;
 
 use async_nats::jetstream::Context;
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{GetStreamError, PublishError, PublishErrorKind};
 use chrono::{DateTime, Utc};
 
-use crate::codec::{self, DecodeError, EncodeError, Format, Limits};
+use crate::codec::{self, DecodeError, EncodeError, Format, Limits, header};
 use crate::decider::{self, Command, ExecutionState, Rejection};
+use crate::direct::DirectGetError;
 use crate::envelope::Envelope;
 use crate::event::Event;
 use crate::id::ExecutionId;
 use crate::spec::TaskSpec;
 use crate::subject::Subjects;
 
-/// Header that widens the expected-sequence check from the publish subject
-/// to a filter (async-nats has no builder for it).
-pub const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str =
-    "Nats-Expected-Last-Subject-Sequence-Subject";
-/// The expected-sequence header.
-pub const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
-
+/// The body format of what a journal writes (every reader decodes both).
+const FORMAT: Format = Format::MessagePack;
 /// How long transient publish failures (timeouts, elections) are retried.
 const RETRY_HORIZON: Duration = Duration::from_secs(15);
 /// How many times [`Journal::transition`] re-folds after losing a race.
@@ -93,18 +89,64 @@ pub enum AppendError {
     #[error(transparent)]
     Encode(#[from] EncodeError),
     /// NATS did not accept the publish within the retry horizon.
-    #[error("cannot append to the execution log: {0}; is the NATS server reachable?")]
-    Nats(String),
+    #[error(
+        "cannot append to the execution log on {subject} ({source}); is the NATS server reachable?"
+    )]
+    Publish {
+        /// The subject published on.
+        subject: String,
+        /// The client's error, with its kind.
+        #[source]
+        source: PublishError,
+    },
+    /// The stream could not be opened to resolve a conflicting append.
+    #[error(
+        "cannot check a conflicting append to execution {execution}: stream {stream} did not open ({source}); is the NATS server reachable?"
+    )]
+    Stream {
+        /// The execution.
+        execution: ExecutionId,
+        /// The stream.
+        stream: String,
+        /// The client's error, with its kind.
+        #[source]
+        source: GetStreamError,
+    },
 }
 
 /// Why a history could not be read.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read the history of execution {execution}: {reason}")]
-pub struct LoadError {
-    /// The execution.
-    pub execution: ExecutionId,
-    /// What failed.
-    pub reason: String,
+pub enum LoadError {
+    /// The log could not be read.
+    #[error("cannot read the history of execution {execution}: {source}")]
+    Read {
+        /// The execution.
+        execution: ExecutionId,
+        /// The direct get that failed.
+        #[source]
+        source: DirectGetError,
+    },
+    /// The event that created the execution does not decode.
+    #[error(
+        "cannot read the history of execution {execution}: undecodable event ({:?}): {source}",
+        .source.kind()
+    )]
+    Undecodable {
+        /// The execution.
+        execution: ExecutionId,
+        /// The decoder's error, with its kind.
+        #[source]
+        source: DecodeError,
+    },
+}
+
+impl LoadError {
+    fn read(execution: &ExecutionId) -> impl FnOnce(DirectGetError) -> LoadError + '_ {
+        move |source| LoadError::Read {
+            execution: execution.clone(),
+            source,
+        }
+    }
 }
 
 /// Why [`Journal::transition`] failed.
@@ -129,7 +171,6 @@ pub enum TransitionError {
 pub struct Journal {
     js: Context,
     subjects: Subjects,
-    format: Format,
     limits: Limits,
     source: String,
 }
@@ -141,16 +182,9 @@ impl Journal {
         Journal {
             js,
             subjects,
-            format: Format::MessagePack,
             limits: Limits::default(),
             source: source.into(),
         }
-    }
-
-    /// Writes bodies in `format` instead of MessagePack.
-    pub fn with_format(mut self, format: Format) -> Self {
-        self.format = format;
-        self
     }
 
     /// The subject names in use.
@@ -170,11 +204,14 @@ impl Journal {
         expected: u64,
         envelope: &Envelope,
     ) -> Result<Appended, AppendError> {
-        let (mut headers, body) = codec::encode(envelope, self.format)?;
+        let (mut headers, body) = codec::encode(envelope, FORMAT)?;
         let msg_id = envelope.msg_id();
         let filter = self.subjects.execution_events(&envelope.execution);
-        headers.insert(EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string());
-        headers.insert(EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT, filter.as_str());
+        headers.insert(header::EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string());
+        headers.insert(
+            header::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
+            filter.as_str(),
+        );
         let subject = self.subjects.of(envelope);
         let deadline = tokio::time::Instant::now() + RETRY_HORIZON;
         let mut pause = Duration::from_millis(50);
@@ -202,7 +239,7 @@ impl Journal {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(1));
                 }
-                Err(e) => return Err(AppendError::Nats(e.to_string())),
+                Err(source) => return Err(AppendError::Publish { subject, source }),
             }
         }
     }
@@ -217,21 +254,24 @@ impl Journal {
         msg_id: &str,
         expected: u64,
     ) -> Result<Appended, AppendError> {
-        let stream = self
-            .js
-            .get_stream_no_info(self.subjects.exec_stream())
-            .await
-            .map_err(|e| AppendError::Nats(e.to_string()))?;
+        let name = self.subjects.exec_stream();
+        let stream = match self.js.get_stream_no_info(&name).await {
+            Ok(stream) => stream,
+            Err(source) => {
+                return Err(AppendError::Stream {
+                    execution: envelope.execution.clone(),
+                    stream: name,
+                    source,
+                });
+            }
+        };
         let mut actual = None;
         for subject in [filter.to_owned(), self.subjects.of(envelope)] {
             let Ok(stored) = stream.direct_get_last_for_subject(subject).await else {
                 continue;
             };
             actual = actual.or(Some(stored.sequence));
-            let stored_id = stored
-                .headers
-                .get(codec::header::MSG_ID)
-                .map(|v| v.as_str());
+            let stored_id = stored.headers.get(header::MSG_ID).map(|v| v.as_str());
             if stored_id == Some(msg_id) {
                 return Ok(Appended {
                     seq: stored.sequence,
@@ -248,14 +288,19 @@ impl Journal {
 
     /// Appends telemetry (progress, log, heartbeat): no concurrency check.
     pub async fn append_telemetry(&self, envelope: &Envelope) -> Result<Appended, AppendError> {
-        let (headers, body) = codec::encode(envelope, self.format)?;
+        let (headers, body) = codec::encode(envelope, FORMAT)?;
+        // The subject is built again only on failure: no copy per message.
+        let failed = |source| AppendError::Publish {
+            subject: self.subjects.of(envelope),
+            source,
+        };
         let ack = self
             .js
             .publish_with_headers(self.subjects.of(envelope), headers, body)
             .await
-            .map_err(|e| AppendError::Nats(e.to_string()))?
+            .map_err(failed)?
             .await
-            .map_err(|e| AppendError::Nats(e.to_string()))?;
+            .map_err(failed)?;
         Ok(Appended {
             seq: ack.sequence,
             duplicate: ack.duplicate,
@@ -275,16 +320,15 @@ impl Journal {
     /// from sequence 1 makes the server scan the whole stream for the first
     /// match, which grows with the log and dominated the server's CPU.
     pub async fn load(&self, execution: &ExecutionId) -> Result<History, LoadError> {
-        let fail = |reason: String| LoadError {
-            execution: execution.clone(),
-            reason,
-        };
         let stream = self.subjects.exec_stream();
-        let from = match self.creation(execution).await {
-            Ok(Some(created)) => created.seq,
+        let from = match self
+            .creation(execution)
+            .await
+            .map_err(LoadError::read(execution))?
+        {
+            Some(created) => created.seq,
             // Never submitted: nothing else could apply.
-            Ok(None) => return Ok(History::default()),
-            Err(e) => return Err(fail(e.reason)),
+            None => return Ok(History::default()),
         };
         let filter = self.subjects.execution_events(execution);
         let mut history = History::default();
@@ -300,7 +344,7 @@ impl Journal {
             },
         )
         .await
-        .map_err(|e| fail(e.reason))?;
+        .map_err(LoadError::read(execution))?;
         Ok(history)
     }
 
@@ -312,7 +356,7 @@ impl Journal {
     pub async fn creation(
         &self,
         execution: &ExecutionId,
-    ) -> Result<Option<crate::direct::Stored>, crate::direct::DirectGetError> {
+    ) -> Result<Option<crate::direct::Stored>, DirectGetError> {
         use crate::event::EventType;
         let stream = self.subjects.exec_stream();
         let submitted = self.subjects.event(execution, EventType::Submitted);
@@ -330,15 +374,20 @@ impl Journal {
         &self,
         execution: &ExecutionId,
     ) -> Result<Option<(TaskSpec, Envelope)>, LoadError> {
-        let fail = |reason: String| LoadError {
-            execution: execution.clone(),
-            reason,
-        };
-        let Some(stored) = self.creation(execution).await.map_err(|e| fail(e.reason))? else {
+        let Some(stored) = self
+            .creation(execution)
+            .await
+            .map_err(LoadError::read(execution))?
+        else {
             return Ok(None);
         };
-        let mut envelope = codec::decode(&stored.headers, &stored.payload, &self.limits)
-            .map_err(|e| fail(describe(&e)))?;
+        let mut envelope =
+            codec::decode(&stored.headers, &stored.payload, &self.limits).map_err(|source| {
+                LoadError::Undecodable {
+                    execution: execution.clone(),
+                    source,
+                }
+            })?;
         let spec = match &mut envelope.event {
             Event::Submitted(submitted) => submitted.spec.clone(),
             Event::Queued(queued) => match queued.spec.take() {

@@ -27,7 +27,7 @@
 //! ```
 
 use crate::envelope::Envelope;
-use crate::event::{Event, EventType};
+use crate::event::{Event, EventType, Timer};
 use crate::id::{ExecutionId, QueueName, TokenError, validate_token};
 use crate::spec::Priority;
 
@@ -244,6 +244,22 @@ impl Subjects {
         }
         Some((ExecutionId::new(exec).ok()?, ty))
     }
+
+    /// Reads the execution and the timer out of the subject a timer fires
+    /// on (`<p>.sched.<exec>.<timer>.due`, [`Subjects::timer`]). The attempt
+    /// travels in the body.
+    pub fn parse_timer(&self, subject: &str) -> Option<(ExecutionId, Timer)> {
+        let rest = subject
+            .strip_prefix(&self.prefix)?
+            .strip_prefix(".sched.")?;
+        let mut parts = rest.split('.');
+        let (Some(exec), Some(timer), Some("due"), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        Some((ExecutionId::new(exec).ok()?, timer.parse().ok()?))
+    }
 }
 
 #[cfg(test)]
@@ -294,6 +310,29 @@ mod tests {
             "runlog.ev.e1.started.x",
         ] {
             assert_eq!(s.parse_event(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn timer_subjects_parse_back() {
+        let s = Subjects::new("acme").unwrap();
+        let e = ExecutionId::generate();
+        for timer in Timer::ALL {
+            assert_eq!(
+                s.parse_timer(&s.timer(&e, timer.as_str())),
+                Some((e.clone(), timer))
+            );
+        }
+        for bad in [
+            "acme.sched.e1.retry",
+            "acme.sched.e1.nope.due",
+            "acme.sched.e1.retry.due.x",
+            "acme.sched..retry.due",
+            "acme.ev.e1.retry.due",
+            "runlog.sched.e1.retry.due",
+            "acmex.sched.e1.retry.due",
+        ] {
+            assert_eq!(s.parse_timer(bad), None, "{bad}");
         }
     }
 }

@@ -12,40 +12,10 @@ use async_nats::HeaderMap;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::codec;
+use crate::codec::header;
+pub use crate::event::Timer;
 use crate::id::ExecutionId;
 use crate::subject::Subjects;
-
-/// The header that makes a message a schedule (`@at <RFC 3339>`).
-pub const SCHEDULE: &str = "Nats-Schedule";
-/// The header naming the subject a schedule fires on.
-pub const SCHEDULE_TARGET: &str = "Nats-Schedule-Target";
-
-/// Why a broker-held timer exists.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Timer {
-    /// Queue the next attempt after its backoff.
-    Retry,
-    /// Queue the first attempt at the spec's `not_before`.
-    Start,
-    /// End the running attempt at its deadline.
-    Attempt,
-    /// End the execution at its deadline.
-    Deadline,
-}
-
-impl Timer {
-    /// The subject token (`retry`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Timer::Retry => "retry",
-            Timer::Start => "start",
-            Timer::Attempt => "attempt",
-            Timer::Deadline => "deadline",
-        }
-    }
-}
 
 /// The body of a timer, as the schedule publishes it when it fires.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -82,13 +52,13 @@ impl Schedule {
             .expect("a timer body always serialises");
         let mut headers = HeaderMap::new();
         let at = ceil_ms(at).to_rfc3339_opts(SecondsFormat::Millis, true);
-        headers.insert(SCHEDULE, format!("@at {at}").as_str());
+        headers.insert(header::SCHEDULE, format!("@at {at}").as_str());
         headers.insert(
-            SCHEDULE_TARGET,
+            header::SCHEDULE_TARGET,
             subjects.timer(execution, timer.as_str()).as_str(),
         );
         headers.insert(
-            codec::header::MSG_ID,
+            header::MSG_ID,
             format!("{execution}:timer:{}:{attempt}", timer.as_str()).as_str(),
         );
         Schedule {
@@ -146,15 +116,15 @@ mod tests {
         let s = Schedule::new(&subjects, &exec, Timer::Attempt, at, 2);
         assert_eq!(s.subject, "runlog.sched.e1.attempt");
         assert_eq!(
-            s.headers.get(SCHEDULE).unwrap().as_str(),
+            s.headers.get(header::SCHEDULE).unwrap().as_str(),
             "@at 2026-01-01T00:00:00.001Z"
         );
         assert_eq!(
-            s.headers.get(SCHEDULE_TARGET).unwrap().as_str(),
+            s.headers.get(header::SCHEDULE_TARGET).unwrap().as_str(),
             "runlog.sched.e1.attempt.due"
         );
         assert_eq!(
-            s.headers.get(codec::header::MSG_ID).unwrap().as_str(),
+            s.headers.get(header::MSG_ID).unwrap().as_str(),
             "e1:timer:attempt:2"
         );
         let fired: TimerFired = serde_json::from_slice(&s.body).unwrap();

@@ -15,7 +15,6 @@ use runlog_events::event::{
     Heartbeat, LogBatch, LogLine, LogStream, Progress, Queued, Rejected, RetryScheduled, Started,
     Submitted, Succeeded, TimedOut, TimeoutScope,
 };
-use runlog_events::journal;
 use runlog_events::{
     Command, Envelope, ErrorClass, Event, EventType, ExecutionId, Priority, QueueName, TaskError,
     TaskSpec, schema,
@@ -136,14 +135,6 @@ fn every_event_type_has_a_schema_and_a_section_in_the_protocol_doc() {
             problems.push(format!("protocol.md does not mention the header `{name}`"));
         }
     }
-    for name in [
-        journal::EXPECTED_LAST_SUBJECT_SEQUENCE,
-        journal::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
-    ] {
-        if !doc.contains(&format!("`{name}")) {
-            problems.push(format!("protocol.md does not mention the header `{name}`"));
-        }
-    }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
@@ -156,10 +147,11 @@ fn header_names() -> Vec<&'static str> {
         .and_then(|(_, rest)| rest.split_once("\n}"))
         .map(|(body, _)| body)
         .expect("codec/mod.rs has a `pub mod header { ... }`");
+    // A long constant's value may sit on the line after its name.
     let names: Vec<&str> = module
-        .lines()
-        .filter(|l| l.trim_start().starts_with("pub const"))
-        .filter_map(|l| l.split('"').nth(1))
+        .split("pub const")
+        .skip(1)
+        .filter_map(|c| c.split('"').nth(1))
         .collect();
     // The parse must see at least the headers known today.
     for known in [
@@ -174,6 +166,10 @@ fn header_names() -> Vec<&'static str> {
         header::TRACEPARENT,
         header::CONTENT_TYPE,
         header::MSG_ID,
+        header::EXPECTED_LAST_SUBJECT_SEQUENCE,
+        header::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
+        header::SCHEDULE,
+        header::SCHEDULE_TARGET,
     ] {
         assert!(
             names.contains(&known),

@@ -25,9 +25,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer::pull, stream};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use runlog_events::journal::{
-    EXPECTED_LAST_SUBJECT_SEQUENCE, EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
-};
+use runlog_events::codec::header;
 use runlog_testkit::NatsServer;
 use tokio::sync::Semaphore;
 
@@ -186,16 +184,13 @@ async fn append(
     body: Bytes,
 ) -> anyhow::Result<u64> {
     let mut headers = HeaderMap::new();
+    headers.insert(header::MSG_ID, format!("{id}:{ty}").as_str());
     headers.insert(
-        async_nats::header::NATS_MESSAGE_ID,
-        format!("{id}:{ty}").as_str(),
-    );
-    headers.insert(
-        EXPECTED_LAST_SUBJECT_SEQUENCE,
+        header::EXPECTED_LAST_SUBJECT_SEQUENCE,
         expected.to_string().as_str(),
     );
     headers.insert(
-        EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
+        header::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
         format!("{prefix}.{id}.>").as_str(),
     );
     let ack = js

@@ -127,7 +127,7 @@ pub(super) async fn execution(
                 None => match state.journal.load(&execution).await {
                     Ok(h) => h,
                     Err(e) => {
-                        let _ = tx.send(Ok(failure(&e.to_string()))).await;
+                        let _ = tx.send(Ok(failure(e))).await;
                         return;
                     }
                 },
@@ -176,10 +176,11 @@ fn end(status: Status) -> SseEvent {
         .data(json!({ "status": status }).to_string())
 }
 
-fn failure(reason: &str) -> SseEvent {
+/// The `error` event that ends a stream, with what went wrong in words.
+fn failure(reason: impl std::fmt::Display) -> SseEvent {
     SseEvent::default()
         .event("error")
-        .data(json!({ "reason": reason }).to_string())
+        .data(json!({ "reason": reason.to_string() }).to_string())
 }
 
 async fn send(tx: &Tx, event: SseEvent) -> bool {
@@ -273,7 +274,7 @@ pub(super) async fn all(
                         return;
                     }
                     Err(e) => {
-                        let _ = send(&tx, failure(&e)).await;
+                        let _ = send(&tx, failure(e)).await;
                         return;
                     }
                 }
@@ -351,7 +352,10 @@ fn overflow() -> SseEvent {
 }
 
 /// Every lifecycle event stored after `from`, at most [`MAX_CATCH_UP`].
-async fn catch_up(state: &ApiState, from: u64) -> Result<Vec<(u64, Envelope)>, String> {
+async fn catch_up(
+    state: &ApiState,
+    from: u64,
+) -> Result<Vec<(u64, Envelope)>, direct::DirectGetError> {
     let mut events = Vec::new();
     let limits = Limits::default();
     direct::read(
@@ -366,8 +370,7 @@ async fn catch_up(state: &ApiState, from: u64) -> Result<Vec<(u64, Envelope)>, S
             }
         },
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     Ok(events)
 }
 
@@ -426,7 +429,7 @@ pub(super) async fn logs(
                         let empty = async_nats::HeaderMap::new();
                         let headers = message.headers.as_ref().unwrap_or(&empty);
                         let seq: u64 = headers
-                            .get("Nats-Sequence")
+                            .get(codec::header::SEQUENCE)
                             .and_then(|v| v.as_str().parse().ok())
                             .unwrap_or(0);
                         if seq <= last {

@@ -56,7 +56,8 @@ use crate::event::EventType;
 pub use binary::encode as encode_binary;
 pub use data::{decode_body, encode_body};
 
-/// Header names of the CloudEvents NATS binding, and runlog's extensions.
+/// Header names: the CloudEvents NATS binding, runlog's extensions, and the
+/// JetStream headers runlog sets or reads.
 pub mod header {
     /// CloudEvents spec version; always `1.0`.
     pub const SPEC_VERSION: &str = "ce-specversion";
@@ -80,6 +81,24 @@ pub mod header {
     pub const CONTENT_TYPE: &str = "Content-Type";
     /// JetStream de-duplication id.
     pub const MSG_ID: &str = "Nats-Msg-Id";
+    /// The sequence the writer expects the newest message of a subject (or
+    /// of the filter in [`EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT`]) to have;
+    /// 0: none.
+    pub const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
+    /// Widens the expected-sequence check from the publish subject to a
+    /// filter (async-nats has no builder for it).
+    pub const EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: &str =
+        "Nats-Expected-Last-Subject-Sequence-Subject";
+    /// Makes a message a schedule (`@at <RFC 3339>`).
+    pub const SCHEDULE: &str = "Nats-Schedule";
+    /// The subject a schedule fires on.
+    pub const SCHEDULE_TARGET: &str = "Nats-Schedule-Target";
+    /// A per-message TTL in seconds (key-value leases).
+    pub const TTL: &str = "Nats-TTL";
+    /// The stream sequence of a direct-get reply or a republished message.
+    pub const SEQUENCE: &str = "Nats-Sequence";
+    /// Messages still matching after a direct-get batch.
+    pub const NUM_PENDING: &str = "Nats-Num-Pending";
 }
 
 /// The CloudEvents version runlog speaks.

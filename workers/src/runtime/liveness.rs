@@ -119,12 +119,13 @@ impl Drop for RunningGuard {
 
 /// Why the registry bucket could not be opened.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot open the worker registry bucket {bucket}: {reason}; is JetStream enabled?")]
+#[error("cannot open the worker registry bucket {bucket}: {source}; is JetStream enabled?")]
 pub struct RegistryError {
     /// The bucket.
     pub bucket: String,
-    /// What failed.
-    pub reason: String,
+    /// Why it could not be created (after it could not be opened).
+    #[source]
+    pub source: jetstream::context::CreateKeyValueError,
 }
 
 /// Opens the registry bucket, creating it with `max_age` = 3 heartbeats if
@@ -151,9 +152,9 @@ pub(crate) async fn open_registry(
     match created {
         Ok(store) => Ok(store),
         // Another worker may have created it meanwhile.
-        Err(e) => js.get_key_value(bucket).await.map_err(|_| RegistryError {
+        Err(source) => js.get_key_value(bucket).await.map_err(|_| RegistryError {
             bucket: bucket.to_owned(),
-            reason: e.to_string(),
+            source,
         }),
     }
 }

@@ -160,6 +160,17 @@ impl Default for WorkerConfig {
     }
 }
 
+/// Why the connection to NATS could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectFailure {
+    /// An address of the URL list does not parse.
+    #[error(transparent)]
+    Address(std::io::Error),
+    /// The client could not connect.
+    #[error(transparent)]
+    Connect(async_nats::ConnectError),
+}
+
 /// Why a worker could not start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -168,13 +179,14 @@ pub enum WorkerError {
     Config(String),
     /// NATS is unreachable.
     #[error(
-        "cannot reach NATS at {url} ({reason}): is nats-server running? `runlog dev` starts one"
+        "cannot reach NATS at {url} ({source}): is nats-server running? `runlog dev` starts one"
     )]
     Connect {
         /// The URL tried.
         url: String,
         /// What failed.
-        reason: String,
+        #[source]
+        source: ConnectFailure,
     },
     /// The streams could not be set up.
     #[error(transparent)]
@@ -182,13 +194,25 @@ pub enum WorkerError {
     /// The subscription to cancel signals failed.
     #[error("cannot subscribe to cancel signals: {0}")]
     Signals(#[from] async_nats::SubscribeError),
+    /// The execution stream could not be opened for the dispatch consumers.
+    #[error(
+        "cannot open stream {stream} for the dispatch consumers ({source}); is JetStream enabled on the server?"
+    )]
+    Stream {
+        /// The stream.
+        stream: String,
+        /// The client's error, with its kind.
+        #[source]
+        source: jetstream::context::GetStreamError,
+    },
     /// A dispatch consumer could not be created or read.
-    #[error("cannot set up the dispatch consumer {consumer}: {reason}")]
+    #[error("cannot set up the dispatch consumer {consumer}: {source}")]
     Consumer {
         /// The consumer.
         consumer: String,
-        /// What failed.
-        reason: String,
+        /// The client's error, with its kind.
+        #[source]
+        source: jetstream::stream::ConsumerError,
     },
     /// The registry bucket could not be opened.
     #[error(transparent)]
@@ -294,21 +318,21 @@ impl Worker {
     /// Connects to `config.nats_url`.
     pub async fn connect(config: WorkerConfig, registry: Registry) -> Result<Self, WorkerError> {
         config.validate()?;
-        let fail = |reason: String| WorkerError::Connect {
+        let fail = |source| WorkerError::Connect {
             url: config.nats_url.clone(),
-            reason,
+            source,
         };
         let addrs = config
             .nats_url
             .split(',')
             .map(|u| u.trim().parse::<async_nats::ServerAddr>())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(ConnectFailure::Address(e)))?;
         let client = async_nats::ConnectOptions::new()
             .name(format!("runlog-worker-{}", config.id))
             .connect(addrs.as_slice())
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(ConnectFailure::Connect(e)))?;
         Ok(Self::new(client, config, registry))
     }
 
@@ -381,7 +405,8 @@ impl Worker {
             match attempt.await {
                 Ok(sources) => break sources,
                 Err(
-                    e @ (WorkerError::Consumer { .. }
+                    e @ (WorkerError::Stream { .. }
+                    | WorkerError::Consumer { .. }
                     | WorkerError::Layout(LayoutError::Api { .. })),
                 ) => {
                     tracing::warn!(error = %e, retry_in = ?pause, "JetStream is not answering yet; retrying");
@@ -541,18 +566,23 @@ async fn dispatch_consumer(
     let mut wanted = layout.dispatch_consumer(queue, priority);
     wanted.ack_wait = config.ack_wait;
     let name = layout.subjects.dispatch_consumer(queue, priority);
-    let fail = |reason: String| WorkerError::Consumer {
-        consumer: name.clone(),
-        reason,
+    let stream_name = layout.subjects.exec_stream();
+    let stream = match js.get_stream(&stream_name).await {
+        Ok(stream) => stream,
+        Err(source) => {
+            return Err(WorkerError::Stream {
+                stream: stream_name,
+                source,
+            });
+        }
     };
-    let stream = js
-        .get_stream(layout.subjects.exec_stream())
-        .await
-        .map_err(|e| fail(e.to_string()))?;
     stream
         .get_or_create_consumer(&name, wanted)
         .await
-        .map_err(|e| fail(e.to_string()))
+        .map_err(|source| WorkerError::Consumer {
+            consumer: name.clone(),
+            source,
+        })
 }
 
 #[cfg(test)]

@@ -177,10 +177,20 @@ pub(crate) struct Permit {
 }
 
 /// A transition write that did not happen.
+#[derive(Debug, thiserror::Error)]
 enum WriteError {
     /// The record changed since it was read.
+    #[error("the breaker record changed since it was read")]
     Conflict,
-    Other(String),
+    /// The record could not be encoded.
+    #[error("cannot encode the breaker record ({0})")]
+    Encode(#[source] serde_json::Error),
+    /// The update was refused for another reason than a newer revision.
+    #[error("cannot update the breaker record ({0})")]
+    Update(#[source] kv::UpdateError),
+    /// The create was refused for another reason than an existing key.
+    #[error("cannot create the breaker record ({0})")]
+    Create(#[source] kv::CreateError),
 }
 
 /// The breakers of one worker (disabled: does nothing).
@@ -322,7 +332,7 @@ impl Breakers {
                             });
                         }
                         Err(WriteError::Conflict) => inner.refresh(&key).await,
-                        Err(WriteError::Other(e)) => {
+                        Err(e) => {
                             // The bucket is unreachable: do not hold work on it.
                             tracing::warn!(%key, error = %e, "cannot write a breaker; running the item");
                             break;
@@ -440,7 +450,7 @@ impl Inner {
                     return;
                 }
                 Err(WriteError::Conflict) => self.refresh(key).await,
-                Err(WriteError::Other(e)) => {
+                Err(e) => {
                     tracing::warn!(%key, error = %e, "cannot write a breaker transition");
                     return;
                 }
@@ -464,7 +474,7 @@ impl Inner {
         record: &Record,
         from: State,
     ) -> Result<(), WriteError> {
-        let body = serde_json::to_vec(record).map_err(|e| WriteError::Other(e.to_string()))?;
+        let body = serde_json::to_vec(record).map_err(WriteError::Encode)?;
         let written = match revision {
             Some(revision) => self
                 .store
@@ -472,7 +482,7 @@ impl Inner {
                 .await
                 .map_err(|e| match e.kind() {
                     kv::UpdateErrorKind::WrongLastRevision => WriteError::Conflict,
-                    _ => WriteError::Other(e.to_string()),
+                    _ => WriteError::Update(e),
                 }),
             None => self
                 .store
@@ -480,7 +490,7 @@ impl Inner {
                 .await
                 .map_err(|e| match e.kind() {
                     kv::CreateErrorKind::AlreadyExists => WriteError::Conflict,
-                    _ => WriteError::Other(e.to_string()),
+                    _ => WriteError::Create(e),
                 }),
         }?;
         self.view.apply(key, Some(record.clone()), written);
@@ -507,11 +517,8 @@ impl Inner {
                 return;
             }
         };
-        let published = match self.js.publish(subject, body.into()).await {
-            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(e) = published {
+        let published = async { self.js.publish(subject, body.into()).await?.await };
+        if let Err(e) = published.await {
             tracing::warn!(key = %transition.key, error = %e, "cannot announce a breaker transition");
         }
     }

@@ -8,13 +8,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
 use async_nats::jetstream::{self, kv};
 use chrono::{DateTime, TimeZone, Utc};
 use futures::StreamExt;
 use runlog_events::ExecutionId;
-use runlog_events::journal::Journal;
-use runlog_events::stream::Layout;
+use runlog_events::codec::header;
+use runlog_events::journal::{Journal, LoadError};
+use runlog_events::stream::{Layout, LayoutError};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
@@ -22,12 +23,87 @@ use super::rules::{LimitKeys, LimitsConfig, LimitsTable, Rate, admit_start, slot
 
 /// Why the limit buckets could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot use the limit bucket {bucket}: {reason}; is JetStream enabled?")]
-pub struct LimitsError {
-    /// The bucket.
-    pub bucket: String,
-    /// What failed.
-    pub reason: String,
+pub enum LimitsError {
+    /// This worker's own limits are invalid.
+    #[error("invalid limits: {0}")]
+    Invalid(String),
+    /// A bucket could not be opened or created.
+    #[error("cannot open the limit bucket {bucket} ({source})")]
+    Bucket {
+        /// The bucket.
+        bucket: String,
+        /// What failed.
+        #[source]
+        source: LayoutError,
+    },
+    /// The keys of the shared table could not be listed.
+    #[error("cannot list the limit table {bucket} ({source}); is the NATS server reachable?")]
+    Keys {
+        /// The bucket.
+        bucket: String,
+        /// The client's error, with its kind.
+        #[source]
+        source: kv::HistoryError,
+    },
+    /// The listing of the shared table failed midway.
+    #[error("cannot list the limit table {bucket} ({source}); is the NATS server reachable?")]
+    Listing {
+        /// The bucket.
+        bucket: String,
+        /// The client's error, with its kind.
+        #[source]
+        source: kv::WatcherError,
+    },
+    /// A rule of the shared table could not be read.
+    #[error(
+        "cannot read {key} from the limit table {bucket} ({source}); is the NATS server reachable?"
+    )]
+    Entry {
+        /// The bucket.
+        bucket: String,
+        /// The key.
+        key: String,
+        /// The client's error, with its kind.
+        #[source]
+        source: kv::EntryError,
+    },
+}
+
+/// Why a lease or a rate token could not be taken or renewed (the item
+/// is held and tried again).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LeaseError {
+    /// A key could not be read.
+    #[error("cannot read {key} from the lease bucket {bucket} ({source})")]
+    Entry {
+        /// The bucket.
+        bucket: String,
+        /// The key.
+        key: String,
+        /// The client's error, with its kind.
+        #[source]
+        source: kv::EntryError,
+    },
+    /// A key could not be written.
+    #[error("cannot write {key} to the lease bucket {bucket} ({source})")]
+    Write {
+        /// The bucket.
+        bucket: String,
+        /// The key.
+        key: String,
+        /// The client's error, with its kind.
+        #[source]
+        source: PublishError,
+    },
+    /// A rate log could not be encoded.
+    #[error("cannot encode the rate log {key} ({source})")]
+    Encode {
+        /// The key.
+        key: String,
+        /// The encoder's error.
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// What the gate decided for one attempt.
@@ -95,24 +171,22 @@ impl Limits {
         config: &LimitsConfig,
         owner: &str,
     ) -> Result<(Arc<Self>, kv::Store), LimitsError> {
-        let fail = |bucket: String| {
-            move |reason: String| LimitsError {
-                bucket: bucket.clone(),
-                reason,
-            }
-        };
-        let local = config
-            .validate()
-            .map_err(fail(layout.limits_bucket_name()))?;
+        let local = config.validate().map_err(LimitsError::Invalid)?;
         let leases = layout
             .leases_bucket(js)
             .await
-            .map_err(|e| fail(layout.leases_bucket_name())(e.to_string()))?;
-        let fail = fail(layout.limits_bucket_name());
+            .map_err(|source| LimitsError::Bucket {
+                bucket: layout.leases_bucket_name(),
+                source,
+            })?;
+        let bucket = layout.limits_bucket_name();
         let table = layout
             .limits_bucket(js)
             .await
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|source| LimitsError::Bucket {
+                bucket: bucket.clone(),
+                source,
+            })?;
         let limits = Arc::new(Limits {
             js: js.clone(),
             leases,
@@ -127,10 +201,25 @@ impl Limits {
             held: Mutex::default(),
             hint: AtomicU32::new(rand::random()),
         });
-        let mut keys = table.keys().await.map_err(|e| fail(e.to_string()))?;
+        let mut keys = table.keys().await.map_err(|source| LimitsError::Keys {
+            bucket: bucket.clone(),
+            source,
+        })?;
         while let Some(key) = keys.next().await {
-            let key = key.map_err(|e| fail(e.to_string()))?;
-            let value = table.get(&key).await.map_err(|e| fail(e.to_string()))?;
+            let key = key.map_err(|source| LimitsError::Listing {
+                bucket: bucket.clone(),
+                source,
+            })?;
+            let value = match table.get(&key).await {
+                Ok(value) => value,
+                Err(source) => {
+                    return Err(LimitsError::Entry {
+                        bucket,
+                        key,
+                        source,
+                    });
+                }
+            };
             limits.apply(&key, value.as_deref());
         }
         Ok((limits, table))
@@ -204,11 +293,8 @@ impl Limits {
         &self,
         journal: &Journal,
         execution: &ExecutionId,
-    ) -> Result<Option<LimitKeys>, String> {
-        let recorded = journal
-            .recorded_spec(execution)
-            .await
-            .map_err(|e| e.to_string())?;
+    ) -> Result<Option<LimitKeys>, LoadError> {
+        let recorded = journal.recorded_spec(execution).await?;
         Ok(recorded.map(|(spec, _)| LimitKeys::of(&spec)))
     }
 
@@ -293,7 +379,7 @@ impl Limits {
         family: &str,
         slots: u32,
         execution: &ExecutionId,
-    ) -> Result<Option<String>, String> {
+    ) -> Result<Option<String>, LeaseError> {
         let value = serde_json::json!({
             "worker": self.owner,
             "execution": execution,
@@ -315,12 +401,17 @@ impl Limits {
     /// Create-only with the lease TTL: `None` if the key is held. (The
     /// client's `create_with_ttl` drops the TTL when it re-creates a
     /// deleted key.)
-    async fn create(&self, key: &str, value: Vec<u8>) -> Result<Option<u64>, String> {
+    async fn create(&self, key: &str, value: Vec<u8>) -> Result<Option<u64>, LeaseError> {
         if let Some(revision) = self.write(key, value.clone(), 0, self.lease_ttl).await? {
             return Ok(Some(revision));
         }
         // A deleted or expired key leaves a marker: create over it.
-        match self.leases.entry(key).await.map_err(|e| e.to_string())? {
+        match self
+            .leases
+            .entry(key)
+            .await
+            .map_err(self.entry_failed(key))?
+        {
             Some(entry) if entry.operation != kv::Operation::Put => {
                 self.write(key, value, entry.revision, self.lease_ttl).await
             }
@@ -338,24 +429,38 @@ impl Limits {
         value: Vec<u8>,
         expected: u64,
         ttl: Duration,
-    ) -> Result<Option<u64>, String> {
+    ) -> Result<Option<u64>, LeaseError> {
         let mut headers = HeaderMap::new();
         headers.insert(
-            "Nats-Expected-Last-Subject-Sequence",
+            header::EXPECTED_LAST_SUBJECT_SEQUENCE,
             expected.to_string().as_str(),
         );
-        headers.insert("Nats-TTL", ttl.as_secs().max(1).to_string().as_str());
+        headers.insert(header::TTL, ttl.as_secs().max(1).to_string().as_str());
         let subject = format!("$KV.{}.{key}", self.bucket);
+        let failed = |source| LeaseError::Write {
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            source,
+        };
         let published = self
             .js
             .publish_with_headers(subject, headers, value.into())
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(failed)?
             .await;
         match published {
             Ok(ack) => Ok(Some(ack.sequence)),
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(failed(e)),
+        }
+    }
+
+    /// The error of a failed read of `key` (built only on failure).
+    fn entry_failed<'a>(&'a self, key: &'a str) -> impl FnOnce(kv::EntryError) -> LeaseError + 'a {
+        move |source| LeaseError::Entry {
+            bucket: self.bucket.clone(),
+            key: key.to_owned(),
+            source,
         }
     }
 
@@ -365,12 +470,16 @@ impl Limits {
         &self,
         key: &str,
         rate: Rate,
-    ) -> Result<Result<DateTime<Utc>, Instant>, String> {
+    ) -> Result<Result<DateTime<Utc>, Instant>, LeaseError> {
         // Every entry is older than a period once the log is that old.
         let secs = u64::try_from(rate.per.as_millis().div_ceil(1000)).unwrap_or(u64::MAX);
         let ttl = Duration::from_secs(secs.max(1));
         for _ in 0..16 {
-            let entry = self.leases.entry(key).await.map_err(|e| e.to_string())?;
+            let entry = self
+                .leases
+                .entry(key)
+                .await
+                .map_err(self.entry_failed(key))?;
             let (starts, revision): (Vec<i64>, u64) = match entry {
                 Some(entry) if entry.operation == kv::Operation::Put => (
                     serde_json::from_slice(&entry.value).unwrap_or_default(),
@@ -387,7 +496,10 @@ impl Limits {
                     return Ok(Err(Instant::now() + wait));
                 }
                 Ok(log) => {
-                    let body = serde_json::to_vec(&log).map_err(|e| e.to_string())?;
+                    let body = serde_json::to_vec(&log).map_err(|source| LeaseError::Encode {
+                        key: key.to_owned(),
+                        source,
+                    })?;
                     if self.write(key, body, revision, ttl).await?.is_some() {
                         return Ok(Ok(at));
                     }
