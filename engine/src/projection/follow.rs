@@ -16,8 +16,34 @@ use super::Projection;
 
 /// Why following the log stopped.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot follow the execution log: {0}")]
-pub struct FollowError(String);
+pub enum FollowError {
+    /// The execution stream could not be opened.
+    #[error("cannot open the execution log {stream} ({source}); is the NATS server reachable?")]
+    Stream {
+        /// The stream.
+        stream: String,
+        /// The client's error.
+        source: jetstream::context::GetStreamError,
+    },
+    /// The stream's state could not be read.
+    #[error("cannot read the state of the execution log ({0}); is the NATS server reachable?")]
+    Info(#[source] jetstream::context::RequestError),
+    /// The consumer's state could not be read.
+    #[error("cannot read the state of the projection's consumer ({0})")]
+    ConsumerInfo(#[source] jetstream::context::ConsumerInfoError),
+    /// The projection's consumer could not be created.
+    #[error("cannot create the projection's consumer ({0})")]
+    Consumer(#[source] jetstream::stream::ConsumerError),
+    /// The consumer's deliveries failed (or a delivery had no position).
+    #[error("the projection's consumer failed ({0})")]
+    Messages(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A decoding task failed.
+    #[error("a decoding task failed ({0})")]
+    Decoder(#[source] tokio::task::JoinError),
+    /// The consumer ended.
+    #[error("the projection's consumer ended")]
+    Ended,
+}
 
 impl Projection {
     /// Whether the projection has folded every event stored when it
@@ -51,15 +77,17 @@ impl Projection {
         subjects: &Subjects,
         shutdown: CancellationToken,
     ) -> Result<(), FollowError> {
-        let err = |e: &dyn std::fmt::Display| FollowError(e.to_string());
         let mut stream = js
             .get_stream(subjects.exec_stream())
             .await
-            .map_err(|e| err(&e))?;
+            .map_err(|source| FollowError::Stream {
+                stream: subjects.exec_stream(),
+                source,
+            })?;
         let last = stream
             .info()
             .await
-            .map_err(|e| err(&e))?
+            .map_err(FollowError::Info)?
             .state
             .last_sequence;
         if self.applied_seq() < last && !self.catch_up(&stream, subjects, last, &shutdown).await? {
@@ -74,19 +102,28 @@ impl Projection {
                 ..Default::default()
             })
             .await
-            .map_err(|e| err(&e))?;
-        if consumer.info().await.map_err(|e| err(&e))?.num_pending == 0 {
+            .map_err(FollowError::Consumer)?;
+        if consumer
+            .info()
+            .await
+            .map_err(FollowError::ConsumerInfo)?
+            .num_pending
+            == 0
+        {
             self.caught_up.store(true, Ordering::Relaxed);
         }
-        let messages = consumer.messages().await.map_err(|e| err(&e))?;
+        let messages = consumer
+            .messages()
+            .await
+            .map_err(|e| FollowError::Messages(e.into()))?;
         let mut decoded = pipeline(messages);
         loop {
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 next = decoded.next() => match next {
                     Some(Ok(batch)) => batch?,
-                    Some(Err(e)) => return Err(err(&e)),
-                    None => return Err(FollowError("the consumer ended".into())),
+                    Some(Err(e)) => return Err(FollowError::Decoder(e)),
+                    None => return Err(FollowError::Ended),
                 },
             };
             let live = self.live.get().filter(|live| live.receiver_count() > 0);
@@ -114,7 +151,6 @@ impl Projection {
         last: u64,
         shutdown: &CancellationToken,
     ) -> Result<bool, FollowError> {
-        let err = |e: &dyn std::fmt::Display| FollowError(e.to_string());
         let mut consumer = stream
             .create_consumer(pull::Config {
                 filter_subject: subjects.all_events(),
@@ -125,10 +161,16 @@ impl Projection {
                 ..Default::default()
             })
             .await
-            .map_err(|e| err(&e))?;
+            .map_err(FollowError::Consumer)?;
         let name = consumer.cached_info().name.clone();
         let result = async {
-            if consumer.info().await.map_err(|e| err(&e))?.num_pending == 0 {
+            if consumer
+                .info()
+                .await
+                .map_err(FollowError::ConsumerInfo)?
+                .num_pending
+                == 0
+            {
                 return Ok(true);
             }
             let messages = consumer
@@ -136,15 +178,15 @@ impl Projection {
                 .max_messages_per_batch(CATCH_UP_BATCH)
                 .messages()
                 .await
-                .map_err(|e| err(&e))?;
+                .map_err(|e| FollowError::Messages(e.into()))?;
             let mut decoded = pipeline(messages);
             loop {
                 let batch = tokio::select! {
                     _ = shutdown.cancelled() => return Ok(false),
                     next = decoded.next() => match next {
                         Some(Ok(batch)) => batch?,
-                        Some(Err(e)) => return Err(err(&e)),
-                        None => return Err(FollowError("the catch-up consumer ended".into())),
+                        Some(Err(e)) => return Err(FollowError::Decoder(e)),
+                        None => return Err(FollowError::Ended),
                     },
                 };
                 let mut done = false;
@@ -209,7 +251,7 @@ const CATCH_UP_BATCH: usize = 4096;
 /// batches decode at once on the runtime's threads, and the caller folds
 /// them in log order. Whatever is ready forms a batch, so a replay moves in
 /// large batches and a live event is folded at once.
-fn pipeline<E: std::fmt::Display + Send + 'static>(
+fn pipeline<E: std::error::Error + Send + Sync + 'static>(
     messages: impl futures::Stream<Item = Result<jetstream::Message, E>> + Send + 'static,
 ) -> impl futures::Stream<Item = Result<Result<Vec<Decoded>, FollowError>, tokio::task::JoinError>>
 {
@@ -227,7 +269,7 @@ struct Decoded {
     envelope: Result<Envelope, codec::DecodeError>,
 }
 
-fn decode_batch<E: std::fmt::Display>(
+fn decode_batch<E: std::error::Error + Send + Sync + 'static>(
     batch: Vec<Result<jetstream::Message, E>>,
 ) -> Result<Vec<Decoded>, FollowError> {
     let limits = Limits::default();
@@ -235,8 +277,8 @@ fn decode_batch<E: std::fmt::Display>(
     batch
         .into_iter()
         .map(|message| {
-            let message = message.map_err(|e| FollowError(e.to_string()))?;
-            let info = message.info().map_err(|e| FollowError(e.to_string()))?;
+            let message = message.map_err(|e| FollowError::Messages(e.into()))?;
+            let info = message.info().map_err(FollowError::Messages)?;
             let headers = message.headers.as_ref().unwrap_or(&empty);
             Ok(Decoded {
                 seq: info.stream_sequence,
