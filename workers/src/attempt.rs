@@ -13,10 +13,11 @@
 //! the core resolves it against the log (`Command::Finish`).
 
 use chrono::{DateTime, Utc};
+use runlog_events::codec::EncodeError;
 use runlog_events::decider::{Command, ExecutionState, Rejection, Status};
 use runlog_events::event::{Heartbeat, LogBatch, Progress};
-use runlog_events::journal::{History, Journal, TransitionError};
-use runlog_events::{Envelope, Event, ExecutionId, TaskError, TaskSpec, WorkItem};
+use runlog_events::journal::{AppendError, History, Journal, TransitionError};
+use runlog_events::{Envelope, ErrorClass, Event, ExecutionId, TaskError, TaskSpec, WorkItem};
 
 pub use runlog_events::decider::Outcome;
 
@@ -253,11 +254,43 @@ impl Attempt {
         outcome: Outcome,
         now: DateTime<Utc>,
     ) -> Result<History, AttemptError> {
-        let command = Command::Finish {
-            attempt: self.number,
-            outcome,
+        let attempt = self.number;
+        let command = Command::Finish { attempt, outcome };
+        let recorded = self
+            .journal
+            .advance(&self.execution, self.history, &command, now)
+            .await;
+        let Err(TransitionError::Append(AppendError::Encode(EncodeError::TooLarge {
+            event_type,
+            size,
+            limit,
+        }))) = recorded
+        else {
+            return Ok(recorded?);
         };
-        self.record(command, now).await
+        // The result does not fit in an event (an output or an error of
+        // more than 1 MiB): the attempt fails for good, saying why, instead
+        // of the item being redelivered to run the task again.
+        let error = TaskError::new(
+            ErrorClass::Permanent,
+            format!(
+                "the attempt's result did not fit: its {event_type} event would be {size} bytes, \
+                 over the limit of {limit}; return large results by reference (a URL or a path)"
+            ),
+        );
+        let command = Command::Finish {
+            attempt,
+            outcome: Outcome::Failed { error },
+        };
+        let history = self
+            .journal
+            .load(&self.execution)
+            .await
+            .map_err(TransitionError::Load)?;
+        Ok(self
+            .journal
+            .advance(&self.execution, history, &command, now)
+            .await?)
     }
 
     /// Appends the result against the newest sequence seen at the claim.

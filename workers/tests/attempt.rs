@@ -177,3 +177,24 @@ async fn a_cancel_signal_without_a_cancel_request_fails_the_attempt() -> Result<
     assert_eq!(history.state.errors[0].error.class, ErrorClass::Cancelled);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_result_too_large_for_an_event_fails_the_attempt_for_good() -> Result<()> {
+    let server = NatsServer::start()?;
+    let (journal, exec) = queued(&server).await?;
+    let attempt = started(Attempt::claim(&journal, &exec, "w1", false, Utc::now()).await?);
+    let output = serde_json::Value::String("x".repeat(1024 * 1024 + 1));
+    let history = attempt
+        .finish(Outcome::Succeeded { output }, Utc::now())
+        .await?;
+    assert_eq!(history.state.status, Status::Failed);
+    let error = &history.state.errors[0].error;
+    assert_eq!(error.class, ErrorClass::Permanent);
+    assert!(!error.retryable);
+    assert!(
+        error.message.contains("limit of 1048576"),
+        "{}",
+        error.message
+    );
+    Ok(())
+}
