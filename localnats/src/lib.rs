@@ -1,4 +1,5 @@
-//! Real nats-server processes for runlog's tests, benchmarks and `runlog dev`; no mocks.
+//! Local nats-server processes: the server `runlog dev` runs, and the real servers (no mocks)
+//! of the tests and the benchmarks.
 //!
 //! [`NatsServer`] is one server with JetStream on `127.0.0.1`, a free port and a temporary
 //! store; [`Cluster`] is three or more of them routed into one JetStream cluster. Both return
