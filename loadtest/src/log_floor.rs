@@ -28,7 +28,7 @@ use futures::{StreamExt, TryStreamExt};
 use runlog_events::journal::{
     EXPECTED_LAST_SUBJECT_SEQUENCE, EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
 };
-use runlog_testkit::NatsServer;
+use runlog_localnats::NatsServer;
 use tokio::sync::Semaphore;
 
 use crate::rig::{Cpu, cpu_seconds};

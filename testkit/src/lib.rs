@@ -1,0 +1,12 @@
+//! What runlog's tests share, and nothing the shipped binaries need.
+//!
+//! It re-exports the launcher of real nats-servers, [`runlog_localnats`] ([`NatsServer`],
+//! [`Cluster`]), so a test names one crate, and adds [`eventually`]: waiting on a condition
+//! with a deadline, the one way a test synchronises with the system it drives.
+
+#![warn(missing_docs)]
+
+mod wait;
+
+pub use runlog_localnats::*;
+pub use wait::eventually;
