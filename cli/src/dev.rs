@@ -17,7 +17,7 @@ use async_nats::jetstream;
 use runlog_engine::{Engine, EngineConfig};
 use runlog_events::journal::Journal;
 use runlog_events::{ExecutionId, Subjects};
-use runlog_testkit::NatsServer;
+use runlog_localnats::NatsServer;
 use runlog_worker::runtime::{Worker, WorkerConfig};
 
 use crate::client::views::Execution;

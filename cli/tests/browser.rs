@@ -18,10 +18,10 @@ mod webdriver;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use futures::StreamExt;
 use runlog_engine::{Engine, EngineConfig};
-use runlog_testkit::NatsServer;
+use runlog_testkit::{NatsServer, eventually};
 use runlog_worker::runtime::{Worker, WorkerConfig};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -219,24 +219,6 @@ impl Stack {
 fn screenshots() -> Option<PathBuf> {
     (std::env::var("RUNLOG_SCREENSHOTS").as_deref() == Ok("1"))
         .then(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/img"))
-}
-
-/// Polls `check` until it yields a value or `limit` passes.
-async fn wait<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>>>,
-{
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check().await? {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            bail!("{what}: not within {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 const TERMINAL: [&str; 5] = [
@@ -609,9 +591,9 @@ async fn a_reload_mid_stream_shows_every_execution_and_event_exactly_once() -> R
             reply.status()
         );
     }
-    wait(
-        "six tasks wait at the gate",
+    eventually(
         Duration::from_secs(20),
+        "six tasks wait at the gate",
         || async {
             let running = stack.get("/v1/executions?status=running").await?;
             Ok((running["executions"].as_array().map_or(0, Vec::len) >= 6).then_some(()))
@@ -650,7 +632,7 @@ async fn a_reload_mid_stream_shows_every_execution_and_event_exactly_once() -> R
         b.screenshot(&dir.join("dashboard.png")).await?;
     }
 
-    let expected = wait("every execution ends", Duration::from_secs(30), || async {
+    let expected = eventually(Duration::from_secs(30), "every execution ends", || async {
         let states = stack.states().await?;
         Ok(states
             .iter()
@@ -661,10 +643,11 @@ async fn a_reload_mid_stream_shows_every_execution_and_event_exactly_once() -> R
     ensure!(expected.len() == TASKS + 1, "{} executions", expected.len());
     // The page may trail the API by a frame or a feed message: compare
     // until both agree or the deadline passes; a row shown twice fails at once.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    let what = "the page to list what the API lists";
+    eventually(Duration::from_secs(15), what, || async {
         let seen = b.run_async(COLLECT_LIST, json!([])).await?;
-        ensure!(
+        // A row shown twice fails at once, not at the deadline.
+        assert!(
             seen["twice"].as_array().is_some_and(Vec::is_empty),
             "rows shown twice: {}",
             seen["twice"]
@@ -679,14 +662,13 @@ async fn a_reload_mid_stream_shows_every_execution_and_event_exactly_once() -> R
                 )
             })
             .collect();
-        if seen["total"] == json!(expected.len()) && listed == expected {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the API lists {expected:?}; the page {seen}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        ensure!(
+            seen["total"] == json!(expected.len()) && listed == expected,
+            "the API lists {expected:?}; the page {seen}"
+        );
+        Ok(Some(()))
+    })
+    .await?;
     stack.stop().await
 }
 
@@ -742,7 +724,7 @@ async fn ten_thousand_executions_keep_the_list_responsive() -> Result<()> {
     let started = Instant::now();
     let second: Result<Vec<_>> = submit_many(TASKS / 2).await.into_iter().collect();
     second?;
-    wait("every execution ends", Duration::from_secs(120), || async {
+    eventually(Duration::from_secs(120), "every execution ends", || async {
         let stats = stack.get("/v1/stats").await?;
         Ok((stats["by_status"]["succeeded"] == json!(TASKS)).then_some(()))
     })

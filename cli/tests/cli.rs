@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use runlog_engine::{Engine, EngineConfig};
-use runlog_testkit::NatsServer;
+use runlog_testkit::{NatsServer, eventually};
 use runlog_worker::runtime::{Worker, WorkerConfig};
 use serde_json::Value;
 use tokio::task::JoinHandle;
@@ -78,17 +78,13 @@ impl Stack {
 
     /// Waits until execution `id` is in `status`.
     async fn wait_for(&self, id: &str, status: &str) -> Result<Value> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        let what = format!("{id} to be {status}");
+        eventually(Duration::from_secs(30), &what, || async {
             let now = self.json(&["status", id]).await?;
-            if now["status"] == status {
-                return Ok(now);
-            }
-            if Instant::now() > deadline {
-                bail!("{id} is not {status} within 30 s: {now}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            ensure!(now["status"] == status, "{now}");
+            Ok(Some(now))
+        })
+        .await
     }
 
     async fn stop(mut self) -> Result<()> {
@@ -317,24 +313,18 @@ async fn submit_wait_resumes_its_feeds_across_an_engine_restart() -> Result<()> 
         })
     };
     // The task has written its first line: the feeds have something to resume after.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let id = loop {
+    let what = "the task to write its first line";
+    let id = eventually(Duration::from_secs(30), what, || async {
         let list = runlog(&url, &["ls", "--status", "running", "-o", "json"]).await?;
-        let id = serde_json::from_str::<Value>(&list.stdout)?["executions"][0]["id"]
-            .as_str()
-            .map(str::to_owned);
-        if let Some(id) = id {
-            let logs = runlog(&url, &["logs", &id]).await?;
-            if logs.stdout == "before\n" {
-                break id;
-            }
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "the task never wrote its first line"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        let listed = serde_json::from_str::<Value>(&list.stdout)?;
+        let Some(id) = listed["executions"][0]["id"].as_str() else {
+            bail!("none running: {listed}");
+        };
+        let logs = runlog(&url, &["logs", id]).await?;
+        ensure!(logs.stdout == "before\n", "{id} logged {:?}", logs.stdout);
+        Ok(Some(id.to_owned()))
+    })
+    .await?;
 
     // The engine goes away while the CLI waits, and comes back on the same address.
     first_stop.cancel();
@@ -450,17 +440,16 @@ async fn cancel_stops_a_waiting_submit_with_exit_three_and_deadlines_exit_four()
         )
         .await
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let id = loop {
+    let id = eventually(Duration::from_secs(30), "the task to run", || async {
         let list = stack
             .json(&["ls", "--label", "case=cancel", "--status", "running"])
             .await?;
-        if let Some(id) = list["executions"][0]["id"].as_str() {
-            break id.to_owned();
-        }
-        ensure!(Instant::now() < deadline, "the task never ran: {list}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        let Some(id) = list["executions"][0]["id"].as_str() else {
+            bail!("none running: {list}");
+        };
+        Ok(Some(id.to_owned()))
+    })
+    .await?;
     let cancel = stack
         .runlog(&["cancel", &id, "--reason", "the test is done with it"])
         .await?;
@@ -529,18 +518,21 @@ async fn logs_follow_prints_lines_until_the_task_ends() -> Result<()> {
 async fn workers_and_queues_show_the_cluster() -> Result<()> {
     let stack = Stack::start("cluster").await?;
     // The worker registers shortly after it starts.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let workers = loop {
-        let workers = stack.json(&["workers"]).await?;
-        if workers["workers"]
-            .as_array()
-            .is_some_and(|w| w.iter().any(|w| w["id"] == stack.worker_id.as_str()))
-        {
-            break workers;
-        }
-        ensure!(Instant::now() < deadline, "no worker registered: {workers}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let workers = eventually(
+        Duration::from_secs(30),
+        "the worker to register",
+        || async {
+            let workers = stack.json(&["workers"]).await?;
+            ensure!(
+                workers["workers"]
+                    .as_array()
+                    .is_some_and(|w| w.iter().any(|w| w["id"] == stack.worker_id.as_str())),
+                "no worker registered: {workers}"
+            );
+            Ok(Some(workers))
+        },
+    )
+    .await?;
     ensure!(workers["workers"][0]["queues"][0] == "default", "{workers}");
     let text = stack.runlog(&["workers"]).await?;
     ensure!(
@@ -585,22 +577,19 @@ async fn a_task_no_live_worker_runs_is_accepted_with_a_warning_everywhere() -> R
     let stack = Stack::start("warnings").await?;
     // Until the engine has seen the worker's registry entry, a kind the
     // worker lacks reads as an unserved queue; wait for the sharper warning.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let run = loop {
+    let what = "the warning about the kind";
+    let run = eventually(Duration::from_secs(30), what, || async {
         let run = stack.runlog(&["submit", "plan"]).await?;
-        ensure!(run.code == 0, "accepted all the same: {run:?}");
-        if run
-            .stderr
-            .contains("no live worker runs kind \"plan\" on queue \"default\"")
-        {
-            break run;
-        }
+        // Every submission is accepted: a refusal fails at once, not at the deadline.
+        assert_eq!(run.code, 0, "accepted all the same: {run:?}");
         ensure!(
-            Instant::now() < deadline,
+            run.stderr
+                .contains("no live worker runs kind \"plan\" on queue \"default\""),
             "no warning about the kind: {run:?}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        Ok(Some(run))
+    })
+    .await?;
     ensure!(run.stderr.starts_with("warning: "), "{run:?}");
     // This worker dead-letters a kind it lacks at once (`invalid_input`);
     // a task of a queue no worker serves waits, and says why while it does.

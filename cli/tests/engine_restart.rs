@@ -2,13 +2,10 @@
 //! it again: every projected state equals a fresh fold of its events, none
 //! is lost or dispatched twice, and pending retries and deadlines still fire.
 
-#[path = "support/wait.rs"]
-mod wait;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use wait::wait;
 
 use anyhow::{Context, Result, bail};
 use chrono::Utc;
@@ -16,7 +13,7 @@ use futures::StreamExt;
 use runlog_events::decider::Command as Cmd;
 use runlog_events::journal::Journal;
 use runlog_events::{ErrorClass, ExecutionId, Status, Subjects, TaskError, direct};
-use runlog_testkit::NatsServer;
+use runlog_testkit::{NatsServer, eventually};
 use serde_json::{Value, json};
 
 struct EngineProcess {
@@ -89,9 +86,9 @@ async fn a_killed_engine_restarts_with_every_execution_intact() -> Result<()> {
         .map(|(id, kind)| {
             let journal = journal.clone();
             async move {
-                wait("queued", Duration::from_secs(60), || async {
-                    let h = journal.load(&id).await.ok()?;
-                    (h.state.status == Status::Queued).then_some(())
+                eventually(Duration::from_secs(60), "queued", || async {
+                    let h = journal.load(&id).await?;
+                    Ok((h.state.status == Status::Queued).then_some(()))
                 })
                 .await?;
                 let claim = Cmd::Claim {
@@ -151,12 +148,15 @@ async fn a_killed_engine_restarts_with_every_execution_intact() -> Result<()> {
             3 => Some(Status::Cancelled),
             _ => Some(Status::Queued),
         };
-        let reached = wait(
-            &format!("{id} reaches {want:?}"),
+        let reached = eventually(
             Duration::from_secs(60),
+            &format!("{id} reaches {want:?}"),
             || async {
-                let h = journal.load(id).await.ok()?;
-                (Some(h.state.status) == want && (*kind != 1 || h.state.attempt == 2)).then_some(())
+                let h = journal.load(id).await?;
+                Ok(
+                    (Some(h.state.status) == want && (*kind != 1 || h.state.attempt == 2))
+                        .then_some(()),
+                )
             },
         )
         .await;
@@ -172,9 +172,9 @@ async fn a_killed_engine_restarts_with_every_execution_intact() -> Result<()> {
     }
 
     // The projection of the restarted engine equals a fresh fold.
-    let projected: BTreeMap<String, Value> = wait(
-        "the projection holds all",
+    let projected: BTreeMap<String, Value> = eventually(
         Duration::from_secs(30),
+        "the projection holds all",
         || async {
             let mut all = BTreeMap::new();
             let mut cursor: Option<u64> = None;
@@ -183,9 +183,10 @@ async fn a_killed_engine_restarts_with_every_execution_intact() -> Result<()> {
                 if let Some(c) = cursor {
                     url.push_str(&format!("&cursor={c}"));
                 }
-                let page: Value = http.get(url).send().await.ok()?.json().await.ok()?;
-                for e in page["executions"].as_array()? {
-                    all.insert(e["id"].as_str()?.to_owned(), e.clone());
+                let page: Value = http.get(url).send().await?.json().await?;
+                for e in page["executions"].as_array().context("no executions")? {
+                    let id = e["id"].as_str().context("an execution without an id")?;
+                    all.insert(id.to_owned(), e.clone());
                 }
                 match page["next_cursor"].as_u64() {
                     Some(c) => cursor = Some(c),
@@ -205,7 +206,7 @@ async fn a_killed_engine_restarts_with_every_execution_intact() -> Result<()> {
                     _ => status == "queued",
                 }
             });
-            (all.len() == 1000 && settled).then_some(all)
+            Ok((all.len() == 1000 && settled).then_some(all))
         },
     )
     .await?;

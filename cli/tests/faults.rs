@@ -15,19 +15,17 @@
 
 #[path = "faults/harness.rs"]
 mod harness;
-#[path = "support/wait.rs"]
-mod wait;
 
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use async_nats::HeaderMap;
 use chrono::Utc;
-use harness::{EngineProcess, Ledger, Load, WorkerProcesses, secs, wait};
+use harness::{EngineProcess, Ledger, Load, WorkerProcesses, secs};
 use runlog_events::codec::{self, Format};
 use runlog_events::event::{Started, Succeeded};
 use runlog_events::{Envelope, Event, ExecutionId, Subjects};
-use runlog_testkit::{Cluster, NatsServer};
+use runlog_testkit::{Cluster, NatsServer, eventually};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -271,8 +269,8 @@ async fn killing_the_stream_leader_of_a_three_node_cluster_loses_nothing() -> Re
         let cluster = info.cluster.clone()?;
         Some((cluster.leader?, info.config.num_replicas))
     };
-    let (_, replicas) = wait("the execution stream", Duration::from_secs(30), || {
-        stream_info(js.clone())
+    let (_, replicas) = eventually(Duration::from_secs(30), "the execution stream", || async {
+        Ok(stream_info(js.clone()).await)
     })
     .await?;
     ensure!(
@@ -300,8 +298,8 @@ async fn killing_the_stream_leader_of_a_three_node_cluster_loses_nothing() -> Re
         .with_context(|| format!("leader {leader} is not a node"))?;
     let killed = Utc::now();
     cluster.kill_node(node);
-    let (elected, _) = wait("a new stream leader", Duration::from_secs(60), || async {
-        stream_info(js.clone()).await.filter(|(l, _)| *l != leader)
+    let (elected, _) = eventually(Duration::from_secs(60), "a new stream leader", || async {
+        Ok(stream_info(js.clone()).await.filter(|(l, _)| *l != leader))
     })
     .await?;
     let elected_at = Utc::now();
@@ -413,17 +411,17 @@ async fn bad_input_on_every_subject_is_counted_and_everything_keeps_running() ->
         Some(dlq.info().await.ok()?.state.messages)
     };
     // The worker creates the dispatch consumers: wait for them.
-    wait(
-        "the dispatch consumers",
+    eventually(
         Duration::from_secs(20),
+        "the dispatch consumers",
         || async {
-            let stream = js.get_stream(s.exec_stream()).await.ok()?;
-            stream
+            let stream = js.get_stream(s.exec_stream()).await?;
+            Ok(stream
                 .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
-                    &s.dispatch_consumer(&"default".parse().ok()?, runlog_events::Priority::Normal),
+                    &s.dispatch_consumer(&"default".parse()?, runlog_events::Priority::Normal),
                 )
                 .await
-                .ok()
+                .ok())
         },
     )
     .await?;
@@ -440,9 +438,9 @@ async fn bad_input_on_every_subject_is_counted_and_everything_keeps_running() ->
         .json()
         .await?;
     let victim = ExecutionId::new(victim["id"].as_str().unwrap_or_default())?;
-    wait("the victim is queued", Duration::from_secs(20), || async {
-        let view = execution(&http, &base, victim.as_str()).await.ok()?;
-        (view["status"] == "queued").then_some(())
+    eventually(Duration::from_secs(20), "the victim is queued", || async {
+        let view = execution(&http, &base, victim.as_str()).await?;
+        Ok((view["status"] == "queued").then_some(()))
     })
     .await?;
 
@@ -712,12 +710,12 @@ async fn bad_input_on_every_subject_is_counted_and_everything_keeps_running() ->
         .json()
         .await?;
     ensure!(reply["id"] == json!(target), "{reply}");
-    let view = wait(
-        "the normal task succeeds",
+    let view = eventually(
         Duration::from_secs(30),
+        "the normal task succeeds",
         || async {
-            let view = execution(&http, &base, target.as_str()).await.ok()?;
-            (view["status"] == "succeeded").then_some(view)
+            let view = execution(&http, &base, target.as_str()).await?;
+            Ok((view["status"] == "succeeded").then_some(view))
         },
     )
     .await
@@ -734,12 +732,12 @@ async fn bad_input_on_every_subject_is_counted_and_everything_keeps_running() ->
     let rejected = |name: &'static str| {
         let (http, base) = (&http, &base);
         async move {
-            wait(
-                &format!("{name} is rejected"),
+            eventually(
                 Duration::from_secs(20),
+                &format!("{name} is rejected"),
                 || async {
-                    let view = execution(http, base, name).await.ok()?;
-                    (view["status"] == "rejected").then_some(view)
+                    let view = execution(http, base, name).await?;
+                    Ok((view["status"] == "rejected").then_some(view))
                 },
             )
             .await
@@ -747,11 +745,13 @@ async fn bad_input_on_every_subject_is_counted_and_everything_keeps_running() ->
     };
     let bad_bytes = rejected("bad-bytes").await?;
     let bad_schema = rejected("bad-schema").await?;
-    let after = wait("the counters move", Duration::from_secs(20), || async {
-        let after = stats(&http, &base).await.ok()?;
-        let skipped = after["skipped_events"].as_u64()? - before["skipped_events"].as_u64()?;
-        let bad = after["reactor"]["bad"].as_u64()? - before["reactor"]["bad"].as_u64()?;
-        (skipped >= 11 && bad >= 4).then_some(after)
+    let after = eventually(Duration::from_secs(20), "the counters move", || async {
+        let after = stats(&http, &base).await?;
+        let count = |stats: &Value, at: &str| stats.pointer(at)?.as_u64();
+        let moved = |at: &str| Some(count(&after, at)? - count(&before, at)?);
+        let skipped = moved("/skipped_events").context("no skipped_events")?;
+        let bad = moved("/reactor/bad").context("no reactor.bad")?;
+        Ok((skipped >= 11 && bad >= 4).then_some(after))
     })
     .await;
     let after = match after {
@@ -761,10 +761,10 @@ async fn bad_input_on_every_subject_is_counted_and_everything_keeps_running() ->
             anyhow::bail!("{e}: stats before {before}, now {now}");
         }
     };
-    let dlq_after = wait(
-        "three MSG_TERMINATED advisories and two forged ones",
+    let dlq_after = eventually(
         Duration::from_secs(20),
-        || async { dlq_messages().await.filter(|n| *n >= dlq_before + 5) },
+        "three MSG_TERMINATED advisories and two forged ones",
+        || async { Ok(dlq_messages().await.filter(|n| *n >= dlq_before + 5)) },
     )
     .await?;
     let events: Value = http
@@ -859,23 +859,22 @@ async fn a_stuck_task_shows_no_progress_and_times_out_at_its_deadline() -> Resul
     }
     // While it hangs: running, no progress ever, heartbeats fresh.
     for id in ["stuck-attempt", "stuck-execution"] {
-        let view = wait(&format!("{id} runs"), Duration::from_secs(20), || async {
-            let view = execution(&http, &base, id).await.ok()?;
-            (view["status"] == "running").then_some(view)
+        let view = eventually(Duration::from_secs(20), &format!("{id} runs"), || async {
+            let view = execution(&http, &base, id).await?;
+            Ok((view["status"] == "running").then_some(view))
         })
         .await?;
         let exec = ExecutionId::new(id)?;
-        let heartbeat = wait(
-            &format!("{id} heartbeats"),
+        let heartbeat = eventually(
             Duration::from_secs(10),
+            &format!("{id} heartbeats"),
             || async {
-                runlog_events::direct::last(
+                Ok(runlog_events::direct::last(
                     &js,
                     &s.logs_stream(),
                     &s.event(&exec, runlog_events::EventType::Heartbeat),
                 )
-                .await
-                .ok()?
+                .await?)
             },
         )
         .await?;
@@ -888,12 +887,12 @@ async fn a_stuck_task_shows_no_progress_and_times_out_at_its_deadline() -> Resul
         // The engine runs with RUNLOG_STUCK_AFTER=2s: silent for 2 s while
         // its worker still beats, the attempt is shown as stuck before its
         // deadline ends it.
-        let stuck = wait(
-            &format!("{id} shown stuck"),
+        let stuck = eventually(
             Duration::from_secs(4),
+            &format!("{id} shown stuck"),
             || async {
-                let view = execution(&http, &base, id).await.ok()?;
-                (view["stuck"] == true).then_some(view)
+                let view = execution(&http, &base, id).await?;
+                Ok((view["stuck"] == true).then_some(view))
             },
         )
         .await?;

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use runlog_engine::{Engine, EngineConfig};
 use runlog_events::journal::Journal;
 use runlog_events::{ExecutionId, Subjects};
-use runlog_testkit::NatsServer;
+use runlog_testkit::{NatsServer, eventually};
 use runlog_worker::runtime::{Worker, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -78,15 +78,12 @@ async fn python(args: &[&str]) -> Result<(std::process::Output, String)> {
 
 /// Waits until `id` ended; its final state.
 async fn ended(journal: &Journal, id: &ExecutionId) -> Result<runlog_events::ExecutionState> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(Duration::from_secs(30), &format!("{id} to end"), || async {
         let h = journal.load(id).await?;
-        if h.state.status.is_terminal() {
-            return Ok(h.state);
-        }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "{id} never ended");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        anyhow::ensure!(h.state.status.is_terminal(), "it is {}", h.state.status);
+        Ok(Some(h.state))
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

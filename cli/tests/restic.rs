@@ -3,17 +3,14 @@
 //! checked and pruned, each step a `shell` execution on a real worker, with
 //! the repository password handed over as the task's sealed environment.
 
-#[path = "support/wait.rs"]
-mod wait;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-use wait::wait;
 
 use anyhow::{Context, Result, bail, ensure};
 use runlog_engine::{Engine, EngineConfig};
 use runlog_events::{Event, EventType, ExecutionId, Subjects, codec, direct};
-use runlog_testkit::NatsServer;
+use runlog_testkit::{NatsServer, eventually};
 use runlog_worker::runtime::{Worker, WorkerConfig};
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -54,12 +51,11 @@ impl Api {
     /// Waits for `id` to end and returns `GET /v1/executions/{id}`; fails
     /// unless it succeeded.
     async fn succeeded(&self, id: &ExecutionId, step: &str) -> Result<Value> {
-        let view = wait(&format!("{step} ends"), PATIENCE, || async {
+        let view = eventually(PATIENCE, &format!("{step} ends"), || async {
             let view: Value =
-                serde_json::from_str(&self.get(&format!("/v1/executions/{id}")).await.ok()?)
-                    .ok()?;
-            let status = view["status"].as_str()?;
-            (!matches!(status, "pending" | "queued" | "running")).then_some(view)
+                serde_json::from_str(&self.get(&format!("/v1/executions/{id}")).await?)?;
+            let status = view["status"].as_str().context("no status")?;
+            Ok((!matches!(status, "pending" | "queued" | "running")).then_some(view))
         })
         .await?;
         ensure!(
@@ -250,18 +246,17 @@ async fn restic_init_backup_check_and_forget_run_as_tasks() -> Result<()> {
         }
     }
     // All four in the projection.
-    wait("the projection lists the four", PATIENCE, || async {
-        let page: Value =
-            serde_json::from_str(&api.get("/v1/executions?limit=100").await.ok()?).ok()?;
-        let listed = page["executions"].as_array()?;
-        steps
+    eventually(PATIENCE, "the projection lists the four", || async {
+        let page: Value = serde_json::from_str(&api.get("/v1/executions?limit=100").await?)?;
+        let listed = page["executions"].as_array().context("no executions")?;
+        Ok(steps
             .iter()
             .all(|id| {
                 listed
                     .iter()
                     .any(|e| e["id"] == id.as_str() && e["status"] == "succeeded")
             })
-            .then_some(())
+            .then_some(()))
     })
     .await?;
     println!("restic init, backup ({snapshot}), check and forget as four tasks in {elapsed:.2?}");

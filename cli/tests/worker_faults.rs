@@ -3,13 +3,10 @@
 //! cancelled shell task whose whole process group, grandchildren included,
 //! is gone within its kill grace.
 
-#[path = "support/wait.rs"]
-mod wait;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use wait::wait;
 
 use anyhow::{Context, Result, ensure};
 use chrono::{DateTime, Utc};
@@ -17,7 +14,7 @@ use futures::StreamExt;
 use runlog_engine::{Engine, EngineConfig};
 use runlog_events::journal::{History, Journal};
 use runlog_events::{Event, ExecutionId, Priority, QueueName, Status, Subjects};
-use runlog_testkit::NatsServer;
+use runlog_testkit::{NatsServer, eventually};
 use runlog_worker::runtime::{Worker, WorkerConfig};
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -238,22 +235,22 @@ async fn a_killed_worker_s_fifty_tasks_are_finished_by_another() -> Result<()> {
             .spawn()?,
     );
     let subjects = Subjects::default();
-    wait(
-        "the worker creates its consumers",
+    eventually(
         Duration::from_secs(20),
+        "the worker creates its consumers",
         || async {
-            let stream = js.get_stream(subjects.exec_stream()).await.ok()?;
+            let stream = js.get_stream(subjects.exec_stream()).await?;
             for priority in Priority::ALL {
                 let name = subjects.dispatch_consumer(&QueueName::default(), priority);
                 let consumer = stream
                     .get_consumer::<async_nats::jetstream::consumer::pull::Config>(&name)
                     .await
-                    .ok()?;
+                    .map_err(|e| anyhow::anyhow!(e))?;
                 if consumer.cached_info().config.ack_wait != ack_wait {
-                    return None;
+                    return Ok(None);
                 }
             }
-            Some(())
+            Ok(Some(()))
         },
     )
     .await?;
@@ -285,15 +282,15 @@ async fn a_killed_worker_s_fifty_tasks_are_finished_by_another() -> Result<()> {
             .collect::<Result<Vec<_>, _>>()
             .ok()
     };
-    wait(
-        "all fifty run on the first worker",
+    eventually(
         Duration::from_secs(30),
+        "all fifty run on the first worker",
         || async {
-            let all = load_all().await?;
+            let all = load_all().await.context("a history did not load")?;
             let running = all.iter().all(|h| {
                 h.state.status == Status::Running && h.state.worker.as_deref() == Some("doomed")
             });
-            (running && groups.live().len() == TASKS).then_some(())
+            Ok((running && groups.live().len() == TASKS).then_some(()))
         },
     )
     .await?;
@@ -321,14 +318,15 @@ async fn a_killed_worker_s_fifty_tasks_are_finished_by_another() -> Result<()> {
     );
     let rescuer = tokio::spawn(rescuer.run(shutdown.clone()));
 
-    let histories = wait(
-        "the second worker finishes all fifty",
+    let histories = eventually(
         Duration::from_secs(40),
+        "the second worker finishes all fifty",
         || async {
-            let all = load_all().await?;
-            all.iter()
+            let all = load_all().await.context("a history did not load")?;
+            Ok(all
+                .iter()
                 .all(|h| h.state.status.is_terminal())
-                .then_some(all)
+                .then_some(all))
         },
     )
     .await?;
@@ -368,10 +366,10 @@ async fn a_killed_worker_s_fifty_tasks_are_finished_by_another() -> Result<()> {
 
     // The killed worker's tasks still run, each in its own group: end them.
     let left = groups.kill_all();
-    wait(
-        "the orphaned task groups die",
+    eventually(
         Duration::from_secs(10),
-        || async { groups.live().is_empty().then_some(()) },
+        "the orphaned task groups die",
+        || async { Ok(groups.live().is_empty().then_some(())) },
     )
     .await?;
     println!("{left} orphaned task groups of the killed worker were still running; killed");
@@ -415,33 +413,28 @@ async fn cancelling_a_shell_task_kills_its_grandchildren_and_ends_cancelled() ->
     )
     .await?;
     // The script's pid is its group's id: it leads the group.
-    let pgid: i32 = wait(
-        "the task prints its pid",
+    let pgid: i32 = eventually(
         Duration::from_secs(20),
+        "the task prints its pid",
         || async {
             let logs: Value = http
                 .get(format!("{base}/v1/executions/{id}/logs"))
                 .send()
-                .await
-                .ok()?
+                .await?
                 .json()
-                .await
-                .ok()?;
-            logs["lines"].as_array()?.first()?["line"]
-                .as_str()?
-                .trim()
-                .parse()
-                .ok()
+                .await?;
+            let first = logs["lines"][0]["line"].as_str().context("no line yet")?;
+            Ok(Some(first.trim().parse()?))
         },
     )
     .await?;
     let group = TaskGroup(pgid);
-    let members = wait(
-        "the script and both sleeps run",
+    let members = eventually(
         Duration::from_secs(10),
+        "the script and both sleeps run",
         || async {
             let members = live_members(pgid);
-            (members.len() == 3).then_some(members)
+            Ok((members.len() == 3).then_some(members))
         },
     )
     .await?;
@@ -465,8 +458,8 @@ async fn cancelling_a_shell_task_kills_its_grandchildren_and_ends_cancelled() ->
         .await?;
     ensure!(reply.status().is_success(), "cancel: {}", reply.status());
 
-    wait("the process group dies", GRACE, || async {
-        live_members(pgid).is_empty().then_some(())
+    eventually(GRACE, "the process group dies", || async {
+        Ok(live_members(pgid).is_empty().then_some(()))
     })
     .await
     .with_context(|| format!("still alive: {:?}", live_members(pgid)))?;
@@ -474,10 +467,10 @@ async fn cancelling_a_shell_task_kills_its_grandchildren_and_ends_cancelled() ->
     // kill(-pgid, 0) finds the group until its last zombie is reaped: by the
     // task's shell, or by PID 1 for grandchildren orphaned first. Some
     // container inits reap late or never; then only such zombies may remain.
-    let esrch_after = wait(
-        "kill(-pgid, 0) reports ESRCH",
+    let esrch_after = eventually(
         GRACE.saturating_sub(exited_after),
-        || async { group_absent(pgid).then(|| cancelled.elapsed()) },
+        "kill(-pgid, 0) reports ESRCH",
+        || async { Ok(group_absent(pgid).then(|| cancelled.elapsed())) },
     )
     .await
     .ok();
@@ -488,16 +481,15 @@ async fn cancelling_a_shell_task_kills_its_grandchildren_and_ends_cancelled() ->
             "only zombies PID 1 has not reaped yet may remain: {leftovers:?}"
         );
     }
-    let view: Value = wait("the execution ends", Duration::from_secs(10), || async {
+    let view: Value = eventually(Duration::from_secs(10), "the execution ends", || async {
         let view: Value = http
             .get(format!("{base}/v1/executions/{id}"))
             .send()
-            .await
-            .ok()?
+            .await?
             .json()
-            .await
-            .ok()?;
-        (!matches!(view["status"].as_str()?, "queued" | "running")).then_some(view)
+            .await?;
+        let status = view["status"].as_str().context("no status")?;
+        Ok((!matches!(status, "queued" | "running")).then_some(view))
     })
     .await?;
     ensure!(view["status"] == "cancelled", "ended {}", view["status"]);

@@ -73,7 +73,12 @@ pub async fn serve(
         &shutdown,
         handle_batch,
     )
-    .await
+    .await?;
+    // The server has the subscriptions once it answers a ping: a request
+    // sent right after the engine started finds its responders.
+    client.flush().await.map_err(|e| {
+        async_nats::SubscribeError::with_source(async_nats::SubscribeErrorKind::Other, e)
+    })
 }
 
 /// Answers each request on `subject` with what `handle` makes of it.

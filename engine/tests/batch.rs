@@ -7,8 +7,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use common::{Running, eventually};
+use common::Running;
 use runlog_events::{ExecutionId, Status};
+use runlog_testkit::eventually;
 use serde_json::{Value, json};
 
 fn echo(n: usize) -> Value {
@@ -55,9 +56,11 @@ async fn a_batch_of_a_thousand_is_accepted_with_distinct_ids_and_every_one_queue
     assert_eq!(ids.len(), 1000, "every spec got an execution of its own");
 
     // No worker runs: each one stops at queued, and the read model says so.
-    eventually(Duration::from_secs(30), || async {
-        let (_, stats) = running.get("/v1/stats").await.ok()?;
-        (stats["by_status"]["queued"] == 1000).then_some(())
+    eventually(Duration::from_secs(30), "1000 queued", || async {
+        let (_, stats) = running.get("/v1/stats").await?;
+        let queued = &stats["by_status"]["queued"];
+        ensure!(queued == 1000, "{queued} queued");
+        Ok(Some(()))
     })
     .await?;
     // The read model's count is of these executions: the log agrees, in order.

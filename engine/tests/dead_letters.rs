@@ -9,15 +9,15 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Result, bail, ensure};
 use chrono::Utc;
-use common::{Running, eventually, start};
+use common::{Running, start};
 use futures::StreamExt;
 use runlog_engine::projection::OPERATION_LABEL;
 use runlog_events::decider::Command;
 use runlog_events::journal::{History, Journal, TransitionError};
 use runlog_events::{ErrorClass, ExecutionId, QueueName, Status, TaskError, TaskSpec};
-use runlog_testkit::NatsServer;
+use runlog_testkit::{NatsServer, eventually};
 use serde_json::{Value, json};
 
 /// Records an execution of `spec` that ends dead-lettered: submitted,
@@ -85,27 +85,23 @@ fn projection(run: &Running) -> &runlog_engine::Projection {
 
 /// Waits until the projection holds `n` dead letters.
 async fn until_dead_letters(run: &Running, n: usize, limit: Duration) -> Result<()> {
-    eventually(limit, || async {
-        (projection(run).dead_letter_count() >= n).then_some(())
+    eventually(limit, &format!("{n} dead letters"), || async {
+        let count = projection(run).dead_letter_count();
+        ensure!(count >= n, "{count} of {n} dead letters");
+        Ok(Some(()))
     })
     .await
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "{} of {n} dead letters: {e}",
-            projection(run).dead_letter_count()
-        )
-    })
 }
 
 /// Waits until operation `id` is no longer running; returns its record.
 async fn until_ended(run: &Running, id: &str, limit: Duration) -> Result<Value> {
     let path = format!("/v1/operations/{id}");
-    eventually(limit, || async {
-        let (status, op) = run.get(&path).await.ok()?;
-        (status == 200 && op["state"] != "running").then_some(op)
+    eventually(limit, &format!("operation {id} to end"), || async {
+        let (status, op) = run.get(&path).await?;
+        ensure!(status == 200 && op["state"] != "running", "{status}: {op}");
+        Ok(Some(op))
     })
     .await
-    .map_err(|e| anyhow::anyhow!("operation {id} still running: {e}"))
 }
 
 /// The executions that retry another, by original: (retry, its operation label).
@@ -229,10 +225,15 @@ async fn dead_letters_are_listed_filtered_and_paged() -> Result<()> {
     assert_eq!(status, 201, "{retried}");
     let retry_id = retried["id"].as_str().unwrap_or_default().to_owned();
     let path = format!("/v1/dead-letters/{}", permanent[1]);
-    let one = eventually(Duration::from_secs(10), || async {
-        let (_, one) = run.get(&path).await.ok()?;
-        (one["replayed"] == true).then_some(one)
-    })
+    let one = eventually(
+        Duration::from_secs(10),
+        "the dead letter replayed",
+        || async {
+            let (_, one) = run.get(&path).await?;
+            ensure!(one["replayed"] == true, "{one}");
+            Ok(Some(one))
+        },
+    )
     .await?;
     assert_eq!(one["replays"], json!([{"id": retry_id}]));
     assert_eq!(count("?replayed=true").await?, 1);
@@ -396,9 +397,10 @@ async fn a_bulk_replay_of_ten_thousand_dead_letters_links_each_to_its_original()
     // Every replay is in the log, once per original, linked to it and
     // labelled with the operation.
     let expected: HashSet<_> = originals.iter().cloned().collect();
-    let linked = eventually(Duration::from_secs(30), || async {
+    let linked = eventually(Duration::from_secs(30), "a retry of each", || async {
         let links = retries(&run);
-        (links.len() >= N).then_some(links)
+        ensure!(links.len() >= N, "{} of {N} retried", links.len());
+        Ok(Some(links))
     })
     .await?;
     assert_eq!(linked.len(), N, "one original per replay");
@@ -507,12 +509,16 @@ async fn a_bulk_cancel_cancels_exactly_the_matching_live_executions() -> Result<
         }
     }
     let body = json!({"filter": {"queue": "cancel-me", "label": "x=1"}, "reason": "queue retired"});
-    eventually(Duration::from_secs(10), || async {
-        let p = projection(&run);
-        p.get(&running)
-            .is_some_and(|e| e.state.status == Status::Running)
-            .then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        &format!("{running} running"),
+        || async {
+            let p = projection(&run);
+            Ok(p.get(&running)
+                .is_some_and(|e| e.state.status == Status::Running)
+                .then_some(()))
+        },
+    )
     .await?;
 
     let mut dry = body.clone();
@@ -618,9 +624,10 @@ async fn a_cancelled_operation_stops_and_is_audited() -> Result<()> {
     assert_eq!(status, 202, "{op}");
     let id = op["id"].as_str().unwrap_or_default().to_owned();
     let path = format!("/v1/operations/{id}");
-    eventually(Duration::from_secs(10), || async {
-        let (_, op) = run.get(&path).await.ok()?;
-        (op["done"].as_u64() >= Some(1)).then_some(())
+    eventually(Duration::from_secs(10), "one replay done", || async {
+        let (_, op) = run.get(&path).await?;
+        ensure!(op["done"].as_u64() >= Some(1), "{op}");
+        Ok(Some(()))
     })
     .await?;
     let (status, cancelled) = run
@@ -630,10 +637,14 @@ async fn a_cancelled_operation_stops_and_is_audited() -> Result<()> {
     assert_eq!(cancelled["state"], "cancelled");
     assert_eq!(cancelled["cancelled_by"], "bob");
     // The runner stops and writes its last counts: they stay put.
-    let settled = eventually(Duration::from_secs(10), || async {
-        let (_, a) = run.get(&path).await.ok()?;
+    let settled = eventually(Duration::from_secs(10), "the last counts", || async {
+        let (_, a) = run.get(&path).await?;
         let replays = retries(&run).len() as u64;
-        (a["done"].as_u64() == Some(replays)).then_some(a)
+        ensure!(
+            a["done"].as_u64() == Some(replays),
+            "{replays} replays: {a}"
+        );
+        Ok(Some(a))
     })
     .await?;
     assert_eq!(settled["state"], "cancelled");
@@ -669,9 +680,10 @@ async fn an_operation_interrupted_by_a_restart_resumes_without_replaying_twice()
     assert_eq!(status, 202, "{op}");
     let id = op["id"].as_str().unwrap_or_default().to_owned();
     let path = format!("/v1/operations/{id}");
-    let before = eventually(Duration::from_secs(10), || async {
-        let (_, op) = run.get(&path).await.ok()?;
-        (op["done"].as_u64() >= Some(5)).then_some(op)
+    let before = eventually(Duration::from_secs(10), "five replays done", || async {
+        let (_, op) = run.get(&path).await?;
+        ensure!(op["done"].as_u64() >= Some(5), "{op}");
+        Ok(Some(op))
     })
     .await?;
     if before["state"] != "running" {
@@ -689,9 +701,10 @@ async fn an_operation_interrupted_by_a_restart_resumes_without_replaying_twice()
         (Some(N as u64), Some(N as u64)),
         "{op}"
     );
-    let links = eventually(Duration::from_secs(10), || async {
+    let links = eventually(Duration::from_secs(10), "a retry of each", || async {
         let links = retries(&run);
-        (links.len() == N).then_some(links)
+        ensure!(links.len() == N, "{} of {N} retried", links.len());
+        Ok(Some(links))
     })
     .await?;
     for original in &originals {
@@ -717,10 +730,20 @@ async fn two_engines_replaying_the_same_dead_letters_replay_each_once() -> Resul
     let stop_second = tokio_util::sync::CancellationToken::new();
     let second = runlog_engine::Engine::start(config, stop_second.clone()).await?;
     let second_base = format!("http://{}", second.addr());
-    eventually(Duration::from_secs(20), || async {
-        let projection = second.projection();
-        (projection.dead_letter_count() >= N && projection.is_caught_up()).then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the second engine caught up",
+        || async {
+            let projection = second.projection();
+            let count = projection.dead_letter_count();
+            ensure!(
+                count >= N && projection.is_caught_up(),
+                "{count} of {N} dead letters, caught up: {}",
+                projection.is_caught_up()
+            );
+            Ok(Some(()))
+        },
+    )
     .await?;
 
     let body = json!({"name": "race", "filter": {"queue": "twice"}, "rate_per_sec": 10_000});
@@ -754,9 +777,11 @@ async fn two_engines_replaying_the_same_dead_letters_replay_each_once() -> Resul
         (N as u64, N as u64),
         "each dead letter replayed by one of them"
     );
-    let links = eventually(Duration::from_secs(10), || async {
+    let links = eventually(Duration::from_secs(10), "a replay of each", || async {
         let links = retries(&run);
-        (links.values().map(Vec::len).sum::<usize>() >= N).then_some(links)
+        let replays = links.values().map(Vec::len).sum::<usize>();
+        ensure!(replays >= N, "{replays} of {N} replayed");
+        Ok(Some(links))
     })
     .await?;
     assert_eq!(links.len(), N);

@@ -6,15 +6,16 @@ mod common;
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, ensure};
 use chrono::Utc;
-use common::{eventually, start};
+use common::start;
 use runlog_events::decider::Command;
 use runlog_events::event::{Event, Submitted};
 use runlog_events::{
     Envelope, ErrorClass, ExecutionId, Priority, QueueName, Status, TaskError, TaskSpec, WorkItem,
     direct,
 };
+use runlog_testkit::eventually;
 use serde_json::{Value, json};
 
 async fn claim(run: &common::Running, exec: &ExecutionId, worker: &str) -> Result<()> {
@@ -47,22 +48,20 @@ async fn work_item(
     queue: &str,
     priority: Priority,
     exec: &ExecutionId,
-) -> Option<WorkItem> {
-    let subject = run
-        .subjects
-        .queued(exec, &QueueName::new(queue).ok()?, priority);
-    let stored = direct::last(&run.js, &run.subjects.exec_stream(), &subject)
-        .await
-        .ok()??;
-    WorkItem::from_delivery(
+) -> Result<Option<WorkItem>> {
+    let subject = run.subjects.queued(exec, &QueueName::new(queue)?, priority);
+    let Some(stored) = direct::last(&run.js, &run.subjects.exec_stream(), &subject).await? else {
+        return Ok(None);
+    };
+    let item = WorkItem::from_delivery(
         &run.subjects,
         &subject,
         Some(&stored.headers),
         &stored.payload,
         stored.seq,
         &runlog_events::codec::Limits::default(),
-    )
-    .ok()
+    )?;
+    Ok(Some(item))
 }
 
 #[tokio::test]
@@ -111,7 +110,7 @@ async fn the_three_doors_reach_the_same_queued_state() -> Result<()> {
     let mut states = Vec::new();
     for exec in [&by_http, &by_nats, &by_msgpack, &direct_id] {
         let history = run.wait_status(exec, Status::Queued, Some(1)).await?;
-        let item = eventually(Duration::from_secs(10), || {
+        let item = eventually(Duration::from_secs(10), "the work item", || {
             work_item(&run, "backups", Priority::High, exec)
         })
         .await?;
@@ -193,6 +192,8 @@ async fn a_malformed_direct_submission_ends_rejected_with_its_reason() -> Result
     assert!(
         work_item(&run, "default", Priority::Normal, &bad_rule)
             .await
+            .ok()
+            .flatten()
             .is_none()
     );
     run.stop().await;
@@ -221,7 +222,7 @@ async fn a_failed_attempt_is_retried_after_its_backoff_then_dead_lettered() -> R
         types,
         ["queued", "started", "failed", "retry_scheduled", "queued"]
     );
-    eventually(Duration::from_secs(10), || {
+    eventually(Duration::from_secs(10), "the work item", || {
         work_item(&run, "default", Priority::Normal, &exec)
     })
     .await
@@ -601,10 +602,16 @@ async fn listing_filters_and_pages_newest_first() -> Result<()> {
     for id in &ids {
         run.wait_status(id, Status::Queued, None).await?;
     }
-    eventually(Duration::from_secs(10), || async {
-        let (_, page) = run.get("/v1/executions?queue=even").await.ok()?;
-        (page["executions"].as_array()?.len() == 4).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "4 listed in the queue even",
+        || async {
+            let (_, page) = run.get("/v1/executions?queue=even").await?;
+            let listed = page["executions"].as_array().map(Vec::len);
+            ensure!(listed == Some(4), "listed {listed:?}");
+            Ok(Some(()))
+        },
+    )
     .await?;
     let (_, page) = run.get("/v1/executions?queue=even&limit=3").await?;
     let got: Vec<_> = page["executions"]

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Result, ensure};
 use async_nats::jetstream;
 use chrono::Utc;
 use runlog_engine::Projection;
@@ -12,7 +12,7 @@ use runlog_events::decider::Command;
 use runlog_events::journal::Journal;
 use runlog_events::stream::Layout;
 use runlog_events::{ExecutionId, Status, Subjects, TaskSpec};
-use runlog_testkit::NatsServer;
+use runlog_testkit::{NatsServer, eventually};
 use tokio_util::sync::CancellationToken;
 
 async fn caught_up(projection: &Projection, js: &jetstream::Context) -> Result<()> {
@@ -23,15 +23,16 @@ async fn caught_up(projection: &Projection, js: &jetstream::Context) -> Result<(
         .await?
         .state
         .last_sequence;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut tick = tokio::time::interval(Duration::from_millis(5));
-    while projection.applied_seq() < last {
-        if tokio::time::Instant::now() > deadline {
-            bail!("projection stuck at {} of {last}", projection.applied_seq());
-        }
-        tick.tick().await;
-    }
-    Ok(())
+    eventually(
+        Duration::from_secs(10),
+        "the projection caught up",
+        || async {
+            let applied = projection.applied_seq();
+            ensure!(applied >= last, "projection stuck at {applied} of {last}");
+            Ok(Some(()))
+        },
+    )
+    .await
 }
 
 #[tokio::test]

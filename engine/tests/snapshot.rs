@@ -5,12 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, ensure};
 use chrono::Utc;
-use common::{eventually, start_with};
+use common::start_with;
 use runlog_events::Status;
 use runlog_events::decider::Command;
-use runlog_testkit::NatsServer;
+use runlog_testkit::{NatsServer, eventually};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,9 +28,9 @@ async fn a_restart_starts_from_the_snapshot_and_replays_the_tail() -> Result<()>
         first.wait_status(id, Status::Queued, None).await?;
     }
     let js = first.js.clone();
-    eventually(Duration::from_secs(15), || async {
-        let store = js.get_object_store("runlog-snapshots").await.ok()?;
-        store.info("projection").await.ok()
+    eventually(Duration::from_secs(15), "a projection snapshot", || async {
+        let store = js.get_object_store("runlog-snapshots").await?;
+        Ok(Some(store.info("projection").await?))
     })
     .await?;
     first.stop().await;
@@ -50,9 +50,10 @@ async fn a_restart_starts_from_the_snapshot_and_replays_the_tail() -> Result<()>
         c.snapshot_interval = std::time::Duration::from_secs(1)
     })
     .await?;
-    eventually(Duration::from_secs(15), || async {
-        let (status, _) = second.get("/readyz").await.ok()?;
-        (status == 200).then_some(())
+    eventually(Duration::from_secs(15), "ready", || async {
+        let (status, _) = second.get("/readyz").await?;
+        ensure!(status == 200, "/readyz answers {status}");
+        Ok(Some(()))
     })
     .await?;
     let (_, stats) = second.get("/v1/stats").await?;

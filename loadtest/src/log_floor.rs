@@ -26,7 +26,7 @@ use async_nats::jetstream::{self, consumer::pull, stream};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use runlog_events::codec::header;
-use runlog_testkit::NatsServer;
+use runlog_localnats::NatsServer;
 use tokio::sync::Semaphore;
 
 use crate::rig::{Cpu, cpu_seconds};

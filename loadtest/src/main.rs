@@ -34,7 +34,7 @@ use futures::{StreamExt, TryStreamExt};
 use runlog_events::journal::Journal;
 use runlog_events::stream::Layout;
 use runlog_events::{Command, ExecutionId, Subjects, TaskSpec};
-use runlog_testkit::NatsServer;
+use runlog_localnats::NatsServer;
 use runlog_worker::{Attempt, Claim};
 use tokio::sync::Semaphore;
 

@@ -17,7 +17,7 @@ use runlog_engine::Projection;
 use runlog_events::codec::{self, Format, Limits};
 use runlog_events::stream::Layout;
 use runlog_events::{Envelope, ExecutionId, Subjects, TaskSpec};
-use runlog_testkit::NatsServer;
+use runlog_localnats::NatsServer;
 
 use crate::{Figure, median, resident_bytes};
 

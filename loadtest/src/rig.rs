@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use async_nats::jetstream;
-use runlog_testkit::NatsServer;
+use runlog_localnats::NatsServer;
 
 /// How long a process may take to become ready.
 const READY: Duration = Duration::from_secs(30);

@@ -18,11 +18,12 @@ use axum::extract::{Path, State as AxumState};
 use axum::http::StatusCode;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
-use common::{Harness, spec, wait_until};
+use common::{Harness, spec};
 use futures::StreamExt;
 use runlog_events::journal::History;
 use runlog_events::stream::Layout;
 use runlog_events::{ExecutionId, QueueName, TaskSpec};
+use runlog_testkit::eventually;
 use runlog_worker::Registry;
 use runlog_worker::executor::HttpExecutor;
 use runlog_worker::runtime::breaker::{Record, State, Transition};
@@ -155,7 +156,7 @@ async fn wait_record(
     what: &str,
     done: impl Fn(&Record) -> bool,
 ) -> Result<Record> {
-    wait_until(WITHIN, what, || async {
+    eventually(WITHIN, what, || async {
         Ok(record(h, key).await?.filter(|r| done(r)))
     })
     .await
@@ -222,7 +223,7 @@ async fn an_open_breaker_seen_by_one_worker_stops_another_within_a_heartbeat() -
     }
 
     // B learns it within one heartbeat of the transition being visible.
-    wait_until(heartbeat, "worker B to see the open breaker", || async {
+    eventually(heartbeat, "worker B to see the open breaker", || async {
         Ok((b_view.state(&key) == Some(State::Open)).then_some(()))
     })
     .await?;

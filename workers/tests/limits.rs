@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use chrono::{DateTime, Utc};
-use common::{Harness, Probe, spec, wait_until};
+use common::{Harness, Probe, spec};
 use runlog_events::journal::History;
 use runlog_events::stream::Layout;
 use runlog_events::{Event, ExecutionId, Status, TaskSpec};
+use runlog_testkit::eventually;
 use runlog_worker::runtime::WorkerConfig;
 use tokio::time::Instant;
 
@@ -195,8 +196,8 @@ async fn a_killed_workers_lease_frees_its_slot_within_its_ttl() -> Result<()> {
         let entry = leases.entry("concurrency.deploy=eu.0").await?;
         Ok::<_, anyhow::Error>(entry.map(|e| e.revision))
     };
-    let taken = wait_until(WITHIN, "the lease", || async { revision().await }).await?;
-    wait_until(WITHIN, "a renewal of the lease", || async {
+    let taken = eventually(WITHIN, "the lease", || async { revision().await }).await?;
+    eventually(WITHIN, "a renewal of the lease", || async {
         Ok(revision().await?.filter(|r| *r != taken))
     })
     .await?;
@@ -253,7 +254,7 @@ async fn a_noisy_key_at_its_limit_does_not_hold_up_other_keys() -> Result<()> {
         .filter(|s| noisy.contains(&s.execution))
         .count();
     // Every A item still runs, once, without spending its deliveries.
-    wait_until(
+    eventually(
         Duration::from_secs(40),
         "the A backlog to drain",
         || async { Ok((probe.spans().len() >= 220).then_some(())) },

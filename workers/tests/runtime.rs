@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use chrono::Utc;
-use common::{Harness, Probe, labels, seq_of, spec, timeline, wait_until};
+use common::{Harness, Probe, labels, seq_of, spec, timeline};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use runlog_events::decider::Command;
 use runlog_events::event::TimeoutScope;
 use runlog_events::{ErrorClass, Event, Priority, Status};
+use runlog_testkit::eventually;
 use runlog_worker::runtime::{ResourceProbe, Usage, WorkerEntry};
 use tokio::time::Instant;
 
@@ -98,7 +99,7 @@ async fn capacity_limits_and_exclusive_kinds_hold_over_a_random_mix() -> Result<
         spec.priority = Priority::ALL[rng.random_range(0..3)];
         execs.push(h.submit(spec).await?);
     }
-    wait_until(Duration::from_secs(40), "every task to run", || async {
+    eventually(Duration::from_secs(40), "every task to run", || async {
         Ok((probe.spans().len() >= total).then_some(()))
     })
     .await?;
@@ -381,7 +382,7 @@ async fn the_resource_guard_pauses_and_resumes_fetching() -> Result<()> {
         .await?
         .with_probe(Switch(overloaded.clone()));
     let worker = h.spawn(worker);
-    wait_until(WITHIN, "a paused registry entry", || async {
+    eventually(WITHIN, "a paused registry entry", || async {
         Ok(entry(&h, "w1")
             .await?
             .filter(|e| e.paused_for_resources)
@@ -415,7 +416,7 @@ async fn the_registry_entry_shows_the_worker_and_disappears_on_shutdown() -> Res
     let exec = h
         .submit(spec("hang", serde_json::json!({"hang": true})))
         .await?;
-    let e = wait_until(WITHIN, "the running attempt in the entry", || async {
+    let e = eventually(WITHIN, "the running attempt in the entry", || async {
         Ok(entry(&h, "reg-1")
             .await?
             .filter(|e| e.running.iter().any(|r| r.execution == exec)))

@@ -9,6 +9,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use runlog_events::event::{LogLine, LogStream};
 use runlog_events::{ErrorClass, ExecutionId};
+use runlog_testkit::eventually;
 use runlog_worker::executor::ShellExecutor;
 use runlog_worker::handler::{Context, ContextBuilder, Handler, HandlerResult, Telemetry};
 use serde_json::{Value, json};
@@ -81,22 +82,26 @@ fn adopt_orphans() {
 
 /// Waits until no process of group `pgid` exists.
 async fn assert_group_gone(pgid: Pid) {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        while let Ok(status) = waitpid(Pid::from_raw(-pgid.as_raw()), Some(WaitPidFlag::WNOHANG)) {
-            if status == WaitStatus::StillAlive {
-                break;
+    eventually(
+        PATIENCE,
+        &format!("process group {pgid} to be gone"),
+        || async {
+            while let Ok(status) =
+                waitpid(Pid::from_raw(-pgid.as_raw()), Some(WaitPidFlag::WNOHANG))
+            {
+                if status == WaitStatus::StillAlive {
+                    break;
+                }
             }
-        }
-        if killpg(pgid, None) == Err(Errno::ESRCH) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "process group {pgid} is still alive"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+            anyhow::ensure!(
+                killpg(pgid, None) == Err(Errno::ESRCH),
+                "process group {pgid} is still alive"
+            );
+            Ok(Some(()))
+        },
+    )
+    .await
+    .unwrap();
 }
 
 /// The group of a script that printed `$$` as its first line.

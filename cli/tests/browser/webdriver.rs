@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
@@ -194,17 +194,15 @@ impl Browser {
         script: &str,
         args: Value,
     ) -> Result<Value> {
-        let deadline = Instant::now() + limit;
-        loop {
+        runlog_testkit::eventually(limit, what, || async {
             let value = self.run(script, args.clone()).await?;
-            if !value.is_null() && value != false {
-                return Ok(value);
-            }
-            if Instant::now() > deadline {
-                bail!("{what}: not within {limit:?} (last answer {value})");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            ensure!(
+                !value.is_null() && value != false,
+                "the last answer is {value}"
+            );
+            Ok(Some(value))
+        })
+        .await
     }
 
     /// Clicks the element `css` selects.

@@ -81,8 +81,6 @@ pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     SERIAL.lock().await
 }
 
-pub use crate::wait::wait;
-
 /// A child process's stderr, appended to a file in the test's folder.
 fn log_file(path: &Path) -> Result<Stdio> {
     let file = OpenOptions::new()

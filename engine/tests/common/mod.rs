@@ -1,15 +1,14 @@
 //! A real nats-server and a real engine for the engine's integration tests.
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Result, bail, ensure};
 use async_nats::jetstream;
 use runlog_engine::{Engine, EngineConfig};
 use runlog_events::journal::Journal;
 use runlog_events::{ExecutionId, Status, Subjects};
-use runlog_testkit::NatsServer;
+use runlog_testkit::{NatsServer, eventually};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -103,39 +102,19 @@ impl Running {
         status: Status,
         attempt: Option<u32>,
     ) -> Result<runlog_events::journal::History> {
-        let journal = self.journal.clone();
-        let id = exec.clone();
-        eventually(Duration::from_secs(15), move || {
-            let (journal, exec) = (journal.clone(), id.clone());
-            async move {
-                let history = journal.load(&exec).await.ok()?;
-                (history.state.status == status
-                    && attempt.is_none_or(|a| history.state.attempt == a))
-                .then_some(history)
-            }
+        let what = format!("{exec} to reach {status}");
+        eventually(Duration::from_secs(15), &what, || async {
+            let history = self.journal.load(exec).await?;
+            let state = &history.state;
+            ensure!(
+                state.status == status && attempt.is_none_or(|a| state.attempt == a),
+                "it is {} at attempt {}",
+                state.status,
+                state.attempt
+            );
+            Ok(Some(history))
         })
         .await
-        .map_err(|e| anyhow::anyhow!("{exec} never reached {status}: {e}"))
-    }
-}
-
-/// Polls `check` until it returns `Some`, for at most `limit`.
-pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut pause = Duration::from_millis(5);
-    loop {
-        if let Some(value) = check().await {
-            return Ok(value);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("condition not met within {limit:?}");
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
 

@@ -5,11 +5,10 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context as _, Result, bail, ensure};
+use anyhow::{Context as _, Result, ensure};
 use async_nats::jetstream::{self, consumer};
 use chrono::Utc;
 use futures::StreamExt;
@@ -20,7 +19,7 @@ use runlog_events::stream::Layout;
 use runlog_events::{
     Envelope, ErrorClass, Event, ExecutionId, QueueName, Status, Subjects, TaskError, TaskSpec,
 };
-use runlog_testkit::NatsServer;
+use runlog_testkit::{NatsServer, eventually};
 use runlog_worker::handler::{Context, Handler, HandlerResult};
 use runlog_worker::runtime::{GuardConfig, Worker, WorkerConfig, WorkerError};
 use tokio::task::JoinHandle;
@@ -110,7 +109,7 @@ impl Harness {
         what: &str,
         done: impl Fn(&History) -> bool,
     ) -> Result<History> {
-        wait_until(within, what, || async {
+        eventually(within, what, || async {
             let history = self.journal.load(exec).await?;
             Ok(done(&history).then_some(history))
         })
@@ -179,24 +178,6 @@ impl RunningWorker {
     pub async fn kill(self) {
         self.handle.abort();
         let _ = self.handle.await;
-    }
-}
-
-/// Polls `check` until it yields a value, failing after `within`.
-pub async fn wait_until<T, F, Fut>(within: Duration, what: &str, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<Option<T>>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = check().await? {
-            return Ok(value);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {within:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -80,11 +80,11 @@ pub fn nats_server_binary() -> Result<PathBuf, Error> {
     BinarySearch::from_env().find()
 }
 
-/// `<workspace>/testkit/../.tools` reads better as `<workspace>/.tools` in messages and logs.
+/// `<workspace>/localnats/../.tools` reads better as `<workspace>/.tools` in messages and logs.
 fn normalize(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| {
         let text = path.display().to_string();
-        PathBuf::from(text.replace("/testkit/../", "/"))
+        PathBuf::from(text.replace("/localnats/../", "/"))
     })
 }
 
@@ -95,7 +95,7 @@ mod tests {
     fn nowhere() -> BinarySearch {
         BinarySearch {
             env: None,
-            tools: PathBuf::from("/nonexistent/runlog/testkit/../.tools/pip/bin/nats-server"),
+            tools: PathBuf::from("/nonexistent/runlog/localnats/../.tools/pip/bin/nats-server"),
             path: Some(OsString::from("/nonexistent/bin:/nonexistent/usr/bin")),
         }
     }

@@ -267,7 +267,7 @@ pub(crate) fn keep_if_asked(dir: &mut tempfile::TempDir) {
     if std::env::var_os(KEEP_ENV).is_some_and(|value| !value.is_empty()) {
         dir.disable_cleanup(true);
         eprintln!(
-            "runlog-testkit: kept {} ({KEEP_ENV} is set)",
+            "runlog-localnats: kept {} ({KEEP_ENV} is set)",
             dir.path().display()
         );
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use async_nats::jetstream::{self, stream};
-use runlog_testkit::NatsServer;
+use runlog_localnats::NatsServer;
 
 async fn create_stream(server: &NatsServer, name: &str) -> Result<jetstream::Context> {
     let client = async_nats::connect(server.url()).await?;
@@ -144,7 +144,7 @@ fn a_taken_port_is_a_readable_error() -> Result<()> {
         .expect_err("the port is taken");
     let message = error.to_string();
     assert!(
-        matches!(error, runlog_testkit::Error::Exited { .. }),
+        matches!(error, runlog_localnats::Error::Exited { .. }),
         "{message}"
     );
     assert!(message.contains("address already in use"), "{message}");

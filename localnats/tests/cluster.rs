@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use async_nats::jetstream::{self, stream};
-use runlog_testkit::Cluster;
+use runlog_localnats::Cluster;
 
 /// Elections after a SIGKILL take a few seconds; give them a generous deadline.
 const FAILOVER_DEADLINE: Duration = Duration::from_secs(20);

@@ -43,7 +43,7 @@ impl NatsServer {
     /// use std::io::{BufRead, BufReader};
     /// use std::net::TcpStream;
     ///
-    /// let server = runlog_testkit::NatsServer::start()?;
+    /// let server = runlog_localnats::NatsServer::start()?;
     /// assert_eq!(server.url(), format!("nats://127.0.0.1:{}", server.port()));
     ///
     /// // A NATS server greets every client with an INFO line.

@@ -47,12 +47,12 @@ impl Cluster {
     /// # Examples
     ///
     /// ```
-    /// let cluster = runlog_testkit::Cluster::start(3)?;
+    /// let cluster = runlog_localnats::Cluster::start(3)?;
     /// // Clients take every URL, e.g. `async_nats::connect(cluster.urls())`.
     /// assert_eq!(cluster.urls().len(), 3);
     /// assert_eq!(cluster.node_name(0), "n1");
     /// assert_eq!(cluster.node_index("n3"), Some(2));
-    /// # Ok::<(), runlog_testkit::Error>(())
+    /// # Ok::<(), runlog_localnats::Error>(())
     /// ```
     pub fn start(nodes: usize) -> Result<Cluster, Error> {
         assert!(

@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
-use runlog_testkit::BinarySearch;
+use runlog_localnats::BinarySearch;
 
 #[test]
 fn missing_binary_error_names_the_setup_command() {
@@ -13,7 +13,7 @@ fn missing_binary_error_names_the_setup_command() {
         path: Some(OsString::from("/nonexistent/bin:/nonexistent/usr/bin")),
     };
     let error = search.find().expect_err("nothing to find");
-    assert!(matches!(error, runlog_testkit::Error::NotFound { .. }));
+    assert!(matches!(error, runlog_localnats::Error::NotFound { .. }));
     assert_eq!(
         error.to_string(),
         "nats-server not found (looked at $RUNLOG_NATS_SERVER, \
@@ -24,13 +24,13 @@ fn missing_binary_error_names_the_setup_command() {
 
 #[test]
 fn the_pinned_binary_is_found() {
-    let binary = runlog_testkit::nats_server_binary().expect("./scripts/setup.sh was run");
+    let binary = runlog_localnats::nats_server_binary().expect("./scripts/setup.sh was run");
     let version = std::process::Command::new(&binary)
         .arg("--version")
         .output()
         .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&version.stdout).trim(),
-        format!("nats-server: v{}", runlog_testkit::NATS_SERVER_VERSION)
+        format!("nats-server: v{}", runlog_localnats::NATS_SERVER_VERSION)
     );
 }
