@@ -113,15 +113,8 @@ pub(super) async fn submit(
             } else {
                 StatusCode::CREATED
             };
-            let mut body = json!({
-                "id": accepted.execution,
-                "status": accepted.state.status,
-                "existing": accepted.existing,
-            });
-            if let Some(warning) = warning {
-                body["warning"] = json!(warning);
-            }
-            (status, Json(body)).into_response()
+            // The same answer as a batch's results and the NATS doors'.
+            (status, Json(super::batch::answer(Ok(accepted), warning))).into_response()
         }
         Err(e) => Problem::from(e).into_response(),
     }
