@@ -32,6 +32,7 @@ pub mod subject;
 pub mod submission;
 pub mod timer;
 pub mod work;
+pub mod workflow;
 
 pub use decider::{Command, ExecutionState, Rejection, Status, decide, evolve};
 pub use envelope::{Envelope, TraceParent};

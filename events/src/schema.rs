@@ -99,6 +99,16 @@ pub fn all() -> BTreeMap<String, Value> {
              secret that the worker resolves.",
         ),
     );
+    schemas.insert(
+        "workflow.json".to_owned(),
+        finish(
+            root_schema::<crate::workflow::Definition>(),
+            "workflow.json",
+            "One version of a workflow: named, versioned nodes with their kinds, inputs \
+             (templates with jq expressions in `${{ … }}`), dependencies, conditions and \
+             fan-out. docs/workflows.md describes it.",
+        ),
+    );
     schemas
 }
 
