@@ -197,6 +197,7 @@ impl Engine {
             });
         }
 
+        let workflows = crate::workflows::Workflows::new(layout.workflows_bucket(&pub_js).await?);
         let retries = Retries::new(intake.clone(), journal.clone(), projection.clone());
         let executions = Executions {
             projection: projection.clone(),
@@ -207,6 +208,7 @@ impl Engine {
             intake,
             journal,
             retries,
+            workflows,
             workers,
             projection: projection.clone(),
             live,

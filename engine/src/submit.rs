@@ -150,7 +150,7 @@ async fn handle_batch(doors: Doors, message: async_nats::Message) -> serde_json:
         Ok(specs) => {
             batch::submit_all(&doors.intake, &doors.workers, specs, queue_of(&message)).await
         }
-        Err(problem) => batch::error(&problem),
+        Err(problem) => problem.as_answer(),
     }
 }
 
@@ -172,7 +172,7 @@ async fn handle(doors: Doors, message: async_nats::Message) -> serde_json::Value
     let mut body = match value.map_err(|e| error("invalid_body", &e, None)) {
         Ok(value) => match crate::api::SubmitBody::read(value) {
             Ok(body) => body,
-            Err(problem) => return batch::error(&problem),
+            Err(problem) => return problem.as_answer(),
         },
         Err(answer) => return answer,
     };
@@ -181,11 +181,11 @@ async fn handle(doors: Doors, message: async_nats::Message) -> serde_json::Value
     }
     let submission = match body.into_submission() {
         Ok(submission) => submission,
-        Err(problem) => return batch::error(&problem),
+        Err(problem) => return problem.as_answer(),
     };
     let warning = doors.workers.warning(&submission.spec);
     let accepted = doors.intake.submit(submission, Utc::now()).await;
-    batch::answer(accepted.map_err(Problem::from), warning)
+    crate::api::executions::answer(accepted.map_err(Problem::from), warning)
 }
 
 fn error(code: &str, detail: &str, field: Option<&str>) -> serde_json::Value {

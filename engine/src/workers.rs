@@ -124,6 +124,18 @@ impl LiveWorkers {
         None
     }
 
+    /// Whether a live worker runs `kind` (and lists its kinds).
+    pub fn runs(&self, kind: &str) -> bool {
+        let view = self.view.read().expect("the worker view is never poisoned");
+        let now = Utc::now();
+        view.entries.values().any(|e| {
+            e.live(now)
+                && e.kinds
+                    .as_ref()
+                    .is_some_and(|k| k.iter().any(|k| k == kind))
+        })
+    }
+
     /// The number of live workers serving each queue; `None` while the view
     /// is not loaded yet.
     pub fn served(&self) -> Option<BTreeMap<String, usize>> {

@@ -313,6 +313,16 @@ impl Layout {
         self.bucket(js, bucket, Duration::ZERO).await
     }
 
+    /// The key-value bucket of workflow definitions (`<p>-workflows`: one
+    /// create-only key `<name>.v<version>` per version), created if missing.
+    pub async fn workflows_bucket(
+        &self,
+        js: &Context,
+    ) -> Result<jetstream::kv::Store, LayoutError> {
+        let bucket = format!("{}-workflows", self.subjects.prefix());
+        self.bucket(js, bucket, Duration::ZERO).await
+    }
+
     async fn bucket(
         &self,
         js: &Context,

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use super::executions::{field_named, invalid_body};
+use super::executions::{answer, field_named, invalid_body};
 use super::{ApiState, MAX_BODY, Problem, SubmitBody};
 use crate::intake::{Accepted, Intake};
 use crate::workers::LiveWorkers;
@@ -132,32 +132,6 @@ pub(crate) async fn submit_all(
         .map(|(r, warning)| answer(r.expect("every spec has a result"), warning))
         .collect();
     json!({ "results": results })
-}
-
-/// One submission's answer, as both intake doors over NATS and the batch
-/// route give it.
-/// A `warning` says why no live worker would take the task
-/// ([`LiveWorkers::warning`]).
-pub(crate) fn answer(result: Result<Accepted, Problem>, warning: Option<String>) -> Value {
-    match result {
-        Ok(accepted) => {
-            let mut answer = json!({
-                "id": accepted.execution,
-                "status": accepted.state.status,
-                "existing": accepted.existing,
-            });
-            if let Some(warning) = warning {
-                answer["warning"] = json!(warning);
-            }
-            answer
-        }
-        Err(problem) => error(&problem),
-    }
-}
-
-/// A problem as the NATS doors and the batch results carry it.
-pub(crate) fn error(problem: &Problem) -> Value {
-    json!({"error": {"code": problem.code, "detail": problem.detail, "field": problem.field}})
 }
 
 fn within_limit(specs: usize) -> Result<(), Problem> {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{ApiState, Problem};
-use crate::intake::Submission;
+use crate::intake::{Accepted, Submission};
 use crate::projection::Filter;
 use crate::retry::RetryRequest;
 
@@ -114,9 +114,30 @@ pub(super) async fn submit(
                 StatusCode::CREATED
             };
             // The same answer as a batch's results and the NATS doors'.
-            (status, Json(super::batch::answer(Ok(accepted), warning))).into_response()
+            (status, Json(answer(Ok(accepted), warning))).into_response()
         }
         Err(e) => Problem::from(e).into_response(),
+    }
+}
+
+/// One submission's answer, as both intake doors over NATS and the batch
+/// route give it.
+/// A `warning` says why no live worker would take the task
+/// ([`LiveWorkers::warning`]).
+pub(crate) fn answer(result: Result<Accepted, Problem>, warning: Option<String>) -> Value {
+    match result {
+        Ok(accepted) => {
+            let mut answer = json!({
+                "id": accepted.execution,
+                "status": accepted.state.status,
+                "existing": accepted.existing,
+            });
+            if let Some(warning) = warning {
+                answer["warning"] = json!(warning);
+            }
+            answer
+        }
+        Err(problem) => problem.as_answer(),
     }
 }
 

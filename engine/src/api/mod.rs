@@ -29,6 +29,7 @@ mod dead_letters;
 pub(crate) mod executions;
 pub mod problem;
 mod sse;
+mod workflows;
 
 use std::sync::Arc;
 
@@ -74,6 +75,8 @@ pub struct ApiState {
     pub operations: crate::operations::Operations,
     /// The live workers (warnings about tasks none would take).
     pub workers: crate::workers::LiveWorkers,
+    /// Workflow definitions.
+    pub workflows: crate::workflows::Workflows,
     /// Retries of ended executions.
     pub retries: crate::retry::Retries,
     /// The reactor's counters (messages it could not read, retries).
@@ -118,6 +121,15 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/v1/operations/{id}/cancel",
             post(dead_letters::cancel_operation),
+        )
+        .route(
+            "/v1/workflows",
+            post(workflows::define).get(workflows::list),
+        )
+        .route("/v1/workflows/{name}/versions", get(workflows::versions))
+        .route(
+            "/v1/workflows/{name}/versions/{version}",
+            get(workflows::version),
         )
         .merge(dashboard::router())
         .fallback(|| async {

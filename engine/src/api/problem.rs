@@ -28,6 +28,10 @@ pub struct Problem {
     /// The offending field (`retry.max_attempts`), for validation errors.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// Every problem, each with its field, where a body has several (a
+    /// workflow definition).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Box<Vec<runlog_events::spec::FieldError>>>,
 }
 
 impl Problem {
@@ -40,7 +44,14 @@ impl Problem {
             detail: detail.into(),
             code,
             field: None,
+            errors: None,
         }
+    }
+
+    /// The problem as the NATS doors and batch results carry it:
+    /// `{"error": {"code", "detail", "field"}}`.
+    pub fn as_answer(&self) -> serde_json::Value {
+        serde_json::json!({"error": {"code": self.code, "detail": self.detail, "field": self.field}})
     }
 
     /// Names the offending field.

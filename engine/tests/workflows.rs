@@ -1,0 +1,100 @@
+//! Workflow definitions through the API, stored on a real nats-server.
+
+mod common;
+
+use anyhow::Result;
+use common::start;
+use serde_json::{Value, json};
+
+const REPORT: &str = r#"
+name: report
+version: 1
+nodes:
+  fetch:
+    kind: http
+    input: {url: "http://127.0.0.1:9/items"}
+  count:
+    kind: transform
+    depends_on: [fetch]
+    input: {items: "${{ .nodes.fetch.output.body.items }}"}
+"#;
+
+async fn post_yaml(run: &common::Running, yaml: &str) -> Result<(u16, Value)> {
+    let response = run
+        .http
+        .post(format!("{}/v1/workflows", run.base))
+        .header("content-type", "application/yaml")
+        .body(yaml.to_owned())
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await.unwrap_or(Value::Null)))
+}
+
+#[tokio::test]
+async fn a_version_is_stored_once_and_every_problem_of_a_bad_one_is_named() -> Result<()> {
+    let mut run = start().await?;
+    let (status, body) = post_yaml(&run, REPORT).await?;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["nodes"], 2);
+    // The same content again: nothing changes.
+    let (status, body) = post_yaml(&run, REPORT).await?;
+    assert_eq!((status, &body["existing"]), (200, &json!(true)), "{body}");
+    // Other content under a stored version: refused, naming the next one.
+    let changed = REPORT.replace("127.0.0.1:9", "127.0.0.1:10");
+    let (status, body) = post_yaml(&run, &changed).await?;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["code"], "version_taken");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("define version 2")
+    );
+    let (status, _) = post_yaml(&run, &changed.replace("version: 1", "version: 2")).await?;
+    assert_eq!(status, 201);
+
+    let (status, body) = run.get("/v1/workflows/report/versions").await?;
+    assert_eq!(status, 200);
+    let versions: Vec<u64> = body["versions"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|d| d["version"].as_u64()).collect())
+        .unwrap_or_default();
+    assert_eq!(versions, [1, 2]);
+    let (_, body) = run.get("/v1/workflows").await?;
+    assert_eq!(
+        body["workflows"][0],
+        json!({"name": "report", "latest": 2, "versions": [1, 2]})
+    );
+    let (status, body) = run.get("/v1/workflows/report/versions/1").await?;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["nodes"]["fetch"]["input"]["url"],
+        "http://127.0.0.1:9/items"
+    );
+
+    // A cycle, a bad jq expression and an unknown kind, in JSON: one 422
+    // listing each at its path.
+    let bad = json!({
+        "name": "broken", "version": 1,
+        "nodes": {
+            "a": {"kind": "shell", "depends_on": ["b"]},
+            "b": {"kind": "shell", "depends_on": ["a"]},
+            "c": {"kind": "plan", "input": {"x": "${{ .nodes. }}"}},
+        }
+    });
+    let (status, body) = run.post("/v1/workflows", bad).await?;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["code"], "invalid_workflow");
+    let fields: Vec<&str> = body["errors"]
+        .as_array()
+        .map(|e| e.iter().filter_map(|e| e["field"].as_str()).collect())
+        .unwrap_or_default();
+    for want in ["nodes.a.depends_on", "nodes.c.input.x", "nodes.c.kind"] {
+        assert!(fields.contains(&want), "{want} missing: {body}");
+    }
+    let (status, _) = run.get("/v1/workflows/broken/versions").await?;
+    assert_eq!(status, 404, "nothing of it was stored");
+    run.stop().await;
+    Ok(())
+}
