@@ -291,7 +291,7 @@ mod tests {
                 "{ty} has no meaning: {description}"
             );
         }
-        assert_eq!(schemas.len(), EventType::ALL.len() + 4);
+        assert_eq!(schemas.len(), EventType::ALL.len() + 5);
     }
 
     #[test]
