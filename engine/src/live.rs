@@ -19,6 +19,7 @@ use futures::StreamExt;
 use runlog_events::codec::{self, Limits};
 use runlog_events::event::Progress;
 use runlog_events::{Envelope, Event, ExecutionId, Subjects};
+use serde::Deserialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +36,8 @@ pub struct Stored {
     /// Its execution's summary after it (`projection::summary`), when the
     /// engine knows it.
     pub state: Option<serde_json::Value>,
+    /// The status in `state`, read once.
+    status: Option<runlog_events::Status>,
     /// Its JSON as the feeds send it, made by the first feed that sends it:
     /// every other client gets the same bytes without serialising again.
     json: std::sync::OnceLock<String>,
@@ -46,6 +49,7 @@ impl Stored {
         Stored {
             seq,
             envelope,
+            status: status_of(state.as_ref()),
             state,
             json: std::sync::OnceLock::new(),
         }
@@ -53,7 +57,7 @@ impl Stored {
 
     /// The status the event left its execution in, when known.
     pub fn status(&self) -> Option<runlog_events::Status> {
-        status_of(self.state.as_ref())
+        self.status
     }
 
     /// Its JSON, made once by `render`.
@@ -70,7 +74,7 @@ impl Stored {
 pub fn status_of(state: Option<&serde_json::Value>) -> Option<runlog_events::Status> {
     state
         .and_then(|s| s.get("status"))
-        .and_then(|s| serde_json::from_value(s.clone()).ok())
+        .and_then(|s| runlog_events::Status::deserialize(s).ok())
 }
 
 /// A progress report of a running attempt.

@@ -100,21 +100,22 @@ impl LiveWorkers {
         if !view.loaded {
             return None;
         }
-        let serving: Vec<&Entry> = view
-            .entries
-            .values()
-            .filter(|e| e.live(now) && e.queues.iter().any(|q| q == queue.as_str()))
-            .collect();
-        if serving.is_empty() {
+        // Checked without collecting: this runs on every submission.
+        let serving = || {
+            view.entries
+                .values()
+                .filter(|e| e.live(now) && e.queues.iter().any(|q| q == queue.as_str()))
+        };
+        if serving().next().is_none() {
             return Some(format!("no live worker serves queue \"{queue}\""));
         }
-        let running: Vec<&&Entry> = serving.iter().filter(|e| e.runs(kind)).collect();
-        if running.is_empty() {
+        let running = || serving().filter(|e| e.runs(kind));
+        if running().next().is_none() {
             return Some(format!(
                 "no live worker runs kind \"{kind}\" on queue \"{queue}\""
             ));
         }
-        if !running.iter().any(|e| e.carries(labels)) {
+        if !running().any(|e| e.carries(labels)) {
             let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
             return Some(format!(
                 "no live worker of queue \"{queue}\" that runs kind \"{kind}\" carries the labels {}",

@@ -186,7 +186,7 @@ impl Definition {
                 format!("at most {MAX_NODES} nodes, found {}", self.nodes.len()),
             );
         }
-        if let Some(OnFailure::Handler { workflow }) = &self.on_failure_handler()
+        if let OnFailure::Handler { workflow } = &self.on_failure
             && let Err(e) = crate::id::validate_token(workflow)
         {
             fail("on_failure.handler.workflow".into(), e.to_string());
@@ -266,10 +266,6 @@ impl Definition {
             );
         }
         errors
-    }
-
-    fn on_failure_handler(&self) -> Option<OnFailure> {
-        matches!(self.on_failure, OnFailure::Handler { .. }).then(|| self.on_failure.clone())
     }
 
     /// The nodes in an order where each comes after its dependencies
