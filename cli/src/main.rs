@@ -57,6 +57,10 @@ enum Cmd {
     Queues(client::cluster::Args),
     /// Dead letters: list, show, replay in bulk, follow bulk operations.
     Dlq(dlq::Args),
+    /// Workflows: apply definitions, run, follow as a live tree of nodes,
+    /// cancel, retry from the failed nodes.
+    #[command(after_help = client::EXIT_CODES)]
+    Workflow(client::workflow::Args),
     /// Write the JSON Schema of every event and command (for clients in
     /// other languages).
     Schema {
@@ -113,6 +117,9 @@ async fn main() -> std::process::ExitCode {
         }
         Cmd::Queues(args) => {
             return client::execute(args.conn().clone(), client::cluster::queues(args)).await;
+        }
+        Cmd::Workflow(args) => {
+            return client::execute(args.conn().clone(), client::workflow::run(args)).await;
         }
     };
     match result {

@@ -113,6 +113,10 @@ impl Engine {
         .await?;
         let mut tasks = Supervisor::default();
         let projection = Arc::new(Projection::new());
+        // Set before the projection follows: its catch-up reports the runs
+        // that ended while no runner listened.
+        let (run_ends, run_ends_rx) = tokio::sync::mpsc::unbounded_channel();
+        projection.send_run_ends_to(run_ends);
         if !config.snapshot_interval.is_zero() {
             match crate::snapshot::store(&pub_js, &subjects, layout.replicas).await {
                 Ok(store) => {
@@ -198,6 +202,22 @@ impl Engine {
         }
 
         let workflows = crate::workflows::Workflows::new(layout.workflows_bucket(&pub_js).await?);
+        let runner = crate::workflow_runner::Runner::new(
+            runlog_events::workflow::log::WorkflowLog::new(
+                pub_js.clone(),
+                subjects.clone(),
+                journal.source(),
+            ),
+            intake.clone(),
+            workflows.clone(),
+            projection.clone(),
+        );
+        {
+            let (runner, js, stop) = (runner.clone(), sub_js.clone(), shutdown.clone());
+            tasks.once("workflow runner", async move {
+                runner.run(js, run_ends_rx, stop).await;
+            });
+        }
         let retries = Retries::new(intake.clone(), journal.clone(), projection.clone());
         let executions = Executions {
             projection: projection.clone(),
@@ -209,6 +229,7 @@ impl Engine {
             journal,
             retries,
             workflows,
+            runner,
             workers,
             projection: projection.clone(),
             live,

@@ -37,6 +37,7 @@ pub mod snapshot;
 pub mod submit;
 mod supervisor;
 pub mod workers;
+pub mod workflow_runner;
 pub mod workflows;
 
 pub use config::{EngineConfig, NatsConfig};

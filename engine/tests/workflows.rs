@@ -98,3 +98,67 @@ async fn a_version_is_stored_once_and_every_problem_of_a_bad_one_is_named() -> R
     run.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_graph_of_engine_kinds_runs_without_a_worker() -> Result<()> {
+    let mut run = start().await?;
+    let yaml = r#"
+name: calc
+version: 1
+inputs: {type: object, required: [n]}
+nodes:
+  double:
+    kind: transform
+    input: {n: "${{ .inputs.n * 2 }}"}
+  big:
+    kind: condition
+    depends_on: [double]
+    input: "${{ .nodes.double.output.n > 5 }}"
+  say:
+    kind: transform
+    depends_on: [big]
+    when: ".nodes.big.output.result"
+    input: "big: ${{ .nodes.double.output.n }}"
+output: "${{ .nodes.say.output }}"
+"#;
+    let (status, body) = post_yaml(&run, yaml).await?;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = run
+        .post("/v1/workflows/calc/executions", json!({"input": {"n": 4}}))
+        .await?;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["status"], "succeeded", "{body}");
+    assert_eq!(body["output"], "big: 8");
+    assert_eq!(body["version"], 1);
+    let id = body["id"].as_str().unwrap_or_default().to_owned();
+    let (status, view) = run.get(&format!("/v1/workflow-executions/{id}")).await?;
+    assert_eq!(
+        (status, &view["nodes"]["say"]["status"]),
+        (200, &json!("succeeded"))
+    );
+
+    // The input is checked against the `inputs` schema.
+    let (status, body) = run
+        .post("/v1/workflows/calc/executions", json!({"input": {}}))
+        .await?;
+    assert_eq!(
+        (status, &body["code"]),
+        (422, &json!("invalid_input")),
+        "{body}"
+    );
+    let (status, body) = run
+        .post("/v1/workflows/nothing/executions", json!({}))
+        .await?;
+    assert_eq!(
+        (status, &body["code"]),
+        (404, &json!("unknown_workflow")),
+        "{body}"
+    );
+    let (status, _) = run.get("/v1/workflow-executions/nope").await?;
+    assert_eq!(status, 404);
+    let (status, list) = run.get("/v1/workflow-executions?workflow=calc").await?;
+    assert_eq!(status, 200);
+    assert_eq!(list["items"][0]["id"], id.as_str(), "{list}");
+    run.stop().await;
+    Ok(())
+}

@@ -109,6 +109,14 @@ pub fn all() -> BTreeMap<String, Value> {
              fan-out. docs/workflows.md describes it.",
         ),
     );
+    schemas.insert(
+        "workflow-event.json".to_owned(),
+        finish(
+            root_schema::<crate::workflow::run::WorkflowEnvelope>(),
+            "workflow-event.json",
+            "One event of a workflow execution, the JSON body of a message on              `<p>.wf.<execution>.<type>` in the execution stream. docs/workflows.md              describes the events.",
+        ),
+    );
     schemas
 }
 
@@ -291,7 +299,7 @@ mod tests {
                 "{ty} has no meaning: {description}"
             );
         }
-        assert_eq!(schemas.len(), EventType::ALL.len() + 5);
+        assert_eq!(schemas.len(), EventType::ALL.len() + 6);
     }
 
     #[test]

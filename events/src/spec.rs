@@ -288,6 +288,13 @@ pub struct TaskSpec {
     /// The execution this one retries, when it was started by a replay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_of: Option<ExecutionId>,
+    /// The workflow execution this task is a node run of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_execution: Option<ExecutionId>,
+    /// With `workflow_execution`: the node it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub node: Option<String>,
 }
 
 /// Limits checked by [`TaskSpec::validate`].
@@ -329,6 +336,8 @@ impl TaskSpec {
             idempotency_key: None,
             not_before: None,
             retry_of: None,
+            workflow_execution: None,
+            node: None,
         }
     }
 

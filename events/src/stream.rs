@@ -9,6 +9,8 @@
 //!   consumers read it too: a `queued` event on
 //!   `<p>.ev.<exec>.queued.<queue>.<priority>` is the work item, one durable
 //!   consumer per queue and priority (see [`crate::work`]).
+//!   Workflow executions keep their own events on `<p>.wf.<exec>.<type>`
+//!   in the same stream (see [`crate::workflow::log`]).
 //! - **logs** (`RUNLOG_LOGS`): log lines, progress and heartbeats, capped per
 //!   subject and by age, out of the optimistic-concurrency filter; also the
 //!   circuit-breaker transitions (`<p>.breaker.<key>`).
@@ -123,7 +125,7 @@ impl Layout {
             description: Some(
                 "runlog execution log (its queued events are the work items) and timers".to_owned(),
             ),
-            subjects: vec![s.all_events(), s.all_schedules()],
+            subjects: vec![s.all_events(), s.all_schedules(), s.all_workflow_events()],
             retention: RetentionPolicy::Limits,
             storage: self.storage,
             num_replicas: self.replicas,

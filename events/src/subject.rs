@@ -12,6 +12,7 @@
 //! | `<p>.live.ev.<exec>.<type>` | the stream's RePublish of every stored lifecycle event (live feeds) |
 //! | `<p>.cancel.<exec>` | core-NATS cancel signal to the worker |
 //! | `<p>.submit.<queue>` | request/reply intake |
+//! | `<p>.wf.<exec>.<type>` | events of a workflow execution, checked with optimistic concurrency on `<p>.wf.<exec>.>` |
 //!
 //! # Examples
 //! ```
@@ -96,6 +97,23 @@ impl Subjects {
     /// filter and the replay filter.
     pub fn execution_events(&self, exec: &ExecutionId) -> String {
         format!("{}.ev.{exec}.>", self.prefix)
+    }
+
+    /// The subject an event of type `ty` (`run_started`) of workflow
+    /// execution `exec` is published on.
+    pub fn workflow_event(&self, exec: &ExecutionId, ty: &str) -> String {
+        format!("{}.wf.{exec}.{ty}", self.prefix)
+    }
+
+    /// Every event of one workflow execution: its optimistic-concurrency
+    /// filter and its replay filter.
+    pub fn workflow_events(&self, exec: &ExecutionId) -> String {
+        format!("{}.wf.{exec}.>", self.prefix)
+    }
+
+    /// Every event of every workflow execution.
+    pub fn all_workflow_events(&self) -> String {
+        format!("{}.wf.>", self.prefix)
     }
 
     /// Every lifecycle event of every execution.

@@ -147,7 +147,8 @@ fn join(path: &str, name: &str) -> String {
     }
 }
 
-fn kind_of_value(value: &Value) -> &'static str {
+/// What a JSON value is, for messages (`a number`).
+pub(crate) fn kind_of_value(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

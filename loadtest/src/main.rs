@@ -77,7 +77,7 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     memory_executions: usize,
     /// End-to-end scenarios to run (repeat or separate with commas).
-    #[arg(long, value_delimiter = ',', value_parser = ["throughput", "throughput-bulk", "mixed", "latency", "fanout"])]
+    #[arg(long, value_delimiter = ',', value_parser = ["throughput", "throughput-bulk", "mixed", "latency", "fanout", "workflow"])]
     scenario: Vec<String>,
     /// Worker processes of the end-to-end scenarios.
     #[arg(long, default_value_t = 2)]
@@ -100,6 +100,10 @@ struct Args {
     /// Tasks of `fanout` (default: `--n`).
     #[arg(long)]
     fanout_n: Option<usize>,
+    /// Runs of the `workflow` scenario's fan-out node at once (its items
+    /// are `--n`).
+    #[arg(long, default_value_t = 50)]
+    workflow_concurrency: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -425,6 +429,33 @@ async fn end_to_end(
             rows.push(format!(
                 "| fanout, {} clients | end to end, tasks/s | {rate:.0} | {:.3} |",
                 run.clients,
+                ratio(rate)
+            ));
+        }
+        "workflow" => {
+            let mut runs = Vec::new();
+            for _ in 0..args.runs {
+                let run = scenarios::workflow(shape, args.workflow_concurrency).await?;
+                eprintln!(
+                    "workflow: for_each over {} items, {} at once: {:.2} s",
+                    run.tasks, args.workflow_concurrency, run.end_to_end_seconds
+                );
+                runs.push(run);
+            }
+            runs.sort_by(|a, b| a.end_to_end_seconds.total_cmp(&b.end_to_end_seconds));
+            let run = &runs[runs.len() / 2];
+            let rate = run.tasks as f64 / run.end_to_end_seconds;
+            line["nodes"] = serde_json::json!(run.tasks);
+            line["node_concurrency"] = serde_json::json!(args.workflow_concurrency);
+            line["wall_seconds"] = serde_json::json!(round(run.end_to_end_seconds));
+            line["node_runs_per_second"] = serde_json::json!(rate.round());
+            line["cpu_us_per_node"] = run.cpu.per_task_json(run.tasks);
+            rows.push(format!(
+                "| workflow, for_each {} × {} at once | wall time, s | {:.2} | |",
+                run.tasks, args.workflow_concurrency, run.end_to_end_seconds
+            ));
+            rows.push(format!(
+                "| workflow | node runs/s | {rate:.0} | {:.3} |",
                 ratio(rate)
             ));
         }

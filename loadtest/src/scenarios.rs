@@ -593,3 +593,78 @@ pub async fn fanout(shape: Shape, clients: usize) -> anyhow::Result<Fanout> {
 
 /// How long the fanout clients may take to connect.
 const READY_FEEDS: Duration = Duration::from_secs(30);
+
+/// `workflow`: one workflow execution whose single node fans out over
+/// `shape.tasks` items with `concurrency` runs at once, each an `echo` task;
+/// from its start to `succeeded`, read from the engine's API.
+pub async fn workflow(shape: Shape, concurrency: usize) -> anyhow::Result<Run> {
+    let mut rig = Rig::start().await?;
+    rig.start_workers(shape.workers, shape.concurrency).await?;
+    let http = reqwest::Client::new();
+    let definition = serde_json::json!({
+        "name": "fan",
+        "version": 1,
+        "nodes": {"each": {
+            "kind": "echo",
+            "for_each": format!("[range({})]", shape.tasks),
+            "concurrency": concurrency,
+            "input": {"item": "${{ .item }}", "payload": task_body()["input"]},
+        }},
+    });
+    let defined = http
+        .post(format!("{}/v1/workflows", rig.http()))
+        .json(&definition)
+        .send()
+        .await?;
+    if !defined.status().is_success() {
+        bail!("cannot define the workflow: {}", defined.text().await?);
+    }
+    let cpu_before = rig.cpu().await;
+    let first = Instant::now();
+    let started: serde_json::Value = http
+        .post(format!("{}/v1/workflows/fan/executions", rig.http()))
+        .json(&serde_json::json!({}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = started["id"]
+        .as_str()
+        .context("an execution id")?
+        .to_owned();
+    let enqueued = first.elapsed();
+    // The summary list, not the whole execution: polling must not be the
+    // engine's main cost.
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let list: serde_json::Value = http
+            .get(format!(
+                "{}/v1/workflow-executions?workflow=fan",
+                rig.http()
+            ))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let status = list["items"][0]["status"].as_str().unwrap_or("").to_owned();
+        if status == "succeeded" && list["items"][0]["id"] == id.as_str() {
+            break;
+        }
+        if !matches!(status.as_str(), "running" | "new" | "") {
+            bail!("the workflow ended {status}: {list}");
+        }
+        if Instant::now() > deadline {
+            bail!("the workflow did not end within 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let end = first.elapsed();
+    Ok(Run {
+        tasks: shape.tasks,
+        enqueue_seconds: enqueued.as_secs_f64(),
+        end_to_end_seconds: end.as_secs_f64(),
+        drain_seconds: None,
+        cpu: rig.cpu().await - cpu_before,
+        engine_rss_mib: rig.engine_rss_mib(),
+    })
+}

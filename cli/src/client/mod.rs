@@ -1,5 +1,6 @@
 //! The commands that talk to a running engine over its HTTP API (`docs/api.md`):
-//! `submit`, `status`, `ls`, `watch`, `logs`, `cancel`, `retry`, `workers`, `queues`.
+//! `submit`, `status`, `ls`, `watch`, `logs`, `cancel`, `retry`, `workers`, `queues`,
+//! `workflow`.
 //!
 //! [`Client`] is a small typed client over reqwest that turns connection
 //! failures and `application/problem+json` answers into an [`Error`] that
@@ -19,6 +20,7 @@ pub mod status;
 pub mod submit;
 pub mod views;
 pub mod watch;
+pub mod workflow;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -317,6 +319,22 @@ impl Client {
             .http
             .post(self.url(path))
             .json(body)
+            .timeout(REQUEST_TIMEOUT);
+        self.answer(request).await
+    }
+
+    /// `POST path` with a body of `content_type` (a YAML definition), as `T`.
+    pub async fn post_text<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: String,
+    ) -> Result<T, Error> {
+        let request = self
+            .http
+            .post(self.url(path))
+            .header(CONTENT_TYPE, content_type)
+            .body(body)
             .timeout(REQUEST_TIMEOUT);
         self.answer(request).await
     }

@@ -29,6 +29,7 @@ mod dead_letters;
 pub(crate) mod executions;
 pub mod problem;
 mod sse;
+mod workflow_executions;
 mod workflows;
 
 use std::sync::Arc;
@@ -77,6 +78,8 @@ pub struct ApiState {
     pub workers: crate::workers::LiveWorkers,
     /// Workflow definitions.
     pub workflows: crate::workflows::Workflows,
+    /// Workflow executions.
+    pub runner: crate::workflow_runner::Runner,
     /// Retries of ended executions.
     pub retries: crate::retry::Retries,
     /// The reactor's counters (messages it could not read, retries).
@@ -130,6 +133,31 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/v1/workflows/{name}/versions/{version}",
             get(workflows::version),
+        )
+        .route(
+            "/v1/workflows/{name}/executions",
+            post(workflow_executions::start),
+        )
+        .route("/v1/workflow-executions", get(workflow_executions::list))
+        .route(
+            "/v1/workflow-executions/{id}",
+            get(workflow_executions::get),
+        )
+        .route(
+            "/v1/workflow-executions/{id}/stream",
+            get(workflow_executions::stream),
+        )
+        .route(
+            "/v1/workflow-executions/{id}/cancel",
+            post(workflow_executions::cancel),
+        )
+        .route(
+            "/v1/workflow-executions/{id}/retry",
+            post(workflow_executions::retry),
+        )
+        .route(
+            "/v1/workflow-executions/{id}/signal",
+            post(workflow_executions::signal),
         )
         .merge(dashboard::router())
         .fallback(|| async {

@@ -117,6 +117,20 @@ pub struct Projection {
     dead_letters: RwLock<DeadLetterIndex>,
     /// Where events followed live are passed on (the SSE feeds).
     live: std::sync::OnceLock<tokio::sync::broadcast::Sender<Arc<crate::live::Stored>>>,
+    /// Where the ends of workflow node runs are passed on (the runner).
+    run_ends: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<RunEnd>>,
+}
+
+/// A node run's task execution ended: what the workflow runner needs to
+/// know, read from the folded state before the read model drops its output.
+#[derive(Debug, Clone)]
+pub struct RunEnd {
+    /// The workflow execution the task is a run of.
+    pub workflow: ExecutionId,
+    /// The task execution.
+    pub execution: ExecutionId,
+    /// How it ended.
+    pub outcome: runlog_events::workflow::run::RunOutcome,
 }
 
 impl Projection {
@@ -130,6 +144,14 @@ impl Projection {
     /// log through the projection instead of a second subscription.
     pub fn publish_to(&self, live: tokio::sync::broadcast::Sender<Arc<crate::live::Stored>>) {
         let _already = self.live.set(live);
+    }
+
+    /// Passes the end of every task execution linked to a workflow
+    /// (`spec.workflow_execution`) on to `ends`, as it is folded (during the
+    /// catch-up too: a runner that starts after its runs ended learns of
+    /// them so).
+    pub fn send_run_ends_to(&self, ends: tokio::sync::mpsc::UnboundedSender<RunEnd>) {
+        let _already = self.run_ends.set(ends);
     }
 
     /// Folds one stored event. Events at or below the execution's last
@@ -172,6 +194,7 @@ impl Projection {
                 self.count(&before, &after, &entry.state);
             }
             if folded && entry.state.status.is_terminal() {
+                self.run_ended(&envelope.execution, &entry.state);
                 slim(&mut entry.state);
             }
         }
@@ -189,6 +212,25 @@ impl Projection {
         }
         self.applied.fetch_max(seq, Ordering::Relaxed);
         state
+    }
+
+    fn run_ended(&self, execution: &ExecutionId, state: &ExecutionState) {
+        let (Some(ends), Some(workflow)) = (
+            self.run_ends.get(),
+            state
+                .spec
+                .as_ref()
+                .and_then(|s| s.workflow_execution.as_ref()),
+        ) else {
+            return;
+        };
+        if let Some(outcome) = runlog_events::workflow::run::outcome_of(state) {
+            let _runner_gone = ends.send(RunEnd {
+                workflow: workflow.clone(),
+                execution: execution.clone(),
+                outcome,
+            });
+        }
     }
 
     /// The summary of `execution` if `seq` is the newest event folded into

@@ -13,6 +13,8 @@
 //! `for_each` node `.item` and `.index`.
 
 pub mod expr;
+pub mod log;
+pub mod run;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -27,6 +29,34 @@ use crate::spec::{FieldError, RetryPolicy};
 pub const ENGINE_KINDS: [&str; 4] = ["transform", "condition", "wait", "workflow"];
 /// The kinds runlog's own workers run.
 pub const WORKER_KINDS: [&str; 5] = ["shell", "http", "echo", "sql", "script"];
+/// Whether the engine runs `kind` itself.
+pub fn is_engine_kind(kind: &str) -> bool {
+    ENGINE_KINDS.contains(&kind)
+}
+
+/// How long a `wait` node waits (`input: {duration: 30s}`); `None` when it
+/// waits for a signal.
+pub fn wait_duration(node: &Node) -> Result<Option<Duration>, String> {
+    match &node.input {
+        Value::Null => Ok(None),
+        Value::Object(map) => {
+            if let Some(other) = map.keys().find(|k| *k != "duration") {
+                return Err(format!(
+                    "a wait node's input has only a duration, not {other:?}"
+                ));
+            }
+            match map.get("duration") {
+                None => Ok(None),
+                Some(Value::String(text)) => humantime::parse_duration(text)
+                    .map(Some)
+                    .map_err(|e| format!("{text:?} is not a duration ({e}): write 30s, 5m or 1h")),
+                Some(_) => Err("a wait node's duration is text such as 30s".into()),
+            }
+        }
+        _ => Err("a wait node's input is {duration: 30s}, or nothing to wait for a signal".into()),
+    }
+}
+
 /// The most nodes one definition may hold.
 pub const MAX_NODES: usize = 1000;
 
@@ -214,6 +244,18 @@ impl Definition {
                          that a live worker runs",
                         known.join(", ")
                     ),
+                );
+            }
+            if kind == "wait"
+                && let Err(reason) = wait_duration(node)
+            {
+                fail(at("input"), reason);
+            }
+            if kind == "workflow" {
+                fail(
+                    at("kind"),
+                    "the workflow kind (a sub-workflow) is not available in this version of runlog"
+                        .into(),
                 );
             }
             for (i, dep) in node.depends_on.iter().enumerate() {

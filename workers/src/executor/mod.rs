@@ -1,4 +1,4 @@
-//! Built-in executors: `shell`, `http` and `echo`, each a
+//! Built-in executors: `shell`, `script`, `http` and `echo`, each a
 //! [`Handler`](crate::Handler).
 //!
 //! [`shell`] runs a program (or, when asked, a `sh -c` script) in its own
@@ -20,23 +20,26 @@ mod stop;
 
 pub use echo::EchoExecutor;
 pub use http::{HttpExecutor, HttpInput};
-pub use shell::{Extract, JsonProgress, ProgressPattern, ShellExecutor, ShellInput};
+pub use shell::{
+    Extract, JsonProgress, ProgressPattern, ScriptExecutor, ScriptInput, ShellExecutor, ShellInput,
+};
 
 use crate::handler::Registry;
 
-/// A registry holding the built-in kinds: `shell` ([`ShellExecutor`]), `http`
-/// ([`HttpExecutor`]) and `echo` ([`EchoExecutor`]), with their default
-/// settings.
+/// A registry holding the built-in kinds: `shell` ([`ShellExecutor`]),
+/// `script` ([`ScriptExecutor`]), `http` ([`HttpExecutor`]) and `echo`
+/// ([`EchoExecutor`]), with their default settings.
 ///
 /// # Examples
 /// ```
 /// let registry = runlog_worker::executor::builtin();
-/// assert_eq!(registry.kinds(), vec!["echo".to_owned(), "http".to_owned(), "shell".to_owned()]);
+/// assert_eq!(registry.kinds(), ["echo", "http", "script", "shell"]);
 /// ```
 pub fn builtin() -> Registry {
     let mut registry = Registry::new();
     registry
         .register("shell", ShellExecutor::new())
+        .register("script", ScriptExecutor)
         .register("http", HttpExecutor::new())
         .register("echo", EchoExecutor);
     registry

@@ -33,9 +33,11 @@ mod capture;
 mod input;
 mod observe;
 mod process;
+mod script;
 
 pub use capture::MAX_LINE_BYTES;
 pub use input::{Extract, JsonProgress, ProgressPattern, ShellInput};
+pub use script::{Language, ScriptExecutor, ScriptInput};
 
 use capture::Shared;
 use input::{ExitPolicy, invalid};
@@ -66,34 +68,39 @@ impl ShellExecutor {
 impl Handler for ShellExecutor {
     async fn run(&self, ctx: Context) -> HandlerResult {
         let plan = Plan::new(ctx.input())?;
-        if let Some(reason) = StopReason::now(&ctx) {
-            return Err(reason.error(format!(
-                "{}: the attempt was stopped before {} started",
-                reason_word(reason),
-                plan.program.name
-            )));
-        }
-        let child = process::spawn(&plan.program, &ctx).await?;
-        let shared = Mutex::new(Shared::new(plan.capture_bytes, plan.observer.clone()));
-        let ended = process::supervise(child, &plan.program, &ctx, &shared).await;
-        let shared = shared.into_inner().unwrap_or_else(PoisonError::into_inner);
-        match ended {
-            Ended::Stopped { reason, escalated } => Err(reason.error(format!(
-                "{}: stopped {} and its process group with SIGTERM{}",
-                reason_word(reason),
-                plan.program.name,
-                if escalated {
-                    format!(", then SIGKILL after {} ms", plan.program.grace.as_millis())
-                } else {
-                    String::new()
-                }
-            ))),
-            Ended::Lost(error) => Err(TaskError::new(
-                ErrorClass::Unknown,
-                format!("lost track of {}: {error}", plan.program.name),
-            )),
-            Ended::Exited(status) => plan.result(status, shared, ctx.env().values()),
-        }
+        execute(&plan, &ctx).await
+    }
+}
+
+/// Runs `plan` to its end: its output, or how it failed or was stopped.
+async fn execute(plan: &Plan, ctx: &Context) -> HandlerResult {
+    if let Some(reason) = StopReason::now(ctx) {
+        return Err(reason.error(format!(
+            "{}: the attempt was stopped before {} started",
+            reason_word(reason),
+            plan.program.name
+        )));
+    }
+    let child = process::spawn(&plan.program, ctx).await?;
+    let shared = Mutex::new(Shared::new(plan.capture_bytes, plan.observer.clone()));
+    let ended = process::supervise(child, &plan.program, ctx, &shared).await;
+    let shared = shared.into_inner().unwrap_or_else(PoisonError::into_inner);
+    match ended {
+        Ended::Stopped { reason, escalated } => Err(reason.error(format!(
+            "{}: stopped {} and its process group with SIGTERM{}",
+            reason_word(reason),
+            plan.program.name,
+            if escalated {
+                format!(", then SIGKILL after {} ms", plan.program.grace.as_millis())
+            } else {
+                String::new()
+            }
+        ))),
+        Ended::Lost(error) => Err(TaskError::new(
+            ErrorClass::Unknown,
+            format!("lost track of {}: {error}", plan.program.name),
+        )),
+        Ended::Exited(status) => plan.result(status, shared, ctx.env().values()),
     }
 }
 
@@ -171,6 +178,7 @@ impl Plan {
                 env: input.env,
                 cwd: input.cwd,
                 stdin: input.stdin,
+                task_env: true,
                 grace: Duration::from_millis(input.kill_grace_ms.unwrap_or(DEFAULT_KILL_GRACE_MS)),
             },
             capture_bytes,

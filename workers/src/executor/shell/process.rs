@@ -36,6 +36,9 @@ pub(super) struct Program {
     pub(super) env: BTreeMap<String, String>,
     pub(super) cwd: Option<PathBuf>,
     pub(super) stdin: Option<String>,
+    /// Whether the program gets the worker's environment and the task's
+    /// (sealed values and secrets); without, it gets `env` only.
+    pub(super) task_env: bool,
     /// Between `SIGTERM` and `SIGKILL`.
     pub(super) grace: Duration,
 }
@@ -54,9 +57,13 @@ pub(super) async fn spawn(program: &Program, ctx: &Context) -> Result<Child, Tas
         ));
     }
     let mut command = Command::new(&program.executable);
+    if program.task_env {
+        command.envs(ctx.env());
+    } else {
+        command.env_clear();
+    }
     command
         .args(&program.args)
-        .envs(ctx.env())
         .envs(&program.env)
         .stdin(if program.stdin.is_some() {
             Stdio::piped()

@@ -1,0 +1,809 @@
+//! The workflow runner: runs the graphs of workflow executions.
+//!
+//! Its state is the fold of the workflow log (`<p>.wf.>`), which it follows
+//! from the start with an ordered consumer; nothing else is stored. It acts
+//! on three things:
+//!
+//! - a node run's task execution ended: the projection tells it (only for
+//!   executions linked to a workflow, `spec.workflow_execution`), with the
+//!   outcome read from the folded task state;
+//! - a workflow execution changed (its own appends, another replica's, an
+//!   API command);
+//! - a tick every second, which catches what a notification missed (a run
+//!   whose end was folded before the runner knew its workflow, a `wait`
+//!   node or a deadline that came due, a crash between two steps).
+//!
+//! Each action is load → `decide` → append with the expected sequence (see
+//! `runlog_events::workflow::log`), then the effects the new state asks
+//! for, each idempotent: a run's task execution is submitted under the id
+//! the decision named (a second submission finds it), a run of an ended
+//! workflow is cancelled, an error handler is started under its decided id.
+//! So an engine killed at any point, or two replicas acting at once, run no
+//! node twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
+use chrono::Utc;
+use dashmap::DashMap;
+use futures::StreamExt;
+use runlog_events::decider::Command;
+use runlog_events::journal::{Journal, TransitionError};
+use runlog_events::workflow::log::{
+    WorkflowAppendError, WorkflowHistory, WorkflowLoadError, WorkflowLog,
+};
+use runlog_events::workflow::run::{
+    self, RunOutcome, WorkflowCommand, WorkflowEnvelope, WorkflowRejection, WorkflowState,
+    WorkflowStatus,
+};
+use runlog_events::workflow::{Definition, OnFailure};
+use runlog_events::{ExecutionId, QueueName, Subjects, TaskSpec};
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::intake::{Intake, Submission};
+use crate::projection::{Projection, RunEnd};
+use crate::workflows::{Workflows, WorkflowsError};
+
+/// How often running executions are looked at without a notification.
+pub const TICK: Duration = Duration::from_secs(1);
+/// Re-folds after losing a race before a command gives up.
+const MAX_CONFLICTS: usize = 16;
+
+/// Why a workflow command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// The rules refuse it.
+    #[error(transparent)]
+    Rejected(#[from] WorkflowRejection),
+    /// No such workflow, or no such version.
+    #[error("no workflow {name:?}{}", .version.map(|v| format!(" version {v}")).unwrap_or_default())]
+    UnknownWorkflow {
+        /// The name.
+        name: String,
+        /// The version asked for.
+        version: Option<u32>,
+    },
+    /// The input does not match the workflow's `inputs` schema.
+    #[error("the input does not match the workflow's inputs schema: {}", .0.join("; "))]
+    InvalidInput(Vec<String>),
+    /// The definitions could not be read.
+    #[error(transparent)]
+    Definitions(#[from] WorkflowsError),
+    /// The log could not be read.
+    #[error(transparent)]
+    Load(#[from] WorkflowLoadError),
+    /// The log could not be written.
+    #[error(transparent)]
+    Append(#[from] WorkflowAppendError),
+}
+
+/// Runs workflow executions; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Runner {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    log: WorkflowLog,
+    subjects: Subjects,
+    intake: Intake,
+    journal: Journal,
+    definitions: Workflows,
+    executions: Arc<Projection>,
+    /// Every workflow execution, folded.
+    states: DashMap<ExecutionId, WorkflowHistory>,
+    /// Executions being stepped; `true`: step again when done.
+    active: DashMap<ExecutionId, bool>,
+    /// Run ends not yet recorded, by workflow.
+    ends: DashMap<ExecutionId, Vec<(ExecutionId, RunOutcome)>>,
+    /// Task executions of runs known to exist.
+    submitted: DashMap<ExecutionId, ()>,
+    /// Task executions of runs asked to stop.
+    stopping: DashMap<ExecutionId, ()>,
+    /// Error handlers started.
+    handlers: DashMap<ExecutionId, ()>,
+    /// Workflow executions that changed (live feeds).
+    changes: broadcast::Sender<ExecutionId>,
+    /// One lock per execution: this engine's commands and steps on one
+    /// execution take turns (other replicas are kept out by the expected
+    /// sequence).
+    locks: DashMap<ExecutionId, Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl Runner {
+    /// A runner appending through `log`, submitting runs through `intake`.
+    pub fn new(
+        log: WorkflowLog,
+        intake: Intake,
+        definitions: Workflows,
+        executions: Arc<Projection>,
+    ) -> Runner {
+        let journal = intake.journal().clone();
+        Runner {
+            inner: Arc::new(Inner {
+                subjects: journal.subjects().clone(),
+                log,
+                intake,
+                journal,
+                definitions,
+                executions,
+                states: DashMap::new(),
+                active: DashMap::new(),
+                ends: DashMap::new(),
+                submitted: DashMap::new(),
+                stopping: DashMap::new(),
+                handlers: DashMap::new(),
+                changes: broadcast::channel(1024).0,
+                locks: DashMap::new(),
+            }),
+        }
+    }
+
+    /// The executions that change, one id per change (a slow reader lags).
+    pub fn changes(&self) -> broadcast::Receiver<ExecutionId> {
+        self.inner.changes.subscribe()
+    }
+
+    /// One workflow execution as folded, with the sequence of its newest
+    /// event; read from the log when this engine has not folded it yet.
+    pub async fn get(&self, id: &ExecutionId) -> Result<Option<WorkflowHistory>, RunnerError> {
+        if let Some(history) = self.inner.states.get(id) {
+            return Ok(Some(history.clone()));
+        }
+        let history = self.inner.log.load(id).await?;
+        Ok((history.last_seq > 0).then_some(history))
+    }
+
+    /// Every workflow execution this engine has folded, newest first,
+    /// optionally of one workflow only, as summaries.
+    pub fn list(&self, workflow: Option<&str>, limit: usize) -> Vec<Value> {
+        let mut all: Vec<(Option<chrono::DateTime<Utc>>, ExecutionId, Value)> = self
+            .inner
+            .states
+            .iter()
+            .filter(|h| {
+                workflow.is_none_or(|w| h.state.definition.as_ref().is_some_and(|d| d.name == w))
+            })
+            .map(|h| {
+                (
+                    h.state.started_at,
+                    h.key().clone(),
+                    summary(h.key(), &h.state),
+                )
+            })
+            .collect();
+        all.sort_by(|a, b| b.0.cmp(&a.0).then(b.1.cmp(&a.1)));
+        all.into_iter().take(limit).map(|(_, _, s)| s).collect()
+    }
+
+    /// Starts `name` (its newest version, or `version`) with `input`.
+    pub async fn start(
+        &self,
+        name: &str,
+        version: Option<u32>,
+        input: Value,
+    ) -> Result<(ExecutionId, WorkflowHistory), RunnerError> {
+        let definition = self.definition(name, version).await?;
+        check_input(&definition, &input)?;
+        let id = ExecutionId::generate();
+        let command = WorkflowCommand::Start {
+            id: id.clone(),
+            definition: Box::new(definition),
+            input,
+            handles: None,
+        };
+        let history = self.command(&id, &command).await?;
+        Ok((id, history))
+    }
+
+    async fn definition(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<Definition, RunnerError> {
+        let unknown = || RunnerError::UnknownWorkflow {
+            name: name.to_owned(),
+            version,
+        };
+        let found = match version {
+            Some(v) => self.inner.definitions.get(name, v).await?,
+            None => self.inner.definitions.versions(name).await?.pop(),
+        };
+        found.ok_or_else(unknown)
+    }
+
+    /// Decides `command` on execution `id` and records it: load, decide,
+    /// append, again on a lost race; then carries out what the new state
+    /// asks for.
+    pub async fn command(
+        &self,
+        id: &ExecutionId,
+        command: &WorkflowCommand,
+    ) -> Result<WorkflowHistory, RunnerError> {
+        let lock = self.lock(id);
+        let _turn = lock.lock().await;
+        let starts = matches!(command, WorkflowCommand::Start { .. });
+        for _ in 0..MAX_CONFLICTS {
+            let (events, expected) = {
+                if !starts && !self.inner.states.contains_key(id) {
+                    let loaded = self.inner.log.load(id).await?;
+                    if loaded.last_seq > 0 {
+                        self.inner.states.entry(id.clone()).or_insert(loaded);
+                    }
+                }
+                let empty = WorkflowHistory::default();
+                let entry = self.inner.states.get(id);
+                let history = entry.as_deref().unwrap_or(&empty);
+                (
+                    run::decide(command, &history.state, Utc::now())?,
+                    history.last_seq,
+                )
+            };
+            match self.record(id, expected, events).await {
+                Ok(()) => {
+                    self.effects(id).await;
+                    let history = self.inner.states.get(id).map(|h| h.clone());
+                    return Ok(history.unwrap_or_default());
+                }
+                Err(WorkflowAppendError::Conflict { .. }) => self.reload(id).await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(WorkflowAppendError::Conflict {
+            execution: id.clone(),
+            expected: 0,
+        }
+        .into())
+    }
+
+    /// Appends `events` of `id` in order, the first expecting `expected`,
+    /// and folds each as it is stored.
+    async fn record(
+        &self,
+        id: &ExecutionId,
+        mut expected: u64,
+        events: Vec<run::WorkflowEvent>,
+    ) -> Result<(), WorkflowAppendError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        for event in events {
+            let envelope =
+                WorkflowEnvelope::new(id.clone(), Utc::now(), self.inner.log.source(), event);
+            let seq = self.inner.log.append(expected, &envelope).await?;
+            let mut entry = self.inner.states.entry(id.clone()).or_default();
+            if seq > entry.last_seq {
+                if let Err(e) = run::apply(&mut entry.state, &envelope) {
+                    tracing::warn!(error = %e, %id, "a recorded workflow event does not apply");
+                }
+                entry.last_seq = seq;
+            }
+            expected = seq;
+        }
+        let _no_listeners = self.inner.changes.send(id.clone());
+        Ok(())
+    }
+
+    fn lock(&self, id: &ExecutionId) -> Arc<tokio::sync::Mutex<()>> {
+        self.inner.locks.entry(id.clone()).or_default().clone()
+    }
+
+    async fn reload(&self, id: &ExecutionId) -> Result<(), RunnerError> {
+        let history = self.inner.log.load(id).await?;
+        self.inner.states.insert(id.clone(), history);
+        Ok(())
+    }
+
+    /// Marks `id` for a step, and steps it unless a step runs already.
+    fn wake(&self, id: ExecutionId) {
+        use dashmap::mapref::entry::Entry;
+        match self.inner.active.entry(id.clone()) {
+            Entry::Occupied(mut again) => {
+                *again.get_mut() = true;
+            }
+            Entry::Vacant(free) => {
+                free.insert(false);
+                let runner = self.clone();
+                tokio::spawn(async move { runner.steps(id).await });
+            }
+        }
+    }
+
+    async fn steps(&self, id: ExecutionId) {
+        use dashmap::mapref::entry::Entry;
+        loop {
+            self.step(&id).await;
+            match self.inner.active.entry(id.clone()) {
+                Entry::Occupied(mut again) if *again.get() => {
+                    *again.get_mut() = false;
+                }
+                Entry::Occupied(done) => {
+                    done.remove();
+                    return;
+                }
+                Entry::Vacant(_) => return,
+            }
+        }
+    }
+
+    /// Records the run ends waiting for `id`, advances it, and carries out
+    /// what follows. Failures are logged: the next tick tries again.
+    async fn step(&self, id: &ExecutionId) {
+        let lock = self.lock(id);
+        let _turn = lock.lock().await;
+        for _ in 0..MAX_CONFLICTS {
+            let ends = self
+                .inner
+                .ends
+                .remove(id)
+                .map(|(_, ends)| ends)
+                .unwrap_or_default();
+            let decided = {
+                let Some(history) = self.inner.states.get(id) else {
+                    if !ends.is_empty() {
+                        // Its workflow is not folded yet: keep them.
+                        self.inner.ends.entry(id.clone()).or_default().extend(ends);
+                    }
+                    return;
+                };
+                decide_step(&history.state, &ends).map(|events| (events, history.last_seq))
+            };
+            let (events, expected) = match decided {
+                Ok(decided) => decided,
+                Err(e) => {
+                    tracing::warn!(error = %e, workflow = %id, "a workflow step was refused");
+                    return;
+                }
+            };
+            match self.record(id, expected, events).await {
+                Ok(()) => {
+                    self.effects(id).await;
+                    return;
+                }
+                Err(WorkflowAppendError::Conflict { .. }) => {
+                    // Put the ends back: the fresh state decides on them.
+                    if !ends.is_empty() {
+                        self.inner.ends.entry(id.clone()).or_default().extend(ends);
+                    }
+                    if let Err(e) = self.reload(id).await {
+                        tracing::warn!(error = %e, workflow = %id, "cannot reload a workflow");
+                        return;
+                    }
+                }
+                Err(e) => {
+                    if !ends.is_empty() {
+                        self.inner.ends.entry(id.clone()).or_default().extend(ends);
+                    }
+                    tracing::warn!(error = %e, workflow = %id, "cannot record a workflow step");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// What the state of `id` asks for outside its log: its runs' task
+    /// executions submitted (or, once it ended, stopped), its error handler
+    /// started.
+    async fn effects(&self, id: &ExecutionId) {
+        let (state, definition) = match self.inner.states.get(id) {
+            Some(h) => match &h.state.definition {
+                Some(def) => (h.state.clone(), def.clone()),
+                None => return,
+            },
+            None => return,
+        };
+        let stop = state.status.is_terminal() || state.cancel_requested;
+        let runs: Vec<(String, u32, ExecutionId)> = state
+            .running_runs()
+            .map(|(n, i, e)| (n.to_owned(), i, e.clone()))
+            .collect();
+        for (node, index, execution) in runs {
+            if !self.inner.submitted.contains_key(&execution) {
+                let input = state.nodes[&node].runs[index as usize].input.clone();
+                let spec = run_spec(id, &definition, &node, input);
+                let mut submission = Submission::new(spec);
+                submission.execution = Some(execution.clone());
+                submission.correlation_id = Some(id.to_string());
+                match self.inner.intake.submit(submission, Utc::now()).await {
+                    Ok(accepted) => {
+                        self.inner.submitted.insert(execution.clone(), ());
+                        // Found ended already (its end notice went by before
+                        // this engine knew the run): record it.
+                        if let Some(outcome) = run::outcome_of(&accepted.state) {
+                            self.ended(id.clone(), execution.clone(), outcome);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, workflow = %id, %execution, "cannot submit a node run");
+                        continue;
+                    }
+                }
+            }
+            if stop && self.inner.stopping.insert(execution.clone(), ()).is_none() {
+                let reason = match state.status {
+                    WorkflowStatus::Running => "the workflow execution was cancelled".to_owned(),
+                    status => format!(
+                        "the workflow execution {}",
+                        status.as_str().replace('_', " ")
+                    ),
+                };
+                let command = Command::RequestCancel {
+                    reason,
+                    operation: None,
+                };
+                match self
+                    .inner
+                    .journal
+                    .transition(&execution, &command, Utc::now())
+                    .await
+                {
+                    Ok(history) => {
+                        if let Some(outcome) = run::outcome_of(&history.state) {
+                            self.ended(id.clone(), execution.clone(), outcome);
+                        }
+                    }
+                    Err(TransitionError::Rejected(_)) => {}
+                    Err(e) => {
+                        self.inner.stopping.remove(&execution);
+                        tracing::warn!(error = %e, %execution, "cannot cancel a node run");
+                    }
+                }
+            }
+        }
+        if let Some(handler) = &state.handler
+            && !self.inner.handlers.contains_key(handler)
+        {
+            self.start_handler(id, &state, &definition, handler).await;
+        }
+    }
+
+    async fn start_handler(
+        &self,
+        id: &ExecutionId,
+        state: &WorkflowState,
+        definition: &Definition,
+        handler: &ExecutionId,
+    ) {
+        let on_failure = state
+            .failed_node
+            .as_ref()
+            .and_then(|n| definition.nodes.get(n))
+            .and_then(|n| n.on_failure.as_ref())
+            .unwrap_or(&definition.on_failure);
+        let OnFailure::Handler { workflow } = on_failure else {
+            return;
+        };
+        let input = json!({
+            "workflow": definition.name,
+            "version": definition.version,
+            "execution": id,
+            "node": state.failed_node,
+            "error": state.reason,
+            "input": state.input,
+        });
+        let started = async {
+            let handled = self.definition(workflow, None).await?;
+            let command = WorkflowCommand::Start {
+                id: handler.clone(),
+                definition: Box::new(handled),
+                input,
+                handles: Some(id.clone()),
+            };
+            match Box::pin(self.command(handler, &command)).await {
+                Ok(_) | Err(RunnerError::Rejected(WorkflowRejection::Exists)) => Ok(()),
+                Err(e) => Err(e),
+            }
+        };
+        match started.await {
+            Ok(()) => {
+                self.inner.handlers.insert(handler.clone(), ());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, workflow = %id, %handler, "cannot start the error handler");
+            }
+        }
+    }
+
+    /// Notes that a run's task execution ended, and wakes its workflow.
+    pub fn ended(&self, workflow: ExecutionId, execution: ExecutionId, outcome: RunOutcome) {
+        self.inner
+            .ends
+            .entry(workflow.clone())
+            .or_default()
+            .push((execution, outcome));
+        self.wake(workflow);
+    }
+
+    /// Runs until `shutdown`: takes run ends from `ends`, follows the
+    /// workflow log, and ticks.
+    pub async fn run(
+        &self,
+        js: jetstream::Context,
+        mut ends: mpsc::UnboundedReceiver<RunEnd>,
+        shutdown: CancellationToken,
+    ) {
+        let follower = {
+            let runner = self.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move { runner.follow(js, stop).await })
+        };
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                end = ends.recv() => match end {
+                    Some(end) => self.ended(end.workflow, end.execution, end.outcome),
+                    None => break,
+                },
+                _ = tick.tick() => self.tick(),
+            }
+        }
+        follower.abort();
+    }
+
+    /// Wakes every execution that has work or may have: running ones,
+    /// ended ones with runs still going, ones with run ends waiting.
+    fn tick(&self) {
+        let mut due: Vec<ExecutionId> = self
+            .inner
+            .states
+            .iter()
+            .filter(|h| {
+                h.state.status == WorkflowStatus::Running || h.state.running_runs().next().is_some()
+            })
+            .map(|h| h.key().clone())
+            .collect();
+        due.extend(self.inner.ends.iter().map(|e| e.key().clone()));
+        // Runs whose task ended while no notice reached this engine.
+        for history in self.inner.states.iter() {
+            for (_, _, execution) in history.state.running_runs() {
+                if let Some(entry) = self.inner.executions.get(execution)
+                    && entry.state.status.is_terminal()
+                {
+                    self.recover_end(history.key().clone(), execution.clone());
+                }
+            }
+        }
+        for id in due {
+            self.wake(id);
+        }
+    }
+
+    /// Reads how a run's task execution ended from its history (the read
+    /// model keeps no outputs) and records it.
+    fn recover_end(&self, workflow: ExecutionId, execution: ExecutionId) {
+        let runner = self.clone();
+        tokio::spawn(async move {
+            match runner.inner.journal.load(&execution).await {
+                Ok(history) => {
+                    if let Some(outcome) = run::outcome_of(&history.state) {
+                        runner.ended(workflow, execution, outcome);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, %execution, "cannot read a node run"),
+            }
+        });
+    }
+
+    /// Folds the workflow log from the start, then follows it; restarts
+    /// the consumer if it fails.
+    async fn follow(&self, js: jetstream::Context, shutdown: CancellationToken) {
+        let mut last = 0u64;
+        while !shutdown.is_cancelled() {
+            if let Err(e) = self.follow_from(&js, &mut last, &shutdown).await {
+                tracing::warn!(error = %e, "following the workflow log failed; again in a second");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(TICK) => {}
+            }
+        }
+    }
+
+    async fn follow_from(
+        &self,
+        js: &jetstream::Context,
+        last: &mut u64,
+        shutdown: &CancellationToken,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let stream = js
+            .get_stream_no_info(self.inner.subjects.exec_stream())
+            .await?;
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: self.inner.subjects.all_workflow_events(),
+                deliver_policy: match *last {
+                    0 => DeliverPolicy::All,
+                    seq => DeliverPolicy::ByStartSequence {
+                        start_sequence: seq + 1,
+                    },
+                },
+                ..Default::default()
+            })
+            .await?;
+        let mut messages = consumer.messages().await?;
+        let prefix = format!("{}.wf.", self.inner.subjects.prefix());
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                next = messages.next() => match next {
+                    Some(message) => message?,
+                    None => return Err("the workflow log's consumer ended".into()),
+                },
+            };
+            let seq = message.info().map(|i| i.stream_sequence)?;
+            *last = seq;
+            let Some(id) = message
+                .subject
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.split('.').next())
+                .and_then(|id| ExecutionId::new(id).ok())
+            else {
+                continue;
+            };
+            let folded = {
+                let mut entry = self.inner.states.entry(id.clone()).or_default();
+                let before = entry.last_seq;
+                entry.fold(seq, &message.payload);
+                if let Some((at, reason)) = entry.skipped.last()
+                    && *at == seq
+                {
+                    tracing::warn!(%id, seq, reason, "skipped a workflow event");
+                }
+                entry.last_seq > before
+            };
+            if folded {
+                let _no_listeners = self.inner.changes.send(id.clone());
+                self.wake(id);
+            }
+        }
+    }
+}
+
+/// The events one step records: the waiting run ends, then whatever is
+/// ready, then the deadline if it passed.
+fn decide_step(
+    state: &WorkflowState,
+    ends: &[(ExecutionId, RunOutcome)],
+) -> Result<Vec<run::WorkflowEvent>, WorkflowRejection> {
+    let now = Utc::now();
+    let mut working = state.clone();
+    let mut events = Vec::new();
+    let mut commands: Vec<WorkflowCommand> = ends
+        .iter()
+        .filter_map(|(execution, outcome)| {
+            let (node, index, _) = working.running_runs().find(|(_, _, e)| *e == execution)?;
+            Some(WorkflowCommand::EndRun {
+                node: node.to_owned(),
+                index,
+                outcome: outcome.clone(),
+            })
+        })
+        .collect();
+    let deadline = working
+        .definition
+        .as_ref()
+        .and_then(|d| d.timeout)
+        .zip(working.started_at)
+        .and_then(|(timeout, at)| chrono::TimeDelta::from_std(timeout).ok().map(|t| at + t));
+    if deadline.is_some_and(|d| now >= d) {
+        commands.push(WorkflowCommand::TimeOut);
+    }
+    commands.push(WorkflowCommand::Advance);
+    let id = working.id.clone().unwrap_or_else(ExecutionId::generate);
+    for command in commands {
+        for event in run::decide(&command, &working, now)? {
+            let envelope = WorkflowEnvelope::new(id.clone(), now, "", event);
+            let _ = run::apply(&mut working, &envelope);
+            events.push(envelope.event);
+        }
+    }
+    Ok(events)
+}
+
+/// The task a run of `node` is: its kind, rendered input, queue, deadline,
+/// retries and breaker, linked to its workflow execution.
+fn run_spec(id: &ExecutionId, definition: &Definition, node: &str, input: Value) -> TaskSpec {
+    let n = &definition.nodes[node];
+    let mut spec = TaskSpec::new(n.kind.clone());
+    spec.input = input;
+    if let Some(queue) = n.queue.as_ref().and_then(|q| QueueName::new(q).ok()) {
+        spec.queue = queue;
+    }
+    spec.attempt_timeout_ms = n
+        .timeout
+        .map(|t| t.as_millis().min(u64::MAX as u128) as u64);
+    spec.retry = n.retry.clone().unwrap_or_default();
+    spec.breaker.clone_from(&n.breaker);
+    spec.labels
+        .insert("workflow".into(), definition.name.clone());
+    spec.workflow_execution = Some(id.clone());
+    spec.node = Some(node.to_owned());
+    spec
+}
+
+/// Checks `input` against the definition's `inputs` schema, if it has one.
+fn check_input(definition: &Definition, input: &Value) -> Result<(), RunnerError> {
+    let Some(schema) = &definition.inputs else {
+        return Ok(());
+    };
+    let validator = jsonschema::validator_for(schema).map_err(|e| {
+        RunnerError::InvalidInput(vec![format!("the inputs schema itself is invalid: {e}")])
+    })?;
+    let errors: Vec<String> = validator
+        .iter_errors(input)
+        .map(|e| {
+            let path = e.instance_path().to_string();
+            if path.is_empty() {
+                e.to_string()
+            } else {
+                format!("{path}: {e}")
+            }
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(RunnerError::InvalidInput(errors))
+    }
+}
+
+/// A workflow execution as listings show it.
+pub fn summary(id: &ExecutionId, s: &WorkflowState) -> Value {
+    let def = s.definition.as_deref();
+    let count = |status: run::NodeStatus| s.nodes.values().filter(|n| n.status == status).count();
+    json!({
+        "id": id,
+        "workflow": def.map(|d| &d.name),
+        "version": def.map(|d| d.version),
+        "status": s.status,
+        "cancel_requested": s.cancel_requested,
+        "round": s.round,
+        "nodes": {
+            "total": s.nodes.len(),
+            "succeeded": count(run::NodeStatus::Succeeded),
+            "running": count(run::NodeStatus::Running),
+            "failed": count(run::NodeStatus::Failed),
+            "skipped": count(run::NodeStatus::Skipped),
+        },
+        "reason": s.reason,
+        "started_at": s.started_at,
+        "finished_at": s.finished_at,
+    })
+}
+
+/// A workflow execution whole: the summary, its input and output, and
+/// every node with its runs (`GET /v1/workflow-executions/{id}`).
+pub fn view(id: &ExecutionId, history: &WorkflowHistory) -> Value {
+    let s = &history.state;
+    let mut view = summary(id, s);
+    let def = s.definition.as_deref();
+    let nodes: serde_json::Map<String, Value> = s
+        .nodes
+        .iter()
+        .map(|(name, node)| {
+            let spec = def.and_then(|d| d.nodes.get(name));
+            let mut value = serde_json::to_value(node).unwrap_or_default();
+            if let Value::Object(map) = &mut value {
+                map.insert("kind".into(), json!(spec.map(|n| &n.kind)));
+                map.insert("depends_on".into(), json!(spec.map(|n| &n.depends_on)));
+            }
+            (name.clone(), value)
+        })
+        .collect();
+    if let Value::Object(map) = &mut view {
+        map.insert("nodes".into(), Value::Object(nodes));
+        map.insert("input".into(), s.input.clone());
+        map.insert("output".into(), json!(s.output));
+        map.insert("failed_node".into(), json!(s.failed_node));
+        map.insert("handler".into(), json!(s.handler));
+        map.insert("handles".into(), json!(s.handles));
+        map.insert("last_seq".into(), json!(history.last_seq));
+    }
+    view
+}
