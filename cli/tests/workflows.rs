@@ -18,7 +18,7 @@ use runlog_events::journal::Journal;
 use runlog_events::workflow::log::WorkflowLog;
 use runlog_events::workflow::run::{WorkflowEnvelope, WorkflowEvent};
 use runlog_events::{Event, ExecutionId, Subjects};
-use runlog_testkit::{NatsServer, eventually};
+use runlog_testkit::{NatsServer, Postgres, eventually};
 use serde_json::{Value, json};
 
 /// A local HTTP server that answers every request with `body`.
@@ -44,9 +44,26 @@ fn http_server(body: Value) -> Result<String> {
 struct Stack {
     server: NatsServer,
     engine: EngineProcess,
-    _workers: WorkerProcesses,
+    _workers: Workers,
     http: reqwest::Client,
     _dir: tempdir::Dir,
+}
+
+/// The stack's worker: the fault suite's processes, or one `runlog worker`
+/// with secrets in its environment (`RUNLOG_SECRET_<NAME>`).
+enum Workers {
+    /// Killed when dropped.
+    Plain(#[allow(dead_code)] WorkerProcesses),
+    WithSecrets(std::process::Child),
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        if let Workers::WithSecrets(child) = self {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 mod tempdir {
@@ -71,11 +88,27 @@ mod tempdir {
 
 impl Stack {
     fn start(name: &str) -> Result<Stack> {
+        Self::start_with_secrets(name, &[])
+    }
+
+    fn start_with_secrets(name: &str, secrets: &[(&str, String)]) -> Result<Stack> {
         let dir = tempdir::Dir::new(name)?;
         let server = NatsServer::start()?;
         let urls = [server.url()];
         let engine = EngineProcess::start(&urls, 1, &dir.0)?;
-        let workers = WorkerProcesses::start(1, 16, &urls, 1, &dir.0)?;
+        let workers = if secrets.is_empty() {
+            Workers::Plain(WorkerProcesses::start(1, 16, &urls, 1, &dir.0)?)
+        } else {
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_runlog"));
+            command
+                .args(["worker", "--nats-url", &server.url(), "--concurrency", "16"])
+                .env("RUNLOG_LOG", "warn")
+                .stdout(std::process::Stdio::null());
+            for (name, value) in secrets {
+                command.env(format!("RUNLOG_SECRET_{name}"), value);
+            }
+            Workers::WithSecrets(command.spawn()?)
+        };
         Ok(Stack {
             server,
             engine,
@@ -173,10 +206,14 @@ nodes:
     depends_on: [count]
     input: "${{ .nodes.count.output.n > 2 }}"
   left:
-    kind: shell
+    kind: sql
     depends_on: [many]
     when: ".nodes.many.output.result"
-    input: {shell: "sleep SLEEP; echo left ${{ .nodes.count.output.n }}"}
+    secrets: {DB: pipeline-db}
+    input:
+      connection: DB
+      query: "select pg_sleep(SLEEP)::text as slept, $1::int4 * 10 as n, $2::text as who"
+      params: ["${{ .nodes.count.output.n }}", "left"]
   right:
     kind: script
     depends_on: [many]
@@ -194,7 +231,7 @@ nodes:
     depends_on: [left, right, few]
     when: ".nodes.left.status == \"succeeded\""
     input:
-      left: "${{ .nodes.left.output.stdout }}"
+      left: "${{ .nodes.left.output.rows[0] }}"
       right: "${{ .nodes.right.output.sum }}"
 output: "${{ .nodes.join.output }}"
 "#;
@@ -248,7 +285,8 @@ async fn starts(journal: &Journal, execution: &ExecutionId) -> Result<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graph_runs_with_parallel_branches_and_skips_the_false_one() -> Result<()> {
-    let stack = Stack::start("wf-pipeline")?;
+    let pg = Postgres::start()?;
+    let stack = Stack::start_with_secrets("wf-pipeline", &[("PIPELINE_DB", pg.url())])?;
     let url = http_server(json!({"items": [1, 2, 3]}))?;
     stack
         .define(&PIPELINE.replace("URL", &url).replace("SLEEP", "1"))
@@ -273,7 +311,7 @@ async fn a_graph_runs_with_parallel_branches_and_skips_the_false_one() -> Result
     ensure!(nodes["count"]["output"]["n"] == 3, "{}", nodes["count"]);
     ensure!(nodes["many"]["output"] == json!({"result": true}));
     ensure!(
-        view["output"] == json!({"left": "left 3\n", "right": 6}),
+        view["output"] == json!({"left": {"slept": "", "n": 30, "who": "left"}, "right": 6}),
         "{}",
         view["output"]
     );
@@ -299,7 +337,8 @@ async fn a_graph_runs_with_parallel_branches_and_skips_the_false_one() -> Result
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_engine_resumes_the_graph_and_runs_no_node_twice() -> Result<()> {
-    let mut stack = Stack::start("wf-kill")?;
+    let pg = Postgres::start()?;
+    let mut stack = Stack::start_with_secrets("wf-kill", &[("PIPELINE_DB", pg.url())])?;
     let url = http_server(json!({"items": [1, 2, 3]}))?;
     stack
         .define(&PIPELINE.replace("URL", &url).replace("SLEEP", "2"))

@@ -43,7 +43,7 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::intake::{Intake, Submission};
+use crate::intake::{Intake, IntakeError, Submission};
 use crate::projection::{Projection, RunEnd};
 use crate::workflows::{Workflows, WorkflowsError};
 
@@ -417,6 +417,14 @@ impl Runner {
                             self.ended(id.clone(), execution.clone(), outcome);
                         }
                     }
+                    // The rules refuse the run's task (an input too large,
+                    // a bad secret name): the run fails, with the reason.
+                    Err(IntakeError::Rejected(refused)) => {
+                        self.inner.submitted.insert(execution.clone(), ());
+                        let error = format!("the node's task was refused: {refused}");
+                        self.ended(id.clone(), execution.clone(), RunOutcome::Failed { error });
+                        continue;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, workflow = %id, %execution, "cannot submit a node run");
                         continue;
@@ -720,6 +728,7 @@ fn run_spec(id: &ExecutionId, definition: &Definition, node: &str, input: Value)
         .map(|t| t.as_millis().min(u64::MAX as u128) as u64);
     spec.retry = n.retry.clone().unwrap_or_default();
     spec.breaker.clone_from(&n.breaker);
+    spec.secrets.clone_from(&n.secrets);
     spec.labels
         .insert("workflow".into(), definition.name.clone());
     spec.workflow_execution = Some(id.clone());

@@ -2,11 +2,14 @@
 //!
 //! It re-exports the launcher of real nats-servers, [`runlog_localnats`] ([`NatsServer`],
 //! [`Cluster`]), so a test names one crate, and adds [`eventually`]: waiting on a condition
-//! with a deadline, the one way a test synchronises with the system it drives.
+//! with a deadline, the one way a test synchronises with the system it drives, and
+//! [`Postgres`], a throwaway PostgreSQL server.
 
 #![warn(missing_docs)]
 
+mod postgres;
 mod wait;
 
+pub use postgres::Postgres;
 pub use runlog_localnats::*;
 pub use wait::eventually;

@@ -139,6 +139,11 @@ pub struct Node {
     /// The queue its runs are dispatched on (worker kinds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,
+    /// Environment variables of its runs, by the names of the secrets the
+    /// worker resolves (`{DB: reports-db}`), as a task's `secrets`: the
+    /// log holds the names, never the values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
     /// What its failure does, over the workflow's `on_failure`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_failure: Option<OnFailure>,

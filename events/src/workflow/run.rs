@@ -1085,7 +1085,10 @@ impl Decision {
                 Ok(other) => {
                     self.push(WorkflowEvent::NodeFailed {
                         node: name.to_owned(),
-                        error: format!("its for_each yields {}, not an array", crate::submission::kind_of_value(&other)),
+                        error: format!(
+                            "its for_each yields {}, not an array",
+                            crate::submission::kind_of_value(&other)
+                        ),
                     });
                     return true;
                 }

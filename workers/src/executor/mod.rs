@@ -1,4 +1,4 @@
-//! Built-in executors: `shell`, `script`, `http` and `echo`, each a
+//! Built-in executors: `shell`, `script`, `sql`, `http` and `echo`, each a
 //! [`Handler`](crate::Handler).
 //!
 //! [`shell`] runs a program (or, when asked, a `sh -c` script) in its own
@@ -16,6 +16,7 @@ pub mod echo;
 pub mod http;
 mod mask;
 pub mod shell;
+pub mod sql;
 mod stop;
 
 pub use echo::EchoExecutor;
@@ -23,23 +24,26 @@ pub use http::{HttpExecutor, HttpInput};
 pub use shell::{
     Extract, JsonProgress, ProgressPattern, ScriptExecutor, ScriptInput, ShellExecutor, ShellInput,
 };
+pub use sql::{SqlExecutor, SqlInput};
 
 use crate::handler::Registry;
 
 /// A registry holding the built-in kinds: `shell` ([`ShellExecutor`]),
-/// `script` ([`ScriptExecutor`]), `http` ([`HttpExecutor`]) and `echo`
-/// ([`EchoExecutor`]), with their default settings.
+/// `script` ([`ScriptExecutor`]), `sql` ([`SqlExecutor`]), `http`
+/// ([`HttpExecutor`]) and `echo` ([`EchoExecutor`]), with their default
+/// settings.
 ///
 /// # Examples
 /// ```
 /// let registry = runlog_worker::executor::builtin();
-/// assert_eq!(registry.kinds(), ["echo", "http", "script", "shell"]);
+/// assert_eq!(registry.kinds(), ["echo", "http", "script", "shell", "sql"]);
 /// ```
 pub fn builtin() -> Registry {
     let mut registry = Registry::new();
     registry
         .register("shell", ShellExecutor::new())
         .register("script", ScriptExecutor)
+        .register("sql", SqlExecutor)
         .register("http", HttpExecutor::new())
         .register("echo", EchoExecutor);
     registry
