@@ -341,6 +341,92 @@ async fn a_shell_task_s_progress_bar_moves_to_done() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workflow_page_draws_the_graph_live_and_shows_a_node_s_logs() -> Result<()> {
+    let stack = Stack::start(4).await?;
+    let b = &stack.browser;
+    let defined = stack
+        .http
+        .post(format!("{}/v1/workflows", stack.base))
+        .header("content-type", "application/yaml")
+        .body(
+            r#"
+name: page
+version: 1
+nodes:
+  first: {kind: echo, input: {n: 3}}
+  big:
+    kind: condition
+    depends_on: [first]
+    input: "${{ .nodes.first.output.n > 2 }}"
+  work:
+    kind: shell
+    depends_on: [big]
+    when: ".nodes.big.output.result"
+    input: {shell: "echo working on ${{ .nodes.first.output.n }}; sleep 1.5; echo done"}
+  other:
+    kind: echo
+    depends_on: [big]
+    when: ".nodes.big.output.result | not"
+"#,
+        )
+        .send()
+        .await?;
+    ensure!(
+        defined.status().as_u16() == 201,
+        "{}",
+        defined.text().await?
+    );
+    let started: Value = stack
+        .http
+        .post(format!("{}/v1/workflows/page/executions", stack.base))
+        .json(&json!({}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let id = started["id"].as_str().context("an id")?.to_owned();
+    b.goto(&format!("{}/#/workflows/{id}", stack.base)).await?;
+    const NODES: &str = r#"
+        const nodes = {};
+        for (const g of document.querySelectorAll('#wf-graph .wf-node')) nodes[g.dataset.node] = g.dataset.status;
+        return nodes;
+    "#;
+    b.wait_for(
+        "every node drawn, `work` running and `other` skipped",
+        Duration::from_secs(20),
+        &format!(
+            "const n = (() => {{ {NODES} }})();              return n.work === 'running' && n.other === 'skipped' && n.first === 'succeeded'                 && document.querySelectorAll('#wf-graph .wf-edge').length === 3 ? n : null;"
+        ),
+        json!([]),
+    )
+    .await?;
+    b.click("#wf-graph .wf-node[data-node=\"work\"]").await?;
+    let shown = b
+        .wait_for(
+            "the workflow succeeds live, and the node shows its output and logs",
+            Duration::from_secs(20),
+            r#"
+                const status = document.getElementById('wf-status').dataset.status;
+                const panel = document.getElementById('wf-node');
+                const logs = [...document.querySelectorAll('#wf-node-logs .log .text')].map((l) => l.textContent);
+                const output = document.getElementById('wf-node-output').textContent;
+                return status === 'succeeded' && panel.dataset.node === 'work' && !panel.hidden
+                    && logs.includes('done') && output.includes('working on 3')
+                    ? { logs, runs: document.querySelectorAll('#wf-runs tr').length } : null;
+            "#,
+            json!([]),
+        )
+        .await?;
+    ensure!(shown["logs"][0] == "working on 3", "{shown}");
+    ensure!(shown["runs"] == 1, "{shown}");
+    if let Some(dir) = screenshots() {
+        b.screenshot(&dir.join("workflow.png")).await?;
+    }
+    stack.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_on_the_execution_page_ends_the_execution_cancelled() -> Result<()> {
     let stack = Stack::start(2).await?;
     let b = &stack.browser;

@@ -703,13 +703,9 @@ fn decide_step(
         commands.push(WorkflowCommand::TimeOut);
     }
     commands.push(WorkflowCommand::Advance);
-    let id = working.id.clone().unwrap_or_else(ExecutionId::generate);
     for command in commands {
-        for event in run::decide(&command, &working, now)? {
-            let envelope = WorkflowEnvelope::new(id.clone(), now, "", event);
-            let _ = run::apply(&mut working, &envelope);
-            events.push(envelope.event);
-        }
+        // Each command decides on what the ones before it left.
+        events.extend(run::decide_into(&command, &mut working, now)?);
     }
     Ok(events)
 }

@@ -992,14 +992,18 @@ function drawDetail(exec) {
   fact(facts, 'ran', d.started_at ? duration(between(d.started_at, d.finished_at)) : null);
   fact(facts, 'retry at', stamp(d.retry_at));
   fact(facts, 'reason', d.reason);
-  if (spec.retry_of) {
+  const linked = (term, text, href) => {
     const box = el('div');
-    const link = el('a', 'mono', spec.retry_of);
-    link.href = `#/executions/${enc(spec.retry_of)}`;
+    const link = el('a', 'mono', text);
+    link.href = href;
     const dd = el('dd');
     dd.append(link);
-    box.append(el('dt', null, 'retry of'), dd);
+    box.append(el('dt', null, term), dd);
     facts.append(box);
+  };
+  if (spec.retry_of) linked('retry of', spec.retry_of, `#/executions/${enc(spec.retry_of)}`);
+  if (spec.workflow_execution) {
+    linked(`node ${spec.node || ''} of`, spec.workflow_execution, `#/workflows/${enc(spec.workflow_execution)}`);
   }
   const labels = Object.entries(spec.labels || {}).map(([k, v]) => `${k}=${v}`).join(' ');
   fact(facts, 'labels', labels, true);
@@ -1096,7 +1100,15 @@ async function act(action) {
 
 function route() {
   const match = location.hash.match(/^#\/executions\/([^/?#]+)/);
-  if (match) {
+  const workflow = location.hash.match(/^#\/workflows\/([^/?#]+)/);
+  if (!workflow) {
+    closeWorkflow();
+    $('wf-view').hidden = true;
+  }
+  if (workflow) {
+    closeExecution();
+    showWorkflow(decodeURIComponent(workflow[1]));
+  } else if (match) {
     showExecution(decodeURIComponent(match[1]));
   } else {
     closeExecution();
@@ -1123,6 +1135,7 @@ function start() {
   $('cancel').addEventListener('click', () => act('cancel'));
   $('retry').addEventListener('click', () => act('retry'));
   window.addEventListener('hashchange', route);
+  startWorkflows();
   setInterval(() => {
     // Durations of live rows move with the clock.
     view.tick += 1;

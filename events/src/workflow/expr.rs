@@ -71,6 +71,36 @@ impl Expr {
         })
     }
 
+    /// Runs `code` over `context`, compiled once per thread: a workflow
+    /// evaluates the same few expressions for every run of a node, and
+    /// compiling (with jq's standard library) costs far more than running.
+    pub fn eval_cached(code: &str, context: &Value) -> Result<Value, String> {
+        use std::cell::RefCell;
+        use std::collections::HashMap;
+        use std::rc::Rc;
+        /// Compiled expressions kept per thread; the cache starts over when full.
+        const KEPT: usize = 512;
+        thread_local! {
+            static COMPILED: RefCell<HashMap<String, Rc<Expr>>> = RefCell::new(HashMap::new());
+        }
+        let found = COMPILED.with(|c| c.borrow().get(code).cloned());
+        let expr = match found {
+            Some(expr) => expr,
+            None => {
+                let expr = Rc::new(Expr::compile(code)?);
+                COMPILED.with(|c| {
+                    let mut c = c.borrow_mut();
+                    if c.len() >= KEPT {
+                        c.clear();
+                    }
+                    c.insert(code.to_owned(), expr.clone());
+                });
+                expr
+            }
+        };
+        expr.eval(context)
+    }
+
     /// The expression's first value over `context` (`null` if it yields
     /// none).
     pub fn eval(&self, context: &Value) -> Result<Value, String> {
@@ -198,7 +228,7 @@ fn render_string(text: &str, context: &Value) -> Result<Value, String> {
         .and_then(|t| t.strip_suffix(CLOSE))
         && !inner.contains(OPEN)
     {
-        return Expr::compile(inner.trim())?.eval(context);
+        return Expr::eval_cached(inner.trim(), context);
     }
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -208,7 +238,7 @@ fn render_string(text: &str, context: &Value) -> Result<Value, String> {
         let end = after
             .find(CLOSE)
             .ok_or_else(|| format!("{OPEN} without its closing {CLOSE}"))?;
-        match Expr::compile(after[..end].trim())?.eval(context)? {
+        match Expr::eval_cached(after[..end].trim(), context)? {
             Value::String(s) => out.push_str(&s),
             other => out.push_str(&other.to_string()),
         }

@@ -786,6 +786,34 @@ pub fn decide(
     state: &WorkflowState,
     now: DateTime<Utc>,
 ) -> Result<Vec<WorkflowEvent>, WorkflowRejection> {
+    let mut working = state.clone();
+    decide_into(command, &mut working, now)
+}
+
+/// [`decide`] on a working copy: `state` is left as the decided events
+/// make it (on a refusal, as it was). A caller that folds the events it
+/// decides anyway saves the copy.
+pub fn decide_into(
+    command: &WorkflowCommand,
+    state: &mut WorkflowState,
+    now: DateTime<Utc>,
+) -> Result<Vec<WorkflowEvent>, WorkflowRejection> {
+    // The definition never changes within an execution: out of the state
+    // while deciding, so that it can be read while the state changes.
+    let definition = state.definition.take();
+    let decided = decide_with(command, state, definition.as_deref(), now);
+    if state.definition.is_none() {
+        state.definition = definition;
+    }
+    decided
+}
+
+fn decide_with(
+    command: &WorkflowCommand,
+    state: &mut WorkflowState,
+    definition: Option<&Definition>,
+    now: DateTime<Utc>,
+) -> Result<Vec<WorkflowEvent>, WorkflowRejection> {
     use WorkflowCommand as C;
     let id = match (command, &state.id) {
         (C::Start { id, .. }, _) | (_, Some(id)) => id.clone(),
@@ -794,76 +822,21 @@ pub fn decide(
         }
         (_, None) => return Ok(Vec::new()),
     };
-    let mut d = Decision {
-        id,
-        state: state.clone(),
-        events: Vec::new(),
-        now,
-    };
+    // Refusals first, before anything is pushed.
     match command {
-        C::Start {
-            definition,
-            input,
-            handles,
-            ..
-        } => {
-            if state.status != WorkflowStatus::New {
-                return Err(WorkflowRejection::Exists);
-            }
-            d.push(WorkflowEvent::Started {
-                definition: definition.clone(),
-                input: input.clone(),
-                handles: handles.clone(),
-            });
-            d.advance(definition);
+        C::Start { .. } if state.status != WorkflowStatus::New => {
+            return Err(WorkflowRejection::Exists);
         }
-        C::Advance => {
-            if let Some(def) = &state.definition {
-                d.advance(def);
-            }
-        }
-        C::EndRun {
-            node,
-            index,
-            outcome,
-        } => {
-            let running = state
-                .nodes
-                .get(node)
-                .and_then(|n| n.runs.get(*index as usize))
-                .is_some_and(|r| r.status == NodeStatus::Running);
-            if running {
-                d.push(WorkflowEvent::RunEnded {
-                    node: node.clone(),
-                    index: *index,
-                    outcome: outcome.clone(),
-                });
-                if let Some(def) = &state.definition {
-                    d.advance(def);
-                }
-            }
-        }
-        C::Cancel { reason } => {
-            match state.status {
-                WorkflowStatus::New => return Err(WorkflowRejection::NotFound),
-                WorkflowStatus::Running => {}
-                other => return Err(WorkflowRejection::NotRunning(other.as_str())),
-            }
-            if state.cancel_requested {
+        C::Cancel { .. } => match state.status {
+            WorkflowStatus::New => return Err(WorkflowRejection::NotFound),
+            WorkflowStatus::Running if state.cancel_requested => {
                 return Err(WorkflowRejection::CancelRequested);
             }
-            d.push(WorkflowEvent::CancelRequested {
-                reason: reason.clone(),
-            });
-            if let Some(def) = &state.definition {
-                d.advance(def);
-            }
-        }
-        C::Signal { node, payload } => {
-            let def = state
-                .definition
-                .as_deref()
-                .ok_or(WorkflowRejection::NotFound)?;
+            WorkflowStatus::Running => {}
+            other => return Err(WorkflowRejection::NotRunning(other.as_str())),
+        },
+        C::Signal { node, .. } => {
+            let def = definition.ok_or(WorkflowRejection::NotFound)?;
             let waits = state.status == WorkflowStatus::Running
                 && !state.cancel_requested
                 && def.nodes.get(node).is_some_and(|n| n.kind == "wait")
@@ -873,16 +846,6 @@ pub fn decide(
                     .is_some_and(|n| n.status == NodeStatus::Running);
             if !waits {
                 return Err(WorkflowRejection::NotWaiting(node.clone()));
-            }
-            d.push(WorkflowEvent::NodeSucceeded {
-                node: node.clone(),
-                output: payload.clone(),
-            });
-            d.advance(def);
-        }
-        C::TimeOut => {
-            if state.status == WorkflowStatus::Running {
-                d.push(WorkflowEvent::TimedOut {});
             }
         }
         C::Retry => {
@@ -894,13 +857,90 @@ pub fn decide(
             if state.running_runs().next().is_some() {
                 return Err(WorkflowRejection::RunsEnding);
             }
-            let Some(def) = &state.definition else {
+            if definition.is_none() {
                 return Err(WorkflowRejection::NotFound);
-            };
-            d.push(WorkflowEvent::Retried {
-                nodes: to_rerun(def, state),
+            }
+        }
+        _ => {}
+    }
+    let rerun = match (command, definition) {
+        (C::Retry, Some(def)) => to_rerun(def, state),
+        _ => Vec::new(),
+    };
+    let mut d = Decision {
+        id,
+        state,
+        events: Vec::new(),
+        now,
+    };
+    match command {
+        C::Start {
+            definition,
+            input,
+            handles,
+            ..
+        } => {
+            d.push(WorkflowEvent::Started {
+                definition: definition.clone(),
+                input: input.clone(),
+                handles: handles.clone(),
             });
-            d.advance(def);
+            d.advance(definition);
+        }
+        C::Advance => {
+            if let Some(def) = definition {
+                d.advance(def);
+            }
+        }
+        C::EndRun {
+            node,
+            index,
+            outcome,
+        } => {
+            let running = d
+                .state
+                .nodes
+                .get(node)
+                .and_then(|n| n.runs.get(*index as usize))
+                .is_some_and(|r| r.status == NodeStatus::Running);
+            if running {
+                d.push(WorkflowEvent::RunEnded {
+                    node: node.clone(),
+                    index: *index,
+                    outcome: outcome.clone(),
+                });
+                if let Some(def) = definition {
+                    d.advance(def);
+                }
+            }
+        }
+        C::Cancel { reason } => {
+            d.push(WorkflowEvent::CancelRequested {
+                reason: reason.clone(),
+            });
+            if let Some(def) = definition {
+                d.advance(def);
+            }
+        }
+        C::Signal { node, payload } => {
+            d.push(WorkflowEvent::NodeSucceeded {
+                node: node.clone(),
+                output: payload.clone(),
+            });
+            if let Some(def) = definition {
+                d.advance(def);
+            }
+        }
+        C::TimeOut => {
+            if d.state.status == WorkflowStatus::Running {
+                d.push(WorkflowEvent::TimedOut {});
+            }
+        }
+        C::Retry => {
+            d.push(WorkflowEvent::Retried { nodes: rerun });
+            if let Some(def) = definition {
+                d.advance(def);
+            }
         }
     }
     Ok(d.events)
@@ -931,14 +971,14 @@ fn to_rerun(def: &Definition, state: &WorkflowState) -> Vec<String> {
 }
 
 /// A decision in the making: the events so far, and the state they lead to.
-struct Decision {
+struct Decision<'a> {
     id: ExecutionId,
-    state: WorkflowState,
+    state: &'a mut WorkflowState,
     events: Vec<WorkflowEvent>,
     now: DateTime<Utc>,
 }
 
-impl Decision {
+impl Decision<'_> {
     fn push(&mut self, event: WorkflowEvent) {
         let env = WorkflowEnvelope {
             id: uuid::Uuid::nil(),
@@ -948,11 +988,11 @@ impl Decision {
             event,
         };
         debug_assert!(
-            check(&self.state, &env).is_ok(),
+            check(self.state, &env).is_ok(),
             "{:?}",
-            check(&self.state, &env)
+            check(self.state, &env)
         );
-        transition(&mut self.state, &env);
+        transition(self.state, &env);
         self.events.push(env.event);
     }
 
@@ -1055,7 +1095,7 @@ impl Decision {
         let context = self.state.context();
         let blocked = deps.iter().find(|(_, s)| *s != NodeStatus::Succeeded);
         match (&node.when, blocked) {
-            (Some(when), _) => match expr::Expr::compile(when).and_then(|e| e.eval(&context)) {
+            (Some(when), _) => match expr::Expr::eval_cached(when, &context) {
                 Ok(v) if truthy(&v) => {}
                 Ok(_) => {
                     self.skip(name, format!("its when ({when}) is false"));
@@ -1080,7 +1120,7 @@ impl Decision {
         }
         let items = match &node.for_each {
             None => None,
-            Some(code) => match expr::Expr::compile(code).and_then(|e| e.eval(&context)) {
+            Some(code) => match expr::Expr::eval_cached(code, &context) {
                 Ok(Value::Array(items)) => Some(items),
                 Ok(other) => {
                     self.push(WorkflowEvent::NodeFailed {
