@@ -1036,7 +1036,7 @@ impl Decision<'_> {
             let context = self.state.context();
             let output = match &def.output {
                 Some(template) => expr::render(template, &context),
-                None => Ok(leaf_outputs(def, &self.state)),
+                None => Ok(leaf_outputs(def, self.state)),
             };
             match output {
                 Ok(output) => self.push(WorkflowEvent::Succeeded { output }),
