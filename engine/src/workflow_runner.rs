@@ -195,6 +195,7 @@ impl Runner {
             definition: Box::new(definition),
             input,
             handles: None,
+            parent: None,
         };
         let history = self.command(&id, &command).await?;
         Ok((id, history))
@@ -386,113 +387,238 @@ impl Runner {
     }
 
     /// What the state of `id` asks for outside its log: its runs' task
-    /// executions submitted (or, once it ended, stopped), its error handler
-    /// started.
+    /// executions (or sub-workflows) started, or stopped once it ended; its
+    /// error handler started; as a sub-workflow that ended, its parent told.
     async fn effects(&self, id: &ExecutionId) {
-        let (state, definition) = match self.inner.states.get(id) {
-            Some(h) => match &h.state.definition {
-                Some(def) => (h.state.clone(), def.clone()),
-                None => return,
-            },
-            None => return,
+        let Some(todo) = self.todo(id) else {
+            return;
         };
-        let stop = state.status.is_terminal() || state.cancel_requested;
-        let runs: Vec<(String, u32, ExecutionId)> = state
-            .running_runs()
-            .map(|(n, i, e)| (n.to_owned(), i, e.clone()))
-            .collect();
-        for (node, index, execution) in runs {
-            if !self.inner.submitted.contains_key(&execution) {
-                let input = state.nodes[&node].runs[index as usize].input.clone();
-                let spec = run_spec(id, &definition, &node, input);
-                let mut submission = Submission::new(spec);
-                submission.execution = Some(execution.clone());
-                submission.correlation_id = Some(id.to_string());
-                match self.inner.intake.submit(submission, Utc::now()).await {
-                    Ok(accepted) => {
-                        self.inner.submitted.insert(execution.clone(), ());
-                        // Found ended already (its end notice went by before
-                        // this engine knew the run): record it.
-                        if let Some(outcome) = run::outcome_of(&accepted.state) {
-                            self.ended(id.clone(), execution.clone(), outcome);
-                        }
-                    }
-                    // The rules refuse the run's task (an input too large,
-                    // a bad secret name): the run fails, with the reason.
-                    Err(IntakeError::Rejected(refused)) => {
-                        self.inner.submitted.insert(execution.clone(), ());
-                        let error = format!("the node's task was refused: {refused}");
-                        self.ended(id.clone(), execution.clone(), RunOutcome::Failed { error });
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, workflow = %id, %execution, "cannot submit a node run");
-                        continue;
-                    }
+        for start in todo.starts {
+            match start {
+                Start::Task(execution, spec) => self.submit_run(id, execution, *spec).await,
+                Start::Child {
+                    execution,
+                    workflow,
+                    version,
+                    input,
+                } => {
+                    self.start_child(id, execution, &workflow, version, input)
+                        .await;
                 }
             }
-            if stop && self.inner.stopping.insert(execution.clone(), ()).is_none() {
-                let reason = match state.status {
-                    WorkflowStatus::Running => "the workflow execution was cancelled".to_owned(),
-                    status => format!(
-                        "the workflow execution {}",
-                        status.as_str().replace('_', " ")
-                    ),
+        }
+        for (execution, child) in todo.stops {
+            if self.inner.stopping.insert(execution.clone(), ()).is_some() {
+                continue;
+            }
+            let stopped = if child {
+                let command = WorkflowCommand::Cancel {
+                    reason: todo.stop_reason.clone(),
                 };
-                let command = Command::RequestCancel {
-                    reason,
-                    operation: None,
-                };
-                match self
-                    .inner
-                    .journal
-                    .transition(&execution, &command, Utc::now())
-                    .await
-                {
-                    Ok(history) => {
-                        if let Some(outcome) = run::outcome_of(&history.state) {
-                            self.ended(id.clone(), execution.clone(), outcome);
-                        }
-                    }
-                    Err(TransitionError::Rejected(_)) => {}
-                    Err(e) => {
-                        self.inner.stopping.remove(&execution);
-                        tracing::warn!(error = %e, %execution, "cannot cancel a node run");
-                    }
+                match Box::pin(self.command(&execution, &command)).await {
+                    Ok(_) | Err(RunnerError::Rejected(_)) => Ok(()),
+                    Err(e) => Err(e.to_string()),
                 }
+            } else {
+                self.stop_task(id, &execution, &todo.stop_reason).await
+            };
+            if let Err(e) = stopped {
+                self.inner.stopping.remove(&execution);
+                tracing::warn!(error = %e, %execution, "cannot cancel a node run");
+            }
+        }
+        if let Some((handler, workflow, input)) = todo.handler {
+            self.start_handler(id, &handler, &workflow, input).await;
+        }
+        if let Some((parent, outcome)) = todo.parent_told {
+            self.ended(parent, id.clone(), outcome);
+        }
+    }
+
+    /// What [`effects`](Self::effects) must do for `id`, read under the
+    /// entry's lock without copying the state.
+    fn todo(&self, id: &ExecutionId) -> Option<Todo> {
+        let history = self.inner.states.get(id)?;
+        let state = &history.state;
+        let definition = state.definition.as_deref()?;
+        let stopping = state.status.is_terminal() || state.cancel_requested;
+        let mut todo = Todo {
+            stop_reason: match state.status {
+                WorkflowStatus::Running => "the workflow execution was cancelled".to_owned(),
+                status => format!(
+                    "the workflow execution {}",
+                    status.as_str().replace('_', " ")
+                ),
+            },
+            ..Todo::default()
+        };
+        for (node, index, execution) in state.running_runs() {
+            let child = definition.nodes[node].kind == "workflow";
+            if !self.inner.submitted.contains_key(execution) {
+                let input = state.nodes[node].runs[index as usize].input.clone();
+                todo.starts.push(if child {
+                    let (workflow, version) =
+                        runlog_events::workflow::sub_workflow(&definition.nodes[node])
+                            .unwrap_or_default();
+                    Start::Child {
+                        execution: execution.clone(),
+                        workflow,
+                        version,
+                        input: input.get("input").cloned().unwrap_or(Value::Null),
+                    }
+                } else {
+                    Start::Task(
+                        execution.clone(),
+                        Box::new(run_spec(id, definition, node, input)),
+                    )
+                });
+            }
+            if stopping && !self.inner.stopping.contains_key(execution) {
+                todo.stops.push((execution.clone(), child));
             }
         }
         if let Some(handler) = &state.handler
             && !self.inner.handlers.contains_key(handler)
         {
-            self.start_handler(id, &state, &definition, handler).await;
+            let on_failure = state
+                .failed_node
+                .as_ref()
+                .and_then(|n| definition.nodes.get(n))
+                .and_then(|n| n.on_failure.as_ref())
+                .unwrap_or(&definition.on_failure);
+            if let OnFailure::Handler { workflow } = on_failure {
+                let input = json!({
+                    "workflow": definition.name,
+                    "version": definition.version,
+                    "execution": id,
+                    "node": state.failed_node,
+                    "error": state.reason,
+                    "input": state.input,
+                });
+                todo.handler = Some((handler.clone(), workflow.clone(), input));
+            }
+        }
+        if let Some(parent) = &state.parent
+            && state.status.is_terminal()
+            && state.running_runs().next().is_none()
+        {
+            let reason = state.reason.clone().unwrap_or_default();
+            let outcome = match state.status {
+                WorkflowStatus::Succeeded => RunOutcome::Succeeded {
+                    output: state.output.clone().unwrap_or_default(),
+                },
+                WorkflowStatus::Cancelled => RunOutcome::Cancelled { reason },
+                status => RunOutcome::Failed {
+                    error: format!("the sub-workflow {}: {reason}", status.as_str()),
+                },
+            };
+            todo.parent_told = Some((parent.clone(), outcome));
+        }
+        Some(todo)
+    }
+
+    /// Submits a run's task under the id its decision named.
+    async fn submit_run(&self, id: &ExecutionId, execution: ExecutionId, spec: TaskSpec) {
+        let mut submission = Submission::new(spec);
+        submission.execution = Some(execution.clone());
+        submission.correlation_id = Some(id.to_string());
+        match self.inner.intake.submit(submission, Utc::now()).await {
+            Ok(accepted) => {
+                self.inner.submitted.insert(execution.clone(), ());
+                // Found ended already (its end notice went by before this
+                // engine knew the run): record it.
+                if let Some(outcome) = run::outcome_of(&accepted.state) {
+                    self.ended(id.clone(), execution, outcome);
+                }
+            }
+            // The rules refuse the run's task (an input too large, a bad
+            // secret name): the run fails, with the reason.
+            Err(IntakeError::Rejected(refused)) => {
+                self.inner.submitted.insert(execution.clone(), ());
+                let error = format!("the node's task was refused: {refused}");
+                self.ended(id.clone(), execution, RunOutcome::Failed { error });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, workflow = %id, %execution, "cannot submit a node run");
+            }
+        }
+    }
+
+    /// Starts a `workflow` node's run: the named workflow as execution
+    /// `execution`, whose end is reported back as the run's.
+    async fn start_child(
+        &self,
+        id: &ExecutionId,
+        execution: ExecutionId,
+        workflow: &str,
+        version: Option<u32>,
+        input: Value,
+    ) {
+        let started = async {
+            let definition = self.definition(workflow, version).await?;
+            check_input(&definition, &input)?;
+            let command = WorkflowCommand::Start {
+                id: execution.clone(),
+                definition: Box::new(definition),
+                input,
+                handles: None,
+                parent: Some(id.clone()),
+            };
+            match Box::pin(self.command(&execution, &command)).await {
+                Ok(_) | Err(RunnerError::Rejected(WorkflowRejection::Exists)) => Ok(()),
+                Err(e) => Err(e),
+            }
+        };
+        match started.await {
+            Ok(()) => {
+                self.inner.submitted.insert(execution, ());
+            }
+            Err(e @ (RunnerError::UnknownWorkflow { .. } | RunnerError::InvalidInput(_))) => {
+                self.inner.submitted.insert(execution.clone(), ());
+                let error = format!("the sub-workflow cannot start: {e}");
+                self.ended(id.clone(), execution, RunOutcome::Failed { error });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, workflow = %id, %execution, "cannot start a sub-workflow");
+            }
+        }
+    }
+
+    /// Asks a run's task to stop.
+    async fn stop_task(
+        &self,
+        id: &ExecutionId,
+        execution: &ExecutionId,
+        reason: &str,
+    ) -> Result<(), String> {
+        let command = Command::RequestCancel {
+            reason: reason.to_owned(),
+            operation: None,
+        };
+        match self
+            .inner
+            .journal
+            .transition(execution, &command, Utc::now())
+            .await
+        {
+            Ok(history) => {
+                if let Some(outcome) = run::outcome_of(&history.state) {
+                    self.ended(id.clone(), execution.clone(), outcome);
+                }
+                Ok(())
+            }
+            Err(TransitionError::Rejected(_)) => Ok(()),
+            Err(e) => Err(e.to_string()),
         }
     }
 
     async fn start_handler(
         &self,
         id: &ExecutionId,
-        state: &WorkflowState,
-        definition: &Definition,
         handler: &ExecutionId,
+        workflow: &str,
+        input: Value,
     ) {
-        let on_failure = state
-            .failed_node
-            .as_ref()
-            .and_then(|n| definition.nodes.get(n))
-            .and_then(|n| n.on_failure.as_ref())
-            .unwrap_or(&definition.on_failure);
-        let OnFailure::Handler { workflow } = on_failure else {
-            return;
-        };
-        let input = json!({
-            "workflow": definition.name,
-            "version": definition.version,
-            "execution": id,
-            "node": state.failed_node,
-            "error": state.reason,
-            "input": state.input,
-        });
         let started = async {
             let handled = self.definition(workflow, None).await?;
             let command = WorkflowCommand::Start {
@@ -500,6 +626,7 @@ impl Runner {
                 definition: Box::new(handled),
                 input,
                 handles: Some(id.clone()),
+                parent: None,
             };
             match Box::pin(self.command(handler, &command)).await {
                 Ok(_) | Err(RunnerError::Rejected(WorkflowRejection::Exists)) => Ok(()),
@@ -671,6 +798,31 @@ impl Runner {
             }
         }
     }
+}
+
+/// What a state asks of the world, gathered under the entry's lock.
+#[derive(Debug, Default)]
+struct Todo {
+    starts: Vec<Start>,
+    /// Runs to stop, and whether each is a sub-workflow.
+    stops: Vec<(ExecutionId, bool)>,
+    stop_reason: String,
+    /// The handler's id, workflow and input.
+    handler: Option<(ExecutionId, String, Value)>,
+    /// As an ended sub-workflow: the parent, and the outcome of its run.
+    parent_told: Option<(ExecutionId, RunOutcome)>,
+}
+
+/// A run to start.
+#[derive(Debug)]
+enum Start {
+    Task(ExecutionId, Box<TaskSpec>),
+    Child {
+        execution: ExecutionId,
+        workflow: String,
+        version: Option<u32>,
+        input: Value,
+    },
 }
 
 /// The events one step records: the waiting run ends, then whatever is

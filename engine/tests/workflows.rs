@@ -162,3 +162,132 @@ output: "${{ .nodes.say.output }}"
     run.stop().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_workflow_node_runs_a_sub_workflow_and_takes_its_output() -> Result<()> {
+    let mut run = start().await?;
+    let child = r#"
+name: calc
+version: 1
+inputs: {type: object, required: [n], properties: {n: {type: number}}}
+nodes:
+  double: {kind: transform, input: {n: "${{ .inputs.n * 2 }}"}}
+  fail:
+    kind: transform
+    depends_on: [double]
+    when: ".inputs.n > 100"
+    input: "${{ error(\"too big\") }}"
+output: "${{ .nodes.double.output.n }}"
+"#;
+    let parent = r#"
+name: outer
+version: 1
+nodes:
+  inner:
+    kind: workflow
+    input: {workflow: calc, input: {n: "${{ .inputs.n }}"}}
+  after:
+    kind: transform
+    depends_on: [inner]
+    input: "got ${{ .nodes.inner.output }}"
+output: "${{ .nodes.after.output }}"
+"#;
+    for yaml in [child, parent] {
+        let (status, body) = post_yaml(&run, yaml).await?;
+        assert_eq!(status, 201, "{body}");
+    }
+    let ended = |id: String| {
+        let run = &run;
+        async move {
+            runlog_testkit::eventually(
+                std::time::Duration::from_secs(20),
+                "the workflow ends",
+                || {
+                    let id = id.clone();
+                    async move {
+                        let (_, view) = run.get(&format!("/v1/workflow-executions/{id}")).await?;
+                        let done = !matches!(view["status"].as_str(), Some("running" | "new"));
+                        Ok(done.then_some(view))
+                    }
+                },
+            )
+            .await
+        }
+    };
+    let (_, started) = run
+        .post("/v1/workflows/outer/executions", json!({"input": {"n": 4}}))
+        .await?;
+    let view = ended(started["id"].as_str().unwrap_or_default().to_owned()).await?;
+    assert_eq!(view["status"], "succeeded", "{view}");
+    assert_eq!(view["output"], "got 8");
+    let child_id = view["nodes"]["inner"]["runs"][0]["execution"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let (status, child_view) = run
+        .get(&format!("/v1/workflow-executions/{child_id}"))
+        .await?;
+    assert_eq!(status, 200);
+    assert_eq!(child_view["workflow"], "calc");
+    assert_eq!(child_view["input"], json!({"n": 4}));
+
+    // A child that fails fails its node, and so the parent.
+    let (_, started) = run
+        .post(
+            "/v1/workflows/outer/executions",
+            json!({"input": {"n": 500}}),
+        )
+        .await?;
+    let view = ended(started["id"].as_str().unwrap_or_default().to_owned()).await?;
+    assert_eq!(view["status"], "failed", "{view}");
+    assert_eq!(view["failed_node"], "inner");
+    let reason = view["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("too big"), "{reason}");
+    // A child refused at its start (the input misses `n`): the node fails
+    // with the reason.
+    let (_, started) = run
+        .post("/v1/workflows/outer/executions", json!({"input": {}}))
+        .await?;
+    let view = ended(started["id"].as_str().unwrap_or_default().to_owned()).await?;
+    assert_eq!(view["status"], "failed", "{view}");
+    let reason = view["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("inputs schema"), "{reason}");
+
+    // A cancel of the parent reaches the child, which waits for a signal.
+    for yaml in [
+        "name: hold\nversion: 1\nnodes:\n  approval: {kind: wait}\n",
+        "name: holder\nversion: 1\nnodes:\n  inner: {kind: workflow, input: {workflow: hold}}\n",
+    ] {
+        let (status, body) = post_yaml(&run, yaml).await?;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (_, started) = run
+        .post("/v1/workflows/holder/executions", json!({}))
+        .await?;
+    let id = started["id"].as_str().unwrap_or_default().to_owned();
+    let child_id =
+        runlog_testkit::eventually(std::time::Duration::from_secs(20), "the child runs", || {
+            let id = id.clone();
+            let run = &run;
+            async move {
+                let (_, view) = run.get(&format!("/v1/workflow-executions/{id}")).await?;
+                Ok(view["nodes"]["inner"]["runs"][0]["execution"]
+                    .as_str()
+                    .map(str::to_owned))
+            }
+        })
+        .await?;
+    let (status, body) = run
+        .post(&format!("/v1/workflow-executions/{id}/cancel"), json!({}))
+        .await?;
+    assert_eq!(status, 202, "{body}");
+    let view = ended(id.clone()).await?;
+    assert_eq!(view["status"], "cancelled", "{view}");
+    let (_, child) = run
+        .get(&format!("/v1/workflow-executions/{child_id}"))
+        .await?;
+    assert_eq!(child["status"], "cancelled", "{child}");
+    assert_eq!(child["nodes"]["approval"]["status"], "cancelled", "{child}");
+    run.stop().await;
+    Ok(())
+}

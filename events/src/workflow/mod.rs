@@ -57,6 +57,37 @@ pub fn wait_duration(node: &Node) -> Result<Option<Duration>, String> {
     }
 }
 
+/// The workflow a `workflow` node runs (`input: {workflow: name, version:
+/// 3, input: …}`), by name and version (the newest when absent).
+pub fn sub_workflow(node: &Node) -> Result<(String, Option<u32>), String> {
+    let Value::Object(map) = &node.input else {
+        return Err("a workflow node's input is {workflow: <name>, version: <n>, input: …}".into());
+    };
+    if let Some(other) = map
+        .keys()
+        .find(|k| !["workflow", "version", "input"].contains(&k.as_str()))
+    {
+        return Err(format!(
+            "a workflow node's input has workflow, version and input, not {other:?}"
+        ));
+    }
+    let name = match map.get("workflow") {
+        Some(Value::String(name)) => name.clone(),
+        _ => return Err("a workflow node names its workflow: {workflow: <name>}".into()),
+    };
+    crate::id::validate_token(&name).map_err(|e| format!("workflow {name:?}: {e}"))?;
+    let version = match map.get("version") {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(|v| u32::try_from(v).ok())
+                .filter(|v| *v > 0)
+                .ok_or("a workflow node's version is a whole number from 1")?,
+        ),
+    };
+    Ok((name, version))
+}
+
 /// The most nodes one definition may hold.
 pub const MAX_NODES: usize = 1000;
 
@@ -256,12 +287,10 @@ impl Definition {
             {
                 fail(at("input"), reason);
             }
-            if kind == "workflow" {
-                fail(
-                    at("kind"),
-                    "the workflow kind (a sub-workflow) is not available in this version of runlog"
-                        .into(),
-                );
+            if kind == "workflow"
+                && let Err(reason) = sub_workflow(node)
+            {
+                fail(at("input"), reason);
             }
             for (i, dep) in node.depends_on.iter().enumerate() {
                 if !self.nodes.contains_key(dep) {

@@ -147,6 +147,9 @@ pub enum WorkflowEvent {
         /// handles (a handler does not start a handler of its own).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         handles: Option<ExecutionId>,
+        /// When it is a sub-workflow: the execution whose node runs it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent: Option<ExecutionId>,
     },
     /// A node's dependencies ended and its `when` held: it runs.
     NodeStarted {
@@ -394,6 +397,9 @@ pub struct WorkflowState {
     /// When it is an error handler: the execution it handles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handles: Option<ExecutionId>,
+    /// When it is a sub-workflow: the execution whose node runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ExecutionId>,
     /// When it started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
@@ -559,8 +565,10 @@ fn transition(s: &mut WorkflowState, env: &WorkflowEnvelope) {
             definition,
             input,
             handles,
+            parent,
         } => {
             s.id = Some(env.workflow_execution.clone());
+            s.parent.clone_from(parent);
             s.status = WorkflowStatus::Running;
             s.nodes = definition
                 .nodes
@@ -704,6 +712,8 @@ pub enum WorkflowCommand {
         input: Value,
         /// When it is an error handler: the execution it handles.
         handles: Option<ExecutionId>,
+        /// When it is a sub-workflow: the execution whose node runs it.
+        parent: Option<ExecutionId>,
     },
     /// Record what is ready now: nodes to start or skip, runs to hand out,
     /// the workflow's end.
@@ -878,12 +888,14 @@ fn decide_with(
             definition,
             input,
             handles,
+            parent,
             ..
         } => {
             d.push(WorkflowEvent::Started {
                 definition: definition.clone(),
                 input: input.clone(),
                 handles: handles.clone(),
+                parent: parent.clone(),
             });
             d.advance(definition);
         }
@@ -1147,7 +1159,7 @@ impl Decision<'_> {
         });
         if node.kind == "wait" {
             self.wait_ends(name, node);
-        } else if super::is_engine_kind(&node.kind) {
+        } else if node.kind != "workflow" && super::is_engine_kind(&node.kind) {
             let outcome = match &items {
                 None => compute(node, &context),
                 Some(items) => items
@@ -1205,9 +1217,7 @@ impl Decision<'_> {
                         break;
                     }
                 };
-                let id = &self.id;
-                let execution = ExecutionId::new(format!("{id}-{}", self.state.runs_started + 1))
-                    .expect("a workflow id leaves room for its runs' numbers");
+                let execution = run_id(&self.id, &node.kind, self.state.runs_started + 1);
                 self.push(WorkflowEvent::RunStarted {
                     node: name.to_owned(),
                     index: started as u32,
@@ -1280,6 +1290,22 @@ impl Decision<'_> {
             reason,
         });
     }
+}
+
+/// The id of run number `n` of workflow execution `id`: `<id>-<n>` for a
+/// task; for a sub-workflow a UUID derived from both (v5), so that the
+/// child's own runs and children still fit a subject token.
+fn run_id(id: &ExecutionId, kind: &str, n: u32) -> ExecutionId {
+    let text = if kind == "workflow" {
+        uuid::Uuid::new_v5(
+            &uuid::Uuid::NAMESPACE_URL,
+            format!("runlog:{id}/{n}").as_bytes(),
+        )
+        .to_string()
+    } else {
+        format!("{id}-{n}")
+    };
+    ExecutionId::new(text).expect("a workflow id leaves room for its runs' numbers")
 }
 
 /// What an engine kind returns: a `transform` its rendered input, a

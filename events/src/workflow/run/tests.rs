@@ -42,6 +42,7 @@ fn start(def: Box<Definition>, input: Value) -> (WorkflowState, Vec<WorkflowEven
             definition: def,
             input,
             handles: None,
+            parent: None,
         },
         t0(),
     );
