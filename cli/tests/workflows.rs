@@ -627,3 +627,54 @@ nodes:
     ensure!(code == 5, "{code} {out}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_for_each_over_a_thousand_items_fifty_at_once_completes() -> Result<()> {
+    let stack = Stack::start("wf-thousand")?;
+    stack
+        .define(
+            r#"
+name: thousand
+version: 1
+nodes:
+  each:
+    kind: echo
+    for_each: "[range(1000)]"
+    concurrency: 50
+    input: {i: "${{ .index }}"}
+  total:
+    kind: transform
+    depends_on: [each]
+    input: "${{ [.nodes.each.output[].i] | add }}"
+output: "${{ .nodes.total.output }}"
+"#,
+        )
+        .await?;
+    let started = std::time::Instant::now();
+    let id = stack.run("thousand", json!({})).await?;
+    let view = stack
+        .until(&id, "succeeded", Duration::from_secs(240))
+        .await?;
+    ensure!(view["output"] == 499_500, "{}", view["output"]);
+    let runs = view["nodes"]["each"]["runs"].as_array().context("runs")?;
+    ensure!(runs.len() == 1000, "{} runs", runs.len());
+    // Never more than fifty at once, from the runs' own times.
+    let mut spans: Vec<(DateTime<Utc>, i32)> = Vec::new();
+    for run in runs {
+        let (start, end) = times(run)?;
+        spans.push((start, 1));
+        spans.push((end, -1));
+    }
+    spans.sort();
+    let (mut now, mut most) = (0, 0);
+    for (_, d) in spans {
+        now += d;
+        most = most.max(now);
+    }
+    ensure!(most <= 50, "{most} runs at once");
+    eprintln!(
+        "for_each 1000 × 50: {:.2} s, at most {most} runs at once",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
