@@ -256,7 +256,7 @@ async fn runs_started(
     runlog_events::direct::read(
         client,
         "RUNLOG_EXEC",
-        &format!("runlog.wf.{id}.run_started"),
+        &format!("runlog.wf.{id}"),
         1,
         usize::MAX,
         |stored| {

@@ -114,7 +114,7 @@ pub fn all() -> BTreeMap<String, Value> {
         finish(
             root_schema::<crate::workflow::run::WorkflowEnvelope>(),
             "workflow-event.json",
-            "One event of a workflow execution, the JSON body of a message on              `<p>.wf.<execution>.<type>` in the execution stream. docs/workflows.md              describes the events.",
+            "One event of a workflow execution, the JSON body of a message on              `<p>.wf.<execution>` in the execution stream. docs/workflows.md              describes the events.",
         ),
     );
     schemas

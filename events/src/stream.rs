@@ -9,7 +9,7 @@
 //!   consumers read it too: a `queued` event on
 //!   `<p>.ev.<exec>.queued.<queue>.<priority>` is the work item, one durable
 //!   consumer per queue and priority (see [`crate::work`]).
-//!   Workflow executions keep their own events on `<p>.wf.<exec>.<type>`
+//!   Workflow executions keep their own events on `<p>.wf.<exec>`
 //!   in the same stream (see [`crate::workflow::log`]).
 //! - **logs** (`RUNLOG_LOGS`): log lines, progress and heartbeats, capped per
 //!   subject and by age, out of the optimistic-concurrency filter; also the

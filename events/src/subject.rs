@@ -12,7 +12,7 @@
 //! | `<p>.live.ev.<exec>.<type>` | the stream's RePublish of every stored lifecycle event (live feeds) |
 //! | `<p>.cancel.<exec>` | core-NATS cancel signal to the worker |
 //! | `<p>.submit.<queue>` | request/reply intake |
-//! | `<p>.wf.<exec>.<type>` | events of a workflow execution, checked with optimistic concurrency on `<p>.wf.<exec>.>` |
+//! | `<p>.wf.<exec>` | events of a workflow execution (the type in the body), checked with optimistic concurrency on the subject |
 //!
 //! # Examples
 //! ```
@@ -99,16 +99,12 @@ impl Subjects {
         format!("{}.ev.{exec}.>", self.prefix)
     }
 
-    /// The subject an event of type `ty` (`run_started`) of workflow
-    /// execution `exec` is published on.
-    pub fn workflow_event(&self, exec: &ExecutionId, ty: &str) -> String {
-        format!("{}.wf.{exec}.{ty}", self.prefix)
-    }
-
-    /// Every event of one workflow execution: its optimistic-concurrency
-    /// filter and its replay filter.
+    /// The one subject every event of workflow execution `exec` is
+    /// published on (the type is in the body): a literal subject, so the
+    /// expected-sequence check of an append and the start of a replay are
+    /// lookups in the server's per-subject index.
     pub fn workflow_events(&self, exec: &ExecutionId) -> String {
-        format!("{}.wf.{exec}.>", self.prefix)
+        format!("{}.wf.{exec}", self.prefix)
     }
 
     /// Every event of every workflow execution.

@@ -1,10 +1,10 @@
 //! Appending to and replaying the log of workflow executions.
 //!
 //! A workflow execution's events are JSON bodies ([`WorkflowEnvelope`]) on
-//! `<p>.wf.<exec>.<type>` in the execution stream, beside the task events.
-//! Every append states the newest sequence its writer has seen on
-//! `<p>.wf.<exec>.>` (`Nats-Expected-Last-Subject-Sequence`), as task
-//! appends do: two engine replicas deciding on the same execution cannot
+//! one subject, `<p>.wf.<exec>`, in the execution stream beside the task
+//! events. Every append states the newest sequence its writer has seen on
+//! that subject (`Nats-Expected-Last-Subject-Sequence`), as task appends
+//! do: two engine replicas deciding on the same execution cannot
 //! both append, and the loser folds again ([`WorkflowLog::load`]) and
 //! decides again. Every decision is derived from the folded state, so
 //! deciding again after a lost acknowledgement records nothing twice.
@@ -147,14 +147,8 @@ impl WorkflowLog {
         }
         let mut headers = HeaderMap::new();
         headers.insert(header::EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string());
-        headers.insert(
-            header::EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
-            self.subjects.workflow_events(execution).as_str(),
-        );
         headers.insert(header::CONTENT_TYPE, "application/json");
-        let subject = self
-            .subjects
-            .workflow_event(execution, envelope.event.type_name());
+        let subject = self.subjects.workflow_events(execution);
         let published = async {
             self.js
                 .publish_with_headers(subject.clone(), headers, body.into())
@@ -186,8 +180,8 @@ impl WorkflowLog {
         let stream = self.subjects.exec_stream();
         let client = self.js.client();
         // Its first event, through the per-subject index: no scan of the log.
-        let started = self.subjects.workflow_event(execution, "started");
-        let Some(first) = crate::direct::first(&client, &stream, &started)
+        let subject = self.subjects.workflow_events(execution);
+        let Some(first) = crate::direct::first(&client, &stream, &subject)
             .await
             .map_err(failed)?
         else {
@@ -197,7 +191,7 @@ impl WorkflowLog {
         crate::direct::read(
             &client,
             &stream,
-            &self.subjects.workflow_events(execution),
+            &subject,
             first.seq,
             usize::MAX,
             |stored| {
