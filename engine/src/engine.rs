@@ -218,6 +218,23 @@ impl Engine {
                 runner.run(js, run_ends_rx, stop).await;
             });
         }
+        let scheduler = crate::scheduler::Scheduler::new(
+            runlog_events::schedule::log::ScheduleLog::new(
+                pub_js.clone(),
+                subjects.clone(),
+                journal.source(),
+            ),
+            intake.clone(),
+            runner.clone(),
+            projection.clone(),
+        );
+        {
+            let (scheduler, js, stop) = (scheduler.clone(), sub_js.clone(), shutdown.clone());
+            let (replicas, ticks) = (layout.replicas, config.reactor);
+            tasks.once("scheduler", async move {
+                scheduler.run(js, replicas, ticks, stop).await;
+            });
+        }
         let retries = Retries::new(intake.clone(), journal.clone(), projection.clone());
         let executions = Executions {
             projection: projection.clone(),
@@ -230,6 +247,7 @@ impl Engine {
             retries,
             workflows,
             runner,
+            scheduler,
             workers,
             projection: projection.clone(),
             live,

@@ -19,6 +19,8 @@
 //!   route and bulk replays.
 //! - [`operations`]: bulk replays of dead letters and bulk cancels, by
 //!   filter, rate-limited, audited, each dead letter replayed at most once.
+//! - [`workflow_runner`] runs workflow executions' graphs, and
+//!   [`scheduler`] turns schedules' ticks into executions.
 //! - [`engine`] puts them together under one shutdown token; [`config`]
 //!   describes it.
 #![warn(missing_docs)]
@@ -33,6 +35,7 @@ pub mod operations;
 pub mod projection;
 pub mod reactor;
 pub mod retry;
+pub mod scheduler;
 pub mod snapshot;
 pub mod submit;
 mod supervisor;

@@ -187,9 +187,27 @@ impl Runner {
         version: Option<u32>,
         input: Value,
     ) -> Result<(ExecutionId, WorkflowHistory), RunnerError> {
+        let id = ExecutionId::generate();
+        let history = self.start_as(id.clone(), name, version, input).await?;
+        Ok((id, history))
+    }
+
+    /// Starts `name` as execution `id`; an execution of that id started
+    /// before is returned as it is (a schedule's run submitted again).
+    pub async fn start_as(
+        &self,
+        id: ExecutionId,
+        name: &str,
+        version: Option<u32>,
+        input: Value,
+    ) -> Result<WorkflowHistory, RunnerError> {
+        if let Some(history) = self.inner.states.get(&id)
+            && history.last_seq > 0
+        {
+            return Ok(history.clone());
+        }
         let definition = self.definition(name, version).await?;
         check_input(&definition, &input)?;
-        let id = ExecutionId::generate();
         let command = WorkflowCommand::Start {
             id: id.clone(),
             definition: Box::new(definition),
@@ -197,8 +215,36 @@ impl Runner {
             handles: None,
             parent: None,
         };
-        let history = self.command(&id, &command).await?;
-        Ok((id, history))
+        match self.command(&id, &command).await {
+            Err(RunnerError::Rejected(WorkflowRejection::Exists)) => {
+                self.reload(&id).await?;
+                self.get(&id)
+                    .await?
+                    .ok_or(RunnerError::Rejected(WorkflowRejection::NotFound))
+            }
+            started => started,
+        }
+    }
+
+    /// Whether workflow execution `id` ended (`None`: no such execution is
+    /// known to this engine).
+    pub fn has_ended(&self, id: &ExecutionId) -> Option<bool> {
+        let history = self.inner.states.get(id)?;
+        (history.last_seq > 0).then(|| history.state.status.is_terminal())
+    }
+
+    /// The status of workflow execution `id`, as JSON.
+    pub fn status_of(&self, id: &ExecutionId) -> Option<Value> {
+        let history = self.inner.states.get(id)?;
+        (history.last_seq > 0).then(|| json!(history.state.status))
+    }
+
+    /// Cancels workflow execution `id` (an ended one is left as it is).
+    pub async fn cancel(&self, id: &ExecutionId, reason: String) -> Result<(), RunnerError> {
+        match self.command(id, &WorkflowCommand::Cancel { reason }).await {
+            Ok(_) | Err(RunnerError::Rejected(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     async fn definition(

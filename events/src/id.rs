@@ -129,6 +129,18 @@ token_id!(
     QueueName
 );
 
+token_id!(
+    /// The id of a schedule (`nightly-backup`): caller-chosen, or a UUIDv7.
+    ScheduleId
+);
+
+impl ScheduleId {
+    /// A new, time-ordered (UUIDv7) schedule id.
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::now_v7().hyphenated().to_string().into())
+    }
+}
+
 impl ExecutionId {
     /// A new, time-ordered (UUIDv7) execution id.
     pub fn generate() -> Self {

@@ -114,7 +114,28 @@ pub fn all() -> BTreeMap<String, Value> {
         finish(
             root_schema::<crate::workflow::run::WorkflowEnvelope>(),
             "workflow-event.json",
-            "One event of a workflow execution, the JSON body of a message on              `<p>.wf.<execution>` in the execution stream. docs/workflows.md              describes the events.",
+            "One event of a workflow execution, the JSON body of a message on \
+             `<p>.wf.<execution>` in the execution stream. docs/workflows.md \
+             describes the events.",
+        ),
+    );
+    schemas.insert(
+        "schedule.json".to_owned(),
+        finish(
+            root_schema::<crate::schedule::ScheduleSpec>(),
+            "schedule.json",
+            "A schedule as created through POST /v1/schedules: when it ticks (cron in a \
+             time zone, or an interval), what each tick runs, and its overlap and catch-up \
+             policies. docs/schedules.md describes it.",
+        ),
+    );
+    schemas.insert(
+        "schedule-event.json".to_owned(),
+        finish(
+            root_schema::<crate::schedule::ScheduleEnvelope>(),
+            "schedule-event.json",
+            "One event of a schedule, the JSON body of a message on `<p>.sc.<schedule>` \
+             in the execution stream. docs/schedules.md describes the events.",
         ),
     );
     schemas

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::id::{ExecutionId, QueueName};
+use crate::id::{ExecutionId, QueueName, ScheduleId};
 
 /// Dispatch priority. Workers drain `high` before `normal` before `low`.
 #[derive(
@@ -295,6 +295,45 @@ pub struct TaskSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
     pub node: Option<String>,
+    /// The schedule this task is a run of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleId>,
+    /// With `schedule`: the run's logical time (its tick, or when a manual
+    /// run was asked for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_for: Option<DateTime<Utc>>,
+    /// With `schedule`: why the run started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<Trigger>,
+}
+
+/// Why an execution of a schedule was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// A tick, on time.
+    Tick,
+    /// A tick missed while no engine ran, run later.
+    CatchUp,
+    /// A tick of a past range, asked for.
+    Backfill,
+    /// Run now, asked for.
+    Manual,
+    /// A tick that waited for the run before it (`buffer_one`).
+    Buffered,
+}
+
+impl Trigger {
+    /// Its name (`catch_up`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Tick => "tick",
+            Trigger::CatchUp => "catch_up",
+            Trigger::Backfill => "backfill",
+            Trigger::Manual => "manual",
+            Trigger::Buffered => "buffered",
+        }
+    }
 }
 
 /// Limits checked by [`TaskSpec::validate`].
@@ -338,6 +377,9 @@ impl TaskSpec {
             retry_of: None,
             workflow_execution: None,
             node: None,
+            schedule: None,
+            scheduled_for: None,
+            trigger: None,
         }
     }
 

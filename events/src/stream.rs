@@ -125,7 +125,12 @@ impl Layout {
             description: Some(
                 "runlog execution log (its queued events are the work items) and timers".to_owned(),
             ),
-            subjects: vec![s.all_events(), s.all_schedules(), s.all_workflow_events()],
+            subjects: vec![
+                s.all_events(),
+                s.all_schedules(),
+                s.all_workflow_events(),
+                s.all_schedule_subjects(),
+            ],
             retention: RetentionPolicy::Limits,
             storage: self.storage,
             num_replicas: self.replicas,

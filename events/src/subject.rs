@@ -13,6 +13,8 @@
 //! | `<p>.cancel.<exec>` | core-NATS cancel signal to the worker |
 //! | `<p>.submit.<queue>` | request/reply intake |
 //! | `<p>.wf.<exec>` | events of a workflow execution (the type in the body), checked with optimistic concurrency on the subject |
+//! | `<p>.sc.<schedule>` | events of a schedule (the type in the body), checked the same way |
+//! | `<p>.sc.<schedule>.next` | the broker-held timer of a schedule's next tick; it fires on `<p>.sc.<schedule>.next.due` |
 //!
 //! # Examples
 //! ```
@@ -29,7 +31,7 @@
 
 use crate::envelope::Envelope;
 use crate::event::{Event, EventType, Timer};
-use crate::id::{ExecutionId, QueueName, TokenError, validate_token};
+use crate::id::{ExecutionId, QueueName, ScheduleId, TokenError, validate_token};
 use crate::spec::Priority;
 
 /// The default subject prefix.
@@ -110,6 +112,50 @@ impl Subjects {
     /// Every event of every workflow execution.
     pub fn all_workflow_events(&self) -> String {
         format!("{}.wf.>", self.prefix)
+    }
+
+    /// The one subject every event of schedule `id` is published on (the
+    /// type is in the body), literal as [`workflow_events`](Self::workflow_events).
+    pub fn schedule_log(&self, id: &ScheduleId) -> String {
+        format!("{}.sc.{id}", self.prefix)
+    }
+
+    /// Every event of every schedule (not their timers).
+    pub fn schedule_logs(&self) -> String {
+        format!("{}.sc.*", self.prefix)
+    }
+
+    /// Every subject of every schedule: events and tick timers.
+    pub fn all_schedule_subjects(&self) -> String {
+        format!("{}.sc.>", self.prefix)
+    }
+
+    /// The broker-held timer of schedule `id`'s next tick (one per schedule:
+    /// a newer one replaces the older).
+    pub fn tick_timer(&self, id: &ScheduleId) -> String {
+        format!("{}.sc.{id}.next", self.prefix)
+    }
+
+    /// Where the tick timer of schedule `id` fires.
+    pub fn tick_due(&self, id: &ScheduleId) -> String {
+        format!("{}.sc.{id}.next.due", self.prefix)
+    }
+
+    /// Every fired tick timer: the engine's `<p>-ticks` consumer reads these.
+    pub fn all_ticks_due(&self) -> String {
+        format!("{}.sc.*.next.due", self.prefix)
+    }
+
+    /// The durable consumer of fired tick timers, shared by the engines.
+    pub fn ticks_consumer(&self) -> String {
+        format!("{}-ticks", self.prefix)
+    }
+
+    /// The schedule a fired tick timer belongs to.
+    pub fn parse_tick_due(&self, subject: &str) -> Option<ScheduleId> {
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".sc.")?;
+        let id = rest.strip_suffix(".next.due")?;
+        ScheduleId::new(id).ok()
     }
 
     /// Every lifecycle event of every execution.

@@ -20,6 +20,10 @@
 //! | `POST /v1/dead-letters/replay` | replay dead letters by filter, once each (a bulk operation) |
 //! | `POST /v1/executions/cancel` | cancel executions by filter (a bulk operation) |
 //! | `GET /v1/operations`, `GET /v1/operations/{id}`, `POST /v1/operations/{id}/cancel` | bulk operations: audit, progress, cancel |
+//! | `POST /v1/schedules`, `GET /v1/schedules` | create a schedule; list them |
+//! | `GET`, `PUT`, `DELETE /v1/schedules/{id}` | one schedule: read (next ticks, run counts), replace, delete |
+//! | `POST /v1/schedules/{id}/pause`, `/resume`, `/run-now`, `/backfill` | pause, resume, run now, run the ticks of a past range |
+//! | `GET /v1/schedules/{id}/runs`, `/events` | its runs with their outcomes and durations; its own history |
 //! | `GET /`, `GET /assets/{file}` | the [dashboard](dashboard) |
 
 pub(crate) mod batch;
@@ -28,6 +32,7 @@ pub mod dashboard;
 mod dead_letters;
 pub(crate) mod executions;
 pub mod problem;
+mod schedules;
 mod sse;
 mod workflow_executions;
 mod workflows;
@@ -80,6 +85,8 @@ pub struct ApiState {
     pub workflows: crate::workflows::Workflows,
     /// Workflow executions.
     pub runner: crate::workflow_runner::Runner,
+    /// Schedules.
+    pub scheduler: crate::scheduler::Scheduler,
     /// Retries of ended executions.
     pub retries: crate::retry::Retries,
     /// The reactor's counters (messages it could not read, retries).
@@ -138,6 +145,22 @@ pub fn router(state: ApiState) -> Router {
             "/v1/workflows/{name}/executions",
             post(workflow_executions::start),
         )
+        .route(
+            "/v1/schedules",
+            post(schedules::create).get(schedules::list),
+        )
+        .route(
+            "/v1/schedules/{id}",
+            get(schedules::get)
+                .put(schedules::update)
+                .delete(schedules::delete),
+        )
+        .route("/v1/schedules/{id}/pause", post(schedules::pause))
+        .route("/v1/schedules/{id}/resume", post(schedules::resume))
+        .route("/v1/schedules/{id}/run-now", post(schedules::run_now))
+        .route("/v1/schedules/{id}/backfill", post(schedules::backfill))
+        .route("/v1/schedules/{id}/runs", get(schedules::runs))
+        .route("/v1/schedules/{id}/events", get(schedules::events))
         .route("/v1/workflow-executions", get(workflow_executions::list))
         .route(
             "/v1/workflow-executions/{id}",

@@ -60,6 +60,30 @@ impl Problem {
         self
     }
 
+    /// 422 listing every problem of a body (`what`: "the definition"),
+    /// naming the first one's field.
+    pub fn invalid(
+        code: &'static str,
+        what: &str,
+        errors: Vec<runlog_events::spec::FieldError>,
+    ) -> Self {
+        let detail = errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut problem = Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+            format!("{what} is refused: {detail}"),
+        );
+        if let Some(first) = errors.first().filter(|e| !e.field.is_empty()) {
+            problem = problem.field(first.field.clone());
+        }
+        problem.errors = Some(Box::new(errors));
+        problem
+    }
+
     /// 404 for an execution that does not exist.
     pub fn not_found(what: impl std::fmt::Display) -> Self {
         Problem::new(

@@ -112,21 +112,7 @@ pub(super) async fn version(
 }
 
 fn invalid(errors: Vec<runlog_events::spec::FieldError>) -> Problem {
-    let detail = errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ");
-    let mut problem = Problem::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "invalid_workflow",
-        format!("the definition is refused: {detail}"),
-    );
-    if let Some(first) = errors.first().filter(|e| !e.field.is_empty()) {
-        problem = problem.field(first.field.clone());
-    }
-    problem.errors = Some(Box::new(errors));
-    problem
+    Problem::invalid("invalid_workflow", "the definition", errors)
 }
 
 fn problem(e: WorkflowsError) -> Problem {

@@ -116,7 +116,7 @@ pub struct Definition {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        with = "humantime_opt"
+        with = "crate::humantime_opt"
     )]
     #[schemars(with = "Option<String>")]
     pub timeout: Option<Duration>,
@@ -157,7 +157,7 @@ pub struct Node {
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
-        with = "humantime_opt"
+        with = "crate::humantime_opt"
     )]
     #[schemars(with = "Option<String>")]
     pub timeout: Option<Duration>,
@@ -418,32 +418,6 @@ impl Definition {
         self.nodes
             .keys()
             .find_map(|name| visit(self, name, &mut Vec::new(), &mut done))
-    }
-}
-
-/// Durations as humantime text (`30s`, `5m`), optional.
-mod humantime_opt {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let text: Option<String> = Option::deserialize(d)?;
-        text.map(|t| {
-            humantime::parse_duration(&t).map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "{t:?} is not a duration ({e}): write 250ms, 30s, 5m or 1h"
-                ))
-            })
-        })
-        .transpose()
     }
 }
 
