@@ -6,7 +6,9 @@
 //! - Cancel on an execution page ends a running execution `cancelled`;
 //! - a reload while events flow loses none and shows none twice: the list
 //!   holds every execution once, in the API's state, and an execution's
-//!   timeline every event sequence once, in order.
+//!   timeline every event sequence once, in order;
+//! - the schedules section runs a schedule now, pauses and resumes it, and
+//!   a click on its row shows its next ticks and its runs.
 //!
 //! Needs `chromium` and `chromedriver` (`./scripts/setup.sh` installs them).
 //! With `RUNLOG_SCREENSHOTS=1` the tests also save `docs/img/dashboard.png`
@@ -423,6 +425,134 @@ nodes:
     if let Some(dir) = screenshots() {
         b.screenshot(&dir.join("workflow.png")).await?;
     }
+    stack.stop().await
+}
+
+/// The row of schedule `arguments[0]` in the schedules section, as shown.
+const SCHEDULE_ROW: &str = r#"
+    const row = document.querySelector(`#sched-rows tr[data-id="${arguments[0]}"]`);
+    if (!row || document.getElementById('sched-view').hidden) return null;
+    const toggle = row.querySelector('.sched-actions button:not([data-action="run-now"])');
+    return {
+        status: row.dataset.status,
+        runs: row.dataset.runs,
+        last: row.dataset.lastStatus,
+        when: row.querySelector('.sched-when').textContent,
+        toggle: toggle.dataset.action,
+        toggleText: toggle.textContent,
+        disabled: [...row.querySelectorAll('button')].some((b) => b.disabled),
+    };
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schedules_section_runs_a_schedule_now_and_pauses_and_resumes_it() -> Result<()> {
+    let stack = Stack::start(2).await?;
+    let b = &stack.browser;
+    // Its only tick is on New Year's Day: every run here is the button's.
+    let created = stack
+        .http
+        .post(format!("{}/v1/schedules", stack.base))
+        .json(&json!({
+            "id": "new-year",
+            "cron": "0 0 1 1 *",
+            "time_zone": "Europe/Berlin",
+            "task": {"kind": "shell", "input": {"shell": "true"}},
+        }))
+        .send()
+        .await?;
+    ensure!(
+        created.status().as_u16() == 201,
+        "{}",
+        created.text().await?
+    );
+    stack.open_list().await?;
+    let row = |what: &'static str, condition: &str| {
+        let script = format!(
+            "const r = (() => {{ {SCHEDULE_ROW} }})(); return r && !r.disabled && ({condition}) ? r : null;"
+        );
+        async move {
+            b.wait_for(what, Duration::from_secs(10), &script, json!(["new-year"]))
+                .await
+        }
+    };
+    let shown = row(
+        "the schedule's row, active and never run",
+        "r.status === 'active' && r.runs === '0' && r.last === ''",
+    )
+    .await?;
+    ensure!(
+        shown["when"] == "0 0 1 1 * · Europe/Berlin" && shown["toggleText"] == "Pause",
+        "{shown}"
+    );
+
+    b.click(r#"#sched-rows tr[data-id="new-year"] button[data-action="run-now"]"#)
+        .await?;
+    row(
+        "the row shows one run, succeeded",
+        "r.runs === '1' && r.last === 'succeeded'",
+    )
+    .await?;
+    let runs = stack.get("/v1/schedules/new-year/runs").await?;
+    let runs = runs["runs"].as_array().context("runs")?;
+    ensure!(
+        runs.len() == 1 && runs[0]["trigger"] == "manual" && runs[0]["status"] == "succeeded",
+        "{runs:?}"
+    );
+    let execution = runs[0]["execution"].as_str().context("an execution")?;
+
+    // The row opens its detail: the next five ticks and the run, linked to
+    // its execution's page.
+    b.click(r#"#sched-rows tr[data-id="new-year"] td.sched-when"#)
+        .await?;
+    let detail = b
+        .wait_for(
+            "the detail shows five ticks and the manual run",
+            Duration::from_secs(10),
+            r#"
+                const panel = document.getElementById('sched-detail');
+                const runs = [...document.querySelectorAll('#sched-runs tr')];
+                if (panel.hidden || panel.dataset.id !== 'new-year' || runs.length !== 1) return null;
+                return {
+                    ticks: document.querySelectorAll('#sched-ticks li time').length,
+                    trigger: runs[0].dataset.trigger,
+                    href: runs[0].querySelector('a').getAttribute('href'),
+                };
+            "#,
+            json!([]),
+        )
+        .await?;
+    ensure!(
+        detail["ticks"] == 5
+            && detail["trigger"] == "manual"
+            && detail["href"] == format!("#/executions/{execution}"),
+        "{detail}"
+    );
+
+    // A paused schedule has no next tick, in its row or its detail.
+    b.click(r#"#sched-rows tr[data-id="new-year"] button[data-action="pause"]"#)
+        .await?;
+    row(
+        "the row shows the schedule paused",
+        "r.status === 'paused' && r.toggle === 'resume' && r.toggleText === 'Resume' \
+         && !document.querySelector('#sched-ticks li time')",
+    )
+    .await?;
+    let api = stack.get("/v1/schedules/new-year").await?;
+    ensure!(
+        api["status"] == "paused" && api["paused_reason"] == "paused from the dashboard",
+        "{api}"
+    );
+
+    b.click(r#"#sched-rows tr[data-id="new-year"] button[data-action="resume"]"#)
+        .await?;
+    row(
+        "the row shows the schedule active again",
+        "r.status === 'active' && r.toggle === 'pause' \
+         && document.querySelectorAll('#sched-ticks li time').length === 5",
+    )
+    .await?;
+    let api = stack.get("/v1/schedules/new-year").await?;
+    ensure!(api["status"] == "active" && api["run_count"] == 1, "{api}");
     stack.stop().await
 }
 

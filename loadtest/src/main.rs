@@ -77,7 +77,7 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     memory_executions: usize,
     /// End-to-end scenarios to run (repeat or separate with commas).
-    #[arg(long, value_delimiter = ',', value_parser = ["throughput", "throughput-bulk", "mixed", "latency", "fanout", "workflow"])]
+    #[arg(long, value_delimiter = ',', value_parser = ["throughput", "throughput-bulk", "mixed", "latency", "fanout", "workflow", "schedule"])]
     scenario: Vec<String>,
     /// Worker processes of the end-to-end scenarios.
     #[arg(long, default_value_t = 2)]
@@ -104,6 +104,10 @@ struct Args {
     /// are `--n`).
     #[arg(long, default_value_t = 50)]
     workflow_concurrency: usize,
+    /// Schedules of the `schedule` scenario, each ticking every second for
+    /// `--seconds`.
+    #[arg(long, default_value_t = 100)]
+    schedules: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -457,6 +461,33 @@ async fn end_to_end(
             rows.push(format!(
                 "| workflow | node runs/s | {rate:.0} | {:.3} |",
                 ratio(rate)
+            ));
+        }
+        "schedule" => {
+            let mut runs = Vec::new();
+            for _ in 0..args.runs {
+                let run = scenarios::schedules(shape, args.schedules, args.seconds).await?;
+                eprintln!(
+                    "schedule: {} ticks; decided p50 {:.1} ms p99 {:.1} ms; started p50 {:.1} ms p99 {:.1} ms",
+                    run.ticks, run.decided.p50, run.decided.p99, run.started.p50, run.started.p99
+                );
+                runs.push(run);
+            }
+            runs.sort_by(|a, b| a.decided.p99.total_cmp(&b.decided.p99));
+            let run = &runs[runs.len() / 2];
+            line["schedules"] = serde_json::json!(args.schedules);
+            line["ticks"] = serde_json::json!(run.ticks);
+            line["tick_decided_ms"] = run.decided.json();
+            line["tick_started_ms"] = run.started.json();
+            line["cpu_us_per_tick"] = run.cpu.per_task_json(run.ticks);
+            let (d, s) = (&run.decided, &run.started);
+            rows.push(format!(
+                "| schedule, {} every 1 s | tick → recorded p50 / p99, ms | {:.1} / {:.1} | |",
+                args.schedules, d.p50, d.p99
+            ));
+            rows.push(format!(
+                "| schedule | tick → started p50 / p99, ms | {:.1} / {:.1} | |",
+                s.p50, s.p99
             ));
         }
         other => bail!("unknown scenario {other}"),

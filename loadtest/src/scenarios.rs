@@ -668,3 +668,96 @@ pub async fn workflow(shape: Shape, concurrency: usize) -> anyhow::Result<Run> {
         engine_rss_mib: rig.engine_rss_mib(),
     })
 }
+
+/// What the `schedule` scenario measured.
+#[derive(Debug)]
+pub struct Schedules {
+    /// Ticks that came due in the measured window.
+    pub ticks: usize,
+    /// CPU and messages over the window: ticks and their runs.
+    pub cpu: Cpu,
+    /// Tick → its run recorded (`triggered`), ms.
+    pub decided: Percentiles,
+    /// Tick → its run started on a worker, ms.
+    pub started: Percentiles,
+}
+
+/// `schedule`: `schedules` schedules ticking every second, each tick an
+/// `echo` task, for `seconds`; how late each tick is decided and started,
+/// and what a tick costs (its task included).
+pub async fn schedules(shape: Shape, schedules: usize, seconds: f64) -> anyhow::Result<Schedules> {
+    let mut rig = Rig::start().await?;
+    rig.start_workers(shape.workers, shape.concurrency).await?;
+    let http = reqwest::Client::new();
+    for n in 0..schedules {
+        let created = http
+            .post(format!("{}/v1/schedules", rig.http()))
+            .json(&serde_json::json!({
+                "id": format!("s{n}"),
+                "every": "1s",
+                "overlap": "allow_all",
+                "task": task_body(),
+            }))
+            .send()
+            .await?;
+        if !created.status().is_success() {
+            bail!("cannot create a schedule: {}", created.text().await?);
+        }
+    }
+    // Warm up for two ticks, then measure whole seconds.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let from = chrono::Utc::now();
+    let cpu_before = rig.cpu().await;
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    let cpu = rig.cpu().await - cpu_before;
+    let to = chrono::Utc::now();
+    for n in 0..schedules {
+        http.post(format!("{}/v1/schedules/s{n}/pause", rig.http()))
+            .send()
+            .await?;
+    }
+    let time = |v: &serde_json::Value| {
+        v.as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+    };
+    let ms = |a: chrono::DateTime<chrono::Utc>, b: chrono::DateTime<chrono::Utc>| {
+        (b - a).num_microseconds().unwrap_or(0) as f64 / 1000.0
+    };
+    let (mut ticks, mut decided, mut started) = (0, Vec::new(), Vec::new());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for n in 0..schedules {
+        let runs = loop {
+            let reply: serde_json::Value = http
+                .get(format!("{}/v1/schedules/s{n}/runs?limit=1000", rig.http()))
+                .send()
+                .await?
+                .json()
+                .await?;
+            let runs = reply["runs"].as_array().cloned().unwrap_or_default();
+            let pending = runs.iter().any(|r| r["started_at"].is_null());
+            if !pending || Instant::now() > deadline {
+                break runs;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        for run in runs {
+            let Some(tick) = time(&run["scheduled_for"]).filter(|t| *t > from && *t <= to) else {
+                continue;
+            };
+            ticks += 1;
+            if let Some(at) = time(&run["recorded_at"]) {
+                decided.push(ms(tick, at));
+            }
+            if let Some(at) = time(&run["started_at"]) {
+                started.push(ms(tick, at));
+            }
+        }
+    }
+    Ok(Schedules {
+        ticks,
+        cpu,
+        decided: Percentiles::of(decided).context("no tick was decided")?,
+        started: Percentiles::of(started).context("no tick's run started")?,
+    })
+}

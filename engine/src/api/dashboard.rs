@@ -73,6 +73,7 @@ const INDEX: Asset = asset!("index.html", "text/html; charset=utf-8");
 const ASSETS: &[Asset] = &[
     asset!("app.js", "text/javascript; charset=utf-8"),
     asset!("workflows.js", "text/javascript; charset=utf-8"),
+    asset!("schedules.js", "text/javascript; charset=utf-8"),
     asset!("style.css", "text/css; charset=utf-8"),
     asset!("favicon.svg", "image/svg+xml"),
 ];
