@@ -320,7 +320,7 @@ mod tests {
                 "{ty} has no meaning: {description}"
             );
         }
-        assert_eq!(schemas.len(), EventType::ALL.len() + 6);
+        assert_eq!(schemas.len(), EventType::ALL.len() + 8);
     }
 
     #[test]
