@@ -61,6 +61,10 @@ enum Cmd {
     /// cancel, retry from the failed nodes.
     #[command(after_help = client::EXIT_CODES)]
     Workflow(client::workflow::Args),
+    /// Schedules: create (cron in a time zone, or an interval), list, show
+    /// with their runs, pause, resume, delete, run now, backfill.
+    #[command(after_help = client::EXIT_CODES)]
+    Schedule(client::schedule::Args),
     /// Write the JSON Schema of every event and command (for clients in
     /// other languages).
     Schema {
@@ -120,6 +124,9 @@ async fn main() -> std::process::ExitCode {
         }
         Cmd::Workflow(args) => {
             return client::execute(args.conn().clone(), client::workflow::run(args)).await;
+        }
+        Cmd::Schedule(args) => {
+            return client::execute(args.conn().clone(), client::schedule::run(args)).await;
         }
     };
     match result {

@@ -560,3 +560,173 @@ async fn two_engines_on_one_server_run_every_tick_once() -> Result<()> {
     println!("two engines: {} ticks, each once", runs.len());
     Ok(())
 }
+
+/// Runs the `runlog` binary against the stack's first engine: its exit code
+/// and what it printed (stdout, then stderr).
+fn runlog(stack: &Stack, args: &[&str]) -> Result<(i32, String)> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runlog"))
+        .args(args)
+        .env("RUNLOG_ENGINE_URL", stack.base())
+        .output()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    Ok((out.status.code().unwrap_or(-1), text))
+}
+
+/// Runs `runlog` and expects exit code `code`; returns what it printed.
+fn expect(stack: &Stack, code: i32, args: &[&str]) -> Result<String> {
+    let (got, text) = runlog(stack, args)?;
+    ensure!(
+        got == code,
+        "runlog {args:?} exited {got}, not {code}:\n{text}"
+    );
+    Ok(text)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_creates_lists_shows_pauses_runs_backfills_and_deletes_a_schedule() -> Result<()> {
+    let stack = Stack::start("schedule-cli", 1)?;
+    let created = expect(
+        &stack,
+        0,
+        &[
+            "schedule",
+            "create",
+            "ticker",
+            "shell",
+            "--every",
+            "1s",
+            "--overlap",
+            "skip",
+            "-l",
+            "team=ops",
+            "--",
+            "true",
+        ],
+    )?;
+    ensure!(created.contains("created schedule ticker"), "{created}");
+    ensure!(created.contains("next:"), "{created}");
+    let listed_text = expect(&stack, 0, &["schedule", "ls"])?;
+    ensure!(
+        listed_text.contains("ticker") && listed_text.contains("every 1s → shell on default"),
+        "{listed_text}"
+    );
+    stack
+        .until_runs("ticker", 2, Duration::from_secs(30))
+        .await?;
+
+    let paused = expect(
+        &stack,
+        0,
+        &["schedule", "pause", "ticker", "--reason", "maintenance"],
+    )?;
+    ensure!(paused.contains("paused schedule ticker"), "{paused}");
+    let shown = expect(&stack, 0, &["schedule", "show", "ticker"])?;
+    ensure!(
+        shown.contains("ticker: paused") && shown.contains("paused because: maintenance"),
+        "{shown}"
+    );
+    ensure!(shown.contains("no tick to come"), "{shown}");
+
+    // A paused schedule runs now, and --wait follows the run to its end.
+    let manual = expect(&stack, 0, &["schedule", "run-now", "ticker", "--wait"])?;
+    ensure!(manual.contains("a manual run of ticker"), "{manual}");
+
+    let backfill = expect(
+        &stack,
+        0,
+        &[
+            "schedule",
+            "backfill",
+            "ticker",
+            "--from",
+            "2026-11-30T10:00:00Z",
+            "--to",
+            "2026-11-30T10:00:09Z",
+            "--overlap",
+            "allow_all",
+        ],
+    )?;
+    ensure!(
+        backfill.contains("10 runs started, 0 ticks had run"),
+        "{backfill}"
+    );
+    let again = expect(
+        &stack,
+        0,
+        &[
+            "schedule",
+            "backfill",
+            "ticker",
+            "--from",
+            "2026-11-30T10:00:00Z",
+            "--to",
+            "2026-11-30T10:00:09Z",
+            "-o",
+            "json",
+        ],
+    )?;
+    let again: Value = serde_json::from_str(again.trim())?;
+    ensure!(
+        again["existing"] == 10 && again["started"] == json!([]),
+        "{again}"
+    );
+
+    let runs = stack
+        .until_runs("ticker", 2 + 1 + 10, Duration::from_secs(60))
+        .await?;
+    let triggers: BTreeMap<String, usize> = runs.iter().fold(BTreeMap::new(), |mut m, r| {
+        *m.entry(r["trigger"].as_str().unwrap_or("?").to_owned())
+            .or_default() += 1;
+        m
+    });
+    ensure!(
+        triggers.get("manual") == Some(&1) && triggers.get("backfill") == Some(&10),
+        "{triggers:?}"
+    );
+    let history = expect(&stack, 0, &["schedule", "show", "ticker", "--runs", "20"])?;
+    ensure!(
+        history.contains("manual") && history.contains("backfill") && history.contains("succeeded"),
+        "{history}"
+    );
+    let events = expect(&stack, 0, &["schedule", "show", "ticker", "--events"])?;
+    ensure!(
+        events.contains("created: every 1s → shell on default")
+            && events.contains("paused: maintenance")
+            && events.contains("(manual)")
+            && events.contains("(backfill)"),
+        "{events}"
+    );
+
+    let resumed = expect(&stack, 0, &["schedule", "resume", "ticker"])?;
+    ensure!(resumed.contains("resumed schedule ticker"), "{resumed}");
+    expect(&stack, 0, &["schedule", "delete", "ticker"])?;
+    let listed: Value =
+        serde_json::from_str(expect(&stack, 0, &["schedule", "ls", "-o", "json"])?.trim())?;
+    ensure!(listed["schedules"] == json!([]), "{listed}");
+
+    // Mistakes: each names what is wrong and exits with its code.
+    let missing = expect(&stack, 5, &["schedule", "show", "nope"])?;
+    ensure!(missing.contains("not_found"), "{missing}");
+    let bad_cron = expect(
+        &stack,
+        2,
+        &["schedule", "create", "bad", "echo", "--cron", "61 * * * *"],
+    )?;
+    ensure!(bad_cron.contains("field cron"), "{bad_cron}");
+    let taken = expect(
+        &stack,
+        0,
+        &["schedule", "create", "twice", "echo", "--every", "1h"],
+    )
+    .and_then(|_| {
+        expect(
+            &stack,
+            6,
+            &["schedule", "create", "twice", "echo", "--every", "1h"],
+        )
+    })?;
+    ensure!(taken.contains("exists"), "{taken}");
+    println!("{listed_text}{shown}{history}{events}{bad_cron}");
+    Ok(())
+}

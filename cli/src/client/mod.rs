@@ -1,6 +1,6 @@
 //! The commands that talk to a running engine over its HTTP API (`docs/api.md`):
 //! `submit`, `status`, `ls`, `watch`, `logs`, `cancel`, `retry`, `workers`, `queues`,
-//! `workflow`.
+//! `workflow`, `schedule`.
 //!
 //! [`Client`] is a small typed client over reqwest that turns connection
 //! failures and `application/problem+json` answers into an [`Error`] that
@@ -15,6 +15,7 @@ pub mod demo;
 pub mod list;
 pub mod logs;
 pub mod render;
+pub mod schedule;
 pub mod sse;
 pub mod status;
 pub mod submit;
@@ -320,6 +321,12 @@ impl Client {
             .post(self.url(path))
             .json(body)
             .timeout(REQUEST_TIMEOUT);
+        self.answer(request).await
+    }
+
+    /// `DELETE path`, as `T`.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, Error> {
+        let request = self.http.delete(self.url(path)).timeout(REQUEST_TIMEOUT);
         self.answer(request).await
     }
 

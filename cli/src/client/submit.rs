@@ -48,43 +48,15 @@ pub struct Args {
         ]
     )]
     from_file: Option<PathBuf>,
-    /// The task's input as JSON; `@FILE` reads it from a file, `-` from
-    /// standard input. See docs/executors.md for each kind's input.
-    #[arg(long, short, value_name = "JSON")]
-    input: Option<String>,
-    /// For `shell`: the program and its arguments, after `--`, run without
-    /// a shell (`-- restic backup /srv`). One argument holding spaces is
-    /// run as a `sh -c` script (`-- 'make && make test'`). A final
-    /// `--wait` is taken as runlog's flag.
-    #[arg(last = true, value_name = "ARGS")]
-    args: Vec<String>,
-    /// The queue to dispatch on (default: `default`).
-    #[arg(long, short)]
-    queue: Option<String>,
-    /// Dispatch priority: high, normal or low.
-    #[arg(long, short, value_parser = str::parse::<Priority>)]
-    priority: Option<Priority>,
-    /// Deadline of each attempt (`30s`, `5m`, `1h30m`).
-    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
-    timeout: Option<Duration>,
+    #[command(flatten)]
+    task: TaskFlags,
     /// Deadline of the whole execution, retries included: a duration from
     /// now (`2h`) or a time (`2026-11-24T06:00:00Z`).
     #[arg(long, value_name = "DURATION|TIME")]
     deadline: Option<String>,
-    /// Retries after a failed first attempt (`--retries 0`: one attempt only;
-    /// default 2).
-    #[arg(long, value_name = "N")]
-    retries: Option<u32>,
     /// Do not start before this time, or before this long from now (`10m`).
     #[arg(long, value_name = "TIME|DURATION")]
     not_before: Option<String>,
-    /// A label for filtering (`team=infra`); repeat for more.
-    #[arg(long = "label", short = 'l', value_parser = parse_pair, value_name = "KEY=VALUE")]
-    labels: Vec<(String, String)>,
-    /// A label a worker must carry to take the task (`pool=backup`); repeat
-    /// for more.
-    #[arg(long = "require", value_parser = parse_pair, value_name = "KEY=VALUE")]
-    require: Vec<(String, String)>,
     /// An environment variable for the task; `NAME` alone takes the value
     /// from your environment. Values are sealed by the engine, never logged
     /// or printed. Repeat for more.
@@ -105,6 +77,121 @@ pub struct Args {
     conn: Conn,
 }
 
+/// The flags that describe a task: its kind's input, where it runs and how
+/// it is retried. `runlog submit` and `runlog schedule create` share them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TaskFlags {
+    /// The task's input as JSON; `@FILE` reads it from a file, `-` from
+    /// standard input. See docs/executors.md for each kind's input.
+    #[arg(long, short, value_name = "JSON")]
+    input: Option<String>,
+    /// For `shell`: the program and its arguments, after `--`, run without
+    /// a shell (`-- restic backup /srv`). One argument holding spaces is
+    /// run as a `sh -c` script (`-- 'make && make test'`). For `runlog
+    /// submit`, a final `--wait` is taken as runlog's flag.
+    #[arg(last = true, value_name = "ARGS")]
+    args: Vec<String>,
+    /// The queue to dispatch on (default: `default`).
+    #[arg(long, short)]
+    queue: Option<String>,
+    /// Dispatch priority: high, normal or low.
+    #[arg(long, short, value_parser = str::parse::<Priority>)]
+    priority: Option<Priority>,
+    /// Deadline of each attempt (`30s`, `5m`, `1h30m`).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    timeout: Option<Duration>,
+    /// Retries after a failed first attempt (`--retries 0`: one attempt only;
+    /// default 2).
+    #[arg(long, value_name = "N")]
+    retries: Option<u32>,
+    /// A label for filtering (`team=infra`); repeat for more.
+    #[arg(long = "label", short = 'l', value_parser = parse_pair, value_name = "KEY=VALUE")]
+    labels: Vec<(String, String)>,
+    /// A label a worker must carry to take the task (`pool=backup`); repeat
+    /// for more.
+    #[arg(long = "require", value_parser = parse_pair, value_name = "KEY=VALUE")]
+    require: Vec<(String, String)>,
+}
+
+impl TaskFlags {
+    /// Whether no flag was given.
+    pub fn is_empty(&self) -> bool {
+        self.input.is_none()
+            && self.args.is_empty()
+            && self.queue.is_none()
+            && self.priority.is_none()
+            && self.timeout.is_none()
+            && self.retries.is_none()
+            && self.labels.is_empty()
+            && self.require.is_empty()
+    }
+
+    /// `--input` as a workflow's input: the other flags describe a task and
+    /// do not apply.
+    pub fn workflow_input(&self) -> Result<Option<Value>, Error> {
+        let task_only = [
+            ("arguments after --", !self.args.is_empty()),
+            ("--queue", self.queue.is_some()),
+            ("--priority", self.priority.is_some()),
+            ("--timeout", self.timeout.is_some()),
+            ("--retries", self.retries.is_some()),
+            ("--label", !self.labels.is_empty()),
+            ("--require", !self.require.is_empty()),
+        ];
+        if let Some((flag, _)) = task_only.iter().find(|(_, given)| *given) {
+            return Err(Error::Usage(format!(
+                "{flag} describes a task; a workflow's nodes say where and how they run \
+                 (docs/workflows.md)"
+            )));
+        }
+        self.input.as_deref().map(read_input).transpose()
+    }
+
+    /// The spec of a `kind` task these flags describe (`POST /v1/executions`).
+    pub fn spec(&self, kind: &str) -> Result<Value, Error> {
+        let input = match (&self.input, self.args.as_slice()) {
+            (Some(_), [_, ..]) => {
+                return Err(Error::Usage(
+                    "give the input either with --input or as arguments after --, not both".into(),
+                ));
+            }
+            (Some(input), []) => read_input(input)?,
+            (None, []) => Value::Null,
+            (None, args_) if kind != "shell" => {
+                return Err(Error::Usage(format!(
+                    "arguments after -- are the program of a shell task ({args_:?}); \
+                     give a {kind} task its input with --input JSON"
+                )));
+            }
+            (None, [script]) if script.contains(char::is_whitespace) => json!({"shell": script}),
+            (None, argv) => json!({"argv": argv}),
+        };
+        let mut body = json!({"kind": kind, "input": input});
+        if let Some(queue) = &self.queue {
+            body["queue"] = json!(queue);
+        }
+        if let Some(priority) = self.priority {
+            body["priority"] = json!(priority);
+        }
+        if let Some(timeout) = self.timeout {
+            body["attempt_timeout_ms"] = json!(millis(timeout)?);
+        }
+        if let Some(retries) = self.retries {
+            let attempts = retries
+                .checked_add(1)
+                .ok_or_else(|| Error::Usage(format!("--retries {retries} is too many")))?;
+            body["retry"] = json!({"max_attempts": attempts});
+        }
+        if !self.labels.is_empty() {
+            body["labels"] = json!(self.labels.iter().cloned().collect::<BTreeMap<_, _>>());
+        }
+        if !self.require.is_empty() {
+            body["worker_labels"] = json!(self.require.iter().cloned().collect::<BTreeMap<_, _>>());
+        }
+        Ok(body)
+    }
+}
+
 impl Args {
     /// The connection options.
     pub fn conn(&self) -> &Conn {
@@ -118,8 +205,8 @@ pub async fn run(mut args: Args) -> Result<Exit, Error> {
         return from_file(path, &args.conn).await;
     }
     // `runlog submit shell -- prog args --wait`: the final --wait is ours.
-    if args.args.last().is_some_and(|a| a == "--wait") {
-        args.args.pop();
+    if args.task.args.last().is_some_and(|a| a == "--wait") {
+        args.task.args.pop();
         args.wait = true;
     }
     let body = body(&args, Utc::now())?;
@@ -169,51 +256,13 @@ fn body(args: &Args, now: DateTime<Utc>) -> Result<Value, Error> {
         .kind
         .as_deref()
         .ok_or_else(|| Error::Usage("give the task kind, or --from-file FILE".into()))?;
-    let input = match (&args.input, args.args.as_slice()) {
-        (Some(_), [_, ..]) => {
-            return Err(Error::Usage(
-                "give the input either with --input or as arguments after --, not both".into(),
-            ));
-        }
-        (Some(input), []) => read_input(input)?,
-        (None, []) => Value::Null,
-        (None, args_) if kind != "shell" => {
-            return Err(Error::Usage(format!(
-                "arguments after -- are the program of a shell task ({args_:?}); \
-                 give a {kind} task its input with --input JSON"
-            )));
-        }
-        (None, [script]) if script.contains(char::is_whitespace) => json!({"shell": script}),
-        (None, argv) => json!({"argv": argv}),
-    };
-    let mut body = json!({"kind": kind, "input": input});
-    if let Some(queue) = &args.queue {
-        body["queue"] = json!(queue);
-    }
-    if let Some(priority) = args.priority {
-        body["priority"] = json!(priority);
-    }
-    if let Some(timeout) = args.timeout {
-        body["attempt_timeout_ms"] = json!(millis(timeout)?);
-    }
+    let mut body = args.task.spec(kind)?;
     if let Some(deadline) = &args.deadline {
         body["timeout_ms"] = json!(until(deadline, now, "--deadline")?);
     }
     if let Some(not_before) = &args.not_before {
         let ms = until(not_before, now, "--not-before")?;
         body["not_before"] = json!(now + chrono::TimeDelta::milliseconds(ms as i64));
-    }
-    if let Some(retries) = args.retries {
-        let attempts = retries
-            .checked_add(1)
-            .ok_or_else(|| Error::Usage(format!("--retries {retries} is too many")))?;
-        body["retry"] = json!({"max_attempts": attempts});
-    }
-    if !args.labels.is_empty() {
-        body["labels"] = json!(args.labels.iter().cloned().collect::<BTreeMap<_, _>>());
-    }
-    if !args.require.is_empty() {
-        body["worker_labels"] = json!(args.require.iter().cloned().collect::<BTreeMap<_, _>>());
     }
     let mut env = BTreeMap::new();
     for entry in &args.env {
@@ -264,7 +313,7 @@ fn until(s: &str, now: DateTime<Utc>, flag: &str) -> Result<u64, Error> {
     millis(d)
 }
 
-fn read_input(input: &str) -> Result<Value, Error> {
+pub(super) fn read_input(input: &str) -> Result<Value, Error> {
     let (text, from) = if input == "-" {
         let mut text = String::new();
         std::io::stdin()

@@ -144,11 +144,12 @@ pub async fn run(args: Args) -> Result<Exit, Error> {
             let id = view["id"].as_str().unwrap_or_default().to_owned();
             shown(&client, &id, view, wait, json_out).await
         }
-        Command::Status { id, wait, .. } => {
+        Command::Status { id, wait: true, .. } => follow(&client, &id, json_out).await,
+        Command::Status { id, .. } => {
             let view: Value = client
                 .get(&format!("/v1/workflow-executions/{}", path_id(&id)), &[])
                 .await?;
-            shown(&client, &id, view, wait, json_out).await
+            shown(&client, &id, view, false, json_out).await
         }
         Command::Cancel { id, reason, .. } => {
             let reason = reason.unwrap_or_else(|| "cancelled with `runlog workflow cancel`".into());
@@ -266,6 +267,15 @@ async fn ls(
     }
     table.print();
     Ok(Exit::Success)
+}
+
+/// Follows workflow execution `id` to its end (as `runlog workflow status
+/// --wait`); the exit code says how it ended.
+pub async fn follow(client: &Client, id: &str, json_out: bool) -> Result<Exit, Error> {
+    let view: Value = client
+        .get(&format!("/v1/workflow-executions/{}", path_id(id)), &[])
+        .await?;
+    shown(client, id, view, true, json_out).await
 }
 
 /// Prints `view` (and with `wait` follows it to its end); the exit code

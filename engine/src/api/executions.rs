@@ -34,6 +34,58 @@ pub struct SubmitBody {
     pub correlation_id: Option<String>,
 }
 
+/// `start_at` (an instant) or `start_in` (a duration from `now`, `90s`,
+/// `2h`): the door's two spellings of the spec's `not_before`, which is what
+/// the log keeps. At most one of the three may be given.
+fn start(
+    start_at: Option<String>,
+    start_in: Option<String>,
+    value: &Value,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, Problem> {
+    let bad = |field: &str, detail: String| {
+        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", detail).field(field)
+    };
+    let not_before = value.get("not_before").is_some_and(|v| !v.is_null());
+    match (start_at, start_in) {
+        (Some(_), Some(_)) => Err(bad(
+            "start_in",
+            "give start_at or start_in, not both".to_owned(),
+        )),
+        (Some(_), None) | (None, Some(_)) if not_before => Err(bad(
+            "not_before",
+            "give not_before, start_at or start_in, only one of them".to_owned(),
+        )),
+        (Some(at), None) => DateTime::parse_from_rfc3339(&at)
+            .map(|t| Some(t.with_timezone(&Utc)))
+            .map_err(|e| {
+                bad(
+                    "start_at",
+                    format!("start_at: {at:?} is not an RFC 3339 time ({e})"),
+                )
+            }),
+        (None, Some(within)) => {
+            let d = humantime::parse_duration(&within).map_err(|e| {
+                bad(
+                    "start_in",
+                    format!("start_in: {within:?} is not a duration like 90s or 2h ({e})"),
+                )
+            })?;
+            let d = chrono::TimeDelta::from_std(d)
+                .ok()
+                .filter(|d| *d <= chrono::TimeDelta::days(366))
+                .ok_or_else(|| {
+                    bad(
+                        "start_in",
+                        format!("start_in: {within} is more than a year away"),
+                    )
+                })?;
+            Ok(Some(now + d))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 impl SubmitBody {
     /// Reads a submission strictly (`runlog_events::submission`): an
     /// unknown field is refused with the nearest known one, and a bad value
@@ -53,7 +105,15 @@ impl SubmitBody {
         };
         let id = text("id")?;
         let correlation_id = text("correlation_id")?;
-        let spec = submission::read_spec(value, &["id", "correlation_id"]).map_err(|e| {
+        let start_at = text("start_at")?;
+        let start_in = text("start_in")?;
+        if let Some(not_before) = start(start_at, start_in, &value, Utc::now())?
+            && let Some(object) = value.as_object_mut()
+        {
+            object.insert("not_before".into(), json!(not_before));
+        }
+        let extra = ["id", "correlation_id", "start_at", "start_in"];
+        let spec = submission::read_spec(value, &extra).map_err(|e| {
             let detail = if e.field.is_empty() {
                 e.reason
             } else {
@@ -705,6 +765,42 @@ pub(super) async fn retry(State(state): State<ApiState>, Path(id): Path<String>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn start_at_and_start_in_become_not_before() {
+        let read = |body: Value| SubmitBody::read(body).map(|b| b.spec.not_before);
+        let at = read(json!({"kind": "echo", "start_at": "2027-01-01T06:00:00+01:00"}));
+        assert_eq!(at.unwrap(), "2027-01-01T05:00:00Z".parse().ok());
+        let before = Utc::now();
+        let within = read(json!({"kind": "echo", "start_in": "90s"}))
+            .unwrap()
+            .unwrap();
+        let expected = before + chrono::TimeDelta::seconds(90);
+        assert!(within >= expected && within < expected + chrono::TimeDelta::seconds(5));
+        let field = |body: Value| read(body).unwrap_err().field;
+        assert_eq!(
+            field(json!({"kind": "echo", "start_at": "soon"})).as_deref(),
+            Some("start_at")
+        );
+        assert_eq!(
+            field(json!({"kind": "echo", "start_in": "soon"})).as_deref(),
+            Some("start_in")
+        );
+        assert_eq!(
+            field(json!({"kind": "echo", "start_in": "1s", "start_at": "2027-01-01T00:00:00Z"}))
+                .as_deref(),
+            Some("start_in")
+        );
+        assert_eq!(
+            field(json!({"kind": "echo", "start_in": "1s", "not_before": "2027-01-01T00:00:00Z"}))
+                .as_deref(),
+            Some("not_before")
+        );
+        assert_eq!(
+            field(json!({"kind": "echo", "start_in": "400d"})).as_deref(),
+            Some("start_in")
+        );
+    }
 
     fn at(secs: i64) -> Option<DateTime<Utc>> {
         DateTime::from_timestamp(1_800_000_000 + secs, 0)
