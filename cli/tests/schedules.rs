@@ -632,39 +632,26 @@ async fn the_cli_creates_lists_shows_pauses_runs_backfills_and_deletes_a_schedul
     let manual = expect(&stack, 0, &["schedule", "run-now", "ticker", "--wait"])?;
     ensure!(manual.contains("a manual run of ticker"), "{manual}");
 
-    let backfill = expect(
+    let backfill = ["schedule", "backfill", "ticker"];
+    let range = [
+        "--from",
+        "2026-11-30T10:00:00Z",
+        "--to",
+        "2026-11-30T10:00:09Z",
+    ];
+    let first = expect(
         &stack,
         0,
-        &[
-            "schedule",
-            "backfill",
-            "ticker",
-            "--from",
-            "2026-11-30T10:00:00Z",
-            "--to",
-            "2026-11-30T10:00:09Z",
-            "--overlap",
-            "allow_all",
-        ],
+        &[&backfill[..], &range, &["--overlap", "allow_all"]].concat(),
     )?;
     ensure!(
-        backfill.contains("10 runs started, 0 ticks had run"),
-        "{backfill}"
+        first.contains("10 runs started, 0 ticks had run"),
+        "{first}"
     );
     let again = expect(
         &stack,
         0,
-        &[
-            "schedule",
-            "backfill",
-            "ticker",
-            "--from",
-            "2026-11-30T10:00:00Z",
-            "--to",
-            "2026-11-30T10:00:09Z",
-            "-o",
-            "json",
-        ],
+        &[&backfill[..], &range, &["-o", "json"]].concat(),
     )?;
     let again: Value = serde_json::from_str(again.trim())?;
     ensure!(

@@ -29,6 +29,7 @@ pub mod api;
 pub mod config;
 pub mod deadlines;
 pub mod engine;
+mod follow;
 pub mod intake;
 pub mod live;
 pub mod operations;

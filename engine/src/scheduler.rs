@@ -46,6 +46,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use crate::follow::{self, Delivery, Follower};
 use crate::intake::{Intake, Submission};
 use crate::projection::Projection;
 use crate::workflow_runner::Runner;
@@ -64,7 +65,7 @@ const CONCURRENCY: usize = 16;
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
     /// The spec breaks the rules: every problem, with its field.
-    #[error("the schedule is invalid: {}", list(.0))]
+    #[error("the schedule is invalid: {}", FieldError::join(.0))]
     Invalid(Vec<FieldError>),
     /// No such schedule (or it was deleted).
     #[error("no schedule {0:?}; list them with GET /v1/schedules")]
@@ -89,14 +90,6 @@ pub enum SchedulerError {
     /// The log could not be written.
     #[error(transparent)]
     Append(#[from] ScheduleAppendError),
-}
-
-fn list(errors: &[FieldError]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// What a backfill did.
@@ -638,7 +631,10 @@ impl Scheduler {
         let follower = {
             let scheduler = self.clone();
             let (js, stop) = (js.clone(), shutdown.clone());
-            tokio::spawn(async move { scheduler.follow(js, stop).await })
+            tokio::spawn(async move {
+                let stream = scheduler.inner.subjects.exec_stream();
+                follow::follow(&js, &stream, &scheduler, POLL, &stop).await
+            })
         };
         if !ticks {
             shutdown.cancelled().await;
@@ -750,84 +746,6 @@ impl Scheduler {
         Ok(())
     }
 
-    /// Folds the schedules' logs from the start, then follows them;
-    /// restarts the consumer if it fails.
-    async fn follow(&self, js: jetstream::Context, shutdown: CancellationToken) {
-        let mut last = 0u64;
-        while !shutdown.is_cancelled() {
-            if let Err(e) = self.follow_from(&js, &mut last, &shutdown).await {
-                tracing::warn!(error = %e, "following the schedules' logs failed; again in a second");
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(POLL) => {}
-            }
-        }
-    }
-
-    async fn follow_from(
-        &self,
-        js: &jetstream::Context,
-        last: &mut u64,
-        shutdown: &CancellationToken,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let stream = js
-            .get_stream_no_info(self.inner.subjects.exec_stream())
-            .await?;
-        let mut consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: self.inner.subjects.schedule_logs(),
-                deliver_policy: match *last {
-                    0 => DeliverPolicy::All,
-                    seq => DeliverPolicy::ByStartSequence {
-                        start_sequence: seq + 1,
-                    },
-                },
-                ..Default::default()
-            })
-            .await?;
-        if consumer.info().await?.num_pending == 0 {
-            self.inner.caught_up.store(true, Ordering::Relaxed);
-        }
-        let mut messages = consumer.messages().await?;
-        let prefix = format!("{}.sc.", self.inner.subjects.prefix());
-        loop {
-            let message = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                next = messages.next() => match next {
-                    Some(message) => message?,
-                    None => return Err("the schedules' consumer ended".into()),
-                },
-            };
-            let info = message.info()?;
-            let (seq, pending) = (info.stream_sequence, info.pending);
-            *last = seq;
-            if let Some(id) = message
-                .subject
-                .strip_prefix(&prefix)
-                .and_then(|id| ScheduleId::new(id).ok())
-            {
-                let folded = {
-                    let mut entry = self.inner.states.entry(id.clone()).or_default();
-                    let before = entry.last_seq;
-                    entry.fold(seq, &message.payload);
-                    if let Some((at, reason)) = entry.skipped.last()
-                        && *at == seq
-                    {
-                        tracing::warn!(schedule = %id, seq, reason, "skipped a schedule event");
-                    }
-                    entry.last_seq > before
-                };
-                if folded {
-                    let _no_listeners = self.inner.changes.send(id);
-                }
-            }
-            if pending == 0 {
-                self.inner.caught_up.store(true, Ordering::Relaxed);
-            }
-        }
-    }
-
     /// A schedule as the API shows it: its spec, status, next five ticks,
     /// and its runs' counts, last run and success rate (over its newest
     /// [`RECENT_RUNS`](schedule::RECENT_RUNS) runs).
@@ -919,6 +837,47 @@ impl Scheduler {
                 })
             })
             .collect()
+    }
+}
+
+/// The scheduler folds every schedule's log (`<p>.sc.<id>`).
+impl Follower for Scheduler {
+    fn filter(&self) -> String {
+        self.inner.subjects.schedule_logs()
+    }
+
+    fn what(&self) -> &'static str {
+        "schedules' logs"
+    }
+
+    fn deliver(&self, delivery: Delivery<'_>) {
+        let prefix = format!("{}.sc.", self.inner.subjects.prefix());
+        let Some(id) = delivery
+            .subject
+            .strip_prefix(&prefix)
+            .and_then(|id| ScheduleId::new(id).ok())
+        else {
+            return;
+        };
+        let seq = delivery.seq;
+        let folded = {
+            let mut entry = self.inner.states.entry(id.clone()).or_default();
+            let before = entry.last_seq;
+            entry.fold(seq, delivery.payload);
+            if let Some((at, reason)) = entry.skipped.last()
+                && *at == seq
+            {
+                tracing::warn!(schedule = %id, seq, reason, "skipped a schedule event");
+            }
+            entry.last_seq > before
+        };
+        if folded {
+            let _no_listeners = self.inner.changes.send(id);
+        }
+    }
+
+    fn caught_up(&self) {
+        self.inner.caught_up.store(true, Ordering::Relaxed);
     }
 }
 

@@ -24,10 +24,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull};
+use async_nats::jetstream;
 use chrono::Utc;
 use dashmap::DashMap;
-use futures::StreamExt;
 use runlog_events::decider::Command;
 use runlog_events::journal::{Journal, TransitionError};
 use runlog_events::workflow::log::{
@@ -43,6 +42,7 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::follow::{self, Delivery, Follower};
 use crate::intake::{Intake, IntakeError, Submission};
 use crate::projection::{Projection, RunEnd};
 use crate::workflows::{Workflows, WorkflowsError};
@@ -710,7 +710,10 @@ impl Runner {
         let follower = {
             let runner = self.clone();
             let stop = shutdown.clone();
-            tokio::spawn(async move { runner.follow(js, stop).await })
+            tokio::spawn(async move {
+                let stream = runner.inner.subjects.exec_stream();
+                follow::follow(&js, &stream, &runner, TICK, &stop).await
+            })
         };
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -770,78 +773,43 @@ impl Runner {
             }
         });
     }
+}
 
-    /// Folds the workflow log from the start, then follows it; restarts
-    /// the consumer if it fails.
-    async fn follow(&self, js: jetstream::Context, shutdown: CancellationToken) {
-        let mut last = 0u64;
-        while !shutdown.is_cancelled() {
-            if let Err(e) = self.follow_from(&js, &mut last, &shutdown).await {
-                tracing::warn!(error = %e, "following the workflow log failed; again in a second");
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(TICK) => {}
-            }
-        }
+/// The runner folds every workflow execution's log (`<p>.wf.<id>…`).
+impl Follower for Runner {
+    fn filter(&self) -> String {
+        self.inner.subjects.all_workflow_events()
     }
 
-    async fn follow_from(
-        &self,
-        js: &jetstream::Context,
-        last: &mut u64,
-        shutdown: &CancellationToken,
-    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-        let stream = js
-            .get_stream_no_info(self.inner.subjects.exec_stream())
-            .await?;
-        let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: self.inner.subjects.all_workflow_events(),
-                deliver_policy: match *last {
-                    0 => DeliverPolicy::All,
-                    seq => DeliverPolicy::ByStartSequence {
-                        start_sequence: seq + 1,
-                    },
-                },
-                ..Default::default()
-            })
-            .await?;
-        let mut messages = consumer.messages().await?;
+    fn what(&self) -> &'static str {
+        "workflow log"
+    }
+
+    fn deliver(&self, delivery: Delivery<'_>) {
         let prefix = format!("{}.wf.", self.inner.subjects.prefix());
-        loop {
-            let message = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                next = messages.next() => match next {
-                    Some(message) => message?,
-                    None => return Err("the workflow log's consumer ended".into()),
-                },
-            };
-            let seq = message.info().map(|i| i.stream_sequence)?;
-            *last = seq;
-            let Some(id) = message
-                .subject
-                .strip_prefix(&prefix)
-                .and_then(|rest| rest.split('.').next())
-                .and_then(|id| ExecutionId::new(id).ok())
-            else {
-                continue;
-            };
-            let folded = {
-                let mut entry = self.inner.states.entry(id.clone()).or_default();
-                let before = entry.last_seq;
-                entry.fold(seq, &message.payload);
-                if let Some((at, reason)) = entry.skipped.last()
-                    && *at == seq
-                {
-                    tracing::warn!(%id, seq, reason, "skipped a workflow event");
-                }
-                entry.last_seq > before
-            };
-            if folded {
-                let _no_listeners = self.inner.changes.send(id.clone());
-                self.wake(id);
+        let Some(id) = delivery
+            .subject
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|id| ExecutionId::new(id).ok())
+        else {
+            return;
+        };
+        let seq = delivery.seq;
+        let folded = {
+            let mut entry = self.inner.states.entry(id.clone()).or_default();
+            let before = entry.last_seq;
+            entry.fold(seq, delivery.payload);
+            if let Some((at, reason)) = entry.skipped.last()
+                && *at == seq
+            {
+                tracing::warn!(%id, seq, reason, "skipped a workflow event");
             }
+            entry.last_seq > before
+        };
+        if folded {
+            let _no_listeners = self.inner.changes.send(id.clone());
+            self.wake(id);
         }
     }
 }

@@ -17,7 +17,7 @@ use runlog_events::workflow::Definition;
 #[derive(Debug, thiserror::Error)]
 pub enum WorkflowsError {
     /// The definition breaks the rules: every problem, with its path.
-    #[error("the definition is invalid: {}", list(.0))]
+    #[error("the definition is invalid: {}", FieldError::join(.0))]
     Invalid(Vec<FieldError>),
     /// This name and version is stored with other content.
     #[error(
@@ -40,14 +40,6 @@ pub enum WorkflowsError {
         /// The client's error.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-}
-
-fn list(errors: &[FieldError]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 fn store_error(

@@ -215,6 +215,20 @@ pub async fn first(
     Ok(found)
 }
 
+/// Every message of `stream` on the literal `subject`, oldest first, from
+/// its first (found through the per-subject index: no scan of the stream).
+pub async fn all(
+    client: &Client,
+    stream: &str,
+    subject: &str,
+    each: impl FnMut(Stored),
+) -> Result<(), DirectGetError> {
+    match first(client, stream, subject).await? {
+        Some(first) => read(client, stream, subject, first.seq, usize::MAX, each).await,
+        None => Ok(()),
+    }
+}
+
 /// The newest message of `stream` on `subject`, if any.
 pub async fn last(
     js: &async_nats::jetstream::Context,

@@ -26,6 +26,7 @@ pub mod event;
 mod humantime_opt;
 pub mod id;
 pub mod journal;
+pub mod occ;
 pub mod schedule;
 pub mod schema;
 pub mod spec;

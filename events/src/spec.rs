@@ -353,6 +353,17 @@ pub struct FieldError {
     pub reason: String,
 }
 
+impl FieldError {
+    /// Every error of `errors` on one line (`cron: …; time_zone: …`).
+    pub fn join(errors: &[FieldError]) -> String {
+        errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
 impl TaskSpec {
     /// A spec with defaults for everything but the kind.
     pub fn new(kind: impl Into<String>) -> Self {

@@ -12,7 +12,7 @@
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::Context;
-use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::context::PublishError;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +20,7 @@ use super::{ScheduleEnvelope, ScheduleState, apply};
 use crate::codec::header;
 use crate::direct::DirectGetError;
 use crate::id::ScheduleId;
+use crate::occ::AppendFailure;
 use crate::subject::Subjects;
 
 /// The largest schedule event (a `created` carries the whole spec).
@@ -155,26 +156,16 @@ impl ScheduleLog {
                 bytes: body.len(),
             });
         }
-        let mut headers = HeaderMap::new();
-        headers.insert(header::EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string());
-        headers.insert(header::CONTENT_TYPE, "application/json");
         let subject = self.subjects.schedule_log(schedule);
-        let published = async {
-            self.js
-                .publish_with_headers(subject.clone(), headers, body.into())
-                .await?
-                .await
-        };
-        match published.await {
-            Ok(ack) => Ok(ack.sequence),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                Err(ScheduleAppendError::Conflict {
+        crate::occ::append_json(&self.js, &subject, expected, body)
+            .await
+            .map_err(|e| match e {
+                AppendFailure::Conflict => ScheduleAppendError::Conflict {
                     schedule: schedule.clone(),
                     expected,
-                })
-            }
-            Err(source) => Err(ScheduleAppendError::Publish { subject, source }),
-        }
+                },
+                AppendFailure::Publish(source) => ScheduleAppendError::Publish { subject, source },
+            })
     }
 
     /// Replays every event of `schedule` and folds it; an empty history
@@ -203,26 +194,13 @@ impl ScheduleLog {
         let stream = self.subjects.exec_stream();
         let client = self.js.client();
         let subject = self.subjects.schedule_log(schedule);
-        let Some(first) = crate::direct::first(&client, &stream, &subject)
-            .await
-            .map_err(failed)?
-        else {
-            return Ok(Default::default());
-        };
         let mut history = ScheduleHistory::default();
         let mut events = Vec::new();
-        crate::direct::read(
-            &client,
-            &stream,
-            &subject,
-            first.seq,
-            usize::MAX,
-            |stored| {
-                if let Some(envelope) = history.fold(stored.seq, &stored.payload) {
-                    events.push((stored.seq, envelope));
-                }
-            },
-        )
+        crate::direct::all(&client, &stream, &subject, |stored| {
+            if let Some(envelope) = history.fold(stored.seq, &stored.payload) {
+                events.push((stored.seq, envelope));
+            }
+        })
         .await
         .map_err(failed)?;
         Ok((history, events))

@@ -9,14 +9,13 @@
 //! decides again. Every decision is derived from the folded state, so
 //! deciding again after a lost acknowledgement records nothing twice.
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::Context;
-use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::context::PublishError;
 
 use super::run::{self, WorkflowEnvelope, WorkflowState};
-use crate::codec::header;
 use crate::direct::DirectGetError;
 use crate::id::ExecutionId;
+use crate::occ::AppendFailure;
 use crate::subject::Subjects;
 
 /// The largest workflow event (a `started` carries the whole definition).
@@ -145,26 +144,16 @@ impl WorkflowLog {
                 bytes: body.len(),
             });
         }
-        let mut headers = HeaderMap::new();
-        headers.insert(header::EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string());
-        headers.insert(header::CONTENT_TYPE, "application/json");
         let subject = self.subjects.workflow_events(execution);
-        let published = async {
-            self.js
-                .publish_with_headers(subject.clone(), headers, body.into())
-                .await?
-                .await
-        };
-        match published.await {
-            Ok(ack) => Ok(ack.sequence),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                Err(WorkflowAppendError::Conflict {
+        crate::occ::append_json(&self.js, &subject, expected, body)
+            .await
+            .map_err(|e| match e {
+                AppendFailure::Conflict => WorkflowAppendError::Conflict {
                     execution: execution.clone(),
                     expected,
-                })
-            }
-            Err(source) => Err(WorkflowAppendError::Publish { subject, source }),
-        }
+                },
+                AppendFailure::Publish(source) => WorkflowAppendError::Publish { subject, source },
+            })
     }
 
     /// Replays every event of `execution` and folds it; an empty history
@@ -179,25 +168,11 @@ impl WorkflowLog {
         };
         let stream = self.subjects.exec_stream();
         let client = self.js.client();
-        // Its first event, through the per-subject index: no scan of the log.
         let subject = self.subjects.workflow_events(execution);
-        let Some(first) = crate::direct::first(&client, &stream, &subject)
-            .await
-            .map_err(failed)?
-        else {
-            return Ok(WorkflowHistory::default());
-        };
         let mut history = WorkflowHistory::default();
-        crate::direct::read(
-            &client,
-            &stream,
-            &subject,
-            first.seq,
-            usize::MAX,
-            |stored| {
-                history.fold(stored.seq, &stored.payload);
-            },
-        )
+        crate::direct::all(&client, &stream, &subject, |stored| {
+            history.fold(stored.seq, &stored.payload);
+        })
         .await
         .map_err(failed)?;
         Ok(history)
