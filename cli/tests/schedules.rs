@@ -717,3 +717,63 @@ async fn the_cli_creates_lists_shows_pauses_runs_backfills_and_deletes_a_schedul
     println!("{listed_text}{shown}{history}{events}{bad_cron}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workflow_schedule_starts_a_workflow_each_tick_and_run_now_follows_it() -> Result<()> {
+    let stack = Stack::start("schedule-workflow", 1)?;
+    let file = stack._dir.0.join("greet.yaml");
+    std::fs::write(
+        &file,
+        "name: greet\nversion: 1\nnodes:\n  hello:\n    kind: echo\n    input: {who: \"${{ .inputs.who }}\"}\n",
+    )?;
+    expect(
+        &stack,
+        0,
+        &["workflow", "apply", file.to_str().context("a path")?],
+    )?;
+    let created = expect(
+        &stack,
+        0,
+        &[
+            "schedule",
+            "create",
+            "greeter",
+            "--every",
+            "1s",
+            "--workflow",
+            "greet",
+            "--input",
+            r#"{"who": "cron"}"#,
+        ],
+    )?;
+    ensure!(created.contains("created schedule greeter"), "{created}");
+    let runs = stack
+        .until_runs("greeter", 2, Duration::from_secs(30))
+        .await?;
+    stack.pause("greeter").await?;
+    for run in &runs {
+        let execution = run["execution"].as_str().context("execution")?;
+        let (status, view) = stack
+            .call("GET", &format!("/v1/workflow-executions/{execution}"), None)
+            .await?;
+        ensure!(status == 200, "{execution}: {status} {view}");
+        ensure!(
+            view["workflow"] == "greet" && view["status"] == "succeeded",
+            "{view}"
+        );
+        ensure!(
+            view["input"] == json!({"who": "cron"}),
+            "the tick's input: {view}"
+        );
+        ensure!(run["status"] == "succeeded", "{run}");
+    }
+    // A workflow run of a schedule is followed as a tree of nodes.
+    let manual = expect(&stack, 0, &["schedule", "run-now", "greeter", "--wait"])?;
+    ensure!(
+        manual.contains("greet v1: succeeded") && manual.contains("hello (echo) succeeded"),
+        "{manual}"
+    );
+    let listed = expect(&stack, 0, &["schedule", "ls"])?;
+    ensure!(listed.contains("every 1s → workflow greet"), "{listed}");
+    Ok(())
+}
