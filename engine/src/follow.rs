@@ -90,7 +90,7 @@ async fn follow_from(
             _ = shutdown.cancelled() => return Ok(()),
             next = messages.next() => match next {
                 Some(message) => message?,
-                None => return Err(format!("the {}'s consumer ended", follower.what()).into()),
+                None => return Err(format!("the consumer of the {} ended", follower.what()).into()),
             },
         };
         let info = message.info()?;

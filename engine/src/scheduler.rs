@@ -851,12 +851,7 @@ impl Follower for Scheduler {
     }
 
     fn deliver(&self, delivery: Delivery<'_>) {
-        let prefix = format!("{}.sc.", self.inner.subjects.prefix());
-        let Some(id) = delivery
-            .subject
-            .strip_prefix(&prefix)
-            .and_then(|id| ScheduleId::new(id).ok())
-        else {
+        let Some(id) = self.inner.subjects.parse_schedule_log(delivery.subject) else {
             return;
         };
         let seq = delivery.seq;

@@ -786,13 +786,7 @@ impl Follower for Runner {
     }
 
     fn deliver(&self, delivery: Delivery<'_>) {
-        let prefix = format!("{}.wf.", self.inner.subjects.prefix());
-        let Some(id) = delivery
-            .subject
-            .strip_prefix(&prefix)
-            .and_then(|rest| rest.split('.').next())
-            .and_then(|id| ExecutionId::new(id).ok())
-        else {
+        let Some(id) = self.inner.subjects.parse_workflow_events(delivery.subject) else {
             return;
         };
         let seq = delivery.seq;

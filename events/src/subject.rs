@@ -151,6 +151,18 @@ impl Subjects {
         format!("{}-ticks", self.prefix)
     }
 
+    /// The schedule whose log `subject` is (`<p>.sc.<id>`).
+    pub fn parse_schedule_log(&self, subject: &str) -> Option<ScheduleId> {
+        let id = subject.strip_prefix(&self.prefix)?.strip_prefix(".sc.")?;
+        ScheduleId::new(id).ok()
+    }
+
+    /// The workflow execution whose log `subject` is (`<p>.wf.<id>`).
+    pub fn parse_workflow_events(&self, subject: &str) -> Option<ExecutionId> {
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".wf.")?;
+        ExecutionId::new(rest.split('.').next()?).ok()
+    }
+
     /// The schedule a fired tick timer belongs to.
     pub fn parse_tick_due(&self, subject: &str) -> Option<ScheduleId> {
         let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".sc.")?;
@@ -371,6 +383,23 @@ mod tests {
         ] {
             assert_eq!(s.parse_event(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn log_subjects_parse_back() {
+        let s = Subjects::new("acme").unwrap();
+        let schedule = ScheduleId::new("nightly").unwrap();
+        let workflow = ExecutionId::generate();
+        assert_eq!(
+            s.parse_schedule_log(&s.schedule_log(&schedule)),
+            Some(schedule.clone())
+        );
+        assert_eq!(s.parse_schedule_log(&s.tick_due(&schedule)), None);
+        assert_eq!(
+            s.parse_workflow_events(&s.workflow_events(&workflow)),
+            Some(workflow)
+        );
+        assert_eq!(s.parse_workflow_events("other.wf.x"), None);
     }
 
     #[test]
