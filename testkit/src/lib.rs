@@ -3,13 +3,15 @@
 //! It re-exports the launcher of real nats-servers, [`runlog_localnats`] ([`NatsServer`],
 //! [`Cluster`]), so a test names one crate, and adds [`eventually`]: waiting on a condition
 //! with a deadline, the one way a test synchronises with the system it drives, and
-//! [`Postgres`], a throwaway PostgreSQL server.
+//! [`Postgres`] and [`Sshd`], a throwaway PostgreSQL server and OpenSSH server.
 
 #![warn(missing_docs)]
 
 mod postgres;
+mod sshd;
 mod wait;
 
 pub use postgres::Postgres;
 pub use runlog_localnats::*;
+pub use sshd::{KeyType, PASSPHRASE, Sshd};
 pub use wait::eventually;

@@ -28,7 +28,7 @@ use crate::spec::{FieldError, RetryPolicy};
 /// The kinds the engine runs itself (no worker involved).
 pub const ENGINE_KINDS: [&str; 4] = ["transform", "condition", "wait", "workflow"];
 /// The kinds runlog's own workers run.
-pub const WORKER_KINDS: [&str; 5] = ["shell", "http", "echo", "sql", "script"];
+pub const WORKER_KINDS: [&str; 6] = ["shell", "http", "echo", "sql", "script", "ssh"];
 /// Whether the engine runs `kind` itself.
 pub fn is_engine_kind(kind: &str) -> bool {
     ENGINE_KINDS.contains(&kind)

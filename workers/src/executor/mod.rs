@@ -1,10 +1,11 @@
-//! Built-in executors: `shell`, `script`, `sql`, `http` and `echo`, each a
-//! [`Handler`](crate::Handler).
+//! Built-in executors: `shell`, `script`, `ssh`, `sql`, `http` and `echo`,
+//! each a [`Handler`](crate::Handler).
 //!
 //! [`shell`] runs a program (or, when asked, a `sh -c` script) in its own
 //! process group, streams its output line by line to the attempt's log,
 //! parses progress and result fields from that output, and stops the whole
-//! group on cancellation or deadline. [`http`] makes one HTTP request and
+//! group on cancellation or deadline. [`ssh`] does the same on a remote
+//! host, over connections kept open across tasks. [`http`] makes one HTTP request and
 //! classifies the answer so retries do the right thing. [`echo`] returns
 //! its input. [`builtin`] puts all three in a [`Registry`]
 //! under their kind names. What they share is below them: `stop` (why and
@@ -17,6 +18,7 @@ pub mod http;
 mod mask;
 pub mod shell;
 pub mod sql;
+pub mod ssh;
 mod stop;
 
 pub use echo::EchoExecutor;
@@ -25,18 +27,19 @@ pub use shell::{
     Extract, JsonProgress, ProgressPattern, ScriptExecutor, ScriptInput, ShellExecutor, ShellInput,
 };
 pub use sql::{SqlExecutor, SqlInput};
+pub use ssh::{SshExecutor, SshInput};
 
 use crate::handler::Registry;
 
 /// A registry holding the built-in kinds: `shell` ([`ShellExecutor`]),
-/// `script` ([`ScriptExecutor`]), `sql` ([`SqlExecutor`]), `http`
+/// `script` ([`ScriptExecutor`]), `ssh` ([`SshExecutor`]), `sql` ([`SqlExecutor`]), `http`
 /// ([`HttpExecutor`]) and `echo` ([`EchoExecutor`]), with their default
 /// settings.
 ///
 /// # Examples
 /// ```
 /// let registry = runlog_worker::executor::builtin();
-/// assert_eq!(registry.kinds(), ["echo", "http", "script", "shell", "sql"]);
+/// assert_eq!(registry.kinds(), ["echo", "http", "script", "shell", "sql", "ssh"]);
 /// ```
 pub fn builtin() -> Registry {
     let mut registry = Registry::new();
@@ -44,6 +47,7 @@ pub fn builtin() -> Registry {
         .register("shell", ShellExecutor::new())
         .register("script", ScriptExecutor)
         .register("sql", SqlExecutor)
+        .register("ssh", SshExecutor::new())
         .register("http", HttpExecutor::new())
         .register("echo", EchoExecutor);
     registry
@@ -54,9 +58,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn builtin_registers_shell_and_http() {
-        let registry = builtin();
-        assert!(registry.get("shell").is_some());
-        assert!(registry.get("http").is_some());
+    fn builtin_registers_the_kinds_workflows_know_as_worker_kinds() {
+        let mut known = runlog_events::workflow::WORKER_KINDS.map(str::to_owned).to_vec();
+        known.sort();
+        assert_eq!(builtin().kinds(), known);
     }
 }

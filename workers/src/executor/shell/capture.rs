@@ -14,14 +14,14 @@ pub const MAX_LINE_BYTES: usize = 16 * 1024;
 
 /// What the pumps of both streams write to.
 #[derive(Debug)]
-pub(super) struct Shared {
+pub(in crate::executor) struct Shared {
     stdout: Capture,
     stderr: Capture,
-    pub(super) observer: Observer,
+    pub(in crate::executor) observer: Observer,
 }
 
 impl Shared {
-    pub(super) fn new(capture_bytes: usize, observer: Observer) -> Self {
+    pub(in crate::executor) fn new(capture_bytes: usize, observer: Observer) -> Self {
         Shared {
             stdout: Capture::new(capture_bytes),
             stderr: Capture::new(capture_bytes),
@@ -29,7 +29,7 @@ impl Shared {
         }
     }
 
-    pub(super) fn capture(&mut self, stream: LogStream) -> &mut Capture {
+    pub(in crate::executor) fn capture(&mut self, stream: LogStream) -> &mut Capture {
         match stream {
             LogStream::Stdout => &mut self.stdout,
             LogStream::Stderr => &mut self.stderr,
@@ -37,7 +37,7 @@ impl Shared {
     }
 
     /// The output of a successful run.
-    pub(super) fn output(self) -> Value {
+    pub(in crate::executor) fn output(self) -> Value {
         let mut output = serde_json::Map::new();
         output.insert("exit_code".into(), 0.into());
         output.insert("stdout".into(), self.stdout.text().into());
@@ -58,7 +58,7 @@ impl Shared {
 /// A bounded copy of a stream: its first and last bytes, and how many
 /// were dropped between them.
 #[derive(Debug)]
-pub(super) struct Capture {
+pub(in crate::executor) struct Capture {
     head_limit: usize,
     tail_limit: usize,
     head: Vec<u8>,
@@ -77,7 +77,7 @@ impl Capture {
         }
     }
 
-    pub(super) fn push(&mut self, mut bytes: &[u8]) {
+    pub(in crate::executor) fn push(&mut self, mut bytes: &[u8]) {
         let room = self.head_limit - self.head.len();
         if room > 0 {
             let taken = room.min(bytes.len());
@@ -113,13 +113,13 @@ impl Capture {
 /// line (progress bars redraw with `\r`); lines longer than
 /// [`MAX_LINE_BYTES`] are split.
 #[derive(Debug, Default)]
-pub(super) struct Lines {
+pub(in crate::executor) struct Lines {
     line: Vec<u8>,
     after_cr: bool,
 }
 
 impl Lines {
-    pub(super) fn push(&mut self, bytes: &[u8], mut emit: impl FnMut(String)) {
+    pub(in crate::executor) fn push(&mut self, bytes: &[u8], mut emit: impl FnMut(String)) {
         for &byte in bytes {
             match byte {
                 b'\n' if self.after_cr => self.after_cr = false,
@@ -139,7 +139,7 @@ impl Lines {
     }
 
     /// Emits the last line when the stream ended without a newline.
-    pub(super) fn finish(&mut self, mut emit: impl FnMut(String)) {
+    pub(in crate::executor) fn finish(&mut self, mut emit: impl FnMut(String)) {
         if !self.line.is_empty() {
             emit(self.take());
         }

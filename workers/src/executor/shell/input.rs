@@ -150,15 +150,15 @@ pub(super) fn invalid(message: impl Into<String>) -> TaskError {
 
 /// Which non-zero exit codes are worth another attempt.
 #[derive(Debug, Clone, Default)]
-pub(super) struct ExitPolicy {
-    pub(super) permanent: Vec<i32>,
-    pub(super) retryable: Vec<i32>,
+pub(in crate::executor) struct ExitPolicy {
+    pub(in crate::executor) permanent: Vec<i32>,
+    pub(in crate::executor) retryable: Vec<i32>,
 }
 
 impl ExitPolicy {
     /// The class of a failed exit: `permanent` for a code the task lists
     /// as such, `unknown` otherwise.
-    pub(super) fn class(&self, code: i32) -> ErrorClass {
+    pub(in crate::executor) fn class(&self, code: i32) -> ErrorClass {
         if self.permanent.contains(&code) {
             ErrorClass::Permanent
         } else {
@@ -166,7 +166,7 @@ impl ExitPolicy {
         }
     }
 
-    pub(super) fn retryable(&self, code: i32) -> bool {
+    pub(in crate::executor) fn retryable(&self, code: i32) -> bool {
         if self.permanent.contains(&code) {
             false
         } else if self.retryable.is_empty() {

@@ -39,9 +39,10 @@ pub use capture::MAX_LINE_BYTES;
 pub use input::{Extract, JsonProgress, ProgressPattern, ShellInput};
 pub use script::{Language, ScriptExecutor, ScriptInput};
 
-use capture::Shared;
-use input::{ExitPolicy, invalid};
-use observe::Observer;
+pub(in crate::executor) use capture::{Lines, Shared};
+pub(in crate::executor) use input::ExitPolicy;
+use input::invalid;
+pub(in crate::executor) use observe::Observer;
 use process::{Ended, Program};
 
 /// Bytes of each stream kept in the output when the input does not say.
@@ -197,43 +198,66 @@ impl Plan {
         shared: Shared,
         secrets: impl IntoIterator<Item = &'a String>,
     ) -> HandlerResult {
-        let secrets: Vec<&str> = secrets.into_iter().map(String::as_str).collect();
-        let stderr_tail = || {
-            let lines: Vec<&str> = shared
-                .observer
-                .stderr_tail
-                .iter()
-                .map(|s| s.as_str())
-                .collect();
-            if lines.is_empty() {
-                "no output on stderr".to_owned()
-            } else {
-                format!("stderr ends with: {}", lines.join(" | "))
+        let exit = match (status.code(), status.signal()) {
+            (Some(code), _) => Exit::Code(code),
+            (None, signal) => {
+                let number = signal.unwrap_or_default();
+                let name = Signal::try_from(number).map_or("an unknown signal", Signal::as_str);
+                Exit::Signal(format!("{name} ({number})"))
             }
         };
-        match (status.code(), status.signal()) {
-            (Some(0), _) => Ok(shared.output()),
-            (Some(code), _) => {
-                let message = format!(
-                    "{} exited with code {code}; {}",
-                    self.program.name,
-                    stderr_tail()
-                );
-                let mut error = TaskError::new(self.exits.class(code), mask(&message, secrets));
-                error.retryable = self.exits.retryable(code);
-                Err(error)
-            }
-            (None, signal) => {
-                let signal = signal.unwrap_or_default();
-                let name = Signal::try_from(signal).map_or("an unknown signal", Signal::as_str);
-                let message = format!(
-                    "{} was killed by {name} ({signal}), perhaps by the out-of-memory killer \
-                     or from outside the worker; {}",
-                    self.program.name,
-                    stderr_tail()
-                );
-                Err(TaskError::new(ErrorClass::Crashed, mask(&message, secrets)))
-            }
+        exit_result(&self.program.name, exit, shared, &self.exits, secrets)
+    }
+}
+
+/// How a program ended on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(in crate::executor) enum Exit {
+    /// It exited with this code.
+    Code(i32),
+    /// It was killed by the named signal.
+    Signal(String),
+}
+
+/// The attempt's result once a program (local or remote) ended on its
+/// own: its output for exit code 0; otherwise an error quoting the end of
+/// its stderr, classed and retried as `exits` says, with `secrets` masked.
+pub(in crate::executor) fn exit_result<'a>(
+    name: &str,
+    exit: Exit,
+    shared: Shared,
+    exits: &ExitPolicy,
+    secrets: impl IntoIterator<Item = &'a String>,
+) -> HandlerResult {
+    let secrets: Vec<&str> = secrets.into_iter().map(String::as_str).collect();
+    let stderr_tail = || {
+        let lines: Vec<&str> = shared
+            .observer
+            .stderr_tail
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        if lines.is_empty() {
+            "no output on stderr".to_owned()
+        } else {
+            format!("stderr ends with: {}", lines.join(" | "))
+        }
+    };
+    match exit {
+        Exit::Code(0) => Ok(shared.output()),
+        Exit::Code(code) => {
+            let message = format!("{name} exited with code {code}; {}", stderr_tail());
+            let mut error = TaskError::new(exits.class(code), mask(&message, secrets));
+            error.retryable = exits.retryable(code);
+            Err(error)
+        }
+        Exit::Signal(signal) => {
+            let message = format!(
+                "{name} was killed by {signal}, perhaps by the out-of-memory killer \
+                 or from outside the worker; {}",
+                stderr_tail()
+            );
+            Err(TaskError::new(ErrorClass::Crashed, mask(&message, secrets)))
         }
     }
 }

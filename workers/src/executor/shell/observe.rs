@@ -179,18 +179,18 @@ impl Extractor {
 /// Reads progress and fields from output lines, and keeps the last lines
 /// of stderr for the error message.
 #[derive(Debug, Clone)]
-pub(super) struct Observer {
+pub(in crate::executor) struct Observer {
     progress: Option<ProgressParser>,
     extractors: Vec<(String, Extractor)>,
     /// The fields extracted so far, by name.
-    pub(super) extracted: serde_json::Map<String, Value>,
+    pub(in crate::executor) extracted: serde_json::Map<String, Value>,
     reads_json: bool,
     /// The last lines of stderr, for the error of a failed program.
-    pub(super) stderr_tail: VecDeque<String>,
+    pub(in crate::executor) stderr_tail: VecDeque<String>,
 }
 
 impl Observer {
-    pub(super) fn new(
+    pub(in crate::executor) fn new(
         progress: Option<&ProgressPattern>,
         extract: &BTreeMap<String, Extract>,
     ) -> Result<Self, TaskError> {
@@ -229,7 +229,7 @@ impl Observer {
     }
 
     /// Logs one line and reads it.
-    pub(super) fn line(&mut self, ctx: &Context, stream: LogStream, line: String) {
+    pub(in crate::executor) fn line(&mut self, ctx: &Context, stream: LogStream, line: String) {
         if stream == LogStream::Stderr && !line.trim().is_empty() {
             if self.stderr_tail.len() == STDERR_TAIL_LINES {
                 self.stderr_tail.pop_front();
