@@ -178,3 +178,230 @@ async fn ssh_tasks_retry_a_host_that_is_down_and_keep_their_key_out_of_the_log()
     engine.wait().await;
     Ok(())
 }
+
+/// Sends `method path` with an optional JSON body: the status and the body.
+async fn call(
+    api: &Api,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Result<(u16, Value)> {
+    let mut request = api.http.request(method, format!("{}{path}", api.base));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let text = response.text().await?;
+    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+}
+
+fn server(name: &str, sshd: &Sshd, key_secret: &str, role: &str) -> Value {
+    json!({
+        "name": name,
+        "address": "127.0.0.1",
+        "port": sshd.port(),
+        "user": sshd.user(),
+        "key_secret": key_secret,
+        "host_key": [sshd.host_key()],
+        "labels": {"role": role},
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_are_named_tested_selected_by_label_and_keep_a_history() -> Result<()> {
+    use reqwest::Method;
+    let (one, two) = (Sshd::start()?, Sshd::start()?);
+    let server_nats = NatsServer::start()?;
+    let shutdown = CancellationToken::new();
+    let mut config = EngineConfig::default();
+    config.nats.urls = vec![server_nats.url()];
+    config.listen = "127.0.0.1:0".parse()?;
+    let engine = Engine::start(config, shutdown.clone()).await?;
+    let client = async_nats::connect(server_nats.url()).await?;
+    let secrets = std::collections::BTreeMap::from([
+        ("web-1-key".to_owned(), one.private_key(KeyType::Ed25519)),
+        ("web-2-key".to_owned(), two.private_key(KeyType::Ecdsa)),
+    ]);
+    let worker = Worker::new(
+        client.clone(),
+        WorkerConfig {
+            nats_url: server_nats.url(),
+            id: "ssh-worker".into(),
+            ..WorkerConfig::default()
+        },
+        runlog_worker::executor::builtin(),
+    )
+    .with_secrets(secrets);
+    let worker = tokio::spawn(worker.run(shutdown.clone()));
+    let api = Api {
+        http: reqwest::Client::new(),
+        base: format!("http://{}", engine.addr()),
+    };
+
+    // Create, refuse a taken name and a bad definition, replace.
+    let (status, _) = call(
+        &api,
+        Method::POST,
+        "/v1/servers",
+        Some(server("web-1", &one, "web-1-key", "web")),
+    )
+    .await?;
+    ensure!(status == 201, "create: {status}");
+    let (status, body) = call(
+        &api,
+        Method::POST,
+        "/v1/servers",
+        Some(server("web-1", &one, "web-1-key", "web")),
+    )
+    .await?;
+    ensure!(status == 409, "taken: {status} {body}");
+    let (status, body) = call(
+        &api,
+        Method::POST,
+        "/v1/servers",
+        Some(server("web 1", &one, "k", "web")),
+    )
+    .await?;
+    ensure!(
+        status == 422 && body["field"] == "name",
+        "invalid: {status} {body}"
+    );
+    let (status, _) = call(
+        &api,
+        Method::PUT,
+        "/v1/servers/web-2",
+        Some(server("web-2", &two, "web-2-key", "web")),
+    )
+    .await?;
+    ensure!(status == 201, "put new: {status}");
+    let (status, _) = call(
+        &api,
+        Method::PUT,
+        "/v1/servers/web-2",
+        Some(server("web-2", &two, "web-2-key", "web")),
+    )
+    .await?;
+    ensure!(status == 200, "put again: {status}");
+    let (status, _) = call(
+        &api,
+        Method::PUT,
+        "/v1/servers/db-1",
+        Some(server("db-1", &two, "no-such-secret", "db")),
+    )
+    .await?;
+    ensure!(status == 201, "put db-1: {status}");
+    let (_, list) = call(&api, Method::GET, "/v1/servers", None).await?;
+    let names: Vec<&str> = list["servers"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["name"].as_str()).collect())
+        .unwrap_or_default();
+    ensure!(names == ["db-1", "web-1", "web-2"], "{list}");
+
+    // The connection test: reachability, host key, authentication, uname.
+    let (status, tested) = call(&api, Method::POST, "/v1/servers/web-1/test", None).await?;
+    ensure!(
+        status == 200 && tested["ok"] == true,
+        "test: {status} {tested}"
+    );
+    ensure!(
+        tested["uname"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("Linux")),
+        "{tested}"
+    );
+    ensure!(
+        tested["host_key"]
+            .as_str()
+            .is_some_and(|k| k.starts_with("ssh-ed25519 SHA256:")),
+        "{tested}"
+    );
+    ensure!(
+        tested["connect_ms"].as_f64().is_some_and(|ms| ms > 0.0),
+        "{tested}"
+    );
+    // A server whose key this worker does not hold fails the test, saying so.
+    let (status, tested) = call(&api, Method::POST, "/v1/servers/db-1/test", None).await?;
+    ensure!(status == 200 && tested["ok"] == false, "{status} {tested}");
+    ensure!(tested["error"]["class"] == "permission", "{tested}");
+
+    // A task names a server; the log records where it went.
+    let named = api
+        .submit(json!({"kind": "ssh", "input": {"server": "web-1", "argv": ["echo", "hi"]}}))
+        .await?;
+    let view = api.until(&named, "the named task ends", ended).await?;
+    ensure!(
+        view["status"] == "succeeded" && view["output"]["stdout"] == "hi\n",
+        "{view}"
+    );
+    ensure!(
+        view["spec"]["input"]["port"] == one.port(),
+        "resolved: {view}"
+    );
+    ensure!(view["spec"]["labels"]["server"] == "web-1", "{view}");
+    let (status, body) = call(
+        &api,
+        Method::POST,
+        "/v1/executions",
+        Some(json!({"kind": "ssh", "input": {"server": "web-9", "argv": ["true"]}})),
+    )
+    .await?;
+    ensure!(
+        status == 422 && body["field"] == "input.server",
+        "{status} {body}"
+    );
+
+    // A selector fans out, one execution per matching server.
+    let (status, fanned) = call(
+        &api,
+        Method::POST,
+        "/v1/executions",
+        Some(json!({
+            "kind": "ssh", "id": "uptime-1",
+            "input": {"servers": {"role": "web"}, "shell": "echo $SSH_CONNECTION | cut -d' ' -f4"},
+        })),
+    )
+    .await?;
+    ensure!(status == 201, "{status} {fanned}");
+    let runs = fanned["fan_out"].as_array().cloned().unwrap_or_default();
+    let servers: Vec<&str> = runs.iter().filter_map(|r| r["server"].as_str()).collect();
+    ensure!(servers == ["web-1", "web-2"], "{fanned}");
+    for (run, sshd) in runs.iter().zip([&one, &two]) {
+        let id = ExecutionId::new(run["id"].as_str().unwrap_or_default())?;
+        ensure!(id.as_str() == format!("uptime-1-{}", run["server"].as_str().unwrap_or_default()));
+        let view = api.until(&id, "a fanned-out run ends", ended).await?;
+        ensure!(view["status"] == "succeeded", "{view}");
+        ensure!(
+            view["output"]["stdout"] == format!("{}\n", sshd.port()),
+            "ran on its own server: {view}"
+        );
+    }
+    let (_, none) = call(
+        &api,
+        Method::POST,
+        "/v1/executions",
+        Some(json!({"kind": "ssh", "input": {"servers": {"role": "cache"}, "argv": ["true"]}})),
+    )
+    .await?;
+    ensure!(none["field"] == "input.servers", "{none}");
+
+    // Each server's history: its runs, the newest first.
+    let (_, web1) = call(&api, Method::GET, "/v1/servers/web-1", None).await?;
+    let history = &web1["history"];
+    ensure!(
+        history["runs"].as_array().map_or(0, Vec::len) == 3,
+        "probe, hi, fan-out: {web1}"
+    );
+    ensure!(history["last_outcome"] == "succeeded", "{web1}");
+    ensure!(history["last_run"]["id"] == "uptime-1-web-1", "{web1}");
+
+    let (status, _) = call(&api, Method::DELETE, "/v1/servers/db-1", None).await?;
+    ensure!(status == 204);
+    let (status, _) = call(&api, Method::GET, "/v1/servers/db-1", None).await?;
+    ensure!(status == 404);
+
+    shutdown.cancel();
+    let _ = worker.await;
+    engine.wait().await;
+    Ok(())
+}

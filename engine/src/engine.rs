@@ -104,7 +104,8 @@ impl Engine {
             subjects.clone(),
             format!("/runlog/engine/{host}"),
         );
-        let intake = Intake::new(journal.clone(), env, idempotency);
+        let servers = crate::servers::Inventory::new(layout.servers_bucket(&pub_js).await?);
+        let intake = Intake::new(journal.clone(), env, idempotency).with_servers(servers);
         let operations = crate::operations::Operations::open(
             &pub_js,
             &layout,

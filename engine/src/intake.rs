@@ -27,9 +27,13 @@ use futures::StreamExt;
 use runlog_events::decider::{self, Command, ExecutionState, Rejection};
 use runlog_events::event::Queued;
 use runlog_events::journal::{AppendError, Journal, LoadError};
+use runlog_events::server::Target;
+use runlog_events::spec::FieldError;
 use runlog_events::timer::{Schedule, Timer};
 use runlog_events::{Envelope, Event, ExecutionId, TaskSpec, TraceParent};
 use tokio::sync::Semaphore;
+
+use crate::servers::{Inventory, ServersError};
 
 /// Submissions of batches in flight at once, over every batch an intake
 /// serves: each holds a publish ack on the publishing connection, and
@@ -134,6 +138,9 @@ pub struct Intake {
     journal: Journal,
     env: kv::Store,
     idempotency: kv::Store,
+    /// Resolves the servers `ssh` tasks name; without it, naming one is
+    /// refused.
+    servers: Option<Inventory>,
     /// Shared by every clone: bounds the batch submissions in flight.
     batch_window: Arc<Semaphore>,
 }
@@ -146,8 +153,20 @@ impl Intake {
             journal,
             env,
             idempotency,
+            servers: None,
             batch_window: Arc::new(Semaphore::new(BATCH_IN_FLIGHT)),
         }
+    }
+
+    /// Resolves the servers tasks name through `servers`.
+    pub fn with_servers(mut self, servers: Inventory) -> Self {
+        self.servers = Some(servers);
+        self
+    }
+
+    /// The server inventory, when this intake has one.
+    pub fn servers(&self) -> Option<&Inventory> {
+        self.servers.as_ref()
     }
 
     /// The journal it appends through.
@@ -173,6 +192,7 @@ impl Intake {
             correlation_id,
             traceparent,
         } = submission;
+        self.resolve_server(&mut spec).await?;
         // Validate before touching any store; names are checked here, values
         // never leave this function except into the env bucket.
         let env = std::mem::take(&mut spec.env);
@@ -240,6 +260,39 @@ impl Intake {
             last_seq,
             existing: false,
         })
+    }
+
+    /// Rewrites an `ssh` task that names a server into one with its address
+    /// (see [`crate::servers`]).
+    async fn resolve_server(&self, spec: &mut TaskSpec) -> Result<(), IntakeError> {
+        let invalid = |field: &str, reason: String| {
+            IntakeError::Rejected(Rejection::Invalid(FieldError {
+                field: field.to_owned(),
+                reason,
+            }))
+        };
+        let Some(servers) = &self.servers else {
+            return match Target::of(spec) {
+                Ok(Target::Direct) => Ok(()),
+                _ => Err(invalid(
+                    "input.server",
+                    "this engine has no server inventory".to_owned(),
+                )),
+            };
+        };
+        match servers.resolve(spec).await {
+            Ok(()) => Ok(()),
+            Err(ServersError::Invalid(mut errors)) => {
+                let first = errors.remove(0);
+                Err(IntakeError::Rejected(Rejection::Invalid(first)))
+            }
+            Err(e @ ServersError::Unknown(_)) => Err(invalid("input.server", e.to_string())),
+            Err(ServersError::Exists(_)) => Ok(()),
+            Err(e @ ServersError::Store { .. }) => Err(IntakeError::store(
+                "read the server inventory",
+                e.to_string(),
+            )),
+        }
     }
 
     /// Records every submission of a batch as [`submit`](Self::submit)

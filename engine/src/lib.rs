@@ -21,6 +21,8 @@
 //!   filter, rate-limited, audited, each dead letter replayed at most once.
 //! - [`workflow_runner`] runs workflow executions' graphs, and
 //!   [`scheduler`] turns schedules' ticks into executions.
+//! - [`servers`]: the server inventory `ssh` tasks name, resolved by
+//!   intake into the address each execution records.
 //! - [`engine`] puts them together under one shutdown token; [`config`]
 //!   describes it.
 #![warn(missing_docs)]
@@ -37,6 +39,7 @@ pub mod projection;
 pub mod reactor;
 pub mod retry;
 pub mod scheduler;
+pub mod servers;
 pub mod snapshot;
 pub mod submit;
 mod supervisor;

@@ -183,6 +183,11 @@ async fn handle(doors: Doors, message: async_nats::Message) -> serde_json::Value
         Ok(submission) => submission,
         Err(problem) => return problem.as_answer(),
     };
+    if let Some(fanned) =
+        crate::api::servers::fan_out(&doors.intake, &doors.workers, &submission).await
+    {
+        return fanned.unwrap_or_else(|problem| problem.as_answer());
+    }
     let warning = doors.workers.warning(&submission.spec);
     let accepted = doors.intake.submit(submission, Utc::now()).await;
     crate::api::executions::answer(accepted.map_err(Problem::from), warning)

@@ -29,6 +29,7 @@ pub mod journal;
 pub mod occ;
 pub mod schedule;
 pub mod schema;
+pub mod server;
 pub mod spec;
 pub mod stream;
 pub mod subject;

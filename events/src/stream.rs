@@ -330,6 +330,13 @@ impl Layout {
         self.bucket(js, bucket, Duration::ZERO).await
     }
 
+    /// The key-value bucket of the server inventory (`<p>-servers`: one key
+    /// per server name), created if missing.
+    pub async fn servers_bucket(&self, js: &Context) -> Result<jetstream::kv::Store, LayoutError> {
+        let bucket = format!("{}-servers", self.subjects.prefix());
+        self.bucket(js, bucket, Duration::ZERO).await
+    }
+
     async fn bucket(
         &self,
         js: &Context,

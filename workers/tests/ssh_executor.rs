@@ -410,3 +410,39 @@ async fn fifty_tasks_to_one_host_share_a_few_connections() {
     }
     assert_eq!(sshd.accepted_connections() - before, accepted);
 }
+
+#[tokio::test]
+async fn a_probe_reports_the_host_key_timings_and_uname_on_a_connection_of_its_own() {
+    let sshd = Sshd::start().expect("sshd starts");
+    let executor = SshExecutor::new();
+    let before = sshd.accepted_connections();
+    for _ in 0..2 {
+        let (result, _) = run(&executor, &sshd, json!({"probe": true})).await;
+        let output = result.unwrap();
+        assert_eq!(output["reachable"], true);
+        assert!(
+            output["uname"].as_str().unwrap().starts_with("Linux"),
+            "{output}"
+        );
+        assert!(output["connect_ms"].as_f64().unwrap() > 0.0, "{output}");
+        assert!(
+            output["host_key"]
+                .as_str()
+                .unwrap()
+                .starts_with("ssh-ed25519 SHA256:"),
+            "{output}"
+        );
+    }
+    // Each probe connects anew: a pooled connection would prove nothing.
+    assert_eq!(sshd.accepted_connections() - before, 2);
+    let (result, _) = run(
+        &executor,
+        &sshd,
+        json!({"probe": true, "host_key": "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}),
+    )
+    .await;
+    let error = result.unwrap_err();
+    assert_eq!(error.class, ErrorClass::Permission, "{}", error.message);
+    let (result, _) = run(&executor, &sshd, json!({"probe": true, "argv": ["true"]})).await;
+    assert_eq!(result.unwrap_err().class, ErrorClass::InvalidInput);
+}

@@ -165,6 +165,13 @@ pub(super) async fn submit(
         Ok(submission) => submission,
         Err(problem) => return problem.into_response(),
     };
+    if let Some(fanned) = super::servers::fan_out(&state.intake, &state.workers, &submission).await
+    {
+        return match fanned {
+            Ok(answer) => (StatusCode::CREATED, Json(answer)).into_response(),
+            Err(problem) => problem.into_response(),
+        };
+    }
     let warning = state.workers.warning(&submission.spec);
     match state.intake.submit(submission, Utc::now()).await {
         Ok(accepted) => {

@@ -33,6 +33,7 @@ mod dead_letters;
 pub(crate) mod executions;
 pub mod problem;
 mod schedules;
+pub(crate) mod servers;
 mod sse;
 mod workflow_executions;
 mod workflows;
@@ -155,6 +156,12 @@ pub fn router(state: ApiState) -> Router {
                 .put(schedules::update)
                 .delete(schedules::delete),
         )
+        .route("/v1/servers", post(servers::create).get(servers::list))
+        .route(
+            "/v1/servers/{name}",
+            get(servers::get).put(servers::put).delete(servers::delete),
+        )
+        .route("/v1/servers/{name}/test", post(servers::test))
         .route("/v1/schedules/{id}/pause", post(schedules::pause))
         .route("/v1/schedules/{id}/resume", post(schedules::resume))
         .route("/v1/schedules/{id}/run-now", post(schedules::run_now))

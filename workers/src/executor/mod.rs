@@ -59,7 +59,9 @@ mod tests {
 
     #[test]
     fn builtin_registers_the_kinds_workflows_know_as_worker_kinds() {
-        let mut known = runlog_events::workflow::WORKER_KINDS.map(str::to_owned).to_vec();
+        let mut known = runlog_events::workflow::WORKER_KINDS
+            .map(str::to_owned)
+            .to_vec();
         known.sort();
         assert_eq!(builtin().kinds(), known);
     }

@@ -32,16 +32,22 @@ use crate::executor::shell::{Extract, ProgressPattern};
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SshInput {
+    /// The inventory server this input was resolved from (intake writes
+    /// it, with `host`, `port`, `user`, `key` and `host_key`).
+    pub server: Option<String>,
     /// The host name or address.
+    #[serde(default)]
     pub host: String,
     /// The port (22).
     #[serde(default = "default_port")]
     pub port: u16,
     /// The user to log in as.
+    #[serde(default)]
     pub user: String,
     /// The name of the task's environment value holding the private key,
     /// in OpenSSH or PEM format: ed25519, ECDSA (P-256, P-384, P-521) or
     /// RSA.
+    #[serde(default)]
     pub key: String,
     /// The name of the task's environment value holding the key's
     /// passphrase, for an encrypted key.
@@ -60,6 +66,11 @@ pub struct SshInput {
     /// asked.
     #[serde(default)]
     pub trust_on_first_use: bool,
+    /// Instead of a command: check the connection on a connection of its
+    /// own (reachability, host key, authentication) and report how long it
+    /// took and the host's `uname -a`.
+    #[serde(default)]
+    pub probe: bool,
     /// The program and its arguments, each quoted for the remote shell.
     pub argv: Option<Vec<String>>,
     /// A script run with the remote `sh -c`.

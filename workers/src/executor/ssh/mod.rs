@@ -45,7 +45,7 @@ pub use pool::PoolLimits;
 
 use hostkey::HostKeys;
 use input::invalid;
-use pool::{Lease, Pool, Target, network};
+use pool::{Lease, Pool, Target, connect_within, network};
 use remote::PidLine;
 
 /// Connecting, the key exchange and authentication, when the input does
@@ -171,7 +171,18 @@ impl Handler for SshExecutor {
     async fn run(&self, ctx: Context) -> HandlerResult {
         let input: SshInput =
             serde_json::from_value(ctx.input().clone()).map_err(|e| invalid(e.to_string()))?;
+        Plan::check_target(&input)?;
         let plan = Plan::new(&input, self.key(&input, &ctx)?)?;
+        if input.probe {
+            return tokio::select! {
+                probed = plan.probe() => probed.map_err(|e| masked(e, &ctx)),
+                reason = stop_requested(&ctx) => Err(reason.error(format!(
+                    "{}: the attempt was stopped while probing {}",
+                    reason_word(reason),
+                    plan.target.name()
+                ))),
+            };
+        }
         if let Some(reason) = StopReason::now(&ctx) {
             return Err(reason.error(format!(
                 "{}: the attempt was stopped before connecting to {}",
@@ -222,11 +233,44 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(input: &SshInput, key: Arc<PrivateKey>) -> Result<Self, TaskError> {
-        if input.host.is_empty() || input.user.is_empty() {
-            return Err(invalid("`host` and `user` must not be empty"));
+    /// Refuses an input without an address before anything is looked up.
+    fn check_target(input: &SshInput) -> Result<(), TaskError> {
+        if input.host.is_empty()
+            && let Some(server) = &input.server
+        {
+            return Err(invalid(format!(
+                "the input names server {server:?} but holds no address: the engine's intake \
+                 (the HTTP and NATS doors) resolves servers; a task appended to the log \
+                 directly gives `host`, `user` and `key` itself"
+            )));
         }
-        let (name, command) = remote::command(input)?;
+        for (field, value) in [
+            ("host", &input.host),
+            ("user", &input.user),
+            ("key", &input.key),
+        ] {
+            if value.is_empty() {
+                return Err(invalid(format!(
+                    "`{field}` is required (or name a `server`)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn new(input: &SshInput, key: Arc<PrivateKey>) -> Result<Self, TaskError> {
+        let (name, command) = if input.probe {
+            if input.argv.is_some() || input.shell.is_some() {
+                return Err(invalid(
+                    "`probe` runs its own command: leave out `argv` and `shell`",
+                ));
+            }
+            let mut probe = input.clone();
+            probe.argv = Some(vec!["uname".into(), "-a".into()]);
+            remote::command(&probe)?
+        } else {
+            remote::command(input)?
+        };
         let capture_bytes = input.capture_bytes.unwrap_or(DEFAULT_CAPTURE_BYTES);
         if capture_bytes > MAX_CAPTURE_BYTES {
             return Err(invalid(format!(
@@ -373,6 +417,45 @@ impl Plan {
                 )))
             }
         }
+    }
+
+    /// Checks the connection on one of its own: the time to connect (TCP,
+    /// key exchange, authentication), then to run `uname -a`.
+    async fn probe(&self) -> HandlerResult {
+        let began = tokio::time::Instant::now();
+        let (handle, host_key) = connect_within(&self.target).await?;
+        let connect_ms = began.elapsed().as_secs_f64() * 1000.0;
+        let began = tokio::time::Instant::now();
+        let failed = |e: russh::Error| {
+            network(format!(
+                "the probe's session on {} failed: {e}",
+                self.target.name()
+            ))
+        };
+        let mut channel = handle.channel_open_session().await.map_err(failed)?;
+        channel.exec(true, "uname -a").await.map_err(failed)?;
+        let (mut stdout, mut status) = (Vec::new(), None);
+        while let Some(message) = channel.wait().await {
+            match message {
+                ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                _ => {}
+            }
+        }
+        let latency_ms = began.elapsed().as_secs_f64() * 1000.0;
+        let _ = handle
+            .disconnect(russh::Disconnect::ByApplication, "probe done", "en")
+            .await;
+        let uname = String::from_utf8_lossy(&stdout).trim().to_owned();
+        Ok(serde_json::json!({
+            "reachable": true,
+            "authenticated": true,
+            "host_key": host_key,
+            "connect_ms": (connect_ms * 10.0).round() / 10.0,
+            "latency_ms": (latency_ms * 10.0).round() / 10.0,
+            "uname": uname,
+            "uname_exit_code": status,
+        }))
     }
 
     /// Sends `SIGNAL` to the remote process group over a second session.

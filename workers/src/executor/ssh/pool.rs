@@ -222,16 +222,7 @@ impl Pool {
             shared: &self.shared,
             key: &key,
         };
-        let handle = tokio::time::timeout(target.connect_timeout, connect(target))
-            .await
-            .map_err(|_| {
-                network(format!(
-                    "timed out connecting to {} after {} ms (TCP, key exchange and \
-                     authentication)",
-                    target.name(),
-                    target.connect_timeout.as_millis()
-                ))
-            })??;
+        let (handle, _) = connect_within(target).await?;
         let connection = Arc::new(Connection {
             handle,
             busy: AtomicUsize::new(1),
@@ -305,6 +296,7 @@ pub(super) struct Verifier {
     port: u16,
     host_keys: Arc<HostKeys>,
     refused: Arc<Mutex<Option<String>>>,
+    offered: Arc<Mutex<Option<String>>>,
 }
 
 impl client::Handler for Verifier {
@@ -316,6 +308,8 @@ impl client::Handler for Verifier {
     ) -> Result<bool, Self::Error> {
         let verdict = match offered {
             PublicKeyOrCertificate::PublicKey { key, .. } => {
+                *self.offered.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(format!("{} {}", key.algorithm(), fingerprint(key)));
                 self.host_keys.check(&self.host, self.port, key)
             }
             PublicKeyOrCertificate::Certificate(_) => Verdict::Refused(format!(
@@ -334,8 +328,25 @@ impl client::Handler for Verifier {
     }
 }
 
-/// Connects, checks the host key and authenticates.
-async fn connect(target: &Target) -> Result<client::Handle<Verifier>, TaskError> {
+/// [`connect`] within the target's connect timeout.
+pub(super) async fn connect_within(
+    target: &Target,
+) -> Result<(client::Handle<Verifier>, String), TaskError> {
+    tokio::time::timeout(target.connect_timeout, connect(target))
+        .await
+        .map_err(|_| {
+            network(format!(
+                "timed out connecting to {} after {} ms (TCP, key exchange and \
+                 authentication)",
+                target.name(),
+                target.connect_timeout.as_millis()
+            ))
+        })?
+}
+
+/// Connects, checks the host key and authenticates: the connection, and
+/// the host key it offered (`ssh-ed25519 SHA256:…`).
+async fn connect(target: &Target) -> Result<(client::Handle<Verifier>, String), TaskError> {
     let config = Arc::new(client::Config {
         keepalive_interval: Some(Duration::from_secs(15)),
         keepalive_max: 3,
@@ -343,11 +354,13 @@ async fn connect(target: &Target) -> Result<client::Handle<Verifier>, TaskError>
         ..Default::default()
     });
     let refused = Arc::new(Mutex::new(None));
+    let offered = Arc::new(Mutex::new(None));
     let verifier = Verifier {
         host: target.host.clone(),
         port: target.port,
         host_keys: target.host_keys.clone(),
         refused: refused.clone(),
+        offered: offered.clone(),
     };
     let connected = client::connect(config, (target.host.as_str(), target.port), verifier).await;
     let mut handle = match connected {
@@ -379,8 +392,13 @@ async fn connect(target: &Target) -> Result<client::Handle<Verifier>, TaskError>
         )
         .await
         .map_err(|e| connect_error(target, &e))?;
+    let offered = offered
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+        .unwrap_or_default();
     match auth {
-        AuthResult::Success => Ok(handle),
+        AuthResult::Success => Ok((handle, offered)),
         AuthResult::Failure { .. } => Err(TaskError::new(
             ErrorClass::Permission,
             format!(
