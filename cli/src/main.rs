@@ -65,6 +65,10 @@ enum Cmd {
     /// with their runs, pause, resume, delete, run now, backfill.
     #[command(after_help = client::EXIT_CODES)]
     Schedule(client::schedule::Args),
+    /// Servers that ssh tasks name: add, list, show with their runs, test
+    /// the connection, remove.
+    #[command(after_help = client::EXIT_CODES)]
+    Server(client::server::Args),
     /// Write the JSON Schema of every event and command (for clients in
     /// other languages).
     Schema {
@@ -127,6 +131,9 @@ async fn main() -> std::process::ExitCode {
         }
         Cmd::Schedule(args) => {
             return client::execute(args.conn().clone(), client::schedule::run(args)).await;
+        }
+        Cmd::Server(args) => {
+            return client::execute(args.conn().clone(), client::server::run(args)).await;
         }
     };
     match result {

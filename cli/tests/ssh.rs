@@ -196,6 +196,20 @@ async fn call(
     Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
 }
 
+/// Runs the `runlog` binary against the engine: its exit code and stdout.
+async fn cli(api: &Api, args: &[&str]) -> (i32, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_runlog"))
+        .args(args)
+        .args(["--engine-url", &api.base])
+        .output()
+        .await
+        .expect("the CLI runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
 fn server(name: &str, sshd: &Sshd, key_secret: &str, role: &str) -> Value {
     json!({
         "name": name,
@@ -395,8 +409,67 @@ async fn servers_are_named_tested_selected_by_label_and_keep_a_history() -> Resu
     ensure!(history["last_outcome"] == "succeeded", "{web1}");
     ensure!(history["last_run"]["id"] == "uptime-1-web-1", "{web1}");
 
-    let (status, _) = call(&api, Method::DELETE, "/v1/servers/db-1", None).await?;
-    ensure!(status == 204);
+    // The same through the CLI.
+    let port = two.port().to_string();
+    let host_key = two.host_key();
+    let (code, out) = cli(
+        &api,
+        &[
+            "server",
+            "add",
+            "web-3",
+            "--address",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--user",
+            two.user(),
+            "--key-secret",
+            "web-2-key",
+            "--host-key",
+            &host_key,
+            "-l",
+            "role=spare",
+        ],
+    )
+    .await;
+    ensure!(
+        code == 0 && out.contains("added server web-3"),
+        "{code} {out}"
+    );
+    let (code, out) = cli(&api, &["server", "ls"]).await;
+    ensure!(
+        code == 0 && out.contains("web-3") && out.contains("role=spare"),
+        "{out}"
+    );
+    let (code, out) = cli(&api, &["server", "test", "web-3"]).await;
+    ensure!(
+        code == 0 && out.contains("web-3: ok") && out.contains("Linux"),
+        "{code} {out}"
+    );
+    let (code, out) = cli(&api, &["server", "test", "db-1"]).await;
+    ensure!(
+        code == 1 && out.contains("failed (permission)"),
+        "{code} {out}"
+    );
+    let (code, out) = cli(&api, &["server", "show", "web-1"]).await;
+    ensure!(
+        code == 0 && out.contains("uptime-1-web-1") && out.contains("succeeded"),
+        "{out}"
+    );
+    let (code, out) = cli(&api, &["server", "rm", "web-3"]).await;
+    ensure!(
+        code == 0 && out.contains("removed server web-3"),
+        "{code} {out}"
+    );
+    let (code, _) = cli(&api, &["server", "show", "web-3"]).await;
+    ensure!(code == 5, "an unknown server exits 5, got {code}");
+
+    let (status, deleted) = call(&api, Method::DELETE, "/v1/servers/db-1", None).await?;
+    ensure!(
+        status == 200 && deleted["deleted"] == "db-1",
+        "{status} {deleted}"
+    );
     let (status, _) = call(&api, Method::GET, "/v1/servers/db-1", None).await?;
     ensure!(status == 404);
 

@@ -1,6 +1,6 @@
 //! The commands that talk to a running engine over its HTTP API (`docs/api.md`):
 //! `submit`, `status`, `ls`, `watch`, `logs`, `cancel`, `retry`, `workers`, `queues`,
-//! `workflow`, `schedule`.
+//! `workflow`, `schedule`, `server`.
 //!
 //! [`Client`] is a small typed client over reqwest that turns connection
 //! failures and `application/problem+json` answers into an [`Error`] that
@@ -16,6 +16,7 @@ pub mod list;
 pub mod logs;
 pub mod render;
 pub mod schedule;
+pub mod server;
 pub mod sse;
 pub mod status;
 pub mod submit;
@@ -319,6 +320,20 @@ impl Client {
         let request = self
             .http
             .post(self.url(path))
+            .json(body)
+            .timeout(REQUEST_TIMEOUT);
+        self.answer(request).await
+    }
+
+    /// `PUT path` with a JSON body, as `T`.
+    pub async fn put<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T, Error> {
+        let request = self
+            .http
+            .put(self.url(path))
             .json(body)
             .timeout(REQUEST_TIMEOUT);
         self.answer(request).await

@@ -184,13 +184,14 @@ pub(super) async fn put(
     }
 }
 
-/// `DELETE /v1/servers/{name}`: 204, or 404.
+/// `DELETE /v1/servers/{name}`: 200 with `{"deleted": name}`, or 404. The
+/// executions that ran on it stay.
 pub(super) async fn delete(State(state): State<ApiState>, Path(name): Path<String>) -> Response {
     let Some(servers) = state.intake.servers() else {
         return no_inventory();
     };
     match servers.delete(&name).await {
-        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+        Ok(true) => Json(json!({"deleted": name})).into_response(),
         Ok(false) => problem(ServersError::Unknown(name)).into_response(),
         Err(e) => problem(e).into_response(),
     }
