@@ -8,7 +8,9 @@
 //!   holds every execution once, in the API's state, and an execution's
 //!   timeline every event sequence once, in order;
 //! - the schedules section runs a schedule now, pauses and resumes it, and
-//!   a click on its row shows its next ticks and its runs.
+//!   a click on its row shows its next ticks and its runs;
+//! - the servers section tests a server's connection against a real sshd
+//!   and shows the host's `uname`, and a refused key as a failure.
 //!
 //! Needs `chromium` and `chromedriver` (`./scripts/setup.sh` installs them).
 //! With `RUNLOG_SCREENSHOTS=1` the tests also save `docs/img/dashboard.png`
@@ -121,6 +123,14 @@ struct Stack {
 
 impl Stack {
     async fn start(concurrency: usize) -> Result<Stack> {
+        Self::start_with_secrets(concurrency, None).await
+    }
+
+    /// A stack whose worker resolves secrets from `secrets` when given.
+    async fn start_with_secrets(
+        concurrency: usize,
+        secrets: Option<std::collections::BTreeMap<String, String>>,
+    ) -> Result<Stack> {
         // First, so that a missing browser fails at once with its remedy.
         let browser = Browser::start().await?;
         let server = NatsServer::start()?;
@@ -142,6 +152,10 @@ impl Stack {
             },
             runlog_worker::executor::builtin(),
         );
+        let worker = match secrets {
+            Some(secrets) => worker.with_secrets(secrets),
+            None => worker,
+        };
         let worker = tokio::spawn(worker.run(shutdown.clone()));
         let base = format!("http://{}", engine.addr());
         Ok(Stack {
@@ -553,6 +567,96 @@ async fn the_schedules_section_runs_a_schedule_now_and_pauses_and_resumes_it() -
     .await?;
     let api = stack.get("/v1/schedules/new-year").await?;
     ensure!(api["status"] == "active" && api["run_count"] == 1, "{api}");
+    stack.stop().await
+}
+
+/// The row of server `arguments[0]` in the servers section, as shown.
+const SERVER_ROW: &str = r#"
+    const row = document.querySelector(`#srv-rows tr[data-id="${arguments[0]}"]`);
+    if (!row || document.getElementById('srv-view').hidden) return null;
+    return {
+        test: row.dataset.test,
+        address: row.querySelector('.srv-address').textContent,
+        labels: row.querySelector('.srv-labels').textContent,
+        result: row.querySelector('.srv-result span').textContent,
+        detail: row.querySelector('.srv-result .small').textContent,
+        last: row.querySelector('.srv-last .badge').dataset.status,
+    };
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_section_tests_a_connection_and_shows_the_host() -> Result<()> {
+    use runlog_testkit::{KeyType, Sshd};
+    let sshd = Sshd::start()?;
+    let secrets = [("web-key".to_owned(), sshd.private_key(KeyType::Ed25519))].into();
+    let stack = Stack::start_with_secrets(2, Some(secrets)).await?;
+    let b = &stack.browser;
+    for (name, secret) in [("web-1", "web-key"), ("web-2", "missing-key")] {
+        let created = stack
+            .http
+            .post(format!("{}/v1/servers", stack.base))
+            .json(&json!({
+                "name": name, "address": "127.0.0.1", "port": sshd.port(),
+                "user": sshd.user(), "key_secret": secret,
+                "host_key": sshd.host_key(), "labels": {"role": "web"},
+            }))
+            .send()
+            .await?;
+        ensure!(
+            created.status().as_u16() == 201,
+            "{}",
+            created.text().await?
+        );
+    }
+    stack.open_list().await?;
+    let row = |name: &'static str, what: &'static str, condition: &'static str| {
+        let script = format!(
+            "const r = (() => {{ {SERVER_ROW} }})(); return r && ({condition}) ? r : null;"
+        );
+        async move {
+            b.wait_for(what, Duration::from_secs(20), &script, json!([name]))
+                .await
+        }
+    };
+    let shown = row("web-1", "the server's row, never tested", "r.test === ''").await?;
+    ensure!(
+        shown["address"] == format!("{}@127.0.0.1:{}", sshd.user(), sshd.port())
+            && shown["labels"] == "role=web",
+        "{shown}"
+    );
+
+    b.click(r#"#srv-rows tr[data-id="web-1"] button[data-action="test"]"#)
+        .await?;
+    let tested = row("web-1", "the row shows the test passed", "r.test === 'ok'").await?;
+    ensure!(
+        tested["result"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("ok · "))
+            && tested["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("Linux")),
+        "{tested}"
+    );
+    // The probe is the server's newest run.
+    row(
+        "web-1",
+        "the row shows the probe as its last run",
+        "r.last === 'succeeded'",
+    )
+    .await?;
+
+    b.click(r#"#srv-rows tr[data-id="web-2"] button[data-action="test"]"#)
+        .await?;
+    let failed = row(
+        "web-2",
+        "the row shows the test failed",
+        "r.test === 'failed'",
+    )
+    .await?;
+    ensure!(failed["result"] == "failed · permission", "{failed}");
+    if let Some(dir) = screenshots() {
+        b.screenshot(&dir.join("servers.png")).await?;
+    }
     stack.stop().await
 }
 

@@ -49,9 +49,14 @@ pub struct Server {
     /// encrypted key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passphrase_secret: Option<String>,
-    /// Host keys to accept (public key lines or `SHA256:` fingerprints).
-    /// Empty: the worker's `~/.ssh/known_hosts` decides.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Host keys to accept (public key lines or `SHA256:` fingerprints;
+    /// one string or a list). Empty: the worker's `~/.ssh/known_hosts`
+    /// decides.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "one_or_many"
+    )]
     pub host_key: Vec<String>,
     /// Labels a task selects servers by (`role=web`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -63,6 +68,21 @@ pub struct Server {
 
 fn default_port() -> u16 {
     22
+}
+
+/// Reads one string or a list of strings as a list: how host keys are
+/// written, here and in the `ssh` input.
+pub fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "a host key string or a list of them")]
+    enum Form {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Form::deserialize(d)? {
+        Form::One(key) => vec![key],
+        Form::Many(keys) => keys,
+    })
 }
 
 /// How a task names its servers, read from an `ssh` input.

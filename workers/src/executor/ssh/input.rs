@@ -55,7 +55,7 @@ pub struct SshInput {
     /// The host keys to accept, pinned: public key lines
     /// (`ssh-ed25519 AAAA…`) or fingerprints (`SHA256:…`). One string or a
     /// list.
-    #[serde(default, deserialize_with = "one_or_many")]
+    #[serde(default, deserialize_with = "runlog_events::server::one_or_many")]
     pub host_key: Vec<String>,
     /// A `known_hosts` file on the worker. The default when neither
     /// `host_key` nor `known_hosts` is given: the worker user's
@@ -109,19 +109,6 @@ pub struct SshInput {
 
 fn default_port() -> u16 {
     22
-}
-
-fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged, expecting = "a host key string or a list of them")]
-    enum Form {
-        One(String),
-        Many(Vec<String>),
-    }
-    Ok(match Form::deserialize(d)? {
-        Form::One(key) => vec![key],
-        Form::Many(keys) => keys,
-    })
 }
 
 /// An input error, pointing at the docs.
