@@ -69,6 +69,10 @@ enum Cmd {
     /// the connection, remove.
     #[command(after_help = client::EXIT_CODES)]
     Server(client::server::Args),
+    /// Agent pools: create one (prints its token), list them with their
+    /// agents and load, make and revoke tokens.
+    #[command(after_help = client::EXIT_CODES)]
+    Pool(client::pool::Args),
     /// Write the JSON Schema of every event and command (for clients in
     /// other languages).
     Schema {
@@ -134,6 +138,9 @@ async fn main() -> std::process::ExitCode {
         }
         Cmd::Server(args) => {
             return client::execute(args.conn().clone(), client::server::run(args)).await;
+        }
+        Cmd::Pool(args) => {
+            return client::execute(args.conn().clone(), client::pool::run(args)).await;
         }
     };
     match result {

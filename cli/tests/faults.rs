@@ -618,6 +618,7 @@ async fn bad_input_on_every_subject_is_counted_and_everything_keeps_running() ->
             priority: normal,
             kind: "shell".into(),
             worker_labels: Default::default(),
+            capacity: None,
             spec: None,
         }),
     );

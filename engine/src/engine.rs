@@ -156,6 +156,14 @@ impl Engine {
                 async move { view.follow(&js, &subjects, stop).await }
             });
         }
+        let pools = crate::pools::Pools::new(layout.pools_bucket(&pub_js).await?);
+        {
+            let (pools, client, subjects) = (pools.clone(), publisher.clone(), subjects.clone());
+            tasks.restart("pool joins", shutdown.clone(), move |stop| {
+                let (pools, client, subjects) = (pools.clone(), client.clone(), subjects.clone());
+                async move { pools.serve(client, subjects, stop).await }
+            });
+        }
         crate::submit::serve(
             publisher.clone(),
             subjects.clone(),
@@ -250,6 +258,7 @@ impl Engine {
             runner,
             scheduler,
             workers,
+            pools,
             projection: projection.clone(),
             live,
             subjects,

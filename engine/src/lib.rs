@@ -21,6 +21,8 @@
 //!   filter, rate-limited, audited, each dead letter replayed at most once.
 //! - [`workflow_runner`] runs workflow executions' graphs, and
 //!   [`scheduler`] turns schedules' ticks into executions.
+//! - [`pools`]: agent pools and their tokens, and the answer to agents
+//!   that ask to join.
 //! - [`servers`]: the server inventory `ssh` tasks name, resolved by
 //!   intake into the address each execution records.
 //! - [`engine`] puts them together under one shutdown token; [`config`]
@@ -35,6 +37,7 @@ mod follow;
 pub mod intake;
 pub mod live;
 pub mod operations;
+pub mod pools;
 pub mod projection;
 pub mod reactor;
 pub mod retry;

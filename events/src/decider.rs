@@ -963,6 +963,7 @@ fn queued_of(spec: &TaskSpec) -> Queued {
         priority: spec.priority,
         kind: spec.kind.clone(),
         worker_labels: spec.worker_labels.clone(),
+        capacity: spec.capacity.clone(),
         spec: None,
     }
 }

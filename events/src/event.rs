@@ -74,6 +74,10 @@ pub struct Queued {
     /// Labels a worker must carry to take the attempt, copied from the spec.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub worker_labels: BTreeMap<String, String>,
+    /// The capacity class, copied from the spec when it names one: worker
+    /// capacity rules match it instead of the kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<String>,
     /// The task, when this `queued` is the execution's first event: the
     /// engine's doors validate a submission and record it queued in one
     /// event (`submitted` is then never written) unless its start is

@@ -27,6 +27,7 @@ mod humantime_opt;
 pub mod id;
 pub mod journal;
 pub mod occ;
+pub mod pool;
 pub mod schedule;
 pub mod schema;
 pub mod server;

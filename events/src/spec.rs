@@ -270,6 +270,13 @@ pub struct TaskSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 128))]
     pub concurrency_key: Option<String>,
+    /// The capacity class worker capacity rules match instead of the kind
+    /// (`plan`, `apply`): a plan and an apply that are both `shell` tasks
+    /// get different rules (`docs/workers.md`, "Capacity rules"). Same
+    /// characters as `rate_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub capacity: Option<String>,
     /// Circuit-breaker key (`provider=openai`): attempts of one key share a
     /// breaker that opens after too many failures and delays them while
     /// open (`docs/workers.md`, "Circuit breakers"). Without it, an `http`
@@ -382,6 +389,7 @@ impl TaskSpec {
             worker_labels: BTreeMap::new(),
             rate_key: None,
             concurrency_key: None,
+            capacity: None,
             breaker: None,
             idempotency_key: None,
             not_before: None,
@@ -442,6 +450,7 @@ impl TaskSpec {
         for (field, key) in [
             ("rate_key", &self.rate_key),
             ("concurrency_key", &self.concurrency_key),
+            ("capacity", &self.capacity),
             ("breaker", &self.breaker),
         ] {
             if let Some(reason) = key.as_deref().and_then(limit_key_error) {

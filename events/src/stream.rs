@@ -330,6 +330,13 @@ impl Layout {
         self.bucket(js, bucket, Duration::ZERO).await
     }
 
+    /// The key-value bucket of agent pools and their token hashes
+    /// (`<p>-pools`: one key per pool), created if missing.
+    pub async fn pools_bucket(&self, js: &Context) -> Result<jetstream::kv::Store, LayoutError> {
+        let bucket = format!("{}-pools", self.subjects.prefix());
+        self.bucket(js, bucket, Duration::ZERO).await
+    }
+
     /// The key-value bucket of the server inventory (`<p>-servers`: one key
     /// per server name), created if missing.
     pub async fn servers_bucket(&self, js: &Context) -> Result<jetstream::kv::Store, LayoutError> {

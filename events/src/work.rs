@@ -40,6 +40,8 @@ pub struct WorkItem {
     pub kind: String,
     /// Labels the worker must carry.
     pub worker_labels: BTreeMap<String, String>,
+    /// The capacity class the task names, if any.
+    pub capacity: Option<String>,
     /// The stream sequence of the `queued` event.
     pub queued_seq: u64,
     /// The task as recorded (environment values sealed), when the `queued`
@@ -74,6 +76,12 @@ pub enum WorkItemError {
 }
 
 impl WorkItem {
+    /// What worker capacity rules match: the capacity class the task names,
+    /// else its kind.
+    pub fn capacity_class(&self) -> &str {
+        self.capacity.as_deref().unwrap_or(&self.kind)
+    }
+
     /// The work item of a `queued` event of `execution` stored at `seq`.
     pub fn of(execution: ExecutionId, attempt: u32, queued: &Queued, seq: u64) -> Self {
         WorkItem {
@@ -81,6 +89,7 @@ impl WorkItem {
             attempt,
             kind: queued.kind.clone(),
             worker_labels: queued.worker_labels.clone(),
+            capacity: queued.capacity.clone(),
             queued_seq: seq,
             spec: queued.spec.as_deref().cloned(),
         }
@@ -145,6 +154,7 @@ mod tests {
             priority: Priority::High,
             kind: "shell".into(),
             worker_labels: labels,
+            capacity: None,
             spec: Some(Box::new(TaskSpec::new("shell"))),
         }
     }

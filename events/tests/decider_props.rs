@@ -243,6 +243,7 @@ fn arb_event() -> impl Strategy<Value = Event> {
             priority: Priority::Normal,
             kind: "shell".into(),
             worker_labels: Default::default(),
+            capacity: None,
             spec: None,
         })),
         arb_spec().prop_map(|spec| Event::Queued(Queued {
@@ -250,6 +251,7 @@ fn arb_event() -> impl Strategy<Value = Event> {
             priority: spec.priority,
             kind: spec.kind.clone(),
             worker_labels: Default::default(),
+            capacity: None,
             spec: Some(Box::new(spec)),
         })),
         (0u8..3).prop_map(|w| Event::Started(Started {

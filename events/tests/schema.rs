@@ -216,6 +216,7 @@ fn example(ty: EventType) -> Event {
             priority: Priority::High,
             kind: "shell".into(),
             worker_labels: [("pool".to_owned(), "backup".to_owned())].into(),
+            capacity: None,
             spec: None,
         }),
         EventType::Started => Event::Started(Started {

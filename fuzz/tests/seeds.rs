@@ -48,6 +48,7 @@ fn events() -> Vec<Event> {
             priority: Priority::High,
             kind: "shell".into(),
             worker_labels: Default::default(),
+            capacity: None,
             spec: None,
         }),
         Event::Started(Started { worker: "w1".into(), deadline: None }),

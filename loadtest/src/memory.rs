@@ -37,6 +37,7 @@ pub fn finished(spec: &TaskSpec, output: serde_json::Value) -> [(u32, Event); EV
                 priority: spec.priority,
                 kind: spec.kind.clone(),
                 worker_labels: Default::default(),
+                capacity: None,
                 spec: Some(Box::new(spec.clone())),
             }),
         ),

@@ -1,6 +1,6 @@
 //! The commands that talk to a running engine over its HTTP API (`docs/api.md`):
 //! `submit`, `status`, `ls`, `watch`, `logs`, `cancel`, `retry`, `workers`, `queues`,
-//! `workflow`, `schedule`, `server`.
+//! `workflow`, `schedule`, `server`, `pool`.
 //!
 //! [`Client`] is a small typed client over reqwest that turns connection
 //! failures and `application/problem+json` answers into an [`Error`] that
@@ -14,6 +14,7 @@ pub mod control;
 pub mod demo;
 pub mod list;
 pub mod logs;
+pub mod pool;
 pub mod render;
 pub mod schedule;
 pub mod server;

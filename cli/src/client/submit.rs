@@ -111,6 +111,14 @@ pub struct TaskFlags {
     /// for more.
     #[arg(long = "require", value_parser = parse_pair, value_name = "KEY=VALUE")]
     require: Vec<(String, String)>,
+    /// The capacity class worker rules match instead of the kind (`plan`,
+    /// `apply`).
+    #[arg(long, value_name = "CLASS")]
+    capacity: Option<String>,
+    /// A concurrency key (`workspace=prod`): across the cluster, at most the
+    /// configured number of its attempts run at once.
+    #[arg(long, value_name = "KEY")]
+    concurrency_key: Option<String>,
 }
 
 impl TaskFlags {
@@ -124,6 +132,8 @@ impl TaskFlags {
             && self.retries.is_none()
             && self.labels.is_empty()
             && self.require.is_empty()
+            && self.capacity.is_none()
+            && self.concurrency_key.is_none()
     }
 
     /// `--input` as a workflow's input: the other flags describe a task and
@@ -137,6 +147,8 @@ impl TaskFlags {
             ("--retries", self.retries.is_some()),
             ("--label", !self.labels.is_empty()),
             ("--require", !self.require.is_empty()),
+            ("--capacity", self.capacity.is_some()),
+            ("--concurrency-key", self.concurrency_key.is_some()),
         ];
         if let Some((flag, _)) = task_only.iter().find(|(_, given)| *given) {
             return Err(Error::Usage(format!(
@@ -187,6 +199,12 @@ impl TaskFlags {
         }
         if !self.require.is_empty() {
             body["worker_labels"] = json!(self.require.iter().cloned().collect::<BTreeMap<_, _>>());
+        }
+        if let Some(class) = &self.capacity {
+            body["capacity"] = json!(class);
+        }
+        if let Some(key) = &self.concurrency_key {
+            body["concurrency_key"] = json!(key);
         }
         Ok(body)
     }

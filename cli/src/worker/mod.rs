@@ -47,6 +47,13 @@ pub struct Args {
     /// env: RUNLOG_WORKER_ID].
     #[arg(long)]
     id: Option<String>,
+    /// Join this agent pool: serve only its queue, once the engine accepts
+    /// the token of --token-file [env: RUNLOG_POOL].
+    #[arg(long)]
+    pool: Option<String>,
+    /// The file holding the pool token [env: RUNLOG_POOL_TOKEN_FILE].
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
     /// Registry entry refresh and heartbeat interval of running attempts
     /// [default: 5s; env: RUNLOG_HEARTBEAT].
     #[arg(long, value_parser = duration)]
@@ -139,6 +146,11 @@ impl Args {
         let b = &self.breakers;
         let flags = Values::new()
             .set_some("worker.id", self.id.clone())
+            .set_some("worker.pool", self.pool.clone())
+            .set_some(
+                "worker.pool-token-file",
+                self.token_file.as_ref().map(|f| f.display().to_string()),
+            )
             .set_some(
                 "worker.queues",
                 Some(self.queues.clone()).filter(|q| !q.is_empty()),
@@ -187,7 +199,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.shared.print_config {
         return print_config(&nats, "worker", &table);
     }
-    let config = table.into_config(&nats);
+    let pool = table.pool_membership()?;
+    let mut config = table.into_config(&nats);
+    if let Some(pool) = pool {
+        if config.queues == [QueueName::default()] {
+            config.queues =
+                vec![QueueName::new(&pool.name).map_err(|e| {
+                    anyhow::anyhow!("pool {:?} is not a valid name: {e}", pool.name)
+                })?];
+        }
+        config.pool = Some(pool);
+    }
     config.validate()?;
     let client = nats
         .connect(&format!("runlog-worker-{}", config.id))

@@ -8,13 +8,21 @@ use std::time::Duration;
 use runlog_config::{Form, NatsConfig, Setting, setting};
 use runlog_events::QueueName;
 use runlog_worker::runtime::{
-    BreakerConfig, CapacityRule, ConcurrencyRule, GuardConfig, LimitsConfig, RateRule, WorkerConfig,
+    BreakerConfig, CapacityRule, ConcurrencyRule, GuardConfig, LimitsConfig, PoolMembership,
+    RateRule, WorkerConfig,
 };
 use serde::{Deserialize, Serialize};
 
 /// The worker's settings: key, variable, flag.
-pub const WORKER: [Setting; 23] = [
+pub const WORKER: [Setting; 25] = [
     setting("worker.id", "RUNLOG_WORKER_ID", "--id", Form::Text),
+    setting("worker.pool", "RUNLOG_POOL", "--pool", Form::Text),
+    setting(
+        "worker.pool-token-file",
+        "RUNLOG_POOL_TOKEN_FILE",
+        "--token-file",
+        Form::Text,
+    ),
     setting("worker.queues", "RUNLOG_QUEUES", "--queue", Form::List(',')),
     setting(
         "worker.concurrency",
@@ -151,6 +159,13 @@ pub struct WorkerTable {
     /// The worker id; none: `<host>-<random>`, new at every start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// The agent pool to join (the worker then serves only the pool's
+    /// queue).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// The file holding the pool token.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_token_file: Option<std::path::PathBuf>,
     /// The queues to take work from.
     pub queues: Vec<QueueName>,
     /// Attempts run at once.
@@ -239,6 +254,8 @@ impl Default for WorkerTable {
         let runtime = WorkerConfig::default();
         WorkerTable {
             id: None,
+            pool: None,
+            pool_token_file: None,
             queues: runtime.queues,
             concurrency: runtime.concurrency,
             capacity: runtime.capacity,
@@ -332,7 +349,31 @@ impl WorkerTable {
                 lease_ttl: self.limits.lease_ttl,
                 ..defaults.limits
             },
+            pool: None,
         }
+    }
+
+    /// The pool to join, with the token read from its file.
+    pub fn pool_membership(&self) -> anyhow::Result<Option<PoolMembership>> {
+        use anyhow::Context;
+        let Some(name) = &self.pool else {
+            if self.pool_token_file.is_some() {
+                anyhow::bail!("--token-file is the token of a pool: give --pool too");
+            }
+            return Ok(None);
+        };
+        let file = self.pool_token_file.as_ref().with_context(|| {
+            format!(
+                "pool {name:?} needs its token: --token-file FILE (`runlog pool create {name}` \
+                 prints one)"
+            )
+        })?;
+        let token = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read the pool token file {}", file.display()))?;
+        Ok(Some(PoolMembership {
+            name: name.clone(),
+            token: token.trim().to_owned(),
+        }))
     }
 }
 

@@ -696,6 +696,9 @@ function drawQueues(queues) {
   }
 }
 
+// Workers without a pool first, then each agent pool under its heading
+// (`pool tf · 2 agents · 3 / 8 running`); an agent's card shows its load by
+// capacity class (`plan 2/3 · apply 0/1`).
 function drawWorkers(workers) {
   const box = $('workers');
   box.textContent = '';
@@ -703,29 +706,48 @@ function drawWorkers(workers) {
     box.append(el('p', 'muted', 'no live worker'));
     return;
   }
-  workers.sort((a, b) => String(a.id).localeCompare(String(b.id)));
+  workers.sort((a, b) => String(a.pool || '').localeCompare(String(b.pool || '')) || String(a.id).localeCompare(String(b.id)));
+  let pool = null;
   for (const w of workers) {
-    const running = (w.running || []).length;
-    const slots = w.concurrency || 0;
-    const card = el('div', 'worker');
-    card.dataset.worker = w.id;
-    card.dataset.running = String(running);
-    card.dataset.concurrency = String(slots);
-    const head = el('div', 'worker-head');
-    head.append(el('span', 'mono', w.id), el('span', 'muted', `${running} / ${slots}`));
-    const bar = el('div', 'bar load');
-    const fill = el('div', 'fill');
-    fill.style.width = `${slots ? Math.min(100, (100 * running) / slots) : 0}%`;
-    bar.append(fill);
-    const meta = el('div', 'muted small');
-    const parts = [w.host, `queues ${(w.queues || []).join(', ') || '–'}`];
-    const rules = (w.capacity || []).map((c) => `${c.kind}≤${c.limit}${c.exclusive ? ' excl.' : ''}`);
-    if (rules.length) parts.push(rules.join(' '));
-    meta.textContent = parts.filter(Boolean).join(' · ');
-    card.append(head, bar, meta);
-    if (w.paused_for_resources) card.append(el('div', 'warn small', 'paused: host overloaded'));
-    box.append(card);
+    if ((w.pool || null) !== pool) {
+      pool = w.pool || null;
+      const members = workers.filter((o) => o.pool === pool);
+      const busy = members.reduce((n, o) => n + (o.running || []).length, 0);
+      const slots = members.reduce((n, o) => n + (o.concurrency || 0), 0);
+      const head = el('div', 'pool-head small');
+      head.dataset.pool = pool;
+      head.append(el('span', 'mono', `pool ${pool}`), el('span', 'muted', ` · ${members.length} agent${members.length === 1 ? '' : 's'} · ${busy} / ${slots} running`));
+      box.append(head);
+    }
+    box.append(workerCard(w));
   }
+}
+
+function workerCard(w) {
+  const running = (w.running || []).length;
+  const slots = w.concurrency || 0;
+  const card = el('div', 'worker');
+  card.dataset.worker = w.id;
+  card.dataset.pool = w.pool || '';
+  card.dataset.running = String(running);
+  card.dataset.concurrency = String(slots);
+  const head = el('div', 'worker-head');
+  head.append(el('span', 'mono', w.id), el('span', 'muted', `${running} / ${slots}`));
+  const bar = el('div', 'bar load');
+  const fill = el('div', 'fill');
+  fill.style.width = `${slots ? Math.min(100, (100 * running) / slots) : 0}%`;
+  bar.append(fill);
+  const meta = el('div', 'muted small');
+  const parts = [w.host, `queues ${(w.queues || []).join(', ') || '–'}`];
+  const load = (w.load || []).map((c) => `${c.class} ${c.running}/${c.limit}${c.exclusive ? ' excl.' : ''}`);
+  const rules = (w.capacity || []).map((c) => `${c.kind}≤${c.limit}${c.exclusive ? ' excl.' : ''}`);
+  if (load.length) parts.push(load.join(' · '));
+  else if (rules.length) parts.push(rules.join(' '));
+  meta.textContent = parts.filter(Boolean).join(' · ');
+  meta.className = 'muted small worker-meta';
+  card.append(head, bar, meta);
+  if (w.paused_for_resources) card.append(el('div', 'warn small', 'paused: host overloaded'));
+  return card;
 }
 
 // ---------------------------------------------------------------- execution page

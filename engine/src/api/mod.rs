@@ -31,6 +31,7 @@ mod breakers;
 pub mod dashboard;
 mod dead_letters;
 pub(crate) mod executions;
+mod pools;
 pub mod problem;
 mod schedules;
 pub(crate) mod servers;
@@ -45,7 +46,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use futures::StreamExt;
 use runlog_events::Subjects;
 use runlog_events::journal::Journal;
@@ -84,6 +85,8 @@ pub struct ApiState {
     pub workers: crate::workers::LiveWorkers,
     /// Workflow definitions.
     pub workflows: crate::workflows::Workflows,
+    /// Agent pools and their tokens.
+    pub pools: crate::pools::Pools,
     /// Workflow executions.
     pub runner: crate::workflow_runner::Runner,
     /// Schedules.
@@ -156,6 +159,9 @@ pub fn router(state: ApiState) -> Router {
                 .put(schedules::update)
                 .delete(schedules::delete),
         )
+        .route("/v1/pools", post(pools::create).get(pools::list))
+        .route("/v1/pools/{name}/tokens", post(pools::issue))
+        .route("/v1/pools/{name}/tokens/{id}", delete(pools::revoke))
         .route("/v1/servers", post(servers::create).get(servers::list))
         .route(
             "/v1/servers/{name}",
@@ -286,17 +292,25 @@ fn reactor_counters(stats: &crate::reactor::ReactorStats) -> serde_json::Value {
 
 /// Live workers, from the registry bucket (absent until a worker started).
 async fn workers(State(state): State<ApiState>) -> Response {
+    match registry(&state).await {
+        Ok(workers) => axum::Json(json!({ "workers": workers })).into_response(),
+        Err(problem) => problem.into_response(),
+    }
+}
+
+/// Every entry of the worker registry, as the workers wrote them.
+pub(crate) async fn registry(state: &ApiState) -> Result<Vec<serde_json::Value>, Problem> {
     let Ok(store) = state
         .js
         .get_key_value(state.subjects.workers_bucket())
         .await
     else {
-        return axum::Json(json!({ "workers": [] })).into_response();
+        return Ok(Vec::new());
     };
     let mut workers = Vec::new();
     let keys = match store.keys().await {
         Ok(keys) => keys.collect::<Vec<_>>().await,
-        Err(e) => return Problem::unavailable(e).into_response(),
+        Err(e) => return Err(Problem::unavailable(e)),
     };
     for key in keys.into_iter().flatten() {
         if let Ok(Some(value)) = store.get(&key).await
@@ -305,5 +319,5 @@ async fn workers(State(state): State<ApiState>) -> Response {
             workers.push(entry);
         }
     }
-    axum::Json(json!({ "workers": workers })).into_response()
+    Ok(workers)
 }

@@ -254,10 +254,11 @@ impl Dispatcher {
     fn exclusive_waiting(&self) -> bool {
         self.waiting
             .iter()
-            .any(|w| w.held_until.is_none() && self.capacity.is_exclusive(&w.item.kind))
+            .any(|w| w.held_until.is_none() && self.capacity.is_exclusive(w.item.capacity_class()))
     }
 
-    /// Whether an item of `kind` may start now.
+    /// Whether an item of capacity class `kind` (its kind unless it names
+    /// a class) may start now.
     fn check(&self, kind: &str) -> Result<(), Blocked> {
         self.capacity.check(kind)?;
         if !self.capacity.is_exclusive(kind) && self.exclusive_waiting() {
@@ -305,11 +306,11 @@ impl Dispatcher {
             keys: None,
             held_until: None,
         };
-        match self.check(&waiting.item.kind) {
+        match self.check(waiting.item.capacity_class()) {
             Ok(()) => self.start(waiting),
             Err(Blocked::Full) => self.wait(waiting),
             Err(_) if delivered == 1 => {
-                tracing::debug!(execution = %waiting.item.execution, kind = %waiting.item.kind, "kind at its limit; handing the item back once");
+                tracing::debug!(execution = %waiting.item.execution, class = %waiting.item.capacity_class(), "capacity class at its limit; handing the item back once");
                 execution::nak(&waiting.message, Some(self.shared.nak_delay)).await;
             }
             Err(_) => self.wait(waiting),
@@ -327,11 +328,9 @@ impl Dispatcher {
     /// Starts every waiting item the rules allow, in priority order.
     fn start_waiting(&mut self) {
         let now = Instant::now();
-        while let Some(at) = self
-            .waiting
-            .iter()
-            .position(|w| w.held_until.is_none_or(|t| t <= now) && self.check(&w.item.kind).is_ok())
-        {
+        while let Some(at) = self.waiting.iter().position(|w| {
+            w.held_until.is_none_or(|t| t <= now) && self.check(w.item.capacity_class()).is_ok()
+        }) {
             let waiting = self.waiting.remove(at);
             self.start(waiting);
         }
@@ -347,7 +346,7 @@ impl Dispatcher {
             keys,
             ..
         } = waiting;
-        let kind = item.kind.clone();
+        let kind = item.capacity_class().to_owned();
         self.capacity.start(&kind);
         let handle = self.attempts.spawn(execution::attempt(
             self.shared.clone(),

@@ -238,6 +238,7 @@ pub(crate) async fn execute(
         execution: attempt.execution().clone(),
         attempt: attempt.number(),
         kind: attempt.spec().kind.clone(),
+        capacity: attempt.spec().capacity.clone(),
         started_at: claimed.claimed_at,
     });
     tracing::debug!(execution = %attempt.execution(), attempt = attempt.number(), kind = %attempt.spec().kind, "attempt started");

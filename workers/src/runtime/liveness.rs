@@ -30,6 +30,13 @@ use super::capacity::CapacityRule;
 pub struct WorkerEntry {
     /// The worker id.
     pub id: String,
+    /// The agent pool it joined, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// What runs now of each capacity class it has a rule for
+    /// (`plan 2/3, apply 0/1`), rewritten every heartbeat.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub load: Vec<ClassLoad>,
     /// The host it runs on.
     pub host: String,
     /// The runlog version.
@@ -68,8 +75,42 @@ pub struct RunningAttempt {
     pub attempt: u32,
     /// The task kind.
     pub kind: String,
+    /// The capacity class the task names, if any (the capacity rules match
+    /// it instead of the kind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<String>,
     /// When the worker claimed it.
     pub started_at: DateTime<Utc>,
+}
+
+/// The load of one capacity class on a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassLoad {
+    /// The class (a task's `capacity`, else its kind).
+    pub class: String,
+    /// Attempts of the class running now.
+    pub running: usize,
+    /// At most this many at once.
+    pub limit: usize,
+    /// An attempt of the class runs alone.
+    #[serde(default)]
+    pub exclusive: bool,
+}
+
+/// The load by class of `running`, one entry per rule.
+pub fn load(rules: &[CapacityRule], running: &[RunningAttempt]) -> Vec<ClassLoad> {
+    rules
+        .iter()
+        .map(|rule| ClassLoad {
+            class: rule.kind.clone(),
+            running: running
+                .iter()
+                .filter(|a| a.capacity.as_deref().unwrap_or(&a.kind) == rule.kind)
+                .count(),
+            limit: rule.limit.get(),
+            exclusive: rule.exclusive,
+        })
+        .collect()
 }
 
 /// The attempts running on this worker, shared by the attempt tasks (which
@@ -179,6 +220,7 @@ pub(crate) async fn keep_registered(
             changed = paused.changed(), if paused_open => paused_open = changed.is_ok(),
         }
         entry.running = running.snapshot();
+        entry.load = load(&entry.capacity, &entry.running);
         entry.paused_for_resources = *paused.borrow_and_update();
         entry.last_seen = Utc::now();
         let body = match serde_json::to_vec(&entry) {

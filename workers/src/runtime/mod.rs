@@ -59,6 +59,7 @@ pub mod fetch;
 pub mod guard;
 pub mod limits;
 pub mod liveness;
+mod pool;
 mod signals;
 pub mod telemetry;
 
@@ -132,6 +133,27 @@ pub struct WorkerConfig {
     pub limits: LimitsConfig,
     /// When circuit breakers open, and for how long.
     pub breakers: BreakerConfig,
+    /// The agent pool this worker joins: it serves only the pool's queue,
+    /// and takes no work unless the engine accepts its token.
+    pub pool: Option<PoolMembership>,
+}
+
+/// A worker's pool and the token it joins with.
+#[derive(Clone)]
+pub struct PoolMembership {
+    /// The pool's name, also its queue.
+    pub name: String,
+    /// The pool token (`<id>.<secret>`), never printed.
+    pub token: String,
+}
+
+impl std::fmt::Debug for PoolMembership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolMembership")
+            .field("name", &self.name)
+            .field("token", &"<redacted>")
+            .finish()
+    }
 }
 
 impl Default for WorkerConfig {
@@ -156,6 +178,7 @@ impl Default for WorkerConfig {
             telemetry: TelemetryConfig::default(),
             limits: LimitsConfig::default(),
             breakers: BreakerConfig::default(),
+            pool: None,
         }
     }
 }
@@ -220,6 +243,14 @@ pub enum WorkerError {
     /// The limit buckets could not be opened.
     #[error(transparent)]
     Limits(#[from] limits::LimitsError),
+    /// The engine refused this worker a place in its pool.
+    #[error("pool {pool:?} refused this worker: {reason}")]
+    PoolRefused {
+        /// The pool.
+        pool: String,
+        /// Why, as the engine said.
+        reason: String,
+    },
 }
 
 impl WorkerConfig {
@@ -234,6 +265,20 @@ impl WorkerConfig {
         }
         if self.queues.is_empty() {
             return bad("give at least one queue".into());
+        }
+        if let Some(pool) = &self.pool {
+            if validate_token(&pool.name).is_err() {
+                return bad(format!("pool {:?} is not a valid name", pool.name));
+            }
+            if self.queues.len() != 1 || self.queues[0].as_str() != pool.name {
+                return bad(format!(
+                    "a worker of pool {:?} serves only the queue {0:?}: leave out --queue",
+                    pool.name
+                ));
+            }
+            if pool.token.trim().is_empty() {
+                return bad(format!("pool {:?}: the token is empty", pool.name));
+            }
         }
         if self.aging_every < 2 {
             return bad("aging_every must be at least 2".into());
@@ -379,6 +424,11 @@ impl Worker {
         config.validate()?;
         let subjects =
             Subjects::new(&config.prefix).map_err(|e| WorkerError::Config(e.to_string()))?;
+        if let Some(pool) = &config.pool
+            && !pool::join_until_answered(&client, &subjects, pool, &config.id, &shutdown).await?
+        {
+            return Ok(());
+        }
         let js = jetstream::new(client.clone());
         let layout = Layout {
             subjects: subjects.clone(),
@@ -460,6 +510,7 @@ impl Worker {
             subjects.clone(),
             format!("/runlog/worker/{}", config.id),
         );
+        let subjects_for_pool = subjects.clone();
         let kinds = registry.kinds();
         let services_stop = CancellationToken::new();
         let signals = signals::Signals::start(&client, &subjects, services_stop.clone()).await?;
@@ -485,6 +536,8 @@ impl Worker {
 
         let entry = WorkerEntry {
             id: config.id.clone(),
+            pool: config.pool.as_ref().map(|p| p.name.clone()),
+            load: Vec::new(),
             host: host_name(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
             queues: config.queues.iter().map(|q| q.to_string()).collect(),
@@ -520,7 +573,22 @@ impl Worker {
             config.heartbeat,
             services_stop.clone(),
         ));
-        tracing::info!(worker = %config.id, queues = ?config.queues, concurrency = config.concurrency, "worker started");
+        // A refused rejoin stops the dispatcher as a shutdown would, and
+        // the run ends with the refusal.
+        let stop = shutdown.child_token();
+        let refused = Arc::new(std::sync::Mutex::new(None));
+        if let Some(pool) = config.pool.clone() {
+            services.spawn(pool::keep_joined(
+                client.clone(),
+                subjects_for_pool.clone(),
+                pool,
+                config.id.clone(),
+                stop.clone(),
+                refused.clone(),
+                services_stop.clone(),
+            ));
+        }
+        tracing::info!(worker = %config.id, queues = ?config.queues, concurrency = config.concurrency, pool = ?config.pool.as_ref().map(|p| &p.name), "worker started");
 
         let capacity = capacity::Capacity::new(config.concurrency.get(), config.capacity.clone())
             .map_err(|e| WorkerError::Config(e.to_string()))?;
@@ -534,13 +602,17 @@ impl Worker {
             config.drain_timeout,
             client.statistics(),
         )
-        .run(shutdown)
+        .run(stop)
         .await;
 
         services_stop.cancel();
         while services.join_next().await.is_some() {}
         tracing::info!(worker = %config.id, "worker stopped");
-        Ok(())
+        let refusal = refused.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match refusal {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
     }
 }
 
