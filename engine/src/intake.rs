@@ -288,7 +288,7 @@ impl Intake {
             }
             Err(e @ ServersError::Unknown(_)) => Err(invalid("input.server", e.to_string())),
             Err(ServersError::Exists(_)) => Ok(()),
-            Err(e @ ServersError::Store { .. }) => Err(IntakeError::store(
+            Err(e @ ServersError::Store(_)) => Err(IntakeError::store(
                 "read the server inventory",
                 e.to_string(),
             )),

@@ -29,6 +29,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use crate::bucket::{BucketError, failed};
+
 /// Why a pool was not stored or read.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolsError {
@@ -42,23 +44,15 @@ pub enum PoolsError {
     #[error("no {0}")]
     Unknown(String),
     /// The bucket failed.
-    #[error("cannot {action} ({source}); is the NATS server reachable?")]
-    Store {
-        /// What was being done.
-        action: &'static str,
-        /// The client's error.
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    #[error(transparent)]
+    Store(#[from] BucketError),
 }
 
 fn store_error(
     action: &'static str,
     source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
 ) -> PoolsError {
-    PoolsError::Store {
-        action,
-        source: source.into(),
-    }
+    PoolsError::Store(failed(action, source))
 }
 
 /// A pool as stored.

@@ -13,6 +13,8 @@ use runlog_events::TaskSpec;
 use runlog_events::server::{Server, Target};
 use runlog_events::spec::FieldError;
 
+use crate::bucket::{BucketError, failed};
+
 /// Why a server was not stored, read or resolved.
 #[derive(Debug, thiserror::Error)]
 pub enum ServersError {
@@ -26,23 +28,15 @@ pub enum ServersError {
     #[error("no server named {0:?}: GET /v1/servers lists them")]
     Unknown(String),
     /// The bucket failed.
-    #[error("cannot {action} ({source}); is the NATS server reachable?")]
-    Store {
-        /// What was being done.
-        action: &'static str,
-        /// The client's error.
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    #[error(transparent)]
+    Store(#[from] BucketError),
 }
 
 fn store_error(
     action: &'static str,
     source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
 ) -> ServersError {
-    ServersError::Store {
-        action,
-        source: source.into(),
-    }
+    ServersError::Store(failed(action, source))
 }
 
 /// The servers, stored.

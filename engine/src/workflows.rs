@@ -13,6 +13,8 @@ use futures::StreamExt;
 use runlog_events::spec::FieldError;
 use runlog_events::workflow::Definition;
 
+use crate::bucket::{BucketError, failed};
+
 /// Why a definition was not stored or read.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkflowsError {
@@ -33,23 +35,15 @@ pub enum WorkflowsError {
         next: u32,
     },
     /// The bucket failed.
-    #[error("cannot {action} ({source}); is the NATS server reachable?")]
-    Store {
-        /// What was being done.
-        action: &'static str,
-        /// The client's error.
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    #[error(transparent)]
+    Store(#[from] BucketError),
 }
 
 fn store_error(
     action: &'static str,
     source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
 ) -> WorkflowsError {
-    WorkflowsError::Store {
-        action,
-        source: source.into(),
-    }
+    WorkflowsError::Store(failed(action, source))
 }
 
 /// A definition as stored.

@@ -24,7 +24,7 @@ fn problem(e: PoolsError) -> Problem {
         .field("name"),
         e @ PoolsError::Exists(_) => Problem::new(StatusCode::CONFLICT, "conflict", e.to_string()),
         PoolsError::Unknown(what) => Problem::not_found(what),
-        e @ PoolsError::Store { .. } => Problem::unavailable(e),
+        e @ PoolsError::Store(_) => Problem::unavailable(e),
     }
 }
 

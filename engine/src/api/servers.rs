@@ -50,7 +50,7 @@ fn problem(e: ServersError) -> Problem {
             Problem::new(StatusCode::CONFLICT, "conflict", e.to_string())
         }
         ServersError::Unknown(name) => Problem::not_found(format!("server {name:?}")),
-        e @ ServersError::Store { .. } => Problem::unavailable(e),
+        e @ ServersError::Store(_) => Problem::unavailable(e),
     }
 }
 

@@ -121,6 +121,6 @@ fn problem(e: WorkflowsError) -> Problem {
         WorkflowsError::Conflict { .. } => {
             Problem::new(StatusCode::CONFLICT, "version_taken", e.to_string()).field("version")
         }
-        WorkflowsError::Store { .. } => Problem::unavailable(e),
+        WorkflowsError::Store(_) => Problem::unavailable(e),
     }
 }

@@ -155,22 +155,12 @@ impl Plan {
                 bad.0
             )));
         }
-        let capture_bytes = input.capture_bytes.unwrap_or(DEFAULT_CAPTURE_BYTES);
-        if capture_bytes > MAX_CAPTURE_BYTES {
-            return Err(invalid(format!(
-                "`capture_bytes` is {capture_bytes}, at most {MAX_CAPTURE_BYTES} are kept: \
-                 write large output to a file instead"
-            )));
-        }
-        if let Some(code) = input
-            .permanent_exit_codes
-            .iter()
-            .find(|c| input.retryable_exit_codes.contains(c))
-        {
-            return Err(invalid(format!(
-                "exit code {code} is both in `permanent_exit_codes` and `retryable_exit_codes`"
-            )));
-        }
+        let (capture_bytes, exits) = output_rules(
+            input.capture_bytes,
+            &input.permanent_exit_codes,
+            &input.retryable_exit_codes,
+        )
+        .map_err(invalid)?;
         Ok(Plan {
             program: Program {
                 name,
@@ -184,10 +174,7 @@ impl Plan {
             },
             capture_bytes,
             observer: Observer::new(input.progress.as_ref(), &input.extract)?,
-            exits: ExitPolicy {
-                permanent: input.permanent_exit_codes,
-                retryable: input.retryable_exit_codes,
-            },
+            exits,
         })
     }
 
@@ -208,6 +195,33 @@ impl Plan {
         };
         exit_result(&self.program.name, exit, shared, &self.exits, secrets)
     }
+}
+
+/// The capture size and the exit-code policy an input asks for: refused
+/// when the capture is larger than one event may carry, or a code is both
+/// permanent and retryable.
+pub(in crate::executor) fn output_rules(
+    capture_bytes: Option<usize>,
+    permanent: &[i32],
+    retryable: &[i32],
+) -> Result<(usize, ExitPolicy), String> {
+    let capture_bytes = capture_bytes.unwrap_or(DEFAULT_CAPTURE_BYTES);
+    if capture_bytes > MAX_CAPTURE_BYTES {
+        return Err(format!(
+            "`capture_bytes` is {capture_bytes}, at most {MAX_CAPTURE_BYTES} are kept: \
+             write large output to a file instead"
+        ));
+    }
+    if let Some(code) = permanent.iter().find(|c| retryable.contains(c)) {
+        return Err(format!(
+            "exit code {code} is both in `permanent_exit_codes` and `retryable_exit_codes`"
+        ));
+    }
+    let exits = ExitPolicy {
+        permanent: permanent.to_vec(),
+        retryable: retryable.to_vec(),
+    };
+    Ok((capture_bytes, exits))
 }
 
 /// How a program ended on its own.

@@ -30,7 +30,7 @@ use russh::ChannelMsg;
 use russh::keys::{PrivateKey, decode_secret_key};
 
 use crate::executor::mask::mask;
-use crate::executor::shell::{DEFAULT_CAPTURE_BYTES, DEFAULT_KILL_GRACE_MS, MAX_CAPTURE_BYTES};
+use crate::executor::shell::{DEFAULT_KILL_GRACE_MS, output_rules};
 use crate::executor::shell::{Exit, ExitPolicy, Lines, Observer, Shared, exit_result};
 use crate::executor::stop::{StopReason, stop_requested};
 use crate::handler::{Context, Handler, HandlerResult};
@@ -271,21 +271,12 @@ impl Plan {
         } else {
             remote::command(input)?
         };
-        let capture_bytes = input.capture_bytes.unwrap_or(DEFAULT_CAPTURE_BYTES);
-        if capture_bytes > MAX_CAPTURE_BYTES {
-            return Err(invalid(format!(
-                "`capture_bytes` is {capture_bytes}, at most {MAX_CAPTURE_BYTES} are kept"
-            )));
-        }
-        if let Some(code) = input
-            .permanent_exit_codes
-            .iter()
-            .find(|c| input.retryable_exit_codes.contains(c))
-        {
-            return Err(invalid(format!(
-                "exit code {code} is both in `permanent_exit_codes` and `retryable_exit_codes`"
-            )));
-        }
+        let (capture_bytes, exits) = output_rules(
+            input.capture_bytes,
+            &input.permanent_exit_codes,
+            &input.retryable_exit_codes,
+        )
+        .map_err(invalid)?;
         let observer = Observer::new(input.progress.as_ref(), &input.extract)
             .map_err(|e| invalid(e.message.trim_start_matches("shell input: ")))?;
         Ok(Plan {
@@ -307,10 +298,7 @@ impl Plan {
             stdin: input.stdin.clone(),
             capture_bytes,
             observer,
-            exits: ExitPolicy {
-                permanent: input.permanent_exit_codes.clone(),
-                retryable: input.retryable_exit_codes.clone(),
-            },
+            exits,
             grace: Duration::from_millis(input.kill_grace_ms.unwrap_or(DEFAULT_KILL_GRACE_MS)),
             command_timeout: input.command_timeout_ms.map(Duration::from_millis),
         })
