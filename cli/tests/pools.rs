@@ -3,7 +3,8 @@
 //! apart by their capacity class, one apply per workspace through a
 //! concurrency key, an agent killed mid-apply, and what the log shows.
 //!
-//! - a worker with a wrong token exits with the engine's reason and takes
+//! - a worker with a wrong token, or one revoked with `runlog pool token
+//!   revoke`, exits with the engine's reason and takes
 //!   nothing; a worker of pool `other` never receives `tf` work;
 //! - two agents of `tf` with `plan=3` and `apply=1,exclusive` run 200
 //!   random plans and applies over 4 workspaces: from the log, never more
@@ -132,6 +133,20 @@ struct Ran {
     to: DateTime<Utc>,
 }
 
+/// Starts an agent of pool `tf` with `token` and waits for it to exit, as a
+/// refused agent must; answers what it said.
+async fn refused(nats: &str, id: &str, token: &Path, dir: &Path) -> Result<String> {
+    let log = dir.join(format!("{id}.log"));
+    let mut child = agent(nats, id, "tf", token, &log)?;
+    let status = eventually(PATIENCE, "the refused agent exits", || {
+        let exited = child.try_wait();
+        async move { Ok(exited?) }
+    })
+    .await?;
+    ensure!(!status.success(), "the refused agent {id} exited {status}");
+    Ok(std::fs::read_to_string(&log)?)
+}
+
 fn overlap(a: &Ran, b: &Ran) -> bool {
     a.from < b.to && b.from < a.to
 }
@@ -181,23 +196,22 @@ async fn a_pool_runs_plans_in_parallel_applies_alone_and_survives_an_agent_kille
     let id = tf["id"].as_str().context("a token id")?;
     std::fs::write(&wrong_token, format!("{id}.{}", "0".repeat(64)))?;
 
-    // A wrong token: the worker exits with the engine's reason.
-    let mut wrong = agent(
-        &server.url(),
-        "intruder",
-        "tf",
-        &wrong_token,
-        &dir.path().join("intruder.log"),
-    )?;
-    let status = eventually(PATIENCE, "the intruder exits", || {
-        let exited = wrong.try_wait();
-        async move { Ok(exited?) }
-    })
-    .await?;
-    ensure!(!status.success(), "the intruder exited {status}");
-    let said = std::fs::read_to_string(dir.path().join("intruder.log"))?;
+    // A wrong token, and a token revoked through the CLI: each worker exits
+    // with the engine's reason.
+    let said = refused(&server.url(), "intruder", &wrong_token, dir.path()).await?;
     ensure!(
         said.contains("pool \"tf\" refused this worker: the token is not one of pool \"tf\"'s"),
+        "{said}"
+    );
+    let second: Value =
+        serde_json::from_str(&cli(&api, &["pool", "token", "create", "tf", "-o", "json"]).await?)?;
+    let second_id = second["id"].as_str().context("a token id")?;
+    let revoked_token = dir.path().join("revoked.token");
+    std::fs::write(&revoked_token, second["token"].as_str().context("a token")?)?;
+    cli(&api, &["pool", "token", "revoke", "tf", second_id]).await?;
+    let said = refused(&server.url(), "revoked", &revoked_token, dir.path()).await?;
+    ensure!(
+        said.contains(&format!("the token {second_id} of pool \"tf\" was revoked")),
         "{said}"
     );
 
@@ -236,10 +250,14 @@ async fn a_pool_runs_plans_in_parallel_applies_alone_and_survives_an_agent_kille
         "{pools}"
     );
     ensure!(
-        pools["tokens"].as_array().is_some_and(|t| t.len() == 1)
+        pools["tokens"].as_array().is_some_and(|t| {
+            t.len() == 2 && t.iter().filter(|t| t["revoked_at"].is_null()).count() == 1
+        }) && !pools
+            .to_string()
+            .contains(tf["token"].as_str().unwrap_or("?"))
             && !pools
                 .to_string()
-                .contains(tf["token"].as_str().unwrap_or("?")),
+                .contains(second["token"].as_str().unwrap_or("?")),
         "{pools}"
     );
 
