@@ -13,8 +13,20 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "runlog", version, about)]
 struct Cli {
+    /// How log lines go to stderr: `text`, or `json` (an object per line;
+    /// lines about an attempt carry its execution, attempt, queue and trace
+    /// id in `span`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "RUNLOG_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// The `--log-format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,16 +99,29 @@ enum Cmd {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
+/// Logs to stderr at the level `RUNLOG_LOG` names (`warn` by default).
+fn init_logs(format: LogFormat) {
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("RUNLOG_LOG")
                 .unwrap_or_else(|_| "warn".into()),
         )
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    init_logs(cli.log_format);
     let result = match cli.command {
         Cmd::Dev(args) => dev::run(args).await,
         Cmd::Engine(args) => engine::run(args).await,

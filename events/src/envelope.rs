@@ -112,6 +112,11 @@ impl TraceParent {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The trace id: the 32 hex digits after the version.
+    pub fn trace_id(&self) -> &str {
+        self.0.get(3..35).unwrap_or_default()
+    }
 }
 
 impl FromStr for TraceParent {

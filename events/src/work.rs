@@ -24,8 +24,9 @@ use std::collections::BTreeMap;
 use async_nats::HeaderMap;
 
 use crate::codec::{self, DecodeError, Limits};
+use crate::envelope::TraceParent;
 use crate::event::{Event, Queued};
-use crate::id::ExecutionId;
+use crate::id::{ExecutionId, QueueName};
 use crate::spec::TaskSpec;
 use crate::subject::Subjects;
 
@@ -36,6 +37,10 @@ pub struct WorkItem {
     pub execution: ExecutionId,
     /// The attempt that was queued.
     pub attempt: u32,
+    /// The queue it was handed to.
+    pub queue: QueueName,
+    /// The caller's trace, when the `queued` carries one.
+    pub traceparent: Option<TraceParent>,
     /// The task kind.
     pub kind: String,
     /// Labels the worker must carry.
@@ -87,6 +92,8 @@ impl WorkItem {
         WorkItem {
             execution,
             attempt,
+            queue: queued.queue.clone(),
+            traceparent: None,
             kind: queued.kind.clone(),
             worker_labels: queued.worker_labels.clone(),
             capacity: queued.capacity.clone(),
@@ -119,7 +126,9 @@ impl WorkItem {
                 if envelope.execution == execution
                     && subjects.queued(&execution, &q.queue, q.priority) == subject =>
             {
-                Ok(WorkItem::of(execution, envelope.attempt, q, seq))
+                let mut item = WorkItem::of(execution, envelope.attempt, q, seq);
+                item.traceparent = envelope.traceparent.clone();
+                Ok(item)
             }
             other => Err(WorkItemError::Mismatch {
                 subject: subject.to_owned(),

@@ -155,16 +155,18 @@ impl SubmitBody {
 
 pub(super) async fn submit(
     State(state): State<ApiState>,
+    headers: axum::http::HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Response {
     let Json(body) = match body {
         Ok(body) => body,
         Err(e) => return invalid_body(e).into_response(),
     };
-    let submission = match SubmitBody::read(body).and_then(SubmitBody::into_submission) {
+    let mut submission = match SubmitBody::read(body).and_then(SubmitBody::into_submission) {
         Ok(submission) => submission,
         Err(problem) => return problem.into_response(),
     };
+    submission.traceparent = traceparent(&headers);
     if let Some(fanned) = super::servers::fan_out(&state.intake, &state.workers, &submission).await
     {
         return match fanned {
@@ -185,6 +187,13 @@ pub(super) async fn submit(
         }
         Err(e) => Problem::from(e).into_response(),
     }
+}
+
+/// The caller's W3C `traceparent` header. One that does not follow the
+/// format is ignored, as the W3C Trace Context asks: the trace starts anew
+/// instead of the submission failing.
+fn traceparent(headers: &axum::http::HeaderMap) -> Option<runlog_events::TraceParent> {
+    headers.get("traceparent")?.to_str().ok()?.parse().ok()
 }
 
 /// One submission's answer, as both intake doors over NATS and the batch

@@ -45,6 +45,7 @@ use tokio::sync::watch;
 use tokio::task::{self, JoinError, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::capacity::{Blocked, Capacity};
 use super::execution::{self, Ended, Shared};
@@ -348,14 +349,18 @@ impl Dispatcher {
         } = waiting;
         let kind = item.capacity_class().to_owned();
         self.capacity.start(&kind);
-        let handle = self.attempts.spawn(execution::attempt(
-            self.shared.clone(),
-            message,
-            item,
-            redelivered,
-            self.hard_stop.clone(),
-            keys,
-        ));
+        let span = attempt_span(&item);
+        let handle = self.attempts.spawn(
+            execution::attempt(
+                self.shared.clone(),
+                message,
+                item,
+                redelivered,
+                self.hard_stop.clone(),
+                keys,
+            )
+            .instrument(span),
+        );
         self.kinds
             .insert(handle.id(), (kind, priority, arrival, redelivered));
     }
@@ -492,4 +497,22 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// The span every line about one attempt is written in: its execution,
+/// attempt, queue and the caller's trace id (`--log-format json` prints
+/// them as the line's `span`). At error level, so a worker that logs
+/// anything at all logs them.
+fn attempt_span(item: &WorkItem) -> tracing::Span {
+    let span = tracing::error_span!(
+        "attempt",
+        execution = %item.execution,
+        attempt = item.attempt,
+        queue = %item.queue,
+        trace_id = tracing::field::Empty,
+    );
+    if let Some(traceparent) = &item.traceparent {
+        span.record("trace_id", traceparent.trace_id());
+    }
+    span
 }

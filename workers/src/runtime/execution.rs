@@ -35,6 +35,7 @@ use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::breaker::{Breakers, Gate, Permit};
 use super::environment::{self, SecretSource};
@@ -411,13 +412,16 @@ impl Claimed {
         .cancel(token.clone())
         .build();
         let finish = CancellationToken::new();
-        let mut publisher = AbortOnDrop(tokio::spawn(telemetry::publish(
-            self.attempt.reporter(),
-            telemetry,
-            shared.telemetry,
-            finish.clone(),
-        )));
-        let mut run = AbortOnDrop(tokio::spawn(handler.run_boxed(ctx)));
+        let mut publisher = AbortOnDrop(tokio::spawn(
+            telemetry::publish(
+                self.attempt.reporter(),
+                telemetry,
+                shared.telemetry,
+                finish.clone(),
+            )
+            .in_current_span(),
+        ));
+        let mut run = AbortOnDrop(tokio::spawn(handler.run_boxed(ctx).in_current_span()));
         let ending = self
             .supervise(shared.cancel_grace, &mut run, &token, deadline)
             .await;
