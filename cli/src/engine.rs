@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config_args::{SharedArgs, as_text, duration, print_config};
 
 /// The engine's own settings: key, variable, flag.
-pub const ENGINE: [Setting; 5] = [
+pub const ENGINE: [Setting; 6] = [
     setting(
         "nats.live-events",
         "RUNLOG_LIVE_EVENTS",
@@ -39,6 +39,12 @@ pub const ENGINE: [Setting; 5] = [
         "RUNLOG_STUCK_AFTER",
         "--stuck-after",
         Form::Text,
+    ),
+    setting(
+        "engine.metrics-task-labels",
+        "RUNLOG_METRICS_TASK_LABELS",
+        "--metrics-task-label",
+        Form::List(','),
     ),
 ];
 
@@ -69,6 +75,11 @@ pub struct Args {
     /// RUNLOG_STUCK_AFTER].
     #[arg(long, value_parser = duration)]
     stuck_after: Option<humantime::Duration>,
+    /// A task label `/metrics` shows as `label_<name>` beside queue and
+    /// kind; repeat for several [env: RUNLOG_METRICS_TASK_LABELS,
+    /// comma-separated].
+    #[arg(long = "metrics-task-label", value_delimiter = ',')]
+    metrics_task_labels: Vec<String>,
 }
 
 impl Args {
@@ -81,7 +92,11 @@ impl Args {
             .set_some("engine.listen", self.listen)
             .set_some("engine.reactor", self.no_reactor.then_some(false))
             .set_some("engine.snapshot-interval", as_text(self.snapshot_interval))
-            .set_some("engine.stuck-after", as_text(self.stuck_after));
+            .set_some("engine.stuck-after", as_text(self.stuck_after))
+            .set_some(
+                "engine.metrics-task-labels",
+                Some(self.metrics_task_labels.clone()).filter(|l| !l.is_empty()),
+            );
         let tree = self.shared.tree(&settings, defaults, flags)?;
         Ok(EngineConfig {
             nats: tree.table::<NatsConfig>("nats")?,

@@ -135,10 +135,7 @@ impl Stack {
         let browser = Browser::start().await?;
         let server = NatsServer::start()?;
         let shutdown = CancellationToken::new();
-        let mut config = EngineConfig::default();
-        config.nats.urls = vec![server.url()];
-        config.listen = "127.0.0.1:0".parse()?;
-        let engine = Engine::start(config, shutdown.clone()).await?;
+        let engine = Engine::start(EngineConfig::local(&server.url()), shutdown.clone()).await?;
         let client = async_nats::connect(server.url()).await?;
         let worker = Worker::new(
             client,

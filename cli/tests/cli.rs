@@ -31,10 +31,7 @@ impl Stack {
     async fn start(name: &str) -> Result<Stack> {
         let server = NatsServer::start()?;
         let shutdown = CancellationToken::new();
-        let mut config = EngineConfig::default();
-        config.nats.urls = vec![server.url()];
-        config.listen = "127.0.0.1:0".parse()?;
-        let engine = Engine::start(config, shutdown.clone()).await?;
+        let engine = Engine::start(EngineConfig::local(&server.url()), shutdown.clone()).await?;
         let url = format!("http://{}", engine.addr());
         let client = async_nats::connect(server.url()).await?;
         let worker_id = format!("cli-test-{name}");

@@ -29,10 +29,7 @@ async fn json_lines_about_an_attempt_carry_its_execution_queue_and_trace_id() ->
     let dir = tempfile::tempdir()?;
     let server = NatsServer::start()?;
     let shutdown = CancellationToken::new();
-    let mut config = EngineConfig::default();
-    config.nats.urls = vec![server.url()];
-    config.listen = "127.0.0.1:0".parse()?;
-    let engine = Engine::start(config, shutdown.clone()).await?;
+    let engine = Engine::start(EngineConfig::local(&server.url()), shutdown.clone()).await?;
     let base = format!("http://{}", engine.addr());
 
     let log = dir.path().join("worker.log");

@@ -172,10 +172,7 @@ async fn a_pool_runs_plans_in_parallel_applies_alone_and_survives_an_agent_kille
     let dir = tempfile::tempdir()?;
     let server = NatsServer::start()?;
     let shutdown = CancellationToken::new();
-    let mut config = EngineConfig::default();
-    config.nats.urls = vec![server.url()];
-    config.listen = "127.0.0.1:0".parse()?;
-    let engine = Engine::start(config, shutdown.clone()).await?;
+    let engine = Engine::start(EngineConfig::local(&server.url()), shutdown.clone()).await?;
     let api = Api {
         http: reqwest::Client::new(),
         base: format!("http://{}", engine.addr()),

@@ -38,11 +38,9 @@ async fn start(
     server: &NatsServer,
     shutdown: &CancellationToken,
 ) -> Result<(Engine, tokio::task::JoinHandle<()>, async_nats::Client)> {
-    let mut config = EngineConfig::default();
-    config.nats.urls = vec![server.url()];
+    let mut config = EngineConfig::local(&server.url());
     // The example follows the stream's RePublish of stored events.
     config.nats.live_events = true;
-    config.listen = "127.0.0.1:0".parse()?;
     let engine = Engine::start(config, shutdown.clone()).await?;
     let client = async_nats::connect(server.url()).await?;
     let worker = Worker::new(

@@ -117,10 +117,7 @@ async fn restic_init_backup_check_and_forget_run_as_tasks() -> Result<()> {
 
     let server = NatsServer::start()?;
     let shutdown = CancellationToken::new();
-    let mut config = EngineConfig::default();
-    config.nats.urls = vec![server.url()];
-    config.listen = "127.0.0.1:0".parse()?;
-    let engine = Engine::start(config, shutdown.clone()).await?;
+    let engine = Engine::start(EngineConfig::local(&server.url()), shutdown.clone()).await?;
     let client = async_nats::connect(server.url()).await?;
     let worker = Worker::new(
         client.clone(),

@@ -84,10 +84,7 @@ async fn ssh_tasks_retry_a_host_that_is_down_and_keep_their_key_out_of_the_log()
     let mut sshd = Sshd::start()?;
     let server = NatsServer::start()?;
     let shutdown = CancellationToken::new();
-    let mut config = EngineConfig::default();
-    config.nats.urls = vec![server.url()];
-    config.listen = "127.0.0.1:0".parse()?;
-    let engine = Engine::start(config, shutdown.clone()).await?;
+    let engine = Engine::start(EngineConfig::local(&server.url()), shutdown.clone()).await?;
     let client = async_nats::connect(server.url()).await?;
     let worker = Worker::new(
         client.clone(),
@@ -228,10 +225,7 @@ async fn servers_are_named_tested_selected_by_label_and_keep_a_history() -> Resu
     let (one, two) = (Sshd::start()?, Sshd::start()?);
     let server_nats = NatsServer::start()?;
     let shutdown = CancellationToken::new();
-    let mut config = EngineConfig::default();
-    config.nats.urls = vec![server_nats.url()];
-    config.listen = "127.0.0.1:0".parse()?;
-    let engine = Engine::start(config, shutdown.clone()).await?;
+    let engine = Engine::start(EngineConfig::local(&server_nats.url()), shutdown.clone()).await?;
     let client = async_nats::connect(server_nats.url()).await?;
     let secrets = std::collections::BTreeMap::from([
         ("web-1-key".to_owned(), one.private_key(KeyType::Ed25519)),

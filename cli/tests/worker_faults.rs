@@ -21,10 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 async fn start_engine(nats: &str, shutdown: &CancellationToken) -> Result<Engine> {
-    let mut config = EngineConfig::default();
-    config.nats.urls = vec![nats.to_owned()];
-    config.listen = "127.0.0.1:0".parse()?;
-    Ok(Engine::start(config, shutdown.clone()).await?)
+    Ok(Engine::start(EngineConfig::local(nats), shutdown.clone()).await?)
 }
 
 async fn submit(http: &reqwest::Client, engine: &Engine, spec: &Value) -> Result<ExecutionId> {

@@ -30,6 +30,23 @@ pub struct EngineConfig {
     /// `stuck`.
     #[serde(with = "runlog_config::duration")]
     pub stuck_after: Duration,
+    /// Task labels `/metrics` shows as `label_<name>` beside queue and
+    /// kind (each keeps its first 100 values; see docs/metrics.md).
+    pub metrics_task_labels: Vec<String>,
+}
+
+impl EngineConfig {
+    /// An engine on the NATS server at `url`, its API on a port of
+    /// 127.0.0.1 the system picks ([`Engine::addr`](crate::Engine::addr)
+    /// says which): what embedding programs and tests start.
+    pub fn local(url: &str) -> Self {
+        let mut config = EngineConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..EngineConfig::default()
+        };
+        config.nats.urls = vec![url.to_owned()];
+        config
+    }
 }
 
 impl Default for EngineConfig {
@@ -40,6 +57,7 @@ impl Default for EngineConfig {
             reactor: true,
             snapshot_interval: Duration::from_secs(60),
             stuck_after: Duration::from_secs(300),
+            metrics_task_labels: Vec::new(),
         }
     }
 }

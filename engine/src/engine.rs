@@ -114,6 +114,10 @@ impl Engine {
         .await?;
         let mut tasks = Supervisor::default();
         let projection = Arc::new(Projection::new());
+        let metrics = Arc::new(crate::metrics::EngineMetrics::new(
+            &config.metrics_task_labels,
+        ));
+        projection.count_into(metrics.clone());
         // Set before the projection follows: its catch-up reports the runs
         // that ended while no runner listened.
         let (run_ends, run_ends_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -267,6 +271,8 @@ impl Engine {
             operations: operations.clone(),
             reactor: reactor_stats,
             stuck_after: config.stuck_after,
+            metrics,
+            feeds: crate::metrics::FeedCount::default(),
         };
         tasks.once(
             "bulk operations",

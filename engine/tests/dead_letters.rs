@@ -724,9 +724,7 @@ async fn two_engines_replaying_the_same_dead_letters_replay_each_once() -> Resul
     let originals = dead_letters(&run, N, &spec("twice", "k", &[]), ErrorClass::Permission).await?;
     until_dead_letters(&run, N, Duration::from_secs(20)).await?;
     // A second replica on the same NATS server, with its own projection.
-    let mut config = runlog_engine::EngineConfig::default();
-    config.nats.urls = vec![run.server.url()];
-    config.listen = "127.0.0.1:0".parse()?;
+    let config = runlog_engine::EngineConfig::local(&run.server.url());
     let stop_second = tokio_util::sync::CancellationToken::new();
     let second = runlog_engine::Engine::start(config, stop_second.clone()).await?;
     let second_base = format!("http://{}", second.addr());

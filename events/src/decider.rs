@@ -96,6 +96,21 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in the order of an execution's life.
+    pub const ALL: [Status; 11] = [
+        Status::New,
+        Status::Pending,
+        Status::Queued,
+        Status::Running,
+        Status::Failed,
+        Status::RetryScheduled,
+        Status::Succeeded,
+        Status::Cancelled,
+        Status::TimedOut,
+        Status::DeadLettered,
+        Status::Rejected,
+    ];
+
     /// Whether no event can change this state any more.
     pub fn is_terminal(self) -> bool {
         matches!(
@@ -168,6 +183,10 @@ pub struct ExecutionState {
     pub cancelled_by_operation: Option<String>,
     /// When it was submitted.
     pub submitted_at: Option<DateTime<Utc>>,
+    /// When the current attempt was queued (or queued again after its
+    /// worker was lost): its wait for a worker counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_at: Option<DateTime<Utc>>,
     /// When the current attempt started.
     pub started_at: Option<DateTime<Utc>>,
     /// When the current attempt must end, if it has a deadline.
@@ -336,6 +355,7 @@ fn transition(mut s: ExecutionState, env: &Envelope) -> ExecutionState {
             s.status = Status::Queued;
             s.attempt = env.attempt;
             s.retry_at = None;
+            s.queued_at = Some(env.time);
         }
         Event::Started(Started { worker, deadline }) => {
             s.status = Status::Running;
@@ -373,6 +393,7 @@ fn transition(mut s: ExecutionState, env: &Envelope) -> ExecutionState {
             s.status = Status::Queued;
             s.attempt = s.attempt.saturating_add(1);
             s.worker = None;
+            s.queued_at = Some(env.time);
         }
         Event::RetryScheduled(RetryScheduled { at, .. }) => {
             s.status = Status::RetryScheduled;

@@ -630,9 +630,7 @@ pub(crate) fn resident_bytes() -> f64 {
 async fn intake(args: &Args) -> anyhow::Result<(Figure, Figure)> {
     let server = NatsServer::start().context("cannot start nats-server")?;
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let mut config = runlog_engine::EngineConfig::default();
-    config.nats.urls = vec![server.url()];
-    config.listen = "127.0.0.1:0".parse()?;
+    let mut config = runlog_engine::EngineConfig::local(&server.url());
     config.snapshot_interval = std::time::Duration::ZERO;
     let engine = runlog_engine::Engine::start(config, shutdown.clone()).await?;
     let url = format!("http://{}/v1/executions", engine.addr());
@@ -721,9 +719,7 @@ fn process_memory_mib(pid: u32) -> (f64, f64) {
 async fn worker_throughput(args: &Args) -> anyhow::Result<(Figure, f64, f64)> {
     let server = NatsServer::start().context("cannot start nats-server")?;
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let mut config = runlog_engine::EngineConfig::default();
-    config.nats.urls = vec![server.url()];
-    config.listen = "127.0.0.1:0".parse()?;
+    let mut config = runlog_engine::EngineConfig::local(&server.url());
     config.snapshot_interval = std::time::Duration::ZERO;
     let engine = runlog_engine::Engine::start(config, shutdown.clone()).await?;
     let mut worker = rig::spawn(

@@ -106,6 +106,10 @@ pub struct Args {
     /// (whole seconds, at least 1s) [default: 30s; env: RUNLOG_LEASE_TTL].
     #[arg(long, value_parser = duration)]
     lease_ttl: Option<humantime::Duration>,
+    /// Serve this worker's Prometheus metrics on `http://ADDR/metrics`
+    /// [env: RUNLOG_METRICS_ADDR].
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Circuit-breaker options of `runlog worker` (boxed: they are many).
@@ -182,7 +186,8 @@ impl Args {
                 "worker.limits.concurrency",
                 texts(strings(&self.concurrency_limits)),
             )
-            .set_some("worker.limits.lease-ttl", as_text(self.lease_ttl));
+            .set_some("worker.limits.lease-ttl", as_text(self.lease_ttl))
+            .set_some("worker.metrics-addr", self.metrics_addr);
         let tree = self.shared.tree(&settings, defaults, flags)?;
         Ok((tree.table("nats")?, tree.table("worker")?))
     }
@@ -200,6 +205,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         return print_config(&nats, "worker", &table);
     }
     let pool = table.pool_membership()?;
+    let metrics_addr = table.metrics_addr;
     let mut config = table.into_config(&nats);
     if let Some(pool) = pool {
         if config.queues == [QueueName::default()] {
@@ -229,7 +235,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         registry.kinds().join(","),
     );
     let shutdown = CancellationToken::new();
-    let worker = Worker::new(client, config, registry).run(shutdown.clone());
+    let worker = Worker::new(client, config, registry);
+    if let Some(addr) = metrics_addr {
+        let addr = serve_metrics(addr, worker.metrics(), shutdown.clone()).await?;
+        println!("metrics on http://{addr}/metrics");
+    }
+    let worker = worker.run(shutdown.clone());
     tokio::pin!(worker);
     tokio::select! {
         result = &mut worker => return Ok(result?),
@@ -245,6 +256,43 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Serves `GET /metrics` of `metrics` on `addr` until `shutdown`; returns
+/// the address bound (a port 0 is chosen by the system).
+pub async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    metrics: runlog_worker::runtime::WorkerMetrics,
+    shutdown: CancellationToken,
+) -> anyhow::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr} for /metrics; choose another --metrics-addr")
+    })?;
+    let bound = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        runlog_metrics::CONTENT_TYPE,
+                    )],
+                    metrics.encode(),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "the metrics endpoint stopped");
+        }
+    });
+    Ok(bound)
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM.

@@ -14,7 +14,7 @@ use runlog_worker::runtime::{
 use serde::{Deserialize, Serialize};
 
 /// The worker's settings: key, variable, flag.
-pub const WORKER: [Setting; 25] = [
+pub const WORKER: [Setting; 26] = [
     setting("worker.id", "RUNLOG_WORKER_ID", "--id", Form::Text),
     setting("worker.pool", "RUNLOG_POOL", "--pool", Form::Text),
     setting(
@@ -150,6 +150,12 @@ pub const WORKER: [Setting; 25] = [
         "--lease-ttl",
         Form::Text,
     ),
+    setting(
+        "worker.metrics-addr",
+        "RUNLOG_METRICS_ADDR",
+        "--metrics-addr",
+        Form::Text,
+    ),
 ];
 
 /// The `[worker]` table.
@@ -201,6 +207,9 @@ pub struct WorkerTable {
     pub breakers: BreakersTable,
     /// Rate and concurrency limits.
     pub limits: LimitsTable,
+    /// Where `/metrics` listens; none: no metrics endpoint.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// `[worker.guard]`.
@@ -256,6 +265,7 @@ impl Default for WorkerTable {
             id: None,
             pool: None,
             pool_token_file: None,
+            metrics_addr: None,
             queues: runtime.queues,
             concurrency: runtime.concurrency,
             capacity: runtime.capacity,

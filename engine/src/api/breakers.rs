@@ -19,28 +19,39 @@ use super::{ApiState, Problem};
 /// Every breaker, by key, with counts by state (empty until a worker
 /// created the bucket).
 pub(crate) async fn list(State(state): State<ApiState>) -> Response {
+    let breakers = match records(&state).await {
+        Ok(breakers) => breakers,
+        Err(problem) => return problem.into_response(),
+    };
+    let mut states: BTreeMap<String, u64> = BTreeMap::new();
+    for record in &breakers {
+        if let Some(s) = record.get("state").and_then(Value::as_str) {
+            *states.entry(s.to_owned()).or_default() += 1;
+        }
+    }
+    axum::Json(json!({ "breakers": breakers, "states": states })).into_response()
+}
+
+/// Every breaker record of the bucket (none until a worker created it).
+pub(crate) async fn records(state: &ApiState) -> Result<Vec<Value>, Problem> {
     let layout = Layout {
         subjects: state.subjects.clone(),
         ..Layout::default()
     };
     let Ok(store) = state.js.get_key_value(layout.breakers_bucket_name()).await else {
-        return axum::Json(json!({ "breakers": [], "states": {} })).into_response();
+        return Ok(Vec::new());
     };
     let keys = match store.keys().await {
         Ok(keys) => keys.collect::<Vec<_>>().await,
-        Err(e) => return Problem::unavailable(e).into_response(),
+        Err(e) => return Err(Problem::unavailable(e)),
     };
     let mut breakers = Vec::new();
-    let mut states: BTreeMap<String, u64> = BTreeMap::new();
     for key in keys.into_iter().flatten() {
         if let Ok(Some(value)) = store.get(&key).await
             && let Ok(record) = serde_json::from_slice::<Value>(&value)
         {
-            if let Some(s) = record.get("state").and_then(Value::as_str) {
-                *states.entry(s.to_owned()).or_default() += 1;
-            }
             breakers.push(record);
         }
     }
-    axum::Json(json!({ "breakers": breakers, "states": states })).into_response()
+    Ok(breakers)
 }

@@ -98,6 +98,10 @@ pub struct ApiState {
     /// How long a running attempt may go silent (worker alive) before it is
     /// shown as stuck.
     pub stuck_after: std::time::Duration,
+    /// What `/metrics` shows.
+    pub metrics: Arc<crate::metrics::EngineMetrics>,
+    /// The Server-Sent-Event feeds open.
+    pub feeds: crate::metrics::FeedCount,
 }
 
 /// The API's routes.
@@ -125,6 +129,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/breakers", get(breakers::list))
         .route("/v1/stats", get(stats))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/readyz", get(readyz))
         .route("/v1/dead-letters", get(dead_letters::list))
         .route("/v1/dead-letters/replay", post(dead_letters::replay))
@@ -214,6 +219,47 @@ async fn healthz(State(state): State<ApiState>) -> Response {
         }
         other => Problem::unavailable(format!("the NATS connection is {other:?}")).into_response(),
     }
+}
+
+/// `GET /metrics`: the Prometheus text format (`docs/metrics.md`).
+async fn metrics(State(state): State<ApiState>) -> Response {
+    // Breakers the bucket cannot list now are left out of this scrape.
+    let breakers = breakers::records(&state)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|record| {
+            let key = record.get("key")?.as_str()?.to_owned();
+            let state = record.get("state")?.as_str()?.to_owned();
+            Some((key, state))
+        })
+        .collect();
+    let p = &state.projection;
+    let text = state.metrics.scrape(crate::metrics::Readings {
+        queues: p
+            .queues()
+            .into_iter()
+            .map(|(queue, tally)| crate::metrics::QueueReading {
+                queue: queue.to_string(),
+                queued: tally.queued,
+                running: tally.running,
+                retry_scheduled: tally.retry_scheduled,
+            })
+            .collect(),
+        counts: p.counts(),
+        lag: p.lag(),
+        applied_seq: p.applied_seq(),
+        sse_clients: state.feeds.get(),
+        breakers,
+    });
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            runlog_metrics::CONTENT_TYPE,
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn readyz(State(state): State<ApiState>) -> Response {

@@ -42,9 +42,12 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 type Tx = mpsc::Sender<Result<SseEvent, Infallible>>;
 
 /// The response of a feed; it ends when the engine shuts down.
-fn sse(state: &ApiState, rx: mpsc::Receiver<Result<SseEvent, Infallible>>) -> Response {
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
+/// (Also the workflow executions' feed.) The feed counts as open in
+/// `runlog_sse_clients` until the client goes away.
+pub(super) fn sse(state: &ApiState, rx: mpsc::Receiver<Result<SseEvent, Infallible>>) -> Response {
+    let open = state.feeds.open();
+    let stream = futures::stream::unfold((rx, open), |(mut rx, open)| async move {
+        rx.recv().await.map(|item| (item, (rx, open)))
     })
     .take_until(state.shutdown.clone().cancelled_owned());
     Sse::new(stream)

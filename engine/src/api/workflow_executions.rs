@@ -3,14 +3,12 @@
 //! nodes, signal a waiting node.
 
 use std::convert::Infallible;
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use runlog_events::ExecutionId;
 use runlog_events::workflow::run::{WorkflowCommand, WorkflowRejection};
 use serde::Deserialize;
@@ -187,13 +185,7 @@ pub(super) async fn stream(State(state): State<ApiState>, Path(id): Path<String>
             }
         }
     });
-    let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    })
-    .take_until(state.shutdown.clone().cancelled_owned());
-    Sse::new(stream)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response()
+    super::sse::sse(&state, rx)
 }
 
 fn not_found(id: &str) -> Problem {

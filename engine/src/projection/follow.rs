@@ -129,6 +129,7 @@ impl Projection {
             let live = self.live.get().filter(|live| live.receiver_count() > 0);
             for event in batch {
                 let pending = event.pending;
+                self.lag.store(pending, Ordering::Relaxed);
                 let folded = self.fold(event, live.is_some());
                 if let (Some(live), Some((seq, envelope, state))) = (live, folded) {
                     let stored = crate::live::Stored::new(seq, envelope, state);
@@ -192,6 +193,7 @@ impl Projection {
                 let mut done = false;
                 for event in batch {
                     done |= event.seq >= last || event.pending == 0;
+                    self.lag.store(event.pending, Ordering::Relaxed);
                     self.fold(event, false);
                 }
                 if done {

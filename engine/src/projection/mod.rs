@@ -119,6 +119,10 @@ pub struct Projection {
     live: std::sync::OnceLock<tokio::sync::broadcast::Sender<Arc<crate::live::Stored>>>,
     /// Where the ends of workflow node runs are passed on (the runner).
     run_ends: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<RunEnd>>,
+    /// What counts the events folded live (`/metrics`).
+    metrics: std::sync::OnceLock<Arc<crate::metrics::EngineMetrics>>,
+    /// Events the consumer still had to deliver after the latest one.
+    lag: AtomicU64,
 }
 
 /// A node run's task execution ended: what the workflow runner needs to
@@ -154,6 +158,18 @@ impl Projection {
         let _already = self.run_ends.set(ends);
     }
 
+    /// Counts every event folded once caught up (not during the catch-up:
+    /// a restart does not count the past again) into `metrics`.
+    pub fn count_into(&self, metrics: Arc<crate::metrics::EngineMetrics>) {
+        let _already = self.metrics.set(metrics);
+    }
+
+    /// Events stored in the log that are not folded yet, as the consumer
+    /// reported with its latest delivery.
+    pub fn lag(&self) -> u64 {
+        self.lag.load(Ordering::Relaxed)
+    }
+
     /// Folds one stored event. Events at or below the execution's last
     /// folded sequence are ignored, so replays are idempotent.
     pub fn apply(&self, seq: u64, envelope: &Envelope) {
@@ -180,7 +196,12 @@ impl Projection {
         let mut folded = false;
         if seq > entry.last_seq {
             let before = Key::of(&entry.state);
+            let metrics = self.metrics.get().filter(|_| self.is_caught_up());
+            let observed = metrics.map(|_| crate::metrics::Before::of(&entry.state));
             folded = decider::apply(&mut entry.state, envelope).is_ok();
+            if let (Some(metrics), Some(before), true) = (metrics, observed, folded) {
+                metrics.observe(envelope, before, &entry.state);
+            }
             if !folded {
                 self.skipped.fetch_add(1, Ordering::Relaxed);
             }
@@ -276,6 +297,13 @@ impl Projection {
     /// The state of one execution.
     pub fn get(&self, execution: &ExecutionId) -> Option<Entry> {
         self.executions.get(execution).map(|e| e.clone())
+    }
+
+    /// The queue and kind of one execution.
+    pub fn queue_and_kind(&self, execution: &ExecutionId) -> Option<(QueueName, String)> {
+        let entry = self.executions.get(execution)?;
+        let spec = entry.state.spec.as_ref()?;
+        Some((spec.queue.clone(), spec.kind.clone()))
     }
 
     /// Executions matching `filter`, newest first, `limit` at most, starting

@@ -37,10 +37,8 @@ pub async fn start_with(
     server: NatsServer,
     tune: impl FnOnce(&mut EngineConfig),
 ) -> Result<Running> {
-    let mut config = EngineConfig::default();
+    let mut config = EngineConfig::local(&server.url());
     tune(&mut config);
-    config.nats.urls = vec![server.url()];
-    config.listen = "127.0.0.1:0".parse()?;
     let shutdown = CancellationToken::new();
     let engine = Engine::start(config, shutdown.clone()).await?;
     let base = format!("http://{}", engine.addr());

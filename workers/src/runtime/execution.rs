@@ -41,6 +41,7 @@ use super::breaker::{Breakers, Gate, Permit};
 use super::environment::{self, SecretSource};
 use super::limits::{Admission, LimitKeys, Limits};
 use super::liveness::{Running, RunningAttempt};
+use super::metrics::{Append, RunOutcome, WorkerMetrics};
 use super::signals::{Signals, Watch};
 use super::telemetry::{self, TelemetryConfig};
 use crate::attempt::{Attempt, AttemptError, Claim, Outcome};
@@ -66,6 +67,8 @@ pub(crate) struct Shared {
     pub breakers: Breakers,
     /// Rate limits and concurrency keys.
     pub limits: Arc<Limits>,
+    /// What `/metrics` shows.
+    pub metrics: WorkerMetrics,
 }
 
 impl Shared {
@@ -304,6 +307,7 @@ async fn claim(shared: &Shared, claiming: Claiming) -> Option<Claimed> {
         claimed_at,
     )
     .await;
+    shared.metrics.appended(Append::Claim, started.elapsed());
     let attempt = match claim {
         Ok(Claim::Started(attempt)) => attempt,
         Ok(Claim::Skip { code, status }) => {
@@ -487,6 +491,7 @@ impl Claimed {
             permit,
             cancel_signal,
             mut keep_alive,
+            started: self_started,
             ..
         } = self;
         drop(cancel_signal);
@@ -504,7 +509,11 @@ impl Claimed {
             .settle(permit, attempt.spec(), &outcome)
             .await;
         let exec = exec.clone();
+        let ran = self_started.elapsed();
+        let (queue, kind) = (attempt.spec().queue.clone(), attempt.spec().kind.clone());
+        let label = outcome_label(&outcome);
         // Recording may take a while (retries during an election): keep the item.
+        let appending = Instant::now();
         let record = attempt.finish(outcome, Utc::now());
         tokio::pin!(record);
         let recorded = loop {
@@ -513,8 +522,10 @@ impl Claimed {
                 _ = keep_alive.tick() => progress(&message).await,
             }
         };
+        shared.metrics.appended(Append::Result, appending.elapsed());
         match recorded {
             Ok(history) => {
+                shared.metrics.ran(queue.as_str(), &kind, label, ran);
                 tracing::debug!(execution = %exec, status = %history.state.status, "attempt recorded");
                 ack(&message).await;
             }
@@ -528,6 +539,15 @@ impl Claimed {
                 tracing::warn!(execution = %exec, error = %e, "cannot record the result; the work item will be redelivered");
             }
         }
+    }
+}
+
+fn outcome_label(outcome: &Outcome) -> RunOutcome {
+    match outcome {
+        Outcome::Succeeded { .. } => RunOutcome::Succeeded,
+        Outcome::Failed { .. } => RunOutcome::Failed,
+        Outcome::Cancelled => RunOutcome::Cancelled,
+        Outcome::TimedOut => RunOutcome::TimedOut,
     }
 }
 

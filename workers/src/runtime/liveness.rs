@@ -132,6 +132,11 @@ impl Running {
         }
     }
 
+    /// How many attempts run.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
     /// The running attempts, oldest first.
     pub fn snapshot(&self) -> Vec<RunningAttempt> {
         let mut all: Vec<RunningAttempt> = self.lock().values().cloned().collect();

@@ -59,6 +59,7 @@ pub mod fetch;
 pub mod guard;
 pub mod limits;
 pub mod liveness;
+mod metrics;
 mod pool;
 mod signals;
 pub mod telemetry;
@@ -84,6 +85,7 @@ pub use environment::{EnvSecrets, SecretSource};
 pub use guard::{GuardConfig, ResourceProbe, SystemProbe, Usage};
 pub use limits::{ConcurrencyRule, LimitsConfig, RateRule};
 pub use liveness::{RunningAttempt, WorkerEntry};
+pub use metrics::WorkerMetrics;
 pub use telemetry::TelemetryConfig;
 
 use crate::handler::Registry;
@@ -348,6 +350,7 @@ pub struct Worker {
     probe: Box<dyn ResourceProbe>,
     secrets: Arc<dyn SecretSource>,
     breakers: BreakerView,
+    metrics: WorkerMetrics,
 }
 
 impl std::fmt::Debug for Worker {
@@ -390,7 +393,14 @@ impl Worker {
             probe: Box::new(SystemProbe::new()),
             secrets: Arc::new(EnvSecrets),
             breakers: BreakerView::default(),
+            metrics: WorkerMetrics::default(),
         }
+    }
+
+    /// This worker's metrics, current while it runs (`/metrics` of
+    /// `runlog worker --metrics-addr`).
+    pub fn metrics(&self) -> WorkerMetrics {
+        self.metrics.clone()
     }
 
     /// This worker's view of the shared circuit breakers, current while it
@@ -420,6 +430,7 @@ impl Worker {
             mut probe,
             secrets,
             breakers: breaker_view,
+            metrics,
         } = self;
         config.validate()?;
         let subjects =
@@ -505,6 +516,7 @@ impl Worker {
             limits::Limits::open(&js, &layout, &config.limits, &config.id).await?;
         let (paused_tx, paused_rx) = watch::channel(config.guard.overloaded(probe.sample()));
         let running = Arc::new(liveness::Running::default());
+        metrics.attach(running.clone(), config.concurrency.get());
         let journal = Journal::new(
             js.clone(),
             subjects.clone(),
@@ -532,6 +544,7 @@ impl Worker {
             running: running.clone(),
             breakers: breakers.clone(),
             limits: limits.clone(),
+            metrics,
         });
 
         let entry = WorkerEntry {
