@@ -1118,3 +1118,90 @@ async fn ten_thousand_executions_keep_the_list_responsive() -> Result<()> {
     );
     stack.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_search_box_finds_a_line_and_links_to_its_execution() -> Result<()> {
+    let stack = Stack::start(2).await?;
+    let b = &stack.browser;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let planted = if i == 1 {
+            "echo 'quota exceeded on bucket photos'; "
+        } else {
+            ""
+        };
+        let shell = format!("echo start {i}; {planted}echo done {i}");
+        ids.push(
+            stack
+                .submit(&json!({"kind": "shell", "input": {"shell": shell}}))
+                .await?,
+        );
+    }
+    runlog_testkit::eventually(
+        Duration::from_secs(30),
+        "the three tasks succeed",
+        || async {
+            let states = stack.states().await?;
+            Ok((states.iter().filter(|(_, s)| s == "succeeded").count() == 3).then_some(()))
+        },
+    )
+    .await?;
+    stack.open_list().await?;
+    b.run(
+        "document.getElementById('ls-query').value = 'quota exceeded'; return true;",
+        json!([]),
+    )
+    .await?;
+    b.click("[data-testid=log-search-go]").await?;
+    let found = b
+        .wait_for(
+            "the matching line is listed",
+            Duration::from_secs(20),
+            "const rows = [...document.querySelectorAll('[data-testid=log-match]')]; \
+             if (rows.length === 0) return null; \
+             return { rows: rows.length, \
+                      line: rows[0].querySelector('.ls-line').textContent, \
+                      href: rows[0].querySelector('a').getAttribute('href'), \
+                      state: document.getElementById('ls-state').textContent };",
+            json!([]),
+        )
+        .await?;
+    ensure!(
+        found["rows"] == 1
+            && found["line"] == "quota exceeded on bucket photos"
+            && found["href"] == format!("#/executions/{}", ids[1])
+            && found["state"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("1 match · scanned ") && s.contains("(every line)")),
+        "{found}"
+    );
+    // The match links to its execution.
+    b.click("#ls-rows a").await?;
+    b.wait_for(
+        "the execution page opens",
+        Duration::from_secs(20),
+        "const id = document.getElementById('exec-id'); \
+         return !document.getElementById('exec-view').hidden ? id.textContent : null;",
+        json!([]),
+    )
+    .await?;
+    b.run("location.hash = '#/'; return true;", json!([]))
+        .await?;
+    // A regular expression that does not compile is refused in words.
+    b.run(
+        "document.getElementById('ls-query').value = '(unclosed'; \
+         document.getElementById('ls-regex').checked = true; return true;",
+        json!([]),
+    )
+    .await?;
+    b.click("[data-testid=log-search-go]").await?;
+    b.wait_for(
+        "the refusal is shown",
+        Duration::from_secs(20),
+        "const p = document.getElementById('ls-error'); \
+         return !p.hidden && p.textContent.startsWith('Search refused') ? p.textContent : null;",
+        json!([]),
+    )
+    .await?;
+    stack.stop().await
+}

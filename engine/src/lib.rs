@@ -37,6 +37,7 @@ pub mod engine;
 mod follow;
 pub mod intake;
 pub mod live;
+pub mod log_search;
 pub mod metrics;
 pub mod operations;
 pub mod pools;

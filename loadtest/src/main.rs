@@ -39,6 +39,7 @@ use runlog_worker::{Attempt, Claim};
 use tokio::sync::Semaphore;
 
 mod log_floor;
+mod log_search;
 mod memory;
 mod replay;
 mod rig;
@@ -77,7 +78,7 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     memory_executions: usize,
     /// End-to-end scenarios to run (repeat or separate with commas).
-    #[arg(long, value_delimiter = ',', value_parser = ["throughput", "throughput-bulk", "mixed", "latency", "fanout", "workflow", "schedule"])]
+    #[arg(long, value_delimiter = ',', value_parser = ["throughput", "throughput-bulk", "mixed", "latency", "fanout", "workflow", "schedule", "log-search"])]
     scenario: Vec<String>,
     /// Worker processes of the end-to-end scenarios.
     #[arg(long, default_value_t = 2)]
@@ -108,6 +109,10 @@ struct Args {
     /// `--seconds`.
     #[arg(long, default_value_t = 100)]
     schedules: usize,
+    /// Log lines `log-search` plants (in 2,000 batches of 20 executions)
+    /// before it searches them for one planted line `--runs` times.
+    #[arg(long, default_value_t = 100_000)]
+    log_lines: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -488,6 +493,24 @@ async fn end_to_end(
             rows.push(format!(
                 "| schedule | tick → started p50 / p99, ms | {:.1} / {:.1} | |",
                 s.p50, s.p99
+            ));
+        }
+        "log-search" => {
+            let mut runs = log_search::log_search(args.log_lines, args.runs.max(1)).await?;
+            for run in &runs {
+                eprintln!(
+                    "log-search: {} lines scanned, engine {:.0} ms, request {:.1} ms",
+                    run.scanned_lines, run.took_ms, run.wall_ms
+                );
+            }
+            runs.sort_by(|a, b| a.wall_ms.total_cmp(&b.wall_ms));
+            let run = runs[runs.len() / 2];
+            line["scanned_lines"] = serde_json::json!(run.scanned_lines);
+            line["engine_ms"] = serde_json::json!(run.took_ms);
+            line["request_ms"] = serde_json::json!(round(run.wall_ms));
+            rows.push(format!(
+                "| log-search, one line among {} | request → answer, ms | {:.1} | |",
+                run.scanned_lines, run.wall_ms
             ));
         }
         other => bail!("unknown scenario {other}"),

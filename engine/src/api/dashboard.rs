@@ -75,6 +75,7 @@ const ASSETS: &[Asset] = &[
     asset!("workflows.js", "text/javascript; charset=utf-8"),
     asset!("schedules.js", "text/javascript; charset=utf-8"),
     asset!("servers.js", "text/javascript; charset=utf-8"),
+    asset!("logsearch.js", "text/javascript; charset=utf-8"),
     asset!("style.css", "text/css; charset=utf-8"),
     asset!("favicon.svg", "image/svg+xml"),
 ];

@@ -31,6 +31,7 @@ mod breakers;
 pub mod dashboard;
 mod dead_letters;
 pub(crate) mod executions;
+mod log_search;
 mod pools;
 pub mod problem;
 mod schedules;
@@ -127,6 +128,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/queues", get(queues))
         .route("/v1/workers", get(workers))
         .route("/v1/breakers", get(breakers::list))
+        .route("/v1/logs/search", get(log_search::search))
         .route("/v1/stats", get(stats))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
