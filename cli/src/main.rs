@@ -85,6 +85,10 @@ enum Cmd {
     /// agents and load, make and revoke tokens.
     #[command(after_help = client::EXIT_CODES)]
     Pool(client::pool::Args),
+    /// The audit trail, newest first: who changed what, from where, and
+    /// the answer (filters: --actor, --route, --method, --target, --since).
+    #[command(after_help = client::EXIT_CODES)]
+    Audit(client::audit::Args),
     /// Write the JSON Schema of every event and command (for clients in
     /// other languages).
     Schema {
@@ -166,6 +170,9 @@ async fn main() -> std::process::ExitCode {
         }
         Cmd::Pool(args) => {
             return client::execute(args.conn().clone(), client::pool::run(args)).await;
+        }
+        Cmd::Audit(args) => {
+            return client::execute(args.conn().clone(), client::audit::run(args)).await;
         }
     };
     match result {

@@ -413,6 +413,37 @@ async fn a_failing_task_exits_one_and_can_be_inspected_and_retried() -> Result<(
     let refused = stack.runlog(&["retry", &ok_id]).await?;
     ensure!(refused.code == 6, "{refused:?}");
     ensure!(refused.stderr.contains("not_retryable"), "{refused:?}");
+
+    // The audit trail lists both retries, the refused one with its answer.
+    let audit = eventually(
+        Duration::from_secs(15),
+        "the retries are audited",
+        || async {
+            let audit = stack.json(&["audit", "--route", "/retry"]).await?;
+            let records = audit["records"].as_array().cloned().unwrap_or_default();
+            Ok((records.len() == 2).then_some(records))
+        },
+    )
+    .await?;
+    ensure!(
+        audit[0]["status"] == 409 && audit[0]["path"] == format!("/v1/executions/{ok_id}/retry"),
+        "{audit:?}"
+    );
+    ensure!(
+        audit[1]["status"] == 201 && audit[1]["target"] == again,
+        "{audit:?}"
+    );
+    let table = stack
+        .runlog(&["audit", "--route", "/retry", "--since", "1h"])
+        .await?;
+    ensure!(
+        table.code == 0
+            && table.stdout.starts_with("WHEN")
+            && table.stdout.contains(&format!("/v1/executions/{id}/retry"))
+            && table.stdout.contains("anonymous")
+            && table.stdout.contains("409"),
+        "{table:?}"
+    );
     stack.stop().await
 }
 
@@ -691,7 +722,7 @@ async fn an_unreachable_engine_says_what_to_do_and_exits_seven() -> Result<()> {
 #[tokio::test]
 async fn every_command_explains_itself_and_bad_flags_exit_two() -> Result<()> {
     for command in [
-        "submit", "status", "ls", "watch", "logs", "cancel", "retry", "workers", "queues",
+        "submit", "status", "ls", "watch", "logs", "cancel", "retry", "workers", "queues", "audit",
     ] {
         let help = runlog("http://127.0.0.1:1", &[command, "--help"]).await?;
         ensure!(help.code == 0, "{command}: {help:?}");

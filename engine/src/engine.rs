@@ -160,6 +160,9 @@ impl Engine {
                 async move { view.follow(&js, &subjects, stop).await }
             });
         }
+        let (audit, audit_writer) =
+            crate::audit::Audit::start(pub_js.clone(), &subjects, shutdown.clone());
+        tasks.once("audit trail", audit_writer);
         let pools = crate::pools::Pools::new(layout.pools_bucket(&pub_js).await?);
         {
             let (pools, client, subjects) = (pools.clone(), publisher.clone(), subjects.clone());
@@ -174,6 +177,7 @@ impl Engine {
             crate::submit::Doors {
                 intake: intake.clone(),
                 workers: workers.clone(),
+                audit: audit.clone(),
             },
             shutdown.clone(),
         )
@@ -273,6 +277,7 @@ impl Engine {
             stuck_after: config.stuck_after,
             metrics,
             feeds: crate::metrics::FeedCount::default(),
+            audit,
         };
         tasks.once(
             "bulk operations",
@@ -293,6 +298,7 @@ impl Engine {
         let app = api::router(state);
         let stop = shutdown.clone();
         tasks.once("HTTP API", async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             if let Err(e) = axum::serve(listener, app)
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await

@@ -30,6 +30,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod audit;
 pub mod bucket;
 pub mod config;
 pub mod deadlines;

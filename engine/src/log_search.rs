@@ -178,16 +178,17 @@ pub async fn search(
         messages: 0,
         oldest: 0,
     };
-    let first = state.first_sequence.max(1);
-    let mut hi = state.last_sequence;
-    let mut chunk = FIRST_CHUNK;
-    while hi >= first && state.messages > 0 {
+    let ranges = direct::backwards(
+        state.first_sequence,
+        state.last_sequence,
+        FIRST_CHUNK,
+        CHUNK,
+    );
+    for (lo, hi) in ranges.take_while(|_| state.messages > 0) {
         if scan.lines >= search.scan_limit {
             results.complete = false;
             break;
         }
-        let lo = hi.saturating_sub(chunk - 1).max(first);
-        chunk = (chunk * 2).min(CHUNK);
         // A read returns matching subjects only: at most `hi - lo + 1` of
         // them lie in the chunk; later ones belong to the chunk before.
         direct::read(
@@ -211,10 +212,9 @@ pub async fn search(
             }
             results.matches.push(found);
         }
-        if !results.complete || scan.passed_since || lo == first {
+        if !results.complete || scan.passed_since {
             break;
         }
-        hi = lo - 1;
     }
     results.scanned_lines = scan.lines;
     results.scanned_messages = scan.messages;

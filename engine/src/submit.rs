@@ -37,6 +37,8 @@ pub struct Doors {
     pub intake: Intake,
     /// Warns about tasks no live worker would take.
     pub workers: LiveWorkers,
+    /// Records every submission.
+    pub audit: crate::audit::Audit,
 }
 
 /// Serves `<p>.submit.*` and `<p>.submit-batch.*` on `client` until
@@ -95,13 +97,16 @@ where
     F: Fn(Doors, async_nats::Message) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = serde_json::Value> + Send,
 {
-    let requests = client.queue_subscribe(subject, group).await?;
+    let requests = client.queue_subscribe(subject.clone(), group).await?;
+    let pattern = subject;
     let (client, intake, shutdown) = (client.clone(), intake.clone(), shutdown.clone());
     tokio::spawn(async move {
         requests
             .take_until(shutdown.cancelled())
             .for_each_concurrent(concurrency, |message| {
                 let (client, intake) = (client.clone(), intake.clone());
+                let audit = intake.audit.clone();
+                let (route, path) = (pattern.clone(), message.subject.to_string());
                 let handled = message
                     .reply
                     .clone()
@@ -111,6 +116,7 @@ where
                         return;
                     };
                     let answer = answer.await;
+                    audit.record(record_of(route, path, &answer)).await;
                     if let Err(e) = client.publish(reply, answer.to_string().into()).await {
                         tracing::warn!(error = %e, "cannot answer a submission");
                     }
@@ -119,6 +125,28 @@ where
             .await;
     });
     Ok(())
+}
+
+/// The audit record of a submission through a door: refused when the
+/// answer (or every result of a batch) is an error.
+fn record_of(route: String, path: String, answer: &serde_json::Value) -> crate::audit::Record {
+    let refused = answer.get("error").is_some()
+        || answer["results"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty() && r.iter().all(|r| r.get("error").is_some()));
+    crate::audit::Record {
+        time: Utc::now(),
+        actor: "anonymous".to_owned(),
+        door: "nats".to_owned(),
+        from: None,
+        forwarded_for: None,
+        user_agent: None,
+        method: "PUB".to_owned(),
+        route,
+        path,
+        status: if refused { 400 } else { 200 },
+        target: answer["id"].as_str().map(str::to_owned),
+    }
 }
 
 /// The queue a door's subject names (its last token).

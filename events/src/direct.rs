@@ -203,6 +203,34 @@ pub async fn read(
     Ok(())
 }
 
+/// Sequence ranges `(lo, hi)` from `last` down to `first`, newest first:
+/// the first `first_chunk` sequences wide, each next one twice as wide up
+/// to `max_chunk`. What a search that reads a stream backwards with
+/// [`read`] walks, so a recent answer comes back after a small read.
+///
+/// # Examples
+/// ```
+/// let ranges: Vec<_> = runlog_events::direct::backwards(1, 100, 10, 40).collect();
+/// assert_eq!(ranges, [(91, 100), (71, 90), (31, 70), (1, 30)]);
+/// ```
+pub fn backwards(
+    first: u64,
+    last: u64,
+    first_chunk: u64,
+    max_chunk: u64,
+) -> impl Iterator<Item = (u64, u64)> {
+    let first = first.max(1);
+    let mut next = (last >= first).then_some(last);
+    let mut chunk = first_chunk.max(1);
+    std::iter::from_fn(move || {
+        let hi = next?;
+        let lo = hi.saturating_sub(chunk - 1).max(first);
+        next = (lo > first).then(|| lo - 1);
+        chunk = (chunk * 2).min(max_chunk.max(1));
+        Some((lo, hi))
+    })
+}
+
 /// The oldest message of `stream` on the literal `subject`, if any (the
 /// server finds it through its per-subject index, without a scan).
 pub async fn first(

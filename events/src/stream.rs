@@ -48,6 +48,8 @@ pub const TELEMETRY_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const TELEMETRY_MAX_PER_SUBJECT: i64 = 100_000;
 /// How long dead-letter advisories are kept.
 pub const DLQ_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How long the audit trail keeps its records.
+pub const AUDIT_MAX_AGE: Duration = Duration::from_secs(400 * 24 * 3600);
 /// How long a sealed task environment outlives its submission at most.
 pub const ENV_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long an idempotency key keeps answering with its execution.
@@ -194,9 +196,32 @@ impl Layout {
         }
     }
 
+    /// The audit trail: batches of records of every state-changing
+    /// command, kept [`AUDIT_MAX_AGE`].
+    pub fn audit_stream(&self) -> stream::Config {
+        let s = &self.subjects;
+        stream::Config {
+            name: s.audit_stream(),
+            description: Some("runlog audit trail: who changed what, from where".to_owned()),
+            subjects: vec![s.audit()],
+            retention: RetentionPolicy::Limits,
+            storage: self.storage,
+            num_replicas: self.replicas,
+            max_age: AUDIT_MAX_AGE,
+            max_message_size: message_size_limit(),
+            allow_direct: true,
+            ..Default::default()
+        }
+    }
+
     /// Every stream, in creation order.
-    pub fn streams(&self) -> [stream::Config; 3] {
-        [self.exec_stream(), self.logs_stream(), self.dlq_stream()]
+    pub fn streams(&self) -> [stream::Config; 4] {
+        [
+            self.exec_stream(),
+            self.logs_stream(),
+            self.dlq_stream(),
+            self.audit_stream(),
+        ]
     }
 
     /// The durable pull consumer that all workers of `queue` share at

@@ -260,6 +260,16 @@ impl Subjects {
         format!("{}_DLQ", self.upper)
     }
 
+    /// The audit trail: who changed what, through which door.
+    pub fn audit_stream(&self) -> String {
+        format!("{}_AUDIT", self.upper)
+    }
+
+    /// The subject of the audit trail's records.
+    pub fn audit(&self) -> String {
+        format!("{}.audit", self.prefix)
+    }
+
     /// The key-value bucket of sealed task environments (key: execution id).
     pub fn env_bucket(&self) -> String {
         format!("{}-env", self.prefix)

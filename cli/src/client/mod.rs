@@ -9,6 +9,7 @@
 //! [`render`] turns them into aligned tables and short durations. Every
 //! command ends in an [`Exit`], whose codes `--help` and `docs/cli.md` list.
 
+pub mod audit;
 pub mod cluster;
 pub mod control;
 pub mod demo;

@@ -103,10 +103,13 @@ pub struct ApiState {
     pub metrics: Arc<crate::metrics::EngineMetrics>,
     /// The Server-Sent-Event feeds open.
     pub feeds: crate::metrics::FeedCount,
+    /// Where every state-changing request is recorded.
+    pub audit: crate::audit::Audit,
 }
 
 /// The API's routes.
 pub fn router(state: ApiState) -> Router {
+    let audit = state.audit.clone();
     Router::new()
         .route(
             "/v1/executions",
@@ -129,6 +132,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/workers", get(workers))
         .route("/v1/breakers", get(breakers::list))
         .route("/v1/logs/search", get(log_search::search))
+        .route("/v1/audit", get(audit_trail))
         .route("/v1/stats", get(stats))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -211,6 +215,10 @@ pub fn router(state: ApiState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            audit,
+            crate::audit::layer,
+        ))
         .with_state(state)
 }
 
@@ -262,6 +270,45 @@ async fn metrics(State(state): State<ApiState>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// Query of `GET /v1/audit`.
+#[derive(Debug, Default, serde::Deserialize)]
+struct AuditQuery {
+    actor: Option<String>,
+    route: Option<String>,
+    method: Option<String>,
+    target: Option<String>,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/audit`: the newest state-changing commands, newest first.
+async fn audit_trail(
+    State(state): State<ApiState>,
+    query: Result<axum::extract::Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match query {
+        Ok(axum::extract::Query(q)) => q,
+        Err(e) => {
+            return Problem::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text())
+                .into_response();
+        }
+    };
+    let filter = crate::audit::AuditFilter {
+        actor: q.actor,
+        route: q.route,
+        method: q.method,
+        target: q.target,
+        since: q.since,
+        until: q.until,
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    match crate::audit::read(&state.js, &state.subjects, &filter, limit).await {
+        Ok(records) => axum::Json(json!({ "records": records })).into_response(),
+        Err(e) => Problem::unavailable(e).into_response(),
+    }
 }
 
 async fn readyz(State(state): State<ApiState>) -> Response {
