@@ -2,8 +2,9 @@
 //! when, and how it was answered, in the `<P>_AUDIT` stream.
 //!
 //! The HTTP API records every `POST`, `PUT`, `PATCH` and `DELETE` (a layer
-//! around the router, so no route can forget it) and the NATS doors every
-//! submission. Records go through a channel to one writer, which appends
+//! around the router, so no route can forget it), one record each; the
+//! NATS doors record how many submissions they accepted and refused, once
+//! a second ([`DoorTally`]), since each submission is in the log anyway. Records go through a channel to one writer, which appends
 //! whatever is waiting as one message (`{"records": [...]}`): a busy intake
 //! costs one audit append per batch, not one per submission. Reads
 //! (`GET /v1/audit`) walk the stream backwards, newest first, like the log
@@ -23,7 +24,8 @@ use axum::http::{HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
-use runlog_events::{Subjects, direct};
+use runlog_events::Subjects;
+use runlog_events::direct::{self, DirectGetError};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -64,6 +66,75 @@ pub struct Record {
     /// when the answer or the path says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,
+    /// How many requests the record stands for: the NATS doors are
+    /// summarised, one record per door, answer and second (absent: one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+}
+
+/// The requests a NATS door answered, recorded once a second as two
+/// records (accepted, refused): a door that takes thousands of
+/// submissions a second would otherwise write as much to the trail as to
+/// the log, where each submission is recorded anyway.
+#[derive(Debug, Clone)]
+pub struct DoorTally {
+    counts: std::sync::Arc<[std::sync::atomic::AtomicU64; 2]>,
+}
+
+impl DoorTally {
+    /// A tally of the door on `subject`, recorded into `audit` every second
+    /// until `shutdown` (and once more then).
+    pub fn start(audit: Audit, subject: String, shutdown: CancellationToken) -> DoorTally {
+        let tally = DoorTally {
+            counts: Default::default(),
+        };
+        let counts = tally.counts.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                let stop = tokio::select! {
+                    _ = every.tick() => false,
+                    _ = shutdown.cancelled() => true,
+                };
+                for (i, status) in [(0, 200), (1, 400)] {
+                    let n = counts[i].swap(0, std::sync::atomic::Ordering::Relaxed);
+                    if n > 0 {
+                        audit.record(Record::door(&subject, status, n)).await;
+                    }
+                }
+                if stop {
+                    return;
+                }
+            }
+        });
+        tally
+    }
+
+    /// One request answered.
+    pub fn count(&self, refused: bool) {
+        self.counts[usize::from(refused)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Record {
+    /// The summary of `count` requests of a NATS door answered with
+    /// `status`.
+    fn door(subject: &str, status: u16, count: u64) -> Record {
+        Record {
+            time: Utc::now(),
+            actor: "anonymous".to_owned(),
+            door: "nats".to_owned(),
+            from: None,
+            forwarded_for: None,
+            user_agent: None,
+            method: "PUB".to_owned(),
+            route: subject.to_owned(),
+            path: subject.to_owned(),
+            status,
+            target: None,
+            count: Some(count),
+        }
+    }
 }
 
 /// What the trail's records are sent to.
@@ -177,6 +248,7 @@ pub async fn layer(State(audit): State<Audit>, request: Request, next: Next) -> 
             path,
             status,
             target,
+            count: None,
         })
         .await;
     response
@@ -262,48 +334,21 @@ impl AuditFilter {
     }
 }
 
-/// Why the trail could not be read.
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    /// The stream's bounds could not be read.
-    #[error("cannot read the state of the audit trail {stream} ({source})")]
-    Stream {
-        /// The stream.
-        stream: String,
-        /// The client's error.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// Reading failed.
-    #[error(transparent)]
-    Read(#[from] runlog_events::direct::DirectGetError),
-}
-
 /// The newest `limit` records matching `filter`, newest first.
 pub async fn read(
     js: &jetstream::Context,
     subjects: &Subjects,
     filter: &AuditFilter,
     limit: usize,
-) -> Result<Vec<Record>, ReadError> {
+) -> Result<Vec<Record>, DirectGetError> {
     let stream = subjects.audit_stream();
-    let fail = |source: Box<dyn std::error::Error + Send + Sync>| ReadError::Stream {
-        stream: stream.clone(),
-        source,
-    };
-    let mut handle = js.get_stream(&stream).await.map_err(|e| fail(e.into()))?;
-    let state = handle
-        .info()
-        .await
-        .map_err(|e| fail(e.into()))?
-        .state
-        .clone();
+    let (first, last, held) = direct::bounds(js, &stream).await?;
     let mut found = Vec::new();
-    if state.messages == 0 {
+    if held == 0 {
         return Ok(found);
     }
     let subject = subjects.audit();
-    for (lo, hi) in direct::backwards(state.first_sequence, state.last_sequence, 64, 1024) {
+    for (lo, hi) in direct::backwards(first, last, 64, 1024) {
         let mut chunk = Vec::new();
         let mut older = false;
         direct::read(

@@ -4,9 +4,9 @@
 //! There is no index: the search reads the stream backwards in chunks
 //! (batched direct gets of `<p>.log.>`, newest chunk first; the first
 //! chunk is [`FIRST_CHUNK`] messages, each next one twice as large up to
-//! [`CHUNK`], so a recent match comes back quickly), tests every line, and stops once it has `limit` matches, has
-//! tested `scan_limit` lines, has passed `since`, or has reached the start
-//! of the stream. The answer says how many lines and messages it read and
+//! [`CHUNK`], so a recent match comes back quickly), tests every line,
+//! and stops once it has `limit` matches, has tested `scan_limit` lines,
+//! has passed `since`, or has reached the start of the stream. The answer says how many lines and messages it read and
 //! whether it covered everything that could match (`complete`), so a
 //! caller knows when "no match" means none. The cost is linear in the lines
 //! read; `docs/api.md` says how it scales and which index would come next.
@@ -124,23 +124,6 @@ pub struct Results {
     pub took_ms: u64,
 }
 
-/// Why a search failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SearchError {
-    /// The logs stream's bounds could not be read.
-    #[error("cannot read the state of the logs stream {stream} ({source})")]
-    Stream {
-        /// The stream.
-        stream: String,
-        /// The client's error.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// Reading the stream failed.
-    #[error(transparent)]
-    Read(#[from] DirectGetError),
-}
-
 /// Runs `search` over the logs stream of `subjects`, with queue and kind
 /// from `projection`.
 pub async fn search(
@@ -148,20 +131,10 @@ pub async fn search(
     subjects: &Subjects,
     projection: &Projection,
     search: &Search,
-) -> Result<Results, SearchError> {
+) -> Result<Results, DirectGetError> {
     let started = Instant::now();
     let stream = subjects.logs_stream();
-    let fail = |source: Box<dyn std::error::Error + Send + Sync>| SearchError::Stream {
-        stream: stream.clone(),
-        source,
-    };
-    let mut handle = js.get_stream(&stream).await.map_err(|e| fail(e.into()))?;
-    let state = handle
-        .info()
-        .await
-        .map_err(|e| fail(e.into()))?
-        .state
-        .clone();
+    let (first, last, held) = direct::bounds(js, &stream).await?;
     let filter = format!("{}.log.>", subjects.prefix());
     let client = js.client();
     let mut results = Results {
@@ -178,13 +151,8 @@ pub async fn search(
         messages: 0,
         oldest: 0,
     };
-    let ranges = direct::backwards(
-        state.first_sequence,
-        state.last_sequence,
-        FIRST_CHUNK,
-        CHUNK,
-    );
-    for (lo, hi) in ranges.take_while(|_| state.messages > 0) {
+    let ranges = direct::backwards(first, last, FIRST_CHUNK, CHUNK);
+    for (lo, hi) in ranges.take_while(|_| held > 0) {
         if scan.lines >= search.scan_limit {
             results.complete = false;
             break;

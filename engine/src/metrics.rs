@@ -23,21 +23,11 @@ use runlog_events::decider::{ExecutionState, Status};
 use runlog_events::event::TimeoutScope;
 use runlog_events::{Envelope, Event};
 use runlog_metrics::prometheus_client::metrics::counter::Counter;
-use runlog_metrics::prometheus_client::metrics::family::{Family, MetricConstructor};
+use runlog_metrics::prometheus_client::metrics::family::Family;
 use runlog_metrics::prometheus_client::metrics::gauge::Gauge;
 use runlog_metrics::prometheus_client::metrics::histogram::Histogram;
 use runlog_metrics::prometheus_client::registry::Registry;
-use runlog_metrics::{Bounded, LabelKey, Labels};
-
-/// Builds the duration histograms of a family.
-#[derive(Debug, Clone, Copy, Default)]
-struct Seconds;
-
-impl MetricConstructor<Histogram> for Seconds {
-    fn new_metric(&self) -> Histogram {
-        runlog_metrics::seconds()
-    }
-}
+use runlog_metrics::{Bounded, LabelKey, Labels, Seconds};
 
 /// What the state of an execution was before an event was folded.
 #[derive(Debug, Clone, Copy)]

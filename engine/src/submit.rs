@@ -98,15 +98,14 @@ where
     Fut: Future<Output = serde_json::Value> + Send,
 {
     let requests = client.queue_subscribe(subject.clone(), group).await?;
-    let pattern = subject;
+    let tally = crate::audit::DoorTally::start(intake.audit.clone(), subject, shutdown.clone());
     let (client, intake, shutdown) = (client.clone(), intake.clone(), shutdown.clone());
     tokio::spawn(async move {
         requests
             .take_until(shutdown.cancelled())
             .for_each_concurrent(concurrency, |message| {
                 let (client, intake) = (client.clone(), intake.clone());
-                let audit = intake.audit.clone();
-                let (route, path) = (pattern.clone(), message.subject.to_string());
+                let tally = tally.clone();
                 let handled = message
                     .reply
                     .clone()
@@ -116,10 +115,10 @@ where
                         return;
                     };
                     let answer = answer.await;
-                    audit.record(record_of(route, path, &answer)).await;
                     if let Err(e) = client.publish(reply, answer.to_string().into()).await {
                         tracing::warn!(error = %e, "cannot answer a submission");
                     }
+                    tally.count(refused(&answer));
                 }
             })
             .await;
@@ -127,26 +126,13 @@ where
     Ok(())
 }
 
-/// The audit record of a submission through a door: refused when the
-/// answer (or every result of a batch) is an error.
-fn record_of(route: String, path: String, answer: &serde_json::Value) -> crate::audit::Record {
-    let refused = answer.get("error").is_some()
+/// Whether a door refused a request: its answer (or every result of a
+/// batch) is an error.
+fn refused(answer: &serde_json::Value) -> bool {
+    answer.get("error").is_some()
         || answer["results"]
             .as_array()
-            .is_some_and(|r| !r.is_empty() && r.iter().all(|r| r.get("error").is_some()));
-    crate::audit::Record {
-        time: Utc::now(),
-        actor: "anonymous".to_owned(),
-        door: "nats".to_owned(),
-        from: None,
-        forwarded_for: None,
-        user_agent: None,
-        method: "PUB".to_owned(),
-        route,
-        path,
-        status: if refused { 400 } else { 200 },
-        target: answer["id"].as_str().map(str::to_owned),
-    }
+            .is_some_and(|r| !r.is_empty() && r.iter().all(|r| r.get("error").is_some()))
 }
 
 /// The queue a door's subject names (its last token).

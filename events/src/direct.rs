@@ -101,6 +101,15 @@ pub enum DirectGetError {
         #[source]
         source: async_nats::jetstream::context::GetStreamError,
     },
+    /// The stream's state could not be read.
+    #[error("cannot read the state of stream {stream} ({source})")]
+    Info {
+        /// The stream.
+        stream: String,
+        /// The client's error.
+        #[source]
+        source: async_nats::jetstream::context::RequestError,
+    },
     /// The newest message of a subject could not be read.
     #[error("cannot read the newest message on {subject} in stream {stream} ({source})")]
     Last {
@@ -201,6 +210,27 @@ pub async fn read(
         }
     }
     Ok(())
+}
+
+/// The first and last sequence of `stream`, and how many messages it
+/// holds now.
+pub async fn bounds(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> Result<(u64, u64, u64), DirectGetError> {
+    let mut handle = js
+        .get_stream(stream)
+        .await
+        .map_err(|source| DirectGetError::Stream {
+            stream: stream.to_owned(),
+            source,
+        })?;
+    let info = handle.info().await.map_err(|source| DirectGetError::Info {
+        stream: stream.to_owned(),
+        source,
+    })?;
+    let state = &info.state;
+    Ok((state.first_sequence, state.last_sequence, state.messages))
 }
 
 /// Sequence ranges `(lo, hi)` from `last` down to `first`, newest first:

@@ -41,6 +41,17 @@ pub fn seconds() -> Histogram {
     Histogram::new(SECONDS)
 }
 
+/// Builds a family's histograms over [`SECONDS`]:
+/// `Family::<Labels, Histogram, Seconds>::new_with_constructor(Seconds)`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seconds;
+
+impl prometheus_client::metrics::family::MetricConstructor<Histogram> for Seconds {
+    fn new_metric(&self) -> Histogram {
+        seconds()
+    }
+}
+
 /// `registry` in the Prometheus text format.
 pub fn encode(registry: &Registry) -> String {
     let mut text = String::new();

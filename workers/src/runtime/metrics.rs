@@ -11,23 +11,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use runlog_metrics::prometheus_client::metrics::counter::Counter;
-use runlog_metrics::prometheus_client::metrics::family::{Family, MetricConstructor};
+use runlog_metrics::prometheus_client::metrics::family::Family;
 use runlog_metrics::prometheus_client::metrics::gauge::Gauge;
 use runlog_metrics::prometheus_client::metrics::histogram::Histogram;
 use runlog_metrics::prometheus_client::registry::Registry;
-use runlog_metrics::{Bounded, LabelKey, Labels};
+use runlog_metrics::{Bounded, LabelKey, Labels, Seconds};
 
 use super::liveness::Running;
-
-/// Builds the duration histograms of a family.
-#[derive(Debug, Clone, Copy, Default)]
-struct Seconds;
-
-impl MetricConstructor<Histogram> for Seconds {
-    fn new_metric(&self) -> Histogram {
-        runlog_metrics::seconds()
-    }
-}
 
 /// An append to the log that the worker waits for.
 #[derive(Debug, Clone, Copy)]
