@@ -18,7 +18,6 @@ use chrono::{DateTime, Utc};
 use regex::{Regex, RegexBuilder};
 use runlog_events::codec::{self, Limits};
 use runlog_events::direct::{self, DirectGetError};
-use runlog_events::event::LogStream;
 use runlog_events::{Event, ExecutionId, QueueName, Subjects};
 use serde::Serialize;
 
@@ -253,10 +252,7 @@ impl Scan<'_> {
                     attempt: envelope.attempt,
                     seq: stored.seq,
                     n: batch.first_line + i as u64,
-                    stream: match line.stream {
-                        LogStream::Stdout => "stdout",
-                        LogStream::Stderr => "stderr",
-                    },
+                    stream: line.stream.as_str(),
                     line: line.line.clone(),
                     time: envelope.time,
                 });

@@ -123,6 +123,16 @@ pub enum LogStream {
     Stderr,
 }
 
+impl LogStream {
+    /// Its name on the wire and in the API (`stdout`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+        }
+    }
+}
+
 /// One line of output.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct LogLine {

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use runlog_events::decider::{Command, Status};
-use runlog_events::event::{Event, LogBatch, LogStream, Queued, TimeoutScope};
+use runlog_events::event::{Event, LogBatch, Queued, TimeoutScope};
 use runlog_events::journal::{History, TransitionError};
 use runlog_events::{
     Envelope, ExecutionId, QueueName, TaskError, TaskSpec, codec, direct, submission,
@@ -653,7 +653,7 @@ pub(super) fn log_lines(seq: u64, envelope: &Envelope, batch: &LogBatch) -> Vec<
                 "seq": seq,
                 "attempt": envelope.attempt,
                 "n": batch.first_line + i as u64,
-                "stream": match line.stream { LogStream::Stdout => "stdout", LogStream::Stderr => "stderr" },
+                "stream": line.stream.as_str(),
                 "line": line.line,
                 "time": envelope.time,
             })
