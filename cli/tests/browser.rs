@@ -357,6 +357,10 @@ async fn a_shell_task_s_progress_bar_moves_to_done() -> Result<()> {
 async fn the_workflow_page_draws_the_graph_live_and_shows_a_node_s_logs() -> Result<()> {
     let stack = Stack::start(4).await?;
     let b = &stack.browser;
+    // `work` holds at a gate the test opens once the page has drawn it
+    // running, however long the browser takes to load the page.
+    let dir = tempfile::tempdir()?;
+    let gate = dir.path().join("gate");
     let defined = stack
         .http
         .post(format!("{}/v1/workflows", stack.base))
@@ -375,12 +379,15 @@ nodes:
     kind: shell
     depends_on: [big]
     when: ".nodes.big.output.result"
-    input: {shell: "echo working on ${{ .nodes.first.output.n }}; sleep 1.5; echo done"}
+    input:
+      shell: "echo working on ${{ .nodes.first.output.n }}; until [ -e \"$GATE\" ]; do sleep 0.05; done; echo done"
+      env: {GATE: "GATE_PATH"}
   other:
     kind: echo
     depends_on: [big]
     when: ".nodes.big.output.result | not"
-"#,
+"#
+            .replace("GATE_PATH", &gate.display().to_string()),
         )
         .send()
         .await?;
@@ -414,6 +421,7 @@ nodes:
         json!([]),
     )
     .await?;
+    std::fs::write(&gate, b"")?;
     b.click("#wf-graph .wf-node[data-node=\"work\"]").await?;
     let shown = b
         .wait_for(
