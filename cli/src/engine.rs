@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config_args::{SharedArgs, as_text, duration, print_config};
 
 /// The engine's own settings: key, variable, flag.
-pub const ENGINE: [Setting; 6] = [
+pub const ENGINE: [Setting; 7] = [
     setting(
         "nats.live-events",
         "RUNLOG_LIVE_EVENTS",
@@ -45,6 +45,12 @@ pub const ENGINE: [Setting; 6] = [
         "RUNLOG_METRICS_TASK_LABELS",
         "--metrics-task-label",
         Form::List(','),
+    ),
+    setting(
+        "engine.otlp-endpoint",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "--otlp-endpoint",
+        Form::Text,
     ),
 ];
 
@@ -80,6 +86,10 @@ pub struct Args {
     /// comma-separated].
     #[arg(long = "metrics-task-label", value_delimiter = ',')]
     metrics_task_labels: Vec<String>,
+    /// Export traces to this OTLP/HTTP receiver (`http://collector:4318`)
+    /// [default: none; env: OTEL_EXPORTER_OTLP_ENDPOINT].
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
 }
 
 impl Args {
@@ -96,7 +106,8 @@ impl Args {
             .set_some(
                 "engine.metrics-task-labels",
                 Some(self.metrics_task_labels.clone()).filter(|l| !l.is_empty()),
-            );
+            )
+            .set_some("engine.otlp-endpoint", self.otlp_endpoint.clone());
         let tree = self.shared.tree(&settings, defaults, flags)?;
         Ok(EngineConfig {
             nats: tree.table::<NatsConfig>("nats")?,

@@ -33,6 +33,9 @@ pub struct EngineConfig {
     /// Task labels `/metrics` shows as `label_<name>` beside queue and
     /// kind (each keeps its first 100 values; see docs/metrics.md).
     pub metrics_task_labels: Vec<String>,
+    /// The OTLP/HTTP receiver traces go to (`http://collector:4318`);
+    /// none are exported without one (docs/traces.md).
+    pub otlp_endpoint: Option<String>,
 }
 
 impl EngineConfig {
@@ -58,6 +61,7 @@ impl Default for EngineConfig {
             snapshot_interval: Duration::from_secs(60),
             stuck_after: Duration::from_secs(300),
             metrics_task_labels: Vec::new(),
+            otlp_endpoint: None,
         }
     }
 }

@@ -40,6 +40,9 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
+    /// The trace exporter could not be set up.
+    #[error(transparent)]
+    Traces(#[from] runlog_telemetry::TracesError),
     /// A NATS subscription failed.
     #[error("cannot subscribe to {what} ({source}); is the NATS server reachable?")]
     Subscribe {
@@ -99,13 +102,27 @@ impl Engine {
                 Err(e) => return Err(e.into()),
             }
         };
-        let journal = Journal::new(
+        let traces = match &config.otlp_endpoint {
+            Some(endpoint) => Some(runlog_telemetry::Traces::start(
+                endpoint,
+                "runlog-engine",
+                &host,
+            )?),
+            None => None,
+        };
+        let mut journal = Journal::new(
             pub_js.clone(),
             subjects.clone(),
             format!("/runlog/engine/{host}"),
         );
+        if let Some(traces) = &traces {
+            journal = journal.on_ended(runlog_telemetry::spans::on_ended(traces.clone()));
+        }
         let servers = crate::servers::Inventory::new(layout.servers_bucket(&pub_js).await?);
-        let intake = Intake::new(journal.clone(), env, idempotency).with_servers(servers);
+        let mut intake = Intake::new(journal.clone(), env, idempotency).with_servers(servers);
+        if let Some(traces) = &traces {
+            intake = intake.with_traces(traces.clone());
+        }
         let operations = crate::operations::Operations::open(
             &pub_js,
             &layout,

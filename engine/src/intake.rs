@@ -25,12 +25,14 @@ use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use runlog_events::decider::{self, Command, ExecutionState, Rejection};
+use runlog_events::envelope::random_span_id;
 use runlog_events::event::Queued;
 use runlog_events::journal::{AppendError, Journal, LoadError};
 use runlog_events::server::Target;
 use runlog_events::spec::FieldError;
 use runlog_events::timer::{Schedule, Timer};
 use runlog_events::{Envelope, Event, ExecutionId, TaskSpec, TraceParent};
+use runlog_telemetry::{Kind, Span, Traces};
 use tokio::sync::Semaphore;
 
 use crate::servers::{Inventory, ServersError};
@@ -143,6 +145,8 @@ pub struct Intake {
     servers: Option<Inventory>,
     /// Shared by every clone: bounds the batch submissions in flight.
     batch_window: Arc<Semaphore>,
+    /// Where the `submit` spans go, when traces are exported.
+    traces: Option<Traces>,
 }
 
 impl Intake {
@@ -155,7 +159,15 @@ impl Intake {
             idempotency,
             servers: None,
             batch_window: Arc::new(Semaphore::new(BATCH_IN_FLIGHT)),
+            traces: None,
         }
+    }
+
+    /// Exports a `submit` span per recorded submission to `traces`, and
+    /// starts a trace for each that comes without one.
+    pub fn with_traces(mut self, traces: Traces) -> Self {
+        self.traces = Some(traces);
+        self
     }
 
     /// Resolves the servers tasks name through `servers`.
@@ -192,6 +204,7 @@ impl Intake {
             correlation_id,
             traceparent,
         } = submission;
+        let caller = traceparent.clone();
         self.resolve_server(&mut spec).await?;
         // Validate before touching any store; names are checked here, values
         // never leave this function except into the env bucket.
@@ -211,6 +224,14 @@ impl Intake {
                 .await
                 .map_err(|e| IntakeError::store("seal the task environment", e))?;
         }
+        // With traces exported, this door's `submit` span is the parent of
+        // the execution's; without, the caller's span is.
+        let submit_span = self.traces.as_ref().map(|_| match &traceparent {
+            Some(caller) => caller.with_span(&random_span_id()),
+            None => TraceParent::random(),
+        });
+        let (kind, queue) = (spec.kind.clone(), spec.queue.clone());
+        let traceparent = submit_span.clone().or(traceparent);
         let facts = decider::decide(&Command::Admit { spec }, &ExecutionState::default(), now)?;
         let mut state = ExecutionState::default();
         let mut last_seq = 0;
@@ -254,6 +275,23 @@ impl Intake {
             state = decider::evolve(state, &envelope);
         }
         tracing::debug!(%execution, "submitted");
+        if let (Some(traces), Some(context)) = (&self.traces, &submit_span) {
+            let span = match &caller {
+                Some(caller) => {
+                    Span::child_of(caller, context.span_id(), "submit").map(Span::remote_parent)
+                }
+                None => Span::root_of(context, "submit"),
+            };
+            if let Some(span) = span {
+                traces.record(
+                    span.kind(Kind::Server)
+                        .between(now, Utc::now())
+                        .attr("runlog.execution.id", execution.as_str().to_owned())
+                        .attr("runlog.kind", kind)
+                        .attr("runlog.queue", queue.as_str().to_owned()),
+                );
+            }
+        }
         Ok(Accepted {
             execution,
             state,

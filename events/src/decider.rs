@@ -44,7 +44,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, TraceParent};
 use crate::event::{
     AttemptError, AttemptLost, CancelRequested, Cancelled, DeadLetterReason, DeadLettered, Event,
     EventType, Failed, Heartbeat, LogBatch, Progress, Queued, Rejected, RetryScheduled, Started,
@@ -194,6 +194,10 @@ pub struct ExecutionState {
     pub attempt_deadline: Option<DateTime<Utc>>,
     /// When the execution reached a terminal state.
     pub finished_at: Option<DateTime<Utc>>,
+    /// The trace the execution belongs to: the parent of its span, as its
+    /// first event carried it. Every later event carries it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<TraceParent>,
 }
 
 /// Why [`check`] refuses an event.
@@ -334,6 +338,9 @@ pub fn check(state: &ExecutionState, env: &Envelope) -> Result<(), InvalidTransi
 
 fn transition(mut s: ExecutionState, env: &Envelope) -> ExecutionState {
     s.id.get_or_insert_with(|| env.execution.clone());
+    if s.traceparent.is_none() {
+        s.traceparent.clone_from(&env.traceparent);
+    }
     match &env.event {
         Event::Submitted(Submitted { spec }) => {
             s.status = Status::Pending;

@@ -117,6 +117,91 @@ impl TraceParent {
     pub fn trace_id(&self) -> &str {
         self.0.get(3..35).unwrap_or_default()
     }
+
+    /// The parent id: the 16 hex digits of the span that caused the event.
+    pub fn span_id(&self) -> &str {
+        self.0.get(36..52).unwrap_or_default()
+    }
+
+    /// Whether the caller asked for the trace to be recorded (flag bit 0).
+    pub fn sampled(&self) -> bool {
+        self.0
+            .get(53..55)
+            .and_then(|f| u8::from_str_radix(f, 16).ok())
+            .is_some_and(|f| f & 1 == 1)
+    }
+
+    /// A new trace, sampled, whose parent is a random span id (the span of
+    /// whoever starts the trace records that id).
+    pub fn random() -> Self {
+        let bytes: [u8; 24] = rand::random();
+        let mut trace = hex(&bytes[..16]);
+        if bytes[..16].iter().all(|b| *b == 0) {
+            trace.replace_range(31.., "1");
+        }
+        TraceParent(format!("00-{trace}-{}-01", random_span_id()))
+    }
+
+    /// The same trace and flags with `span_id` (16 hex digits) as parent.
+    pub fn with_span(&self, span_id: &str) -> Self {
+        let flags = self.0.get(53..55).unwrap_or("01");
+        TraceParent(format!("00-{}-{span_id}-{flags}", self.trace_id()))
+    }
+
+    /// The id of the span of `execution`, a child of this context: the
+    /// first 8 bytes of SHA-256 over `runlog/execution/<trace id>/<parent
+    /// id>/<execution>`, so every component derives it from the events
+    /// alone (docs/protocol.md, Traces).
+    pub fn execution_span_id(&self, execution: &ExecutionId) -> String {
+        derived(&[
+            "runlog/execution",
+            self.trace_id(),
+            self.span_id(),
+            execution.as_str(),
+        ])
+    }
+
+    /// The id of the span of attempt `attempt` of `execution`, a child of
+    /// the execution's span: SHA-256 over `runlog/attempt/<trace
+    /// id>/<execution span id>/<attempt>`, first 8 bytes.
+    pub fn attempt_span_id(&self, execution: &ExecutionId, attempt: u32) -> String {
+        derived(&[
+            "runlog/attempt",
+            self.trace_id(),
+            &self.execution_span_id(execution),
+            &attempt.to_string(),
+        ])
+    }
+}
+
+/// 16 random hex digits, never all zero.
+pub fn random_span_id() -> String {
+    let mut bytes: [u8; 8] = rand::random();
+    if bytes == [0; 8] {
+        bytes[7] = 1;
+    }
+    hex(&bytes)
+}
+
+fn derived(parts: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(parts.join("/").as_bytes());
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&digest[..8]);
+    if id == [0; 8] {
+        id[7] = 1;
+    }
+    hex(&id)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _infallible = write!(s, "{b:02x}");
+            s
+        })
 }
 
 impl FromStr for TraceParent {
@@ -161,6 +246,43 @@ impl fmt::Display for TraceParent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_span_ids_are_stable_and_distinct() {
+        let caller: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap();
+        assert_eq!(caller.span_id(), "00f067aa0ba902b7");
+        assert!(caller.sampled());
+        let a = ExecutionId::new("a").unwrap();
+        let b = ExecutionId::new("b").unwrap();
+        let span = caller.execution_span_id(&a);
+        assert_eq!(span.len(), 16);
+        assert_eq!(span, caller.execution_span_id(&a));
+        assert_ne!(span, caller.execution_span_id(&b));
+        assert_ne!(caller.attempt_span_id(&a, 1), caller.attempt_span_id(&a, 2));
+        // The value other languages compute: sha256 of the joined parts.
+        assert_eq!(
+            span,
+            super::derived(&[
+                "runlog/execution",
+                "4bf92f3577b34da6a3ce929d0e0e4736",
+                "00f067aa0ba902b7",
+                "a"
+            ])
+        );
+        let child = caller.with_span(&span);
+        assert_eq!(child.trace_id(), caller.trace_id());
+        assert_eq!(child.span_id(), span);
+        let fresh = TraceParent::random();
+        assert!(fresh.as_str().parse::<TraceParent>().is_ok(), "{fresh}");
+        assert!(fresh.sampled());
+        let unsampled: TraceParent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+            .parse()
+            .unwrap();
+        assert!(!unsampled.sampled());
+        assert!(!unsampled.with_span(&span).sampled());
+    }
 
     #[test]
     fn traceparent_follows_w3c() {

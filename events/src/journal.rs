@@ -18,6 +18,7 @@
 //! fails the expectation (10071) before de-duplication runs, and the Msg-Id
 //! rule resolves it; on a replicated stream the server answers "duplicate".
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::Context;
@@ -173,6 +174,22 @@ pub struct Journal {
     subjects: Subjects,
     limits: Limits,
     source: String,
+    ended: Option<Ended>,
+}
+
+/// What a journal's writer is told of each execution it ends (its terminal
+/// event stored through [`Journal::advance`]): the state after the event,
+/// and the event. The engine and the workers export the execution's trace
+/// span from it, so the span is exported once, by whoever ended it.
+pub type OnEnded = Arc<dyn Fn(&ExecutionState, &Envelope) + Send + Sync>;
+
+#[derive(Clone)]
+struct Ended(OnEnded);
+
+impl std::fmt::Debug for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnEnded")
+    }
 }
 
 impl Journal {
@@ -184,7 +201,14 @@ impl Journal {
             subjects,
             limits: Limits::default(),
             source: source.into(),
+            ended: None,
         }
+    }
+
+    /// This journal, telling `ended` of every execution it ends.
+    pub fn on_ended(mut self, ended: OnEnded) -> Self {
+        self.ended = Some(Ended(ended));
+        self
     }
 
     /// The subject names in use.
@@ -458,18 +482,26 @@ impl Journal {
             let facts = decider::decide(command, &history.state, now)?;
             let mut raced = false;
             for fact in facts {
-                let envelope = Envelope::new(
+                let mut envelope = Envelope::new(
                     execution.clone(),
                     fact.attempt,
                     now,
                     self.source.clone(),
                     fact.event,
                 );
+                envelope.traceparent.clone_from(&history.state.traceparent);
                 match self.append(history.last_seq, &envelope).await {
                     Ok(appended) => {
                         history.last_seq = appended.seq;
+                        let was_terminal = history.state.status.is_terminal();
                         history.state =
                             decider::evolve(std::mem::take(&mut history.state), &envelope);
+                        if let Some(Ended(ended)) = &self.ended
+                            && !was_terminal
+                            && history.state.status.is_terminal()
+                        {
+                            ended(&history.state, &envelope);
+                        }
                         history.events.push(Recorded {
                             seq: appended.seq,
                             envelope,

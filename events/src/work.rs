@@ -22,6 +22,7 @@
 use std::collections::BTreeMap;
 
 use async_nats::HeaderMap;
+use chrono::{DateTime, Utc};
 
 use crate::codec::{self, DecodeError, Limits};
 use crate::envelope::TraceParent;
@@ -41,6 +42,8 @@ pub struct WorkItem {
     pub queue: QueueName,
     /// The caller's trace, when the `queued` carries one.
     pub traceparent: Option<TraceParent>,
+    /// When the `queued` was recorded, when the delivery said.
+    pub queued_at: Option<DateTime<Utc>>,
     /// The task kind.
     pub kind: String,
     /// Labels the worker must carry.
@@ -94,6 +97,7 @@ impl WorkItem {
             attempt,
             queue: queued.queue.clone(),
             traceparent: None,
+            queued_at: None,
             kind: queued.kind.clone(),
             worker_labels: queued.worker_labels.clone(),
             capacity: queued.capacity.clone(),
@@ -128,6 +132,7 @@ impl WorkItem {
             {
                 let mut item = WorkItem::of(execution, envelope.attempt, q, seq);
                 item.traceparent = envelope.traceparent.clone();
+                item.queued_at = Some(envelope.time);
                 Ok(item)
             }
             other => Err(WorkItemError::Mismatch {

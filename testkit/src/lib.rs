@@ -7,10 +7,12 @@
 
 #![warn(missing_docs)]
 
+mod otlp;
 mod postgres;
 mod sshd;
 mod wait;
 
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use postgres::Postgres;
 pub use runlog_localnats::*;
 pub use sshd::{KeyType, PASSPHRASE, Sshd};

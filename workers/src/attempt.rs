@@ -96,14 +96,21 @@ impl Attempt {
         now: DateTime<Utc>,
     ) -> Result<Claim, AttemptError> {
         let execution = &item.execution;
+        // The spec, and when the execution was submitted: a `queued` that
+        // carries the spec is the submission.
         let spec = if redelivered {
             None
         } else if let Some(spec) = &item.spec {
-            Some(spec.clone())
+            Some((spec.clone(), item.queued_at))
         } else {
-            submitted_spec(journal, execution).await
+            journal
+                .recorded_spec(execution)
+                .await
+                .ok()
+                .flatten()
+                .map(|(spec, created)| (spec, Some(created.time)))
         };
-        let Some(spec) = spec else {
+        let Some((spec, submitted_at)) = spec else {
             return Self::claim(journal, execution, worker, redelivered, now).await;
         };
         // The state the item describes: its attempt queued at `queued_seq`.
@@ -113,6 +120,9 @@ impl Attempt {
                 status: Status::Queued,
                 attempt: item.attempt,
                 spec: Some(Box::new(spec)),
+                traceparent: item.traceparent.clone(),
+                queued_at: item.queued_at,
+                submitted_at,
                 ..ExecutionState::default()
             },
             last_seq: item.queued_seq,

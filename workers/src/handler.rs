@@ -35,7 +35,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use runlog_events::event::{LogLine, LogStream, Progress};
-use runlog_events::{ExecutionId, TaskError};
+use runlog_events::{ExecutionId, TaskError, TraceParent};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -121,6 +121,7 @@ pub struct Context {
     env: BTreeMap<String, String>,
     deadline: Option<Instant>,
     cancel: CancellationToken,
+    traceparent: Option<TraceParent>,
     progress: watch::Sender<Option<Progress>>,
     logs: mpsc::Sender<LogLine>,
     dropped: Arc<AtomicU64>,
@@ -148,9 +149,16 @@ pub struct ContextBuilder {
     env: BTreeMap<String, String>,
     deadline: Option<Instant>,
     cancel: CancellationToken,
+    traceparent: Option<TraceParent>,
 }
 
 impl ContextBuilder {
+    /// The trace context of the handler's span, passed on to what it calls.
+    pub fn traceparent(mut self, traceparent: Option<TraceParent>) -> Self {
+        self.traceparent = traceparent;
+        self
+    }
+
     /// The environment (secret values included: never log it).
     pub fn env(mut self, env: BTreeMap<String, String>) -> Self {
         self.env = env;
@@ -182,6 +190,7 @@ impl ContextBuilder {
             env: self.env,
             deadline: self.deadline,
             cancel: self.cancel,
+            traceparent: self.traceparent,
             progress,
             logs,
             dropped: dropped.clone(),
@@ -212,6 +221,7 @@ impl Context {
             env: BTreeMap::new(),
             deadline: None,
             cancel: CancellationToken::new(),
+            traceparent: None,
         }
     }
 
@@ -243,6 +253,14 @@ impl Context {
     /// When the attempt must end, if it has a deadline.
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline
+    }
+
+    /// The W3C trace context of this run's span, when the attempt is
+    /// traced: an `http` task sends it as its request's `traceparent`
+    /// header, a process gets it as `TRACEPARENT`, so what they call joins
+    /// the execution's trace.
+    pub fn traceparent(&self) -> Option<&TraceParent> {
+        self.traceparent.as_ref()
     }
 
     /// The token the runtime cancels to stop the attempt.

@@ -110,6 +110,11 @@ pub struct Args {
     /// [env: RUNLOG_METRICS_ADDR].
     #[arg(long, value_name = "ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Export this worker's spans to this OTLP/HTTP receiver
+    /// (`http://collector:4318`) [default: none; env:
+    /// OTEL_EXPORTER_OTLP_ENDPOINT].
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
 }
 
 /// Circuit-breaker options of `runlog worker` (boxed: they are many).
@@ -187,7 +192,8 @@ impl Args {
                 texts(strings(&self.concurrency_limits)),
             )
             .set_some("worker.limits.lease-ttl", as_text(self.lease_ttl))
-            .set_some("worker.metrics-addr", self.metrics_addr);
+            .set_some("worker.metrics-addr", self.metrics_addr)
+            .set_some("worker.otlp-endpoint", self.otlp_endpoint.clone());
         let tree = self.shared.tree(&settings, defaults, flags)?;
         Ok((tree.table("nats")?, tree.table("worker")?))
     }

@@ -14,7 +14,7 @@ use runlog_worker::runtime::{
 use serde::{Deserialize, Serialize};
 
 /// The worker's settings: key, variable, flag.
-pub const WORKER: [Setting; 26] = [
+pub const WORKER: [Setting; 27] = [
     setting("worker.id", "RUNLOG_WORKER_ID", "--id", Form::Text),
     setting("worker.pool", "RUNLOG_POOL", "--pool", Form::Text),
     setting(
@@ -156,6 +156,12 @@ pub const WORKER: [Setting; 26] = [
         "--metrics-addr",
         Form::Text,
     ),
+    setting(
+        "worker.otlp-endpoint",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "--otlp-endpoint",
+        Form::Text,
+    ),
 ];
 
 /// The `[worker]` table.
@@ -210,6 +216,9 @@ pub struct WorkerTable {
     /// Where `/metrics` listens; none: no metrics endpoint.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The OTLP/HTTP receiver spans go to; none: no traces.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// `[worker.guard]`.
@@ -266,6 +275,7 @@ impl Default for WorkerTable {
             pool: None,
             pool_token_file: None,
             metrics_addr: None,
+            otlp_endpoint: None,
             queues: runtime.queues,
             concurrency: runtime.concurrency,
             capacity: runtime.capacity,
@@ -360,6 +370,7 @@ impl WorkerTable {
                 ..defaults.limits
             },
             pool: None,
+            otlp_endpoint: self.otlp_endpoint,
         }
     }
 

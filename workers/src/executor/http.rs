@@ -126,7 +126,15 @@ impl HttpExecutor {
 
 impl Handler for HttpExecutor {
     async fn run(&self, ctx: Context) -> HandlerResult {
-        let request = Request::new(ctx.input(), ctx.env())?;
+        let mut request = Request::new(ctx.input(), ctx.env())?;
+        // The server joins the execution's trace, unless the task sets its
+        // own `traceparent`.
+        if let Some(traceparent) = ctx.traceparent()
+            && !request.headers.contains_key("traceparent")
+            && let Ok(value) = HeaderValue::from_str(traceparent.as_str())
+        {
+            request.headers.insert("traceparent", value);
+        }
         if let Some(reason) = StopReason::now(&ctx) {
             return Err(reason.error(format!(
                 "{} was not sent: the attempt was stopped",

@@ -29,8 +29,10 @@ use async_nats::jetstream::Message;
 use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
 use runlog_events::decider::{Rejection, Status};
+use runlog_events::envelope::random_span_id;
 use runlog_events::journal::{Journal, TransitionError};
-use runlog_events::{ErrorClass, Subjects, TaskError, WorkItem};
+use runlog_events::{ErrorClass, Subjects, TaskError, TraceParent, WorkItem};
+use runlog_telemetry::{Kind, Span, Traces, spans};
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
@@ -69,6 +71,18 @@ pub(crate) struct Shared {
     pub limits: Arc<Limits>,
     /// What `/metrics` shows.
     pub metrics: WorkerMetrics,
+    /// Where the attempts' spans go, when traces are exported.
+    pub traces: Option<Traces>,
+}
+
+impl Shared {
+    /// The trace of `attempt` (the parent of its execution's span), when
+    /// traces are exported and the trace is sampled.
+    fn trace_of(&self, attempt: &Attempt) -> Option<(&Traces, TraceParent)> {
+        let traces = self.traces.as_ref()?;
+        let parent = attempt.history().state.traceparent.as_ref()?;
+        parent.sampled().then(|| (traces, parent.clone()))
+    }
 }
 
 impl Shared {
@@ -345,6 +359,19 @@ async fn claim(shared: &Shared, claiming: Claiming) -> Option<Claimed> {
             return None;
         }
     };
+    if let (Some((traces, parent)), Some(queued_at)) = (shared.trace_of(&attempt), item.queued_at)
+        && let Some(span) = Span::child_of(
+            &spans::execution_context(&parent, exec),
+            &random_span_id(),
+            "queue wait",
+        )
+    {
+        traces.record(
+            span.between(queued_at, claimed_at)
+                .attr("runlog.attempt", i64::from(attempt.number()))
+                .attr("runlog.queue", item.queue.as_str().to_owned()),
+        );
+    }
     let mut keep_alive =
         tokio::time::interval_at(Instant::now() + shared.keep_alive, shared.keep_alive);
     keep_alive.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -405,6 +432,14 @@ impl Claimed {
             .attempt_timeout_ms
             .map(|ms| self.started + Duration::from_millis(ms));
         let token = CancellationToken::new();
+        // The handler's span: a child of the attempt's, its context passed
+        // on to what the handler calls.
+        let traced = shared.trace_of(&self.attempt).map(|(traces, parent)| {
+            let attempt =
+                spans::attempt_context(&parent, self.attempt.execution(), self.attempt.number());
+            let own = random_span_id();
+            (traces.clone(), attempt.with_span(&own), attempt, own)
+        });
         let (ctx, telemetry) = Context::builder(
             self.attempt.execution().clone(),
             self.attempt.number(),
@@ -414,7 +449,9 @@ impl Claimed {
         .env(env)
         .deadline(deadline)
         .cancel(token.clone())
+        .traceparent(traced.as_ref().map(|(_, own, _, _)| own.clone()))
         .build();
+        let handler_started = Utc::now();
         let finish = CancellationToken::new();
         let mut publisher = AbortOnDrop(tokio::spawn(
             telemetry::publish(
@@ -429,6 +466,24 @@ impl Claimed {
         let ending = self
             .supervise(shared.cancel_grace, &mut run, &token, deadline)
             .await;
+        let kind = &self.attempt.spec().kind;
+        if let Some((traces, _, attempt, own)) = traced
+            && let Some(span) = Span::child_of(&attempt, &own, kind.clone())
+        {
+            let span = span
+                .kind(if kind == "http" {
+                    Kind::Client
+                } else {
+                    Kind::Internal
+                })
+                .between(handler_started, Utc::now())
+                .attr("runlog.kind", kind.clone());
+            traces.record(match &ending {
+                Ending::Recorded(Outcome::Succeeded { .. }) => span.ok(),
+                Ending::Recorded(outcome) => span.error(outcome_label(outcome).as_str()),
+                Ending::HandBack => span.error("handed back"),
+            });
+        }
         // Flush the telemetry before the result, so readers see every line first.
         finish.cancel();
         let flush = tokio::time::timeout(Duration::from_secs(5), &mut publisher.0);
@@ -492,6 +547,7 @@ impl Claimed {
             cancel_signal,
             mut keep_alive,
             started: self_started,
+            claimed_at,
             ..
         } = self;
         drop(cancel_signal);
@@ -512,9 +568,13 @@ impl Claimed {
         let ran = self_started.elapsed();
         let (queue, kind) = (attempt.spec().queue.clone(), attempt.spec().kind.clone());
         let label = outcome_label(&outcome);
+        let traced = shared
+            .trace_of(&attempt)
+            .map(|(traces, parent)| (traces, parent, attempt.number()));
         // Recording may take a while (retries during an election): keep the item.
         let appending = Instant::now();
-        let record = attempt.finish(outcome, Utc::now());
+        let finished_at = Utc::now();
+        let record = attempt.finish(outcome, finished_at);
         tokio::pin!(record);
         let recorded = loop {
             tokio::select! {
@@ -526,6 +586,24 @@ impl Claimed {
         match recorded {
             Ok(history) => {
                 shared.metrics.ran(queue.as_str(), &kind, label, ran);
+                if let Some((traces, parent, number)) = traced
+                    && let Some(span) = Span::child_of(
+                        &spans::execution_context(&parent, &exec),
+                        &parent.attempt_span_id(&exec, number),
+                        "attempt",
+                    )
+                {
+                    let span = span
+                        .between(claimed_at, finished_at)
+                        .attr("runlog.execution.id", exec.as_str().to_owned())
+                        .attr("runlog.attempt", i64::from(number))
+                        .attr("runlog.worker", shared.worker.clone())
+                        .attr("runlog.outcome", label.as_str());
+                    traces.record(match label {
+                        RunOutcome::Succeeded => span.ok(),
+                        other => span.error(other.as_str()),
+                    });
+                }
                 tracing::debug!(execution = %exec, status = %history.state.status, "attempt recorded");
                 ack(&message).await;
             }

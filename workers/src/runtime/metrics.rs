@@ -37,6 +37,18 @@ pub(crate) enum RunOutcome {
     TimedOut,
 }
 
+impl RunOutcome {
+    /// Its label value (`timed_out`).
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Succeeded => "succeeded",
+            RunOutcome::Failed => "failed",
+            RunOutcome::Cancelled => "cancelled",
+            RunOutcome::TimedOut => "timed_out",
+        }
+    }
+}
+
 /// A worker's metrics; clones share them.
 #[derive(Debug, Clone, Default)]
 pub struct WorkerMetrics(Arc<Inner>);
@@ -100,12 +112,7 @@ impl WorkerMetrics {
     /// An attempt of `queue` and `kind` ran for `took` and was recorded
     /// with `outcome`.
     pub(crate) fn ran(&self, queue: &str, kind: &str, outcome: RunOutcome, took: Duration) {
-        let outcome = match outcome {
-            RunOutcome::Succeeded => "succeeded",
-            RunOutcome::Failed => "failed",
-            RunOutcome::Cancelled => "cancelled",
-            RunOutcome::TimedOut => "timed_out",
-        };
+        let outcome = outcome.as_str();
         let labels = vec![
             (LabelKey::Fixed("queue"), self.0.queues.admit(queue)),
             (LabelKey::Fixed("kind"), self.0.kinds.admit(kind)),

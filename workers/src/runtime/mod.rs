@@ -138,6 +138,9 @@ pub struct WorkerConfig {
     /// The agent pool this worker joins: it serves only the pool's queue,
     /// and takes no work unless the engine accepts its token.
     pub pool: Option<PoolMembership>,
+    /// The OTLP/HTTP receiver this worker's spans go to
+    /// (`http://collector:4318`); none are exported without one.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// A worker's pool and the token it joins with.
@@ -181,6 +184,7 @@ impl Default for WorkerConfig {
             limits: LimitsConfig::default(),
             breakers: BreakerConfig::default(),
             pool: None,
+            otlp_endpoint: None,
         }
     }
 }
@@ -245,6 +249,9 @@ pub enum WorkerError {
     /// The limit buckets could not be opened.
     #[error(transparent)]
     Limits(#[from] limits::LimitsError),
+    /// The trace exporter could not be set up.
+    #[error(transparent)]
+    Traces(#[from] runlog_telemetry::TracesError),
     /// The engine refused this worker a place in its pool.
     #[error("pool {pool:?} refused this worker: {reason}")]
     PoolRefused {
@@ -517,11 +524,22 @@ impl Worker {
         let (paused_tx, paused_rx) = watch::channel(config.guard.overloaded(probe.sample()));
         let running = Arc::new(liveness::Running::default());
         metrics.attach(running.clone(), config.concurrency.get());
-        let journal = Journal::new(
+        let traces = match &config.otlp_endpoint {
+            Some(endpoint) => Some(runlog_telemetry::Traces::start(
+                endpoint,
+                "runlog-worker",
+                &config.id,
+            )?),
+            None => None,
+        };
+        let mut journal = Journal::new(
             js.clone(),
             subjects.clone(),
             format!("/runlog/worker/{}", config.id),
         );
+        if let Some(traces) = &traces {
+            journal = journal.on_ended(runlog_telemetry::spans::on_ended(traces.clone()));
+        }
         let subjects_for_pool = subjects.clone();
         let kinds = registry.kinds();
         let services_stop = CancellationToken::new();
@@ -545,6 +563,7 @@ impl Worker {
             breakers: breakers.clone(),
             limits: limits.clone(),
             metrics,
+            traces,
         });
 
         let entry = WorkerEntry {

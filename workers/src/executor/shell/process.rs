@@ -62,6 +62,11 @@ pub(super) async fn spawn(program: &Program, ctx: &Context) -> Result<Child, Tas
     } else {
         command.env_clear();
     }
+    // The process joins the execution's trace (the `TRACEPARENT`
+    // convention of OpenTelemetry's environment carriers).
+    if let Some(traceparent) = ctx.traceparent() {
+        command.env("TRACEPARENT", traceparent.as_str());
+    }
     command
         .args(&program.args)
         .envs(&program.env)
