@@ -399,3 +399,85 @@ async fn an_unsampled_caller_gets_no_spans_and_keeps_its_context() -> Result<()>
     engine.wait().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_s_node_runs_hang_under_the_workflow_s_span() -> Result<()> {
+    let server = NatsServer::start()?;
+    let receiver = OtlpReceiver::start().await?;
+    let shutdown = CancellationToken::new();
+    let mut config = EngineConfig::local(&server.url());
+    config.otlp_endpoint = Some(receiver.endpoint().to_owned());
+    let engine = Engine::start(config, shutdown.clone()).await?;
+    let base = format!("http://{}", engine.addr());
+    let child = Command::new(env!("CARGO_BIN_EXE_runlog"))
+        .args(["worker", "--nats-url", &server.url(), "--id", "w1"])
+        .args(["--otlp-endpoint", receiver.endpoint()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let _worker = Worker(child);
+    let http = reqwest::Client::new();
+    let defined = http
+        .post(format!("{base}/v1/workflows"))
+        .header("content-type", "application/yaml")
+        .body(
+            "name: traced\nversion: 1\nnodes:\n  first: {kind: echo, input: {n: 1}}\n  \
+             second: {kind: echo, depends_on: [first], input: {n: 2}}\n",
+        )
+        .send()
+        .await?;
+    ensure!(
+        defined.status().as_u16() == 201,
+        "{}",
+        defined.text().await?
+    );
+    let started: Value = http
+        .post(format!("{base}/v1/workflows/traced/executions"))
+        .json(&json!({}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let id = ExecutionId::new(started["id"].as_str().context("an id")?)?;
+    let context = TraceParent::of_workflow(&id);
+    let spans = receiver
+        .wait_for("the workflow's span and its two runs", PATIENCE, |spans| {
+            let of = |n: &str| {
+                spans
+                    .iter()
+                    .filter(|s| s.trace_id == context.trace_id() && s.name == n)
+                    .count()
+            };
+            of("workflow") == 1 && of("execution") == 2 && of("attempt") == 2
+        })
+        .await?;
+    let trace = Trace(
+        spans
+            .into_iter()
+            .filter(|s| s.trace_id == context.trace_id())
+            .collect(),
+    );
+    let workflow = trace.named("workflow")[0];
+    ensure!(
+        workflow.parent_span_id.is_empty() && workflow.span_id == context.span_id(),
+        "{workflow:#?}"
+    );
+    ensure!(workflow.status == 1 && workflow.attributes["runlog.workflow"] == "traced");
+    ensure!(workflow.attributes["runlog.workflow.execution.id"] == id.as_str());
+    let submits = trace.named("submit");
+    ensure!(submits.len() == 2, "{submits:#?}");
+    for submit in submits {
+        ensure!(submit.parent_span_id == workflow.span_id, "{submit:#?}");
+        let run = submit.attributes["runlog.execution.id"].as_str();
+        let execution = trace.one("execution", run)?;
+        ensure!(execution.parent_span_id == submit.span_id, "{execution:#?}");
+        ensure!(
+            execution.start_ns >= workflow.start_ns && execution.end_ns <= workflow.end_ns,
+            "{execution:#?} within {workflow:#?}"
+        );
+    }
+    shutdown.cancel();
+    engine.wait().await;
+    Ok(())
+}

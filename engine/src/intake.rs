@@ -163,6 +163,11 @@ impl Intake {
         }
     }
 
+    /// Where spans go, when traces are exported.
+    pub fn traces(&self) -> Option<&Traces> {
+        self.traces.as_ref()
+    }
+
     /// Exports a `submit` span per recorded submission to `traces`, and
     /// starts a trace for each that comes without one.
     pub fn with_traces(mut self, traces: Traces) -> Self {

@@ -37,7 +37,7 @@ use runlog_events::workflow::run::{
     WorkflowStatus,
 };
 use runlog_events::workflow::{Definition, OnFailure};
-use runlog_events::{ExecutionId, QueueName, Subjects, TaskSpec};
+use runlog_events::{ExecutionId, QueueName, Subjects, TaskSpec, TraceParent};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -318,6 +318,12 @@ impl Runner {
         if events.is_empty() {
             return Ok(());
         }
+        let was_over = self
+            .inner
+            .states
+            .get(id)
+            .is_some_and(|h| h.state.status.is_terminal());
+        let mut ended_at = None;
         for event in events {
             let envelope =
                 WorkflowEnvelope::new(id.clone(), Utc::now(), self.inner.log.source(), event);
@@ -330,6 +336,14 @@ impl Runner {
                 entry.last_seq = seq;
             }
             expected = seq;
+            ended_at = Some(envelope.time);
+        }
+        if let (Some(traces), Some(at), false) = (self.inner.intake.traces(), ended_at, was_over)
+            && let Some(history) = self.inner.states.get(id)
+            && history.state.status.is_terminal()
+            && let Some(span) = workflow_span(id, &history.state, at)
+        {
+            traces.record(span);
         }
         let _no_listeners = self.inner.changes.send(id.clone());
         Ok(())
@@ -568,6 +582,10 @@ impl Runner {
         let mut submission = Submission::new(spec);
         submission.execution = Some(execution.clone());
         submission.correlation_id = Some(id.to_string());
+        // With traces exported, a node's run hangs under its workflow's span.
+        if self.inner.intake.traces().is_some() {
+            submission.traceparent = Some(TraceParent::of_workflow(id));
+        }
         match self.inner.intake.submit(submission, Utc::now()).await {
             Ok(accepted) => {
                 self.inner.submitted.insert(execution.clone(), ());
@@ -868,6 +886,32 @@ fn decide_step(
         events.extend(run::decide_into(&command, &mut working, now)?);
     }
     Ok(events)
+}
+
+/// The span of workflow execution `id`, ended at `at` in `state`: the root
+/// of the trace its node runs are in.
+fn workflow_span(
+    id: &ExecutionId,
+    state: &run::WorkflowState,
+    at: chrono::DateTime<Utc>,
+) -> Option<runlog_telemetry::Span> {
+    let started = state.started_at?;
+    let span = runlog_telemetry::Span::root_of(&TraceParent::of_workflow(id), "workflow")?
+        .between(started, at)
+        .attr("runlog.workflow.execution.id", id.as_str().to_owned())
+        .attr("runlog.status", state.status.as_str())
+        .attr("runlog.workflow.runs", i64::from(state.runs_started));
+    let span = match &state.definition {
+        Some(d) => span
+            .attr("runlog.workflow", d.name.clone())
+            .attr("runlog.workflow.version", i64::from(d.version)),
+        None => span,
+    };
+    Some(match state.status {
+        run::WorkflowStatus::Succeeded => span.ok(),
+        run::WorkflowStatus::Cancelled => span,
+        status => span.error(status.as_str()),
+    })
 }
 
 /// The task a run of `node` is: its kind, rendered input, queue, deadline,

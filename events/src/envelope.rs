@@ -161,6 +161,20 @@ impl TraceParent {
         ])
     }
 
+    /// The trace of workflow execution `workflow`: a trace id and the
+    /// workflow's span id, both derived from its id (SHA-256 over
+    /// `runlog/workflow-trace/<id>`, first 16 bytes, and over
+    /// `runlog/workflow/<id>`, first 8), so its node runs hang under its
+    /// span without the id being stored anywhere. Sampled.
+    pub fn of_workflow(workflow: &ExecutionId) -> Self {
+        let mut trace = derived_bytes(&["runlog/workflow-trace", workflow.as_str()], 16);
+        if trace.bytes().all(|b| b == b'0') {
+            trace.replace_range(31.., "1");
+        }
+        let span = derived(&["runlog/workflow", workflow.as_str()]);
+        TraceParent(format!("00-{trace}-{span}-01"))
+    }
+
     /// The id of the span of attempt `attempt` of `execution`, a child of
     /// the execution's span: SHA-256 over `runlog/attempt/<trace
     /// id>/<execution span id>/<attempt>`, first 8 bytes.
@@ -184,14 +198,18 @@ pub fn random_span_id() -> String {
 }
 
 fn derived(parts: &[&str]) -> String {
+    let id = derived_bytes(parts, 8);
+    if id.bytes().all(|b| b == b'0') {
+        return "0000000000000001".to_owned();
+    }
+    id
+}
+
+/// The first `n` bytes of SHA-256 over `parts` joined by `/`, in hex.
+fn derived_bytes(parts: &[&str], n: usize) -> String {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(parts.join("/").as_bytes());
-    let mut id = [0u8; 8];
-    id.copy_from_slice(&digest[..8]);
-    if id == [0; 8] {
-        id[7] = 1;
-    }
-    hex(&id)
+    hex(&digest[..n])
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -274,6 +292,13 @@ mod tests {
         let child = caller.with_span(&span);
         assert_eq!(child.trace_id(), caller.trace_id());
         assert_eq!(child.span_id(), span);
+        let workflow = TraceParent::of_workflow(&a);
+        assert!(
+            workflow.as_str().parse::<TraceParent>().is_ok(),
+            "{workflow}"
+        );
+        assert_eq!(workflow, TraceParent::of_workflow(&a));
+        assert_ne!(workflow.trace_id(), TraceParent::of_workflow(&b).trace_id());
         let fresh = TraceParent::random();
         assert!(fresh.as_str().parse::<TraceParent>().is_ok(), "{fresh}");
         assert!(fresh.sampled());

@@ -113,6 +113,11 @@ struct Args {
     /// before it searches them for one planted line `--runs` times.
     #[arg(long, default_value_t = 100_000)]
     log_lines: u64,
+    /// Export traces from the engine and the workers of the end-to-end
+    /// scenarios to an OTLP/HTTP receiver in this process (it decodes and
+    /// counts the spans; its CPU counts as the load generator's).
+    #[arg(long)]
+    traces: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -190,8 +195,26 @@ async fn main() -> anyhow::Result<()> {
         tasks: log_floor.tasks,
         seconds: log_floor.seconds,
     };
+    let receiver = match args.traces {
+        true => {
+            let receiver = runlog_testkit::OtlpReceiver::start_counting().await?;
+            rig::export_traces_to(receiver.endpoint());
+            Some(receiver)
+        }
+        false => None,
+    };
     for scenario in &args.scenario {
         table.extend(end_to_end(&args, scenario, &floor, &log_floor).await?);
+    }
+    if let Some(receiver) = &receiver {
+        println!(
+            "{}",
+            serde_json::json!({
+                "scenario": "traces",
+                "spans_received": receiver.span_count(),
+                "export_requests": receiver.requests(),
+            })
+        );
     }
     if args.replay_events > 0 {
         let figures = replay::run(args.replay_events, args.runs).await?;

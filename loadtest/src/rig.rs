@@ -14,6 +14,24 @@ use anyhow::{Context, bail};
 use async_nats::jetstream;
 use runlog_localnats::NatsServer;
 
+/// The OTLP receiver the engine and the workers export traces to, once
+/// `--traces` set one.
+static TRACES: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Has every engine and worker started from now on export its traces to
+/// the OTLP/HTTP receiver at `endpoint`.
+pub fn export_traces_to(endpoint: &str) {
+    let _set = TRACES.set(endpoint.to_owned());
+}
+
+/// `--otlp-endpoint` for a process, when traces are exported.
+fn traced(command: &mut Command) -> &mut Command {
+    if let Some(endpoint) = TRACES.get() {
+        command.args(["--otlp-endpoint", endpoint]);
+    }
+    command
+}
+
 /// How long a process may take to become ready.
 const READY: Duration = Duration::from_secs(30);
 
@@ -32,11 +50,11 @@ impl Rig {
         let server = NatsServer::start().context("cannot start nats-server")?;
         let binary = runlog_binary()?;
         let port = free_port()?;
-        let engine = spawn(
+        let engine = spawn(traced(
             Command::new(&binary)
                 .args(["engine", "--nats-url", &server.url()])
                 .args(["--listen", &format!("127.0.0.1:{port}")]),
-        )?;
+        ))?;
         let mut rig = Rig {
             server,
             engine,
@@ -82,12 +100,12 @@ impl Rig {
     pub async fn start_workers(&mut self, count: usize, concurrency: usize) -> anyhow::Result<()> {
         let first = self.workers.len();
         for i in first..first + count {
-            let worker = spawn(
+            let worker = spawn(traced(
                 Command::new(&self.binary)
                     .args(["worker", "--nats-url", &self.server.url()])
                     .args(["--id", &format!("load-{i}")])
                     .args(["--concurrency", &concurrency.to_string()]),
-            )?;
+            ))?;
             self.workers.push(worker);
         }
         let js = jetstream::new(async_nats::connect(self.server.url()).await?);

@@ -47,29 +47,43 @@ pub struct OtlpReceiver {
     endpoint: String,
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
     requests: Arc<Mutex<u64>>,
+    counted: Arc<Mutex<u64>>,
     server: JoinHandle<()>,
 }
 
 impl OtlpReceiver {
-    /// Starts a receiver on a random port.
+    /// Starts a receiver on a random port that keeps every span.
     pub async fn start() -> anyhow::Result<OtlpReceiver> {
+        OtlpReceiver::start_keeping(true).await
+    }
+
+    /// Starts a receiver that decodes and counts spans without keeping
+    /// them (a benchmark's: its memory stays flat).
+    pub async fn start_counting() -> anyhow::Result<OtlpReceiver> {
+        OtlpReceiver::start_keeping(false).await
+    }
+
+    async fn start_keeping(keep: bool) -> anyhow::Result<OtlpReceiver> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let endpoint = format!("http://{}", listener.local_addr()?);
         let spans: Arc<Mutex<Vec<ReceivedSpan>>> = Arc::default();
         let requests: Arc<Mutex<u64>> = Arc::default();
-        let (kept, counted) = (spans.clone(), requests.clone());
+        let counted: Arc<Mutex<u64>> = Arc::default();
+        let (kept, asked, seen) = (spans.clone(), requests.clone(), counted.clone());
         let app = axum::Router::new().route(
             "/v1/traces",
             axum::routing::post(move |body: Bytes| {
-                let (kept, counted) = (kept.clone(), counted.clone());
+                let (kept, asked, seen) = (kept.clone(), asked.clone(), seen.clone());
                 async move {
                     let Ok(request) = ExportTraceServiceRequest::decode(body) else {
                         return (StatusCode::BAD_REQUEST, Vec::new());
                     };
-                    *counted.lock().expect("never poisoned") += 1;
-                    kept.lock()
-                        .expect("never poisoned")
-                        .extend(flatten(request));
+                    *asked.lock().expect("never poisoned") += 1;
+                    let spans = flatten(request);
+                    *seen.lock().expect("never poisoned") += spans.len() as u64;
+                    if keep {
+                        kept.lock().expect("never poisoned").extend(spans);
+                    }
                     (
                         StatusCode::OK,
                         ExportTraceServiceResponse::default().encode_to_vec(),
@@ -93,6 +107,7 @@ impl OtlpReceiver {
             endpoint,
             spans,
             requests,
+            counted,
             server,
         })
     }
@@ -105,6 +120,11 @@ impl OtlpReceiver {
     /// Every span received so far.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.spans.lock().expect("never poisoned").clone()
+    }
+
+    /// Spans received so far (kept or not).
+    pub fn span_count(&self) -> u64 {
+        *self.counted.lock().expect("never poisoned")
     }
 
     /// Export requests received so far.
