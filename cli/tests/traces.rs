@@ -77,6 +77,41 @@ async fn target() -> Result<(String, Arc<Mutex<Vec<String>>>)> {
     Ok((url, seen))
 }
 
+/// The `traceparent` of every log batch of `execution` on the logs stream.
+async fn log_batches(
+    server: &NatsServer,
+    execution: &ExecutionId,
+) -> Result<Vec<Option<TraceParent>>> {
+    use futures::StreamExt;
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await?);
+    let subjects = runlog_events::Subjects::default();
+    let stream = js.get_stream(subjects.logs_stream()).await?;
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await?;
+    let mut messages = consumer.messages().await?;
+    let mut found = Vec::new();
+    let empty = async_nats::HeaderMap::new();
+    while let Some(message) = messages.next().await {
+        let message = message?;
+        let pending = message.info().map_err(anyhow::Error::msg)?.pending;
+        let headers = message.headers.as_ref().unwrap_or(&empty);
+        if let Ok(envelope) = runlog_events::codec::decode(
+            headers,
+            &message.payload,
+            &runlog_events::codec::Limits::default(),
+        ) && envelope.execution == *execution
+            && matches!(envelope.event, runlog_events::Event::Log(_))
+        {
+            found.push(envelope.traceparent);
+        }
+        if pending == 0 {
+            break;
+        }
+    }
+    Ok(found)
+}
+
 async fn submit(
     http: &reqwest::Client,
     base: &str,
@@ -187,6 +222,15 @@ async fn each_execution_is_one_trace_from_the_caller_s_span_to_its_end() -> Resu
         contexts.push(first.parse::<TraceParent>()?);
     }
     let (flaky_ctx, called_ctx, doomed_ctx) = (&contexts[0], &contexts[1], &contexts[2]);
+    // The workers' telemetry (log batches, on the logs stream) too.
+    let batches = log_batches(&server, &flaky).await?;
+    ensure!(!batches.is_empty(), "the flaky task logged");
+    for batch in &batches {
+        ensure!(
+            batch.as_ref() == Some(flaky_ctx),
+            "{batch:?} is not {flaky_ctx}"
+        );
+    }
     ensure!(flaky_ctx.trace_id() == TRACE && called_ctx.trace_id() == TRACE);
     ensure!(
         doomed_ctx.trace_id() != TRACE,

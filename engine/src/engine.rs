@@ -60,7 +60,11 @@ pub struct Engine {
     addr: SocketAddr,
     projection: Arc<Projection>,
     tasks: Supervisor,
+    traces: Option<runlog_telemetry::Traces>,
 }
+
+/// How long a stopping process waits for its last spans to be exported.
+const TRACES_FLUSH: Duration = Duration::from_secs(2);
 
 impl Engine {
     /// Connects, sets up, and starts every part; returns once the HTTP API
@@ -328,6 +332,7 @@ impl Engine {
             addr,
             projection,
             tasks,
+            traces,
         })
     }
 
@@ -345,5 +350,9 @@ impl Engine {
     /// cancelled).
     pub async fn wait(self) {
         self.tasks.wait().await;
+        if let Some(traces) = &self.traces {
+            // The spans of the last executions, unless the receiver is down.
+            let _late = tokio::time::timeout(TRACES_FLUSH, traces.flush()).await;
+        }
     }
 }

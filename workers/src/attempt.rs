@@ -17,7 +17,9 @@ use runlog_events::codec::EncodeError;
 use runlog_events::decider::{Command, ExecutionState, Rejection, Status};
 use runlog_events::event::{Heartbeat, LogBatch, Progress};
 use runlog_events::journal::{AppendError, History, Journal, TransitionError};
-use runlog_events::{Envelope, ErrorClass, Event, ExecutionId, TaskError, TaskSpec, WorkItem};
+use runlog_events::{
+    Envelope, ErrorClass, Event, ExecutionId, TaskError, TaskSpec, TraceParent, WorkItem,
+};
 
 pub use runlog_events::decider::Outcome;
 
@@ -214,6 +216,7 @@ impl Attempt {
             execution: self.execution.clone(),
             number: self.number,
             worker: self.worker.clone(),
+            traceparent: self.history.state.traceparent.clone(),
         }
     }
 
@@ -320,6 +323,8 @@ pub struct Reporter {
     execution: ExecutionId,
     number: u32,
     worker: String,
+    /// The execution's trace, carried by its telemetry too.
+    traceparent: Option<TraceParent>,
 }
 
 impl Reporter {
@@ -356,13 +361,14 @@ impl Reporter {
     }
 
     async fn publish(&self, event: Event, now: DateTime<Utc>) -> Result<(), AttemptError> {
-        let envelope = Envelope::new(
+        let mut envelope = Envelope::new(
             self.execution.clone(),
             self.number,
             now,
             self.journal.source(),
             event,
         );
+        envelope.traceparent.clone_from(&self.traceparent);
         self.journal
             .append_telemetry(&envelope)
             .await

@@ -625,6 +625,7 @@ impl Worker {
         let capacity = capacity::Capacity::new(config.concurrency.get(), config.capacity.clone())
             .map_err(|e| WorkerError::Config(e.to_string()))?;
         let fetcher = fetch::Fetcher::new(sources, config.aging_every, config.poll_expires);
+        let traces = shared.traces.clone();
         dispatch::Dispatcher::new(
             fetcher,
             capacity,
@@ -639,6 +640,10 @@ impl Worker {
 
         services_stop.cancel();
         while services.join_next().await.is_some() {}
+        if let Some(traces) = traces {
+            // The spans of the last attempts, unless the receiver is down.
+            let _late = tokio::time::timeout(Duration::from_secs(2), traces.flush()).await;
+        }
         tracing::info!(worker = %config.id, "worker stopped");
         let refusal = refused.lock().unwrap_or_else(|e| e.into_inner()).take();
         match refusal {
