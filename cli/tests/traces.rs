@@ -30,6 +30,45 @@ impl Drop for Worker {
     }
 }
 
+/// A server, a receiver, an engine exporting to it (in this process) and
+/// a `runlog worker --otlp-endpoint` process.
+struct Rig {
+    server: NatsServer,
+    receiver: OtlpReceiver,
+    shutdown: CancellationToken,
+    engine: Engine,
+    base: String,
+    http: reqwest::Client,
+    worker: Worker,
+}
+
+impl Rig {
+    async fn start() -> Result<Rig> {
+        let server = NatsServer::start()?;
+        let receiver = OtlpReceiver::start().await?;
+        let shutdown = CancellationToken::new();
+        let mut config = EngineConfig::local(&server.url());
+        config.otlp_endpoint = Some(receiver.endpoint().to_owned());
+        let engine = Engine::start(config, shutdown.clone()).await?;
+        let base = format!("http://{}", engine.addr());
+        let child = Command::new(env!("CARGO_BIN_EXE_runlog"))
+            .args(["worker", "--nats-url", &server.url(), "--id", "w1"])
+            .args(["--otlp-endpoint", receiver.endpoint()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(Rig {
+            server,
+            receiver,
+            shutdown,
+            engine,
+            base,
+            http: reqwest::Client::new(),
+            worker: Worker(child),
+        })
+    }
+}
+
 /// The spans of one trace, by name.
 struct Trace(Vec<ReceivedSpan>);
 
@@ -147,21 +186,15 @@ async fn wait_status(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_execution_is_one_trace_from_the_caller_s_span_to_its_end() -> Result<()> {
-    let server = NatsServer::start()?;
-    let receiver = OtlpReceiver::start().await?;
-    let shutdown = CancellationToken::new();
-    let mut config = EngineConfig::local(&server.url());
-    config.otlp_endpoint = Some(receiver.endpoint().to_owned());
-    let engine = Engine::start(config, shutdown.clone()).await?;
-    let base = format!("http://{}", engine.addr());
-    let child = Command::new(env!("CARGO_BIN_EXE_runlog"))
-        .args(["worker", "--nats-url", &server.url(), "--id", "w1"])
-        .args(["--otlp-endpoint", receiver.endpoint()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let _worker = Worker(child);
-    let http = reqwest::Client::new();
+    let Rig {
+        server,
+        receiver,
+        shutdown,
+        engine,
+        base,
+        http,
+        worker: _worker,
+    } = Rig::start().await?;
     let dir = tempfile::tempdir()?;
     let (url, seen) = target().await?;
     let caller = format!("00-{TRACE}-{CALLER_SPAN}-01");
@@ -388,21 +421,15 @@ async fn each_execution_is_one_trace_from_the_caller_s_span_to_its_end() -> Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsampled_caller_gets_no_spans_and_keeps_its_context() -> Result<()> {
-    let server = NatsServer::start()?;
-    let receiver = OtlpReceiver::start().await?;
-    let shutdown = CancellationToken::new();
-    let mut config = EngineConfig::local(&server.url());
-    config.otlp_endpoint = Some(receiver.endpoint().to_owned());
-    let engine = Engine::start(config, shutdown.clone()).await?;
-    let base = format!("http://{}", engine.addr());
-    let child = Command::new(env!("CARGO_BIN_EXE_runlog"))
-        .args(["worker", "--nats-url", &server.url(), "--id", "w1"])
-        .args(["--otlp-endpoint", receiver.endpoint()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let _worker = Worker(child);
-    let http = reqwest::Client::new();
+    let Rig {
+        server: _server,
+        receiver,
+        shutdown,
+        engine,
+        base,
+        http,
+        worker: _worker,
+    } = Rig::start().await?;
     let unsampled = format!("00-{TRACE}-{CALLER_SPAN}-00");
     let quiet = submit(
         &http,
@@ -446,21 +473,15 @@ async fn an_unsampled_caller_gets_no_spans_and_keeps_its_context() -> Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workflow_s_node_runs_hang_under_the_workflow_s_span() -> Result<()> {
-    let server = NatsServer::start()?;
-    let receiver = OtlpReceiver::start().await?;
-    let shutdown = CancellationToken::new();
-    let mut config = EngineConfig::local(&server.url());
-    config.otlp_endpoint = Some(receiver.endpoint().to_owned());
-    let engine = Engine::start(config, shutdown.clone()).await?;
-    let base = format!("http://{}", engine.addr());
-    let child = Command::new(env!("CARGO_BIN_EXE_runlog"))
-        .args(["worker", "--nats-url", &server.url(), "--id", "w1"])
-        .args(["--otlp-endpoint", receiver.endpoint()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let _worker = Worker(child);
-    let http = reqwest::Client::new();
+    let Rig {
+        server: _server,
+        receiver,
+        shutdown,
+        engine,
+        base,
+        http,
+        worker: _worker,
+    } = Rig::start().await?;
     let defined = http
         .post(format!("{base}/v1/workflows"))
         .header("content-type", "application/yaml")

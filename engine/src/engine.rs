@@ -83,15 +83,24 @@ impl Engine {
         let pub_js = async_nats::jetstream::new(publisher.clone());
         let sub_js = async_nats::jetstream::new(consumer.clone());
         // A cluster electing its leaders, or a server still starting, answers
-        // with time-outs: wait for it, as the workers do, instead of exiting.
-        // An incompatible stream is a real error and ends the start.
+        // with time-outs (and, while a peer has not joined yet, "no suitable
+        // peers" for a new replicated bucket): wait for it, as the workers
+        // do, instead of exiting. An incompatible stream is a real error and
+        // ends the start. Every stream and bucket is set up here, so no
+        // later step of the start meets a cluster that is not ready.
         let mut pause = Duration::from_millis(250);
-        let (env, idempotency) = loop {
+        let owner = format!("{host}-{}", runlog_events::ExecutionId::generate());
+        let (env, idempotency, servers, operations, pools, workflows) = loop {
             let attempt = async {
                 layout.ensure(&pub_js).await?;
-                let env = layout.env_bucket(&pub_js).await?;
-                let idempotency = layout.idempotency_bucket(&pub_js).await?;
-                Ok::<_, LayoutError>((env, idempotency))
+                Ok::<_, LayoutError>((
+                    layout.env_bucket(&pub_js).await?,
+                    layout.idempotency_bucket(&pub_js).await?,
+                    layout.servers_bucket(&pub_js).await?,
+                    crate::operations::Operations::open(&pub_js, &layout, owner.clone()).await?,
+                    layout.pools_bucket(&pub_js).await?,
+                    layout.workflows_bucket(&pub_js).await?,
+                ))
             };
             match attempt.await {
                 Ok(stores) => break stores,
@@ -122,17 +131,11 @@ impl Engine {
         if let Some(traces) = &traces {
             journal = journal.on_ended(runlog_telemetry::spans::on_ended(traces.clone()));
         }
-        let servers = crate::servers::Inventory::new(layout.servers_bucket(&pub_js).await?);
+        let servers = crate::servers::Inventory::new(servers);
         let mut intake = Intake::new(journal.clone(), env, idempotency).with_servers(servers);
         if let Some(traces) = &traces {
             intake = intake.with_traces(traces.clone());
         }
-        let operations = crate::operations::Operations::open(
-            &pub_js,
-            &layout,
-            format!("{host}-{}", runlog_events::ExecutionId::generate()),
-        )
-        .await?;
         let mut tasks = Supervisor::default();
         let projection = Arc::new(Projection::new());
         let metrics = Arc::new(crate::metrics::EngineMetrics::new(
@@ -184,7 +187,7 @@ impl Engine {
         let (audit, audit_writer) =
             crate::audit::Audit::start(pub_js.clone(), &subjects, shutdown.clone());
         tasks.once("audit trail", audit_writer);
-        let pools = crate::pools::Pools::new(layout.pools_bucket(&pub_js).await?);
+        let pools = crate::pools::Pools::new(pools);
         {
             let (pools, client, subjects) = (pools.clone(), publisher.clone(), subjects.clone());
             tasks.restart("pool joins", shutdown.clone(), move |stop| {
@@ -239,7 +242,7 @@ impl Engine {
             });
         }
 
-        let workflows = crate::workflows::Workflows::new(layout.workflows_bucket(&pub_js).await?);
+        let workflows = crate::workflows::Workflows::new(workflows);
         let runner = crate::workflow_runner::Runner::new(
             runlog_events::workflow::log::WorkflowLog::new(
                 pub_js.clone(),
