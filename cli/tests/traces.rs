@@ -414,6 +414,25 @@ async fn each_execution_is_one_trace_from_the_caller_s_span_to_its_end() -> Resu
     ensure!(ended.attributes["runlog.status"] == "dead_lettered");
     ensure!(ended.parent_span_id == root.span_id);
 
+    // The engine counts what it exported: 3 `submit` spans and the
+    // dead-lettered execution's.
+    eventually(PATIENCE, "the engine's span counters", || async {
+        let text = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let exported = text
+            .lines()
+            .find_map(|l| l.strip_prefix("runlog_trace_spans_total{outcome=\"exported\"} "))
+            .context("the exported series")?;
+        ensure!(exported == "4", "{exported}");
+        ensure!(text.contains("runlog_trace_spans_total{outcome=\"dropped\"} 0"));
+        Ok(Some(()))
+    })
+    .await?;
+
     shutdown.cancel();
     engine.wait().await;
     Ok(())

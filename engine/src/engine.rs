@@ -142,6 +142,9 @@ impl Engine {
             &config.metrics_task_labels,
         ));
         projection.count_into(metrics.clone());
+        if let Some(traces) = &traces {
+            metrics.count_spans_of(traces.clone());
+        }
         // Set before the projection follows: its catch-up reports the runs
         // that ended while no runner listened.
         let (run_ends, run_ends_rx) = tokio::sync::mpsc::unbounded_channel();

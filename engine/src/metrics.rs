@@ -70,6 +70,9 @@ pub struct EngineMetrics {
     applied: Gauge,
     sse_clients: Gauge,
     breakers: Family<Labels, Gauge>,
+    spans: runlog_metrics::SpanCounts,
+    /// The trace exporter, once traces are exported.
+    traces: std::sync::OnceLock<runlog_telemetry::Traces>,
 }
 
 impl EngineMetrics {
@@ -99,6 +102,8 @@ impl EngineMetrics {
             applied: Gauge::default(),
             sse_clients: Gauge::default(),
             breakers: Family::default(),
+            spans: runlog_metrics::SpanCounts::new(),
+            traces: std::sync::OnceLock::new(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -176,6 +181,11 @@ impl EngineMetrics {
             "runlog_breaker_state",
             "Circuit breakers: 1 for the state each key is in (closed, open, half_open)",
             metrics.breakers.clone(),
+        );
+        r.register(
+            "runlog_trace_spans",
+            "Spans this engine handed to its trace exporter, by outcome (exported, dropped: queue full, failed: export request failed)",
+            metrics.spans.family(),
         );
         EngineMetrics {
             registry,
@@ -260,8 +270,16 @@ impl EngineMetrics {
         labels
     }
 
+    /// Shows the spans `traces` exported, dropped and failed.
+    pub(crate) fn count_spans_of(&self, traces: runlog_telemetry::Traces) {
+        let _already = self.traces.set(traces);
+    }
+
     /// Sets the gauges to `now`, then encodes every metric.
     pub(crate) fn scrape(&self, now: Readings) -> String {
+        if let Some(t) = self.traces.get() {
+            self.spans.set([t.exported(), t.dropped(), t.failed()]);
+        }
         for tally in now.queues {
             let queue = self.queues.admit(&tally.queue);
             for priority in runlog_events::Priority::ALL {

@@ -185,3 +185,60 @@ mod tests {
         );
     }
 }
+
+/// Spans a process handed to its trace exporter, by outcome (`exported`,
+/// `dropped` because the export queue was full, `failed` with their export
+/// request): a counter family whose three series exist from the start, set
+/// from the exporter's own totals when scraped.
+#[derive(Debug, Clone)]
+pub struct SpanCounts(
+    prometheus_client::metrics::family::Family<
+        Labels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+);
+
+impl SpanCounts {
+    /// The outcomes, in the order [`set`](Self::set) takes them.
+    pub const OUTCOMES: [&'static str; 3] = ["exported", "dropped", "failed"];
+
+    /// The family, every outcome at 0.
+    pub fn new() -> Self {
+        let family = prometheus_client::metrics::family::Family::default();
+        for outcome in Self::OUTCOMES {
+            let _created = family.get_or_create(&Self::labels(outcome));
+        }
+        SpanCounts(family)
+    }
+
+    fn labels(outcome: &str) -> Labels {
+        vec![(LabelKey::Fixed("outcome"), outcome.to_owned())]
+    }
+
+    /// The family, to register.
+    pub fn family(
+        &self,
+    ) -> prometheus_client::metrics::family::Family<
+        Labels,
+        prometheus_client::metrics::counter::Counter,
+    > {
+        self.0.clone()
+    }
+
+    /// Brings the counters up to the exporter's totals.
+    pub fn set(&self, totals: [u64; 3]) {
+        for (outcome, total) in Self::OUTCOMES.into_iter().zip(totals) {
+            let counter = self.0.get_or_create(&Self::labels(outcome));
+            let now = counter.get();
+            if total > now {
+                counter.inc_by(total - now);
+            }
+        }
+    }
+}
+
+impl Default for SpanCounts {
+    fn default() -> Self {
+        SpanCounts::new()
+    }
+}

@@ -62,8 +62,11 @@ struct Inner {
     run_duration: Family<Labels, Histogram, Seconds>,
     appends: Family<Labels, Histogram, Seconds>,
     slots: Family<Labels, Gauge>,
+    spans: runlog_metrics::SpanCounts,
     /// The attempts running and the worker's concurrency, once it runs.
     running: OnceLock<(Arc<Running>, usize)>,
+    /// The trace exporter, once traces are exported.
+    traces: OnceLock<runlog_telemetry::Traces>,
 }
 
 impl Default for Inner {
@@ -76,7 +79,9 @@ impl Default for Inner {
             run_duration: Family::new_with_constructor(Seconds),
             appends: Family::new_with_constructor(Seconds),
             slots: Family::default(),
+            spans: runlog_metrics::SpanCounts::new(),
             running: OnceLock::new(),
+            traces: OnceLock::new(),
         };
         let mut registry = Registry::default();
         registry.register(
@@ -95,6 +100,11 @@ impl Default for Inner {
             inner.appends.clone(),
         );
         registry.register(
+            "runlog_worker_trace_spans",
+            "Spans this worker handed to its trace exporter, by outcome (exported, dropped: queue full, failed: export request failed)",
+            inner.spans.family(),
+        );
+        registry.register(
             "runlog_worker_slots",
             "This worker's slots, busy or free",
             inner.slots.clone(),
@@ -107,6 +117,11 @@ impl WorkerMetrics {
     /// The slots are read from `running` out of `concurrency` from now on.
     pub(crate) fn attach(&self, running: Arc<Running>, concurrency: usize) {
         let _already = self.0.running.set((running, concurrency));
+    }
+
+    /// Shows the spans `traces` exported, dropped and failed.
+    pub(crate) fn count_spans_of(&self, traces: runlog_telemetry::Traces) {
+        let _already = self.0.traces.set(traces);
     }
 
     /// An attempt of `queue` and `kind` ran for `took` and was recorded
@@ -139,6 +154,9 @@ impl WorkerMetrics {
 
     /// Every metric in the Prometheus text format.
     pub fn encode(&self) -> String {
+        if let Some(t) = self.0.traces.get() {
+            self.0.spans.set([t.exported(), t.dropped(), t.failed()]);
+        }
         if let Some((running, concurrency)) = self.0.running.get() {
             let busy = running.len();
             for (state, n) in [("busy", busy), ("free", concurrency.saturating_sub(busy))] {

@@ -539,6 +539,7 @@ impl Worker {
         );
         if let Some(traces) = &traces {
             journal = journal.on_ended(runlog_telemetry::spans::on_ended(traces.clone()));
+            metrics.count_spans_of(traces.clone());
         }
         let subjects_for_pool = subjects.clone();
         let kinds = registry.kinds();
