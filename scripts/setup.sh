@@ -112,6 +112,18 @@ setup_sshd() {
     echo "sshd ${have:-?}: installed"
 }
 
+# GNU time: the measurement of a task's CPU and memory (workers/src/executor/shell/usage.rs)
+# is checked against `/usr/bin/time -v`. Debian's package, through apt.
+setup_time() {
+    if [[ -x /usr/bin/time ]]; then
+        echo "time: ok (already installed)"
+        return
+    fi
+    apt_install "/usr/bin/time" time
+    [[ -x /usr/bin/time ]] || die "time: installed but no /usr/bin/time"
+    echo "time: installed"
+}
+
 # chromium and chromedriver: the browser tests (cli/tests/browser.rs) drive the dashboard
 # in headless Chromium over WebDriver. Debian's packages, through apt like restic.
 setup_chromium() {
@@ -151,6 +163,7 @@ main() {
     setup_chromium
     setup_postgresql
     setup_sshd
+    setup_time
 }
 
 main "$@"

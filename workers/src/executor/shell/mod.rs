@@ -34,6 +34,7 @@ mod input;
 mod observe;
 mod process;
 mod script;
+pub mod usage;
 
 pub use capture::MAX_LINE_BYTES;
 pub use input::{Extract, JsonProgress, ProgressPattern, ShellInput};
