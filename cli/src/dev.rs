@@ -46,6 +46,10 @@ pub struct Args {
     /// until all of it ended.
     #[arg(long)]
     demo: bool,
+    /// Export the engine's and the worker's traces to this OTLP/HTTP
+    /// receiver (`http://127.0.0.1:4318`, Jaeger's or a collector's).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    otlp_endpoint: Option<String>,
 }
 
 /// Runs `runlog dev`.
@@ -72,6 +76,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Clients trying the protocol (examples/python) follow live events.
     config.nats.live_events = true;
     config.listen = args.listen;
+    config.otlp_endpoint.clone_from(&args.otlp_endpoint);
     let engine = Engine::start(config, shutdown.clone()).await?;
     let subjects = Subjects::default();
     let projection = engine.projection().clone();
@@ -93,8 +98,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         nats_url: server.url(),
         id: format!("dev-worker-{}", std::process::id()),
         concurrency: std::num::NonZeroUsize::new(8).expect("8 is not zero"),
+        otlp_endpoint: args.otlp_endpoint.clone(),
         ..WorkerConfig::default()
     };
+    if let Some(endpoint) = &args.otlp_endpoint {
+        println!("traces       {endpoint} (OTLP/HTTP)");
+    }
     println!(
         "worker       {} (kinds {})",
         worker_config.id,

@@ -103,3 +103,28 @@ fn schema_command_writes_every_event_schema() {
     assert!(out.path().join("event/submitted.json").is_file());
     assert!(out.path().join("command.json").is_file());
 }
+
+/// With `--otlp-endpoint`, the engine's span of the demonstration's
+/// submission reaches the receiver: exported, and flushed as dev stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_exports_traces_to_an_otlp_receiver() {
+    let receiver = runlog_testkit::OtlpReceiver::start().await.unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let endpoint = receiver.endpoint().to_owned();
+    let path = data.path().to_owned();
+    let stdout = tokio::task::spawn_blocking(move || dev(&path, &["--otlp-endpoint", &endpoint]))
+        .await
+        .unwrap();
+    assert!(
+        stdout.contains("traces       http://127.0.0.1:"),
+        "{stdout}"
+    );
+    // dev has stopped: whatever it exported is here already.
+    let spans = receiver.spans();
+    assert!(
+        spans
+            .iter()
+            .any(|s| s.name == "submit" && s.service == "runlog-engine" && s.kind == 2),
+        "{spans:#?}"
+    );
+}
