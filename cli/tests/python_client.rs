@@ -92,11 +92,14 @@ async fn the_python_client_submits_directly_and_follows_to_the_end() -> Result<(
     let (engine, worker, client) = start(&server, &shutdown).await?;
 
     let id = ExecutionId::generate();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let (out, stdout) = python(&[
         "--url",
         &server.url(),
         "--id",
         id.as_str(),
+        "--traceparent",
+        traceparent,
         "--argv",
         "echo",
         "hello",
@@ -134,7 +137,27 @@ async fn the_python_client_submits_directly_and_follows_to_the_end() -> Result<(
         "/test",
     );
     let http_state = ended(&journal, &by_http).await?;
-    let py_state = journal.load(&id).await?.state;
+    let py_history = journal.load(&id).await?;
+    // The trace context it sent is on every event the engine and the worker
+    // recorded after it, and Python derives the execution's span id as
+    // runlog does (docs/traces.md).
+    let context: runlog_events::TraceParent = traceparent.parse()?;
+    for recorded in &py_history.events {
+        assert_eq!(
+            recorded.envelope.traceparent.as_ref(),
+            Some(&context),
+            "{:?}",
+            recorded.envelope
+        );
+    }
+    assert!(
+        stdout.contains(&format!(
+            "execution span {}",
+            context.execution_span_id(&id)
+        )),
+        "{stdout}"
+    );
+    let py_state = py_history.state;
     assert_eq!(py_state.status, http_state.status);
     assert_eq!(py_state.attempt, http_state.attempt);
     assert_eq!(py_state.spec, http_state.spec);

@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import datetime
 import json
+import hashlib
 import sys
 import uuid
 
@@ -48,6 +49,14 @@ def headers(execution: str, event_type: str) -> dict:
         "ce-attempt": "0",
         "Content-Type": "application/json",
     }
+
+
+def execution_span_id(traceparent: str, execution: str) -> str:
+    """The span id of `execution`'s span under `traceparent` (docs/traces.md):
+    the first 8 bytes of SHA-256 over runlog/execution/<trace id>/<parent id>/<execution>."""
+    _, trace_id, parent_id, _ = traceparent.split("-")
+    digest = hashlib.sha256(f"runlog/execution/{trace_id}/{parent_id}/{execution}".encode())
+    return digest.hexdigest()[:16]
 
 
 async def submit_many(nc, specs, queue="default", prefix="runlog", timeout=30.0):
@@ -91,6 +100,7 @@ async def main() -> int:
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--argv", nargs="+", default=["echo", "hello from python"])
     parser.add_argument("--batch", metavar="FILE", help="submit the specs of FILE with submit_many")
+    parser.add_argument("--traceparent", help="W3C trace context the execution is part of")
     args = parser.parse_args()
     if args.batch:
         return await batch(args)
@@ -136,9 +146,12 @@ async def main() -> int:
             # Expected 0 on the execution's filter: create it exactly once.
             "Nats-Expected-Last-Subject-Sequence": "0",
             "Nats-Expected-Last-Subject-Sequence-Subject": f"{p}.ev.{execution}.>",
+            **({"ce-traceparent": args.traceparent} if args.traceparent else {}),
         },
     )
     print(f"submitted {execution} at sequence {ack.seq}")
+    if args.traceparent:
+        print(f"execution span {execution_span_id(args.traceparent, execution)}")
     try:
         status = await asyncio.wait_for(done, args.timeout)
     except asyncio.TimeoutError:
