@@ -270,6 +270,16 @@ async fn each_execution_is_one_trace_from_the_caller_s_span_to_its_end() -> Resu
         "a new trace without a caller"
     );
     ensure!(flaky_ctx.span_id() != CALLER_SPAN, "the door's own span");
+    // The API names each execution's trace, to look it up in a backend.
+    for (id, context) in [(&flaky, flaky_ctx), (&doomed, doomed_ctx)] {
+        let view: Value = http
+            .get(format!("{base}/v1/executions/{id}"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        ensure!(view["trace_id"] == context.trace_id(), "{view}");
+    }
 
     // flaky: submit, execution, 2 × (queue wait, attempt, shell).
     let spans = receiver

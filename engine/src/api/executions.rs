@@ -500,6 +500,7 @@ pub(super) async fn get(State(state): State<ApiState>, Path(id): Path<String>) -
         "submitted_at": s.submitted_at,
         "started_at": s.started_at,
         "finished_at": s.finished_at,
+        "trace_id": s.traceparent.as_ref().map(|t| t.trace_id()),
         "spec": s.spec.as_deref().map(redacted),
         "attempts": attempts(&history),
         "last_seq": history.last_seq,

@@ -373,6 +373,7 @@ pub fn summary(id: &ExecutionId, s: &ExecutionState, last_seq: u64) -> serde_jso
         "started_at": s.started_at,
         "finished_at": s.finished_at,
         "reason": s.reason,
+        "trace_id": s.traceparent.as_ref().map(|t| t.trace_id()),
         "last_seq": last_seq,
     })
 }
