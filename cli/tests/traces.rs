@@ -43,6 +43,12 @@ struct Rig {
 }
 
 impl Rig {
+    async fn stop(self) -> Result<()> {
+        self.shutdown.cancel();
+        self.engine.wait().await;
+        Ok(())
+    }
+
     async fn start() -> Result<Rig> {
         let server = NatsServer::start()?;
         let receiver = OtlpReceiver::start().await?;
@@ -151,6 +157,17 @@ async fn log_batches(
     Ok(found)
 }
 
+/// The stored events of `id`, as `GET /v1/executions/{id}/events` lists them.
+async fn events(http: &reqwest::Client, base: &str, id: &ExecutionId) -> Result<Vec<Value>> {
+    let history: Value = http
+        .get(format!("{base}/v1/executions/{id}/events"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(history["events"].as_array().context("events")?.clone())
+}
+
 async fn submit(
     http: &reqwest::Client,
     base: &str,
@@ -240,16 +257,10 @@ async fn each_execution_is_one_trace_from_the_caller_s_span_to_its_end() -> Resu
     // from: the engine door's `submit` span, in the caller's trace.
     let mut contexts = Vec::new();
     for id in [&flaky, &called, &doomed] {
-        let history: Value = http
-            .get(format!("{base}/v1/executions/{id}/events"))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let events = history["events"].as_array().context("events")?;
-        ensure!(events.len() >= 3, "{history}");
+        let events = events(&http, &base, id).await?;
+        ensure!(events.len() >= 3, "{events:?}");
         let first = events[0]["traceparent"].as_str().context("a traceparent")?;
-        for event in events {
+        for event in &events {
             ensure!(event["traceparent"] == first, "{id}: {event} after {first}");
         }
         contexts.push(first.parse::<TraceParent>()?);
@@ -450,15 +461,8 @@ async fn each_execution_is_one_trace_from_the_caller_s_span_to_its_end() -> Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsampled_caller_gets_no_spans_and_keeps_its_context() -> Result<()> {
-    let Rig {
-        server: _server,
-        receiver,
-        shutdown,
-        engine,
-        base,
-        http,
-        worker: _worker,
-    } = Rig::start().await?;
+    let rig = Rig::start().await?;
+    let (receiver, base, http) = (&rig.receiver, &rig.base, &rig.http);
     let unsampled = format!("00-{TRACE}-{CALLER_SPAN}-00");
     let quiet = submit(
         &http,
@@ -485,32 +489,17 @@ async fn an_unsampled_caller_gets_no_spans_and_keeps_its_context() -> Result<()>
         spans.iter().all(|s| s.trace_id != TRACE),
         "no span of the unsampled trace: {spans:#?}"
     );
-    let history: Value = http
-        .get(format!("{base}/v1/executions/{quiet}/events"))
-        .send()
-        .await?
-        .json()
-        .await?;
-    for event in history["events"].as_array().context("events")? {
+    for event in events(http, base, &quiet).await? {
         let tp: TraceParent = event["traceparent"].as_str().context("kept")?.parse()?;
         ensure!(tp.trace_id() == TRACE && !tp.sampled(), "{event}");
     }
-    shutdown.cancel();
-    engine.wait().await;
-    Ok(())
+    rig.stop().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workflow_s_node_runs_hang_under_the_workflow_s_span() -> Result<()> {
-    let Rig {
-        server: _server,
-        receiver,
-        shutdown,
-        engine,
-        base,
-        http,
-        worker: _worker,
-    } = Rig::start().await?;
+    let rig = Rig::start().await?;
+    let (receiver, base, http) = (&rig.receiver, &rig.base, &rig.http);
     let defined = http
         .post(format!("{base}/v1/workflows"))
         .header("content-type", "application/yaml")
@@ -571,7 +560,5 @@ async fn a_workflow_s_node_runs_hang_under_the_workflow_s_span() -> Result<()> {
             "{execution:#?} within {workflow:#?}"
         );
     }
-    shutdown.cancel();
-    engine.wait().await;
-    Ok(())
+    rig.stop().await
 }

@@ -209,7 +209,6 @@ impl Intake {
             correlation_id,
             traceparent,
         } = submission;
-        let caller = traceparent.clone();
         self.resolve_server(&mut spec).await?;
         // Validate before touching any store; names are checked here, values
         // never leave this function except into the env bucket.
@@ -235,8 +234,7 @@ impl Intake {
             Some(caller) => caller.with_span(&random_span_id()),
             None => TraceParent::random(),
         });
-        let (kind, queue) = (spec.kind.clone(), spec.queue.clone());
-        let traceparent = submit_span.clone().or(traceparent);
+        let context = submit_span.as_ref().or(traceparent.as_ref());
         let facts = decider::decide(&Command::Admit { spec }, &ExecutionState::default(), now)?;
         let mut state = ExecutionState::default();
         let mut last_seq = 0;
@@ -264,7 +262,7 @@ impl Intake {
                 fact.event,
             );
             envelope.correlation_id = correlation_id.clone();
-            envelope.traceparent = traceparent.clone();
+            envelope.traceparent = context.cloned();
             let appended = match self.journal.append(last_seq, &envelope).await {
                 Ok(appended) if !appended.duplicate => appended,
                 // Our own retry, another door, or a second submission of
@@ -280,8 +278,10 @@ impl Intake {
             state = decider::evolve(state, &envelope);
         }
         tracing::debug!(%execution, "submitted");
-        if let (Some(traces), Some(context)) = (&self.traces, &submit_span) {
-            let span = match &caller {
+        if let (Some(traces), Some(context), Some(spec)) =
+            (&self.traces, &submit_span, state.spec.as_deref())
+        {
+            let span = match &traceparent {
                 Some(caller) => {
                     Span::child_of(caller, context.span_id(), "submit").map(Span::remote_parent)
                 }
@@ -292,8 +292,8 @@ impl Intake {
                     span.kind(Kind::Server)
                         .between(now, Utc::now())
                         .attr("runlog.execution.id", execution.as_str().to_owned())
-                        .attr("runlog.kind", kind)
-                        .attr("runlog.queue", queue.as_str().to_owned()),
+                        .attr("runlog.kind", spec.kind.clone())
+                        .attr("runlog.queue", spec.queue.as_str().to_owned()),
                 );
             }
         }
@@ -475,12 +475,7 @@ fn waves(submissions: Vec<Submission>) -> Vec<Vec<(usize, Submission)>> {
 /// A bucket key for any caller key: hex of its bytes (keys may hold any
 /// character; bucket keys may not).
 fn key_of(key: &str) -> String {
-    use std::fmt::Write;
-    key.bytes()
-        .fold(String::with_capacity(key.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    runlog_events::envelope::hex(key.as_bytes())
 }
 
 #[cfg(test)]

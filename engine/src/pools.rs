@@ -24,6 +24,7 @@ use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use runlog_events::Subjects;
+use runlog_events::envelope::hex;
 use runlog_events::pool::{JoinAnswer, JoinRequest};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -327,12 +328,4 @@ fn make_token() -> (String, String, Token) {
 
 fn hash(secret: &str) -> String {
     hex(&Sha256::digest(secret.as_bytes()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }

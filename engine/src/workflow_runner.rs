@@ -318,11 +318,14 @@ impl Runner {
         if events.is_empty() {
             return Ok(());
         }
-        let was_over = self
-            .inner
-            .states
-            .get(id)
-            .is_some_and(|h| h.state.status.is_terminal());
+        // Only a traced engine looks: the workflow's span is exported once,
+        // by the record that ends it.
+        let was_over = self.inner.intake.traces().is_some()
+            && self
+                .inner
+                .states
+                .get(id)
+                .is_some_and(|h| h.state.status.is_terminal());
         let mut ended_at = None;
         for event in events {
             let envelope =

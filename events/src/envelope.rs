@@ -212,7 +212,8 @@ fn derived_bytes(parts: &[&str], n: usize) -> String {
     hex(&digest[..n])
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// `bytes` as lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
     bytes
         .iter()
