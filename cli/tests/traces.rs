@@ -465,17 +465,17 @@ async fn an_unsampled_caller_gets_no_spans_and_keeps_its_context() -> Result<()>
     let (receiver, base, http) = (&rig.receiver, &rig.base, &rig.http);
     let unsampled = format!("00-{TRACE}-{CALLER_SPAN}-00");
     let quiet = submit(
-        &http,
-        &base,
+        http,
+        base,
         Some(&unsampled),
         json!({"kind": "echo", "input": {}}),
     )
     .await?;
     // A sampled one after it: once its spans arrived, the quiet one's
     // would have too.
-    let loud = submit(&http, &base, None, json!({"kind": "echo", "input": {}})).await?;
-    wait_status(&http, &base, &quiet, "succeeded").await?;
-    wait_status(&http, &base, &loud, "succeeded").await?;
+    let loud = submit(http, base, None, json!({"kind": "echo", "input": {}})).await?;
+    wait_status(http, base, &quiet, "succeeded").await?;
+    wait_status(http, base, &loud, "succeeded").await?;
     let spans = receiver
         .wait_for("the sampled execution's spans", PATIENCE, |spans| {
             spans.iter().any(|s| {
