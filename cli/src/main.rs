@@ -89,6 +89,10 @@ enum Cmd {
     /// the answer (filters: --actor, --route, --method, --target, --since).
     #[command(after_help = client::EXIT_CODES)]
     Audit(client::audit::Args),
+    /// What executions used (CPU, memory, bytes) and cost, summed by queue,
+    /// kind, label or day; with an id, one execution attempt by attempt.
+    #[command(after_help = client::EXIT_CODES)]
+    Costs(client::costs::Args),
     /// Write the JSON Schema of every event and command (for clients in
     /// other languages).
     Schema {
@@ -173,6 +177,9 @@ async fn main() -> std::process::ExitCode {
         }
         Cmd::Audit(args) => {
             return client::execute(args.conn().clone(), client::audit::run(args)).await;
+        }
+        Cmd::Costs(args) => {
+            return client::execute(args.conn().clone(), client::costs::run(args)).await;
         }
     };
     match result {

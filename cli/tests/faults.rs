@@ -530,6 +530,7 @@ async fn bad_input_on_every_subject_is_counted_and_everything_keeps_running() ->
         1,
         Event::Succeeded(Succeeded {
             output: json!("forged"),
+            resources: None,
         }),
     );
     publish(

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 pub use runlog_config::{ConfigError, NatsConfig};
+pub use runlog_events::resources::Prices;
 use serde::{Deserialize, Serialize};
 
 /// The engine's settings.
@@ -36,6 +37,9 @@ pub struct EngineConfig {
     /// The OTLP/HTTP receiver traces go to (`http://collector:4318`);
     /// none are exported without one (docs/traces.md).
     pub otlp_endpoint: Option<String>,
+    /// What resources cost (`[engine.prices]`: `cpu-second`, `gb-hour`,
+    /// `gb-output`); without, the API reports resources and no cost.
+    pub prices: Prices,
 }
 
 impl EngineConfig {
@@ -62,6 +66,7 @@ impl Default for EngineConfig {
             stuck_after: Duration::from_secs(300),
             metrics_task_labels: Vec::new(),
             otlp_endpoint: None,
+            prices: Prices::default(),
         }
     }
 }

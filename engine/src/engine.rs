@@ -305,6 +305,7 @@ impl Engine {
             metrics,
             feeds: crate::metrics::FeedCount::default(),
             audit,
+            prices: config.prices,
         };
         tasks.once(
             "bulk operations",

@@ -425,6 +425,7 @@ impl Reactor {
             Event::Failed(_)
             | Event::TimedOut(runlog_events::event::TimedOut {
                 scope: TimeoutScope::Attempt,
+                ..
             }) => {
                 if matches!(envelope.event, Event::TimedOut(_)) {
                     self.signal_cancel(&execution, "the attempt ran past its deadline")

@@ -275,7 +275,8 @@ async fn deadlines_fire_for_a_silent_worker_and_an_idle_queue() -> Result<()> {
     assert!(history.events.iter().any(|r| matches!(
         r.envelope.event,
         Event::TimedOut(runlog_events::event::TimedOut {
-            scope: runlog_events::event::TimeoutScope::Attempt
+            scope: runlog_events::event::TimeoutScope::Attempt,
+            ..
         })
     )));
     // The worker is told to stop.

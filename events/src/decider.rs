@@ -51,6 +51,7 @@ use crate::event::{
     Submitted, Succeeded, TimedOut, TimeoutScope,
 };
 use crate::id::{ExecutionId, validate_token};
+use crate::resources::{ResourceTotals, Resources};
 use crate::spec::{ErrorClass, FieldError, RetryPolicy, TaskError, TaskSpec};
 
 /// Where an execution is in its life.
@@ -198,6 +199,10 @@ pub struct ExecutionState {
     /// first event carried it. Every later event carries it too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<TraceParent>,
+    /// What its measured attempts used, summed (absent until a worker
+    /// recorded an attempt's resources).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Box<ResourceTotals>>,
 }
 
 /// Why [`check`] refuses an event.
@@ -379,19 +384,26 @@ fn transition(mut s: ExecutionState, env: &Envelope) -> ExecutionState {
             s.progress = Some(Box::new(p));
         }
         Event::Log(_) | Event::Heartbeat(_) => {}
-        Event::Succeeded(Succeeded { output }) => {
+        Event::Succeeded(Succeeded { output, resources }) => {
+            count(&mut s, resources.as_ref());
             s.status = Status::Succeeded;
             s.output = Some(Box::new(output.clone()));
         }
-        Event::Failed(Failed { error }) => record_failure(&mut s, env, error.clone()),
+        Event::Failed(Failed { error, resources }) => {
+            count(&mut s, resources.as_ref());
+            record_failure(&mut s, env, error.clone());
+        }
         Event::TimedOut(TimedOut {
             scope: TimeoutScope::Attempt,
+            resources,
         }) => {
+            count(&mut s, resources.as_ref());
             let error = TaskError::new(ErrorClass::Timeout, "the attempt ran past its deadline");
             record_failure(&mut s, env, error);
         }
         Event::TimedOut(TimedOut {
             scope: TimeoutScope::Execution,
+            ..
         }) => {
             s.status = Status::TimedOut;
             s.reason = Some("the execution ran past its deadline".to_owned());
@@ -412,7 +424,12 @@ fn transition(mut s: ExecutionState, env: &Envelope) -> ExecutionState {
             s.reason = Some(reason.clone());
             s.cancelled_by_operation.clone_from(operation);
         }
-        Event::Cancelled(Cancelled { reason, operation }) => {
+        Event::Cancelled(Cancelled {
+            reason,
+            operation,
+            resources,
+        }) => {
+            count(&mut s, resources.as_ref());
             s.status = Status::Cancelled;
             s.reason = Some(reason.clone());
             if operation.is_some() {
@@ -438,6 +455,13 @@ fn transition(mut s: ExecutionState, env: &Envelope) -> ExecutionState {
         s.retry_at = None;
     }
     s
+}
+
+/// Adds an attempt's measured resources to the execution's totals.
+fn count(s: &mut ExecutionState, resources: Option<&Resources>) {
+    if let Some(r) = resources {
+        s.resources.get_or_insert_default().add(r);
+    }
 }
 
 fn record_failure(s: &mut ExecutionState, env: &Envelope, error: TaskError) {
@@ -563,6 +587,10 @@ pub enum Command {
         attempt: u32,
         /// How it ended, as the worker saw it.
         outcome: Outcome,
+        /// What the attempt used, as the worker measured it: recorded on
+        /// the event that ends it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        resources: Option<Resources>,
     },
 }
 
@@ -792,6 +820,7 @@ pub fn decide(
                 Event::Cancelled(Cancelled {
                     reason: state.reason.clone().unwrap_or_default(),
                     operation: state.cancelled_by_operation.clone(),
+                    resources: None,
                 }),
             )],
             S::Running => {
@@ -835,6 +864,7 @@ pub fn decide(
                 a,
                 Event::Succeeded(Succeeded {
                     output: output.clone(),
+                    resources: None,
                 }),
             )]
         }
@@ -847,6 +877,7 @@ pub fn decide(
                 a,
                 Event::Failed(Failed {
                     error: error.clone(),
+                    resources: None,
                 }),
             )]
         }
@@ -856,6 +887,7 @@ pub fn decide(
                 a,
                 Event::TimedOut(TimedOut {
                     scope: TimeoutScope::Attempt,
+                    resources: None,
                 }),
             )]
         }
@@ -863,6 +895,7 @@ pub fn decide(
             a,
             Event::TimedOut(TimedOut {
                 scope: TimeoutScope::Execution,
+                resources: None,
             }),
         )],
         Command::ResolveFailure { jitter } => {
@@ -878,6 +911,7 @@ pub fn decide(
                     Event::Cancelled(Cancelled {
                         reason: state.reason.clone().unwrap_or_default(),
                         operation: state.cancelled_by_operation.clone(),
+                        resources: None,
                     }),
                 )]);
             }
@@ -944,34 +978,43 @@ pub fn decide(
                 Event::Cancelled(Cancelled {
                     reason: reason.clone(),
                     operation: operation.clone(),
+                    resources: None,
                 }),
             )],
         },
-        Command::Finish { attempt, outcome } => {
+        Command::Finish {
+            attempt,
+            outcome,
+            resources,
+        } => {
             running(*attempt)?;
-            vec![fact(a, ending(state, outcome))]
+            vec![fact(a, ending(state, outcome, *resources))]
         }
     })
 }
 
 /// The event that records how the running attempt of `state` ended.
-fn ending(state: &ExecutionState, outcome: &Outcome) -> Event {
+fn ending(state: &ExecutionState, outcome: &Outcome, resources: Option<Resources>) -> Event {
     match outcome {
         // The deadline stopped it, whatever else was asked meanwhile.
         Outcome::TimedOut => Event::TimedOut(TimedOut {
             scope: TimeoutScope::Attempt,
+            resources,
         }),
         // A result never lands after a recorded cancel: the signal was
         // missed, or raced the result; the attempt ends cancelled.
         _ if state.cancel_requested => Event::Cancelled(Cancelled {
             reason: state.reason.clone().unwrap_or_default(),
             operation: state.cancelled_by_operation.clone(),
+            resources,
         }),
         Outcome::Succeeded { output } => Event::Succeeded(Succeeded {
             output: output.clone(),
+            resources,
         }),
         Outcome::Failed { error } => Event::Failed(Failed {
             error: error.clone(),
+            resources,
         }),
         // A cancel signal without a recorded request (a foreign publish on
         // the cancel subject) stopped the task all the same.
@@ -980,6 +1023,7 @@ fn ending(state: &ExecutionState, outcome: &Outcome) -> Event {
                 ErrorClass::Cancelled,
                 "stopped by a cancel signal that has no recorded cancel request",
             ),
+            resources,
         }),
     }
 }

@@ -10,6 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::id::QueueName;
+use crate::resources::Resources;
 use crate::spec::{ErrorClass, Priority, TaskError, TaskSpec};
 
 /// An event of an execution. The attempt, the time and the ids live in the
@@ -168,6 +169,9 @@ pub struct Succeeded {
     /// The task's result.
     #[serde(default)]
     pub output: serde_json::Value,
+    /// What the attempt used, when its worker measured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
 }
 
 /// Body of [`Event::Failed`].
@@ -175,6 +179,9 @@ pub struct Succeeded {
 pub struct Failed {
     /// What went wrong.
     pub error: TaskError,
+    /// What the attempt used, when its worker measured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
 }
 
 /// Body of [`Event::RetryScheduled`]. Its envelope carries the number of the
@@ -207,6 +214,9 @@ pub struct Cancelled {
     /// The bulk operation that asked for it, if one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<String>,
+    /// What the attempt used, when its worker measured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
 }
 
 /// What a deadline applied to.
@@ -224,6 +234,9 @@ pub enum TimeoutScope {
 pub struct TimedOut {
     /// Which deadline passed.
     pub scope: TimeoutScope,
+    /// What the attempt used, when its worker measured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
 }
 
 /// Body of [`Event::AttemptLost`].

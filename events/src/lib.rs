@@ -28,6 +28,7 @@ pub mod id;
 pub mod journal;
 pub mod occ;
 pub mod pool;
+pub mod resources;
 pub mod schedule;
 pub mod schema;
 pub mod server;

@@ -376,6 +376,7 @@ fn deep_nesting_is_refused_without_exhausting_the_stack() {
         "/test",
         Event::Succeeded(Succeeded {
             output: serde_json::Value::Null,
+            resources: None,
         }),
     );
     let (headers, _) = codec::encode_binary(&env, Format::Json).unwrap();
@@ -443,7 +444,7 @@ proptest! {
         let time = Utc.timestamp_opt(secs, nanos).unwrap();
         let mut spec = TaskSpec::new("shell");
         spec.input = input;
-        for event in [Event::Submitted(Submitted { spec }), Event::Succeeded(Succeeded { output })] {
+        for event in [Event::Submitted(Submitted { spec }), Event::Succeeded(Succeeded { output, resources: None })] {
             let mut env = Envelope::new(ExecutionId::generate(), attempt, time, "/prop", event);
             env.correlation_id = correlation.clone();
             for format in [Format::Json, Format::MessagePack] {

@@ -199,6 +199,7 @@ fn command(cmd: &Cmd, state: &ExecutionState) -> Command {
         Cmd::Finish(p, outcome) => Command::Finish {
             attempt: at(p),
             outcome,
+            resources: None,
         },
     }
 }
@@ -267,9 +268,13 @@ fn arb_event() -> impl Strategy<Value = Event> {
             worker: "w0".into()
         })),
         Just(Event::Succeeded(Succeeded {
-            output: serde_json::Value::Null
+            output: serde_json::Value::Null,
+            resources: None,
         })),
-        arb_error().prop_map(|error| Event::Failed(Failed { error })),
+        arb_error().prop_map(|error| Event::Failed(Failed {
+            error,
+            resources: None
+        })),
         (0i64..100, arb_class()).prop_map(|(s, class)| Event::RetryScheduled(RetryScheduled {
             at: t0() + TimeDelta::seconds(s),
             class
@@ -281,9 +286,14 @@ fn arb_event() -> impl Strategy<Value = Event> {
         Just(Event::Cancelled(Cancelled {
             reason: String::new(),
             operation: None,
+            resources: None,
         })),
-        prop_oneof![Just(TimeoutScope::Attempt), Just(TimeoutScope::Execution)]
-            .prop_map(|scope| Event::TimedOut(TimedOut { scope })),
+        prop_oneof![Just(TimeoutScope::Attempt), Just(TimeoutScope::Execution)].prop_map(|scope| {
+            Event::TimedOut(TimedOut {
+                scope,
+                resources: None,
+            })
+        }),
         Just(Event::AttemptLost(AttemptLost {
             worker: "w1".into()
         })),
@@ -350,6 +360,7 @@ fn by_fallbacks(
             event: Event::Cancelled(Cancelled {
                 reason,
                 operation: state.cancelled_by_operation.clone(),
+                resources: None,
             }),
         }])
     };
@@ -458,7 +469,7 @@ proptest! {
             Pick::Current => state.attempt,
             Pick::Fixed(n) => n,
         };
-        let finish = Command::Finish { attempt, outcome: outcome.clone() };
+        let finish = Command::Finish { attempt, outcome: outcome.clone(), resources: None };
         let now = t0();
         let decided = decide(&finish, &state, now);
         let expected = by_fallbacks(&state, attempt, &outcome, now);
@@ -599,6 +610,7 @@ fn a_result_cannot_land_after_a_cancel_request() {
     let finish = |outcome| Command::Finish {
         attempt: 1,
         outcome,
+        resources: None,
     };
     for outcome in [
         Outcome::Succeeded {
@@ -618,7 +630,7 @@ fn a_result_cannot_land_after_a_cancel_request() {
     let facts = decide(&finish(Outcome::TimedOut), &state, t0()).unwrap();
     assert!(matches!(
         &facts[..],
-        [fact] if fact.event == Event::TimedOut(TimedOut { scope: TimeoutScope::Attempt })
+        [fact] if fact.event == Event::TimedOut(TimedOut { scope: TimeoutScope::Attempt, resources: None })
     ));
 }
 
@@ -668,6 +680,7 @@ fn a_lost_attempt_cannot_finish() {
         outcome: Outcome::Succeeded {
             output: serde_json::Value::Null,
         },
+        resources: None,
     };
     assert_eq!(
         decide(&late, &state, t0()).unwrap_err(),

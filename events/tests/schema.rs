@@ -15,6 +15,7 @@ use runlog_events::event::{
     Heartbeat, LogBatch, LogLine, LogStream, Progress, Queued, Rejected, RetryScheduled, Started,
     Submitted, Succeeded, TimedOut, TimeoutScope,
 };
+use runlog_events::resources::Resources;
 use runlog_events::{
     Command, Envelope, ErrorClass, Event, EventType, ExecutionId, Priority, QueueName, TaskError,
     TaskSpec, schema,
@@ -247,8 +248,21 @@ fn example(ty: EventType) -> Event {
         }),
         EventType::Succeeded => Event::Succeeded(Succeeded {
             output: json!({"file": "s3://backups/app-2026-11-23.dump", "bytes": 5_368_709_120_u64}),
+            resources: Some(Resources {
+                wall_ms: 421_530,
+                cpu_user_ms: Some(312_400),
+                cpu_system_ms: Some(20_110),
+                peak_rss_bytes: Some(734_003_200),
+                output_bytes: 62,
+                log_bytes: 18_204,
+                network_sent_bytes: None,
+                network_received_bytes: None,
+            }),
         }),
-        EventType::Failed => Event::Failed(Failed { error }),
+        EventType::Failed => Event::Failed(Failed {
+            error,
+            resources: None,
+        }),
         EventType::RetryScheduled => Event::RetryScheduled(RetryScheduled {
             at: at("2026-11-23T02:10:30.250Z"),
             class: ErrorClass::RateLimited,
@@ -260,9 +274,11 @@ fn example(ty: EventType) -> Event {
         EventType::Cancelled => Event::Cancelled(Cancelled {
             reason: "superseded by a manual backup".into(),
             operation: None,
+            resources: None,
         }),
         EventType::TimedOut => Event::TimedOut(TimedOut {
             scope: TimeoutScope::Attempt,
+            resources: None,
         }),
         EventType::AttemptLost => Event::AttemptLost(AttemptLost {
             worker: "w-host2-1".into(),

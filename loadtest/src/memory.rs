@@ -48,7 +48,18 @@ pub fn finished(spec: &TaskSpec, output: serde_json::Value) -> [(u32, Event); EV
                 deadline: None,
             }),
         ),
-        (1, Event::Succeeded(Succeeded { output })),
+        // What a worker records of an echo task's attempt.
+        (
+            1,
+            Event::Succeeded(Succeeded {
+                output,
+                resources: Some(runlog_events::resources::Resources {
+                    wall_ms: 1,
+                    output_bytes: 2,
+                    ..Default::default()
+                }),
+            }),
+        ),
     ]
 }
 

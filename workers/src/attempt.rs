@@ -17,6 +17,7 @@ use runlog_events::codec::EncodeError;
 use runlog_events::decider::{Command, ExecutionState, Rejection, Status};
 use runlog_events::event::{Heartbeat, LogBatch, Progress};
 use runlog_events::journal::{AppendError, History, Journal, TransitionError};
+use runlog_events::resources::Resources;
 use runlog_events::{
     Envelope, ErrorClass, Event, ExecutionId, TaskError, TaskSpec, TraceParent, WorkItem,
 };
@@ -256,6 +257,9 @@ impl Attempt {
     /// ([`Command::Finish`]): a result after a recorded cancel (the signal
     /// was missed) ends the attempt `cancelled`, and a cancel signal
     /// without a recorded request ends it `failed` with class `cancelled`.
+    /// `resources`, what the attempt used, are recorded on the event
+    /// that ends it.
+    ///
     /// One decide and one append against the newest sequence seen at the
     /// claim; if anything was recorded since, the history is read and the
     /// outcome decided again.
@@ -265,10 +269,15 @@ impl Attempt {
     pub async fn finish(
         self,
         outcome: Outcome,
+        resources: Option<Resources>,
         now: DateTime<Utc>,
     ) -> Result<History, AttemptError> {
         let attempt = self.number;
-        let command = Command::Finish { attempt, outcome };
+        let command = Command::Finish {
+            attempt,
+            outcome,
+            resources,
+        };
         let recorded = self
             .journal
             .advance(&self.execution, self.history, &command, now)
@@ -294,6 +303,7 @@ impl Attempt {
         let command = Command::Finish {
             attempt,
             outcome: Outcome::Failed { error },
+            resources,
         };
         let history = self
             .journal

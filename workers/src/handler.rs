@@ -33,12 +33,15 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use runlog_events::event::{LogLine, LogStream, Progress};
 use runlog_events::{ExecutionId, TaskError, TraceParent};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::meters::Meters;
 
 /// What a handler returns: the output, or a classified error.
 pub type HandlerResult = Result<serde_json::Value, TaskError>;
@@ -125,6 +128,7 @@ pub struct Context {
     progress: watch::Sender<Option<Progress>>,
     logs: mpsc::Sender<LogLine>,
     dropped: Arc<AtomicU64>,
+    meters: Arc<Meters>,
 }
 
 /// The runtime's end of a [`Context`]: the latest progress and the log
@@ -137,6 +141,8 @@ pub struct Telemetry {
     pub logs: mpsc::Receiver<LogLine>,
     /// Lines dropped because the buffer was full.
     pub dropped: Arc<AtomicU64>,
+    /// What the handler measured of the attempt.
+    pub meters: Arc<Meters>,
 }
 
 /// Builds a [`Context`] (the runtime does this; tests and examples too).
@@ -182,6 +188,7 @@ impl ContextBuilder {
         let (progress, progress_rx) = watch::channel(None);
         let (logs, logs_rx) = mpsc::channel(LOG_BUFFER);
         let dropped = Arc::new(AtomicU64::new(0));
+        let meters = Arc::new(Meters::default());
         let ctx = Context {
             execution: self.execution,
             attempt: self.attempt,
@@ -194,11 +201,13 @@ impl ContextBuilder {
             progress,
             logs,
             dropped: dropped.clone(),
+            meters: meters.clone(),
         };
         let telemetry = Telemetry {
             progress: progress_rx,
             logs: logs_rx,
             dropped,
+            meters,
         };
         (ctx, telemetry)
     }
@@ -292,6 +301,18 @@ impl Context {
         self.progress.send_replace(Some(progress));
     }
 
+    /// Counts what a process the handler ran used: its CPU time in user
+    /// mode and in the kernel, and its peak resident memory. Recorded with
+    /// the attempt's result (`resources` on its terminal event).
+    pub fn used_process(&self, user: Duration, system: Duration, peak_rss_bytes: u64) {
+        self.meters.process(user, system, peak_rss_bytes);
+    }
+
+    /// Counts bytes the handler sent and received over the network.
+    pub fn used_network(&self, sent: u64, received: u64) {
+        self.meters.network(sent, received);
+    }
+
     /// Writes a log line. When the runtime falls behind, lines are dropped
     /// and counted, never buffered without limit.
     pub fn log(&self, stream: LogStream, line: impl Into<String>) {
@@ -299,6 +320,7 @@ impl Context {
             stream,
             line: line.into(),
         };
+        self.meters.logged(line.line.len());
         if self.logs.try_send(line).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }

@@ -8,6 +8,8 @@
 //! - [`handler`] is the contract with the code that runs a task: a
 //!   [`Handler`] per kind, in a [`Registry`], called with a [`Context`].
 //! - [`executor`] holds the built-in handlers: `shell`, `http`, `echo`.
+//! - [`meters`] is what a handler measured of its attempt (CPU, memory,
+//!   network and log bytes), recorded with its result.
 //! - [`attempt`] is one attempt as the log sees it: the claim (an
 //!   optimistic append of `started`), its telemetry, and its end
 //!   ([`Attempt::finish`], one command the core resolves).
@@ -19,6 +21,7 @@
 pub mod attempt;
 pub mod executor;
 pub mod handler;
+pub mod meters;
 pub mod runtime;
 
 pub use attempt::{Attempt, AttemptError, Claim};

@@ -161,9 +161,20 @@ async fn a_result_finished_after_a_missed_cancel_ends_the_execution_cancelled() 
     let outcome = Outcome::Succeeded {
         output: serde_json::Value::Null,
     };
-    let history = attempt.finish(outcome, Utc::now()).await?;
+    // What the attempt used is recorded on whatever event ends it.
+    let used = runlog_events::resources::Resources {
+        wall_ms: 1200,
+        cpu_user_ms: Some(900),
+        ..Default::default()
+    };
+    let history = attempt.finish(outcome, Some(used), Utc::now()).await?;
     assert_eq!(history.state.status, Status::Cancelled);
     assert_eq!(history.state.reason.as_deref(), Some("operator"));
+    let totals = history.state.resources.expect("the attempt's resources");
+    assert_eq!(
+        (totals.attempts, totals.wall_ms, totals.cpu_ms()),
+        (1, 1200, Some(900))
+    );
     Ok(())
 }
 
@@ -172,7 +183,7 @@ async fn a_cancel_signal_without_a_cancel_request_fails_the_attempt() -> Result<
     let server = NatsServer::start()?;
     let (journal, exec) = queued(&server).await?;
     let attempt = started(Attempt::claim(&journal, &exec, "w1", false, Utc::now()).await?);
-    let history = attempt.finish(Outcome::Cancelled, Utc::now()).await?;
+    let history = attempt.finish(Outcome::Cancelled, None, Utc::now()).await?;
     assert_eq!(history.state.status, Status::Failed);
     assert_eq!(history.state.errors[0].error.class, ErrorClass::Cancelled);
     Ok(())
@@ -185,7 +196,7 @@ async fn a_result_too_large_for_an_event_fails_the_attempt_for_good() -> Result<
     let attempt = started(Attempt::claim(&journal, &exec, "w1", false, Utc::now()).await?);
     let output = serde_json::Value::String("x".repeat(1024 * 1024 + 1));
     let history = attempt
-        .finish(Outcome::Succeeded { output }, Utc::now())
+        .finish(Outcome::Succeeded { output }, None, Utc::now())
         .await?;
     assert_eq!(history.state.status, Status::Failed);
     let error = &history.state.errors[0].error;

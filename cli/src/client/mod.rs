@@ -12,6 +12,7 @@
 pub mod audit;
 pub mod cluster;
 pub mod control;
+pub mod costs;
 pub mod demo;
 pub mod list;
 pub mod logs;

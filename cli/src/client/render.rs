@@ -103,6 +103,30 @@ pub fn duration(d: TimeDelta) -> String {
     }
 }
 
+/// A byte count in at most four digits and a unit: `512 B`, `3.4 KB`,
+/// `210 MB` (powers of 1000, as the price table's GB).
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{n} B"),
+        _ if value < 10.0 => format!("{value:.1} {}", UNITS[unit]),
+        _ => format!("{value:.0} {}", UNITS[unit]),
+    }
+}
+
+/// Milliseconds as a [`duration`].
+pub fn millis(ms: u64) -> String {
+    duration(TimeDelta::milliseconds(
+        i64::try_from(ms).unwrap_or(i64::MAX),
+    ))
+}
+
 /// How long ago `t` was, as `4.2s`, `3m05s`; `-` when unknown.
 pub fn age(t: Option<DateTime<Utc>>, now: DateTime<Utc>) -> String {
     t.map(|t| duration(now - t))
@@ -247,6 +271,14 @@ pub fn terminal_width() -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_counts_read_in_powers_of_1000() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(3_400), "3.4 KB");
+        assert_eq!(bytes(209_715_200), "210 MB");
+        assert_eq!(millis(1_250), "1.2s");
+    }
 
     #[test]
     fn durations_read_as_people_write_them() {

@@ -1,6 +1,7 @@
 //! `runlog status ID`: one execution, its attempts, output or error.
 
 use chrono::Utc;
+use runlog_events::resources::ResourceTotals;
 use serde_json::Value;
 
 use super::render::{self, Table};
@@ -133,6 +134,18 @@ fn print(e: &Execution) {
             ),
         );
     }
+    if let Some(r) = &e.resources {
+        field("used", used(r));
+    }
+    if let Some(cost) = &e.cost {
+        field(
+            "cost",
+            format!(
+                "{:.6} (cpu {:.6}, memory {:.6}, output {:.6})",
+                cost.total, cost.cpu, cost.memory, cost.output
+            ),
+        );
+    }
     if let Some(output) = &e.output {
         println!("output:");
         let pretty = serde_json::to_string_pretty(output).unwrap_or_default();
@@ -142,7 +155,9 @@ fn print(e: &Execution) {
     }
     if !e.attempts.is_empty() {
         println!("attempts:");
-        let mut table = Table::new(&["#", "WORKER", "STARTED", "TOOK", "OUTCOME", "ERROR"]);
+        let mut table = Table::new(&[
+            "#", "WORKER", "STARTED", "TOOK", "OUTCOME", "CPU", "PEAK RSS", "ERROR",
+        ]);
         for a in &e.attempts {
             table.row(vec![
                 a.attempt.to_string(),
@@ -150,6 +165,12 @@ fn print(e: &Execution) {
                 a.started_at.map(local).unwrap_or_else(|| "-".into()),
                 render::span(a.started_at, a.ended_at, now),
                 a.outcome.clone().unwrap_or_else(|| "running".into()),
+                a.resources
+                    .and_then(|r| r.cpu_ms())
+                    .map_or_else(|| "-".into(), render::millis),
+                a.resources
+                    .and_then(|r| r.peak_rss_bytes)
+                    .map_or_else(|| "-".into(), render::bytes),
                 a.error
                     .as_ref()
                     .map(|e| e.message.clone())
@@ -160,6 +181,42 @@ fn print(e: &Execution) {
             println!("  {line}");
         }
     }
+}
+
+/// What an execution's attempts used, in one line: `cpu 1.0s (user 0.9s,
+/// system 0.1s), peak 210 MB, 0.00006 GB·h, output 40 B, logs 3.4 KB`.
+pub(super) fn used(r: &ResourceTotals) -> String {
+    let mut parts = vec![format!(
+        "{} attempt{} over {}",
+        r.attempts,
+        if r.attempts == 1 { "" } else { "s" },
+        render::millis(r.wall_ms)
+    )];
+    if let Some(cpu) = r.cpu_ms() {
+        parts.push(format!(
+            "cpu {} (user {}, system {})",
+            render::millis(cpu),
+            render::millis(r.cpu_user_ms.unwrap_or(0)),
+            render::millis(r.cpu_system_ms.unwrap_or(0))
+        ));
+    }
+    if let Some(rss) = r.peak_rss_bytes {
+        parts.push(format!(
+            "peak {} ({:.6} GB·h)",
+            render::bytes(rss),
+            r.memory_gb_hours
+        ));
+    }
+    parts.push(format!("output {}", render::bytes(r.output_bytes)));
+    parts.push(format!("logs {}", render::bytes(r.log_bytes)));
+    if let (Some(sent), Some(received)) = (r.network_sent_bytes, r.network_received_bytes) {
+        parts.push(format!(
+            "network {} sent, {} received",
+            render::bytes(sent),
+            render::bytes(received)
+        ));
+    }
+    parts.join(", ")
 }
 
 fn local(t: chrono::DateTime<Utc>) -> String {

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use runlog_events::event::Progress;
+use runlog_events::resources::{Cost, ResourceTotals, Resources};
 use runlog_events::{Priority, Status, TaskError, TaskSpec};
 use serde::Deserialize;
 
@@ -62,6 +63,12 @@ pub struct Execution {
     /// One entry per attempt.
     #[serde(default)]
     pub attempts: Vec<Attempt>,
+    /// What its measured attempts used, summed.
+    #[serde(default)]
+    pub resources: Option<ResourceTotals>,
+    /// What that cost, when the engine has a price table.
+    #[serde(default)]
+    pub cost: Option<Cost>,
 }
 
 /// One attempt of an execution.
@@ -79,6 +86,9 @@ pub struct Attempt {
     pub outcome: Option<String>,
     /// Its error.
     pub error: Option<TaskError>,
+    /// What it used, as its worker measured it.
+    #[serde(default)]
+    pub resources: Option<Resources>,
 }
 
 /// `GET /v1/executions`.

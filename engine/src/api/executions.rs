@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use runlog_events::decider::{Command, Status};
 use runlog_events::event::{Event, LogBatch, Queued, TimeoutScope};
 use runlog_events::journal::{History, TransitionError};
+use runlog_events::resources::Resources;
 use runlog_events::{
     Envelope, ExecutionId, QueueName, TaskError, TaskSpec, codec, direct, submission,
 };
@@ -245,6 +246,63 @@ pub(super) fn field_named(detail: &str) -> Option<&str> {
         .filter(|field| !field.contains(' '))
 }
 
+/// The filters of `GET /v1/executions` (and `GET /v1/costs`).
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct FilterQuery {
+    /// Comma-separated states.
+    pub(super) status: Option<String>,
+    pub(super) queue: Option<String>,
+    pub(super) kind: Option<String>,
+    /// `key=value`, comma-separated for several.
+    pub(super) label: Option<String>,
+    pub(super) since: Option<DateTime<Utc>>,
+    pub(super) until: Option<DateTime<Utc>>,
+}
+
+impl FilterQuery {
+    /// The projection's filter, or the problem with the query.
+    pub(super) fn filter(self) -> Result<Filter, Problem> {
+        let invalid = |field: &str, detail: String| {
+            Problem::new(StatusCode::BAD_REQUEST, "invalid_query", detail).field(field)
+        };
+        let mut filter = Filter::default();
+        for s in self
+            .status
+            .iter()
+            .flat_map(|s| s.split(','))
+            .filter(|s| !s.is_empty())
+        {
+            let status = serde_json::from_value::<Status>(json!(s)).map_err(|_| {
+                invalid(
+                    "status",
+                    format!("unknown status {s:?}; use pending, queued, running, succeeded, ..."),
+                )
+            })?;
+            filter.status.push(status);
+        }
+        if let Some(queue) = self.queue {
+            let queue =
+                QueueName::new(queue).map_err(|e| invalid("queue", format!("queue: {e}")))?;
+            filter.queue = Some(queue);
+        }
+        filter.kind = self.kind;
+        for pair in self
+            .label
+            .iter()
+            .flat_map(|l| l.split(','))
+            .filter(|s| !s.is_empty())
+        {
+            let (k, v) = pair
+                .split_once('=')
+                .ok_or_else(|| invalid("label", "label must be key=value".to_owned()))?;
+            filter.labels.insert(k.to_owned(), v.to_owned());
+        }
+        filter.since = self.since;
+        filter.until = self.until;
+        Ok(filter)
+    }
+}
+
 /// Query of `GET /v1/executions`.
 #[derive(Debug, Deserialize)]
 pub(super) struct ListQuery {
@@ -275,60 +333,19 @@ pub(super) async fn list(
                 .into_response();
         }
     };
-    let mut filter = Filter::default();
-    for s in q
-        .status
-        .iter()
-        .flat_map(|s| s.split(','))
-        .filter(|s| !s.is_empty())
-    {
-        match serde_json::from_value::<Status>(json!(s)) {
-            Ok(status) => filter.status.push(status),
-            Err(_) => {
-                return Problem::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_query",
-                    format!("unknown status {s:?}; use pending, queued, running, succeeded, ..."),
-                )
-                .field("status")
-                .into_response();
-            }
-        }
+    let filter = FilterQuery {
+        status: q.status,
+        queue: q.queue,
+        kind: q.kind,
+        label: q.label,
+        since: q.since,
+        until: q.until,
     }
-    if let Some(queue) = q.queue {
-        match QueueName::new(queue) {
-            Ok(queue) => filter.queue = Some(queue),
-            Err(e) => {
-                return Problem::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_query",
-                    format!("queue: {e}"),
-                )
-                .field("queue")
-                .into_response();
-            }
-        }
-    }
-    filter.kind = q.kind;
-    for pair in q
-        .label
-        .iter()
-        .flat_map(|l| l.split(','))
-        .filter(|s| !s.is_empty())
-    {
-        let Some((k, v)) = pair.split_once('=') else {
-            return Problem::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_query",
-                "label must be key=value",
-            )
-            .field("label")
-            .into_response();
-        };
-        filter.labels.insert(k.to_owned(), v.to_owned());
-    }
-    filter.since = q.since;
-    filter.until = q.until;
+    .filter();
+    let filter = match filter {
+        Ok(filter) => filter,
+        Err(problem) => return problem.into_response(),
+    };
     let limit = q.limit.unwrap_or(PAGE).clamp(1, MAX_PAGE);
     let page = state.projection.list(&filter, q.cursor, limit);
     let items: Vec<_> = page
@@ -341,18 +358,21 @@ pub(super) async fn list(
 
 /// One attempt, as `GET /v1/executions/{id}` shows it.
 #[derive(Debug, Clone, Serialize)]
-struct AttemptView {
-    attempt: u32,
+pub(super) struct AttemptView {
+    pub(super) attempt: u32,
     worker: Option<String>,
     queued_at: Option<DateTime<Utc>>,
     started_at: Option<DateTime<Utc>>,
     deadline: Option<DateTime<Utc>>,
     ended_at: Option<DateTime<Utc>>,
-    outcome: Option<&'static str>,
+    pub(super) outcome: Option<&'static str>,
     error: Option<TaskError>,
+    /// What it used, as its worker measured it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) resources: Option<Resources>,
 }
 
-fn attempts(history: &History) -> Vec<AttemptView> {
+pub(super) fn attempts(history: &History) -> Vec<AttemptView> {
     let mut out: BTreeMap<u32, AttemptView> = BTreeMap::new();
     for recorded in &history.events {
         let env = &recorded.envelope;
@@ -368,11 +388,13 @@ fn attempts(history: &History) -> Vec<AttemptView> {
             ended_at: None,
             outcome: None,
             error: None,
+            resources: None,
         });
-        let mut end = |outcome: &'static str| {
+        let mut end = |outcome: &'static str, resources: &Option<Resources>| {
             if view.outcome.is_none() {
                 view.outcome = Some(outcome);
                 view.ended_at = Some(env.time);
+                view.resources = *resources;
             }
         };
         match &env.event {
@@ -382,15 +404,17 @@ fn attempts(history: &History) -> Vec<AttemptView> {
                 view.started_at = Some(env.time);
                 view.deadline = s.deadline;
             }
-            Event::Succeeded(_) => end("succeeded"),
+            Event::Succeeded(s) => end("succeeded", &s.resources),
             Event::Failed(f) => {
-                end("failed");
+                end("failed", &f.resources);
                 view.error = Some(f.error.clone());
             }
-            Event::TimedOut(t) if t.scope == TimeoutScope::Attempt => end("timed_out"),
-            Event::TimedOut(_) => end("execution_timed_out"),
-            Event::AttemptLost(_) => end("lost"),
-            Event::Cancelled(_) => end("cancelled"),
+            Event::TimedOut(t) if t.scope == TimeoutScope::Attempt => {
+                end("timed_out", &t.resources)
+            }
+            Event::TimedOut(t) => end("execution_timed_out", &t.resources),
+            Event::AttemptLost(_) => end("lost", &None),
+            Event::Cancelled(c) => end("cancelled", &c.resources),
             _ => {}
         }
     }
@@ -454,7 +478,7 @@ pub(super) fn event_json(
     value
 }
 
-async fn history(state: &ApiState, id: &str) -> Result<(ExecutionId, History), Problem> {
+pub(super) async fn history(state: &ApiState, id: &str) -> Result<(ExecutionId, History), Problem> {
     let execution =
         ExecutionId::new(id).map_err(|_| Problem::not_found(format!("execution {id:?}")))?;
     let history = state
@@ -501,6 +525,8 @@ pub(super) async fn get(State(state): State<ApiState>, Path(id): Path<String>) -
         "started_at": s.started_at,
         "finished_at": s.finished_at,
         "trace_id": s.traceparent.as_ref().map(|t| t.trace_id()),
+        "resources": s.resources,
+        "cost": s.resources.as_deref().and_then(|r| state.prices.cost(r)),
         "spec": s.spec.as_deref().map(redacted),
         "attempts": attempts(&history),
         "last_seq": history.last_seq,

@@ -8,6 +8,8 @@
 //! | `GET /v1/executions/{id}` | state, attempts, progress, output or error |
 //! | `GET /v1/executions/{id}/events` | the raw history |
 //! | `GET /v1/executions/{id}/logs` | log lines |
+//! | `GET /v1/executions/{id}/cost` | what each attempt used (CPU, memory, bytes) and cost |
+//! | `GET /v1/costs` | resources and cost summed by queue, kind, label or day |
 //! | `POST /v1/executions/{id}/cancel` | cancel |
 //! | `POST /v1/executions/{id}/retry` | a new attempt chain for an ended execution |
 //! | `GET /v1/executions/{id}/stream` | SSE: its events, ending after the terminal one |
@@ -28,6 +30,7 @@
 
 pub(crate) mod batch;
 mod breakers;
+mod costs;
 pub mod dashboard;
 mod dead_letters;
 pub(crate) mod executions;
@@ -105,6 +108,8 @@ pub struct ApiState {
     pub feeds: crate::metrics::FeedCount,
     /// Where every state-changing request is recorded.
     pub audit: crate::audit::Audit,
+    /// What resources cost (`[engine.prices]`; empty: no cost figures).
+    pub prices: runlog_events::resources::Prices,
 }
 
 /// The API's routes.
@@ -123,6 +128,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/executions/{id}", get(executions::get))
         .route("/v1/executions/{id}/events", get(executions::events))
         .route("/v1/executions/{id}/logs", get(executions::logs))
+        .route("/v1/executions/{id}/cost", get(costs::execution))
+        .route("/v1/costs", get(costs::list))
         .route("/v1/executions/{id}/cancel", post(executions::cancel))
         .route("/v1/executions/{id}/retry", post(executions::retry))
         .route("/v1/executions/{id}/stream", get(sse::execution))

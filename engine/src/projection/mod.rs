@@ -334,6 +334,16 @@ impl Projection {
         Page { items, next }
     }
 
+    /// Calls `f` with the state of every execution `filter` matches, in
+    /// no particular order (a scan of the read model, for sums).
+    pub fn for_each(&self, filter: &Filter, mut f: impl FnMut(&ExecutionState)) {
+        for entry in self.executions.iter() {
+            if filter.matches(&entry.state) {
+                f(&entry.state);
+            }
+        }
+    }
+
     /// Executions held.
     pub fn len(&self) -> usize {
         self.executions.len()

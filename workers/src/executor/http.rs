@@ -11,6 +11,7 @@
 //! users.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -141,8 +142,9 @@ impl Handler for HttpExecutor {
                 request.shown
             )));
         }
-        tokio::select! {
-            result = request.send(&self.client) => result,
+        let traffic = Traffic::default();
+        let result = tokio::select! {
+            result = request.send(&self.client, &traffic) => result,
             reason = stop_requested(&ctx) => Err(reason.error(match reason {
                 StopReason::Cancelled => format!("cancelled: {} was abandoned", request.shown),
                 StopReason::Timeout => format!(
@@ -150,8 +152,40 @@ impl Handler for HttpExecutor {
                     request.shown
                 ),
             })),
-        }
+        };
+        ctx.used_network(traffic.sent.into_inner(), traffic.received.into_inner());
+        result
     }
+}
+
+/// The HTTP messages' bytes an attempt sent and received: request and
+/// status lines, headers and bodies, as HTTP/1.1 spells them (not the
+/// TLS or TCP framing, nor headers the client adds on its own).
+#[derive(Debug, Default)]
+struct Traffic {
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+impl Traffic {
+    fn sent(&self, method: &Method, url: &Url, headers: &HeaderMap, body: Option<&[u8]>) {
+        // `METHOD url HTTP/1.1\r\n`, headers, a blank line, the body.
+        let line = method.as_str().len() + url.as_str().len() + 11;
+        let bytes = line + header_bytes(headers) + 2 + body.map_or(0, <[u8]>::len);
+        self.sent.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    fn received(&self, bytes: usize) {
+        self.received.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
+/// `name: value\r\n` for each header.
+fn header_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
 }
 
 fn invalid(message: impl Into<String>) -> TaskError {
@@ -278,7 +312,11 @@ impl Request {
     /// Sends the request, following redirects: the input's headers never
     /// go to another origin, and a status listed in `expect_status` is
     /// never followed.
-    async fn exchange(&self, client: &reqwest::Client) -> Result<reqwest::Response, TaskError> {
+    async fn exchange(
+        &self,
+        client: &reqwest::Client,
+        traffic: &Traffic,
+    ) -> Result<reqwest::Response, TaskError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut url = self.url.clone();
         let mut method = self.method.clone();
@@ -293,8 +331,12 @@ impl Request {
             if let Some(body) = &body {
                 request = request.body(body.clone());
             }
+            traffic.sent(&method, &url, &headers, body.as_deref());
             let response = request.send().await.map_err(|e| self.transport_error(e))?;
             let status = response.status();
+            // `HTTP/1.1 200 OK\r\n`, the headers, a blank line.
+            let reason = status.canonical_reason().map_or(0, str::len);
+            traffic.received(15 + reason + header_bytes(response.headers()) + 2);
             let next = response
                 .headers()
                 .get(LOCATION)
@@ -336,8 +378,8 @@ impl Request {
         }
     }
 
-    async fn send(&self, client: &reqwest::Client) -> HandlerResult {
-        let mut response = self.exchange(client).await?;
+    async fn send(&self, client: &reqwest::Client, traffic: &Traffic) -> HandlerResult {
+        let mut response = self.exchange(client, traffic).await?;
         let status = response.status();
         let expected = self.expected(status);
         let retry_after = response
@@ -366,6 +408,7 @@ impl Request {
             .await
             .map_err(|e| self.transport_error(e))?
         {
+            traffic.received(chunk.len());
             let room = keep.saturating_sub(body.len());
             body.extend_from_slice(&chunk[..room.min(chunk.len())]);
             truncated += chunk.len().saturating_sub(room) as u64;

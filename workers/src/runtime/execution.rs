@@ -48,6 +48,7 @@ use super::signals::{Signals, Watch};
 use super::telemetry::{self, TelemetryConfig};
 use crate::attempt::{Attempt, AttemptError, Claim, Outcome};
 use crate::handler::{Context, DynHandler, HandlerResult, Registry};
+use crate::meters::{Meters, json_len};
 
 /// What every attempt task of a worker shares.
 pub(crate) struct Shared {
@@ -296,6 +297,8 @@ struct Claimed {
     /// When the attempt started on this worker's clock (its deadline
     /// counts from here).
     started: Instant,
+    /// What the handler measured, once it ran.
+    meters: Option<Arc<Meters>>,
 }
 
 /// Watches for the cancel signal (before the claim, so a signal sent
@@ -384,6 +387,7 @@ async fn claim(shared: &Shared, claiming: Claiming) -> Option<Claimed> {
         keep_alive,
         claimed_at,
         started,
+        meters: None,
     })
 }
 
@@ -451,6 +455,7 @@ impl Claimed {
         .cancel(token.clone())
         .traceparent(traced.as_ref().map(|(_, own, _, _)| own.clone()))
         .build();
+        self.meters = Some(telemetry.meters.clone());
         let handler_started = Utc::now();
         let finish = CancellationToken::new();
         let mut publisher = AbortOnDrop(tokio::spawn(
@@ -548,6 +553,7 @@ impl Claimed {
             mut keep_alive,
             started: self_started,
             claimed_at,
+            meters,
             ..
         } = self;
         drop(cancel_signal);
@@ -574,7 +580,13 @@ impl Claimed {
         // Recording may take a while (retries during an election): keep the item.
         let appending = Instant::now();
         let finished_at = Utc::now();
-        let record = attempt.finish(outcome, finished_at);
+        let output_bytes = match &outcome {
+            Outcome::Succeeded { output } => json_len(output),
+            Outcome::Failed { error } => json_len(error),
+            Outcome::Cancelled | Outcome::TimedOut => 0,
+        };
+        let resources = meters.unwrap_or_default().resources(ran, output_bytes);
+        let record = attempt.finish(outcome, Some(resources), finished_at);
         tokio::pin!(record);
         let recorded = loop {
             tokio::select! {

@@ -1,6 +1,7 @@
 //! The program as a process: started as the leader of its own group, its
 //! pipes pumped into the capture and the observer, its group stopped with
-//! `SIGTERM`, then `SIGKILL`, when the attempt must stop.
+//! `SIGTERM`, then `SIGKILL`, when the attempt must stop; what it used
+//! (CPU time, peak memory: see `usage`) counted on the context.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin, Command};
 
 use super::capture::{Lines, Shared};
+use super::usage::Meter;
 use crate::executor::stop::{StopReason, stop_requested};
 use crate::handler::Context;
 
@@ -144,10 +146,21 @@ pub(super) async fn supervise(
     };
     let mut io = pin!(io.fuse());
     let mut stop = pin!(stop_requested(ctx));
+    // Exited: what it used, read before it is reaped, then its status.
+    let meter = Meter::start(pid);
+    let exited = async {
+        let usage = meter.exited().await;
+        (usage, child.wait().await)
+    };
+    let mut exited = pin!(exited.fuse());
+    let mut usage = None;
 
     let first = loop {
         tokio::select! {
-            status = child.wait() => break Ok(status),
+            (measured, status) = &mut exited => {
+                usage = measured;
+                break Ok(status);
+            }
             reason = &mut stop => break Err(reason),
             () = &mut io, if !io.is_terminated() => {}
         }
@@ -170,19 +183,27 @@ pub(super) async fn supervise(
         Err(reason) => {
             group.signal(Signal::SIGTERM);
             let ended = async {
-                let _ = child.wait().await;
+                usage = (&mut exited).await.0;
                 settle(&mut io).await;
             };
             let escalated = tokio::time::timeout(program.grace, ended).await.is_err();
             if escalated {
                 group.signal(Signal::SIGKILL);
-                let _ = tokio::time::timeout(DRAIN_AFTER_KILL, child.wait()).await;
+                if !exited.is_terminated()
+                    && let Ok((measured, _)) =
+                        tokio::time::timeout(DRAIN_AFTER_KILL, &mut exited).await
+                {
+                    usage = measured;
+                }
             }
             Ended::Stopped { reason, escalated }
         }
     };
     let _ = tokio::time::timeout(DRAIN_AFTER_KILL, settle(&mut io)).await;
     group.disarm();
+    if let Some(u) = usage {
+        ctx.used_process(u.user, u.system, u.peak_rss_bytes);
+    }
     ended
 }
 
