@@ -320,6 +320,29 @@ async fn a_shell_task_s_progress_bar_moves_to_done() -> Result<()> {
         json!([]),
     )
     .await?;
+    // What the attempt used: among the facts and in its row (docs/costs.md).
+    let used = b
+        .run(
+            r#"
+                const facts = Object.fromEntries([...document.querySelectorAll('#exec-facts div')]
+                    .map((d) => [d.querySelector('dt').textContent, d.querySelector('dd').textContent]));
+                const cells = [...document.querySelectorAll('#attempts tbody tr td')].map((td) => td.textContent);
+                return {facts, cells};
+            "#,
+            json!([]),
+        )
+        .await?;
+    let facts = &used["facts"];
+    ensure!(
+        ["cpu", "peak memory", "output + logs"]
+            .iter()
+            .all(|f| facts[f].as_str().is_some_and(|v| !v.is_empty())),
+        "the page does not show what the attempt used: {used}"
+    );
+    ensure!(
+        used["cells"][7].as_str().is_some_and(|c| c.ends_with("B")),
+        "the attempt's peak RSS cell: {used}"
+    );
     let retry_disabled = b
         .run(
             "return document.getElementById('retry').disabled;",

@@ -4,7 +4,7 @@
 //! and log bytes) and records it on the attempt's terminal event; the
 //! engine sums it per execution and per group and prices it.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -13,6 +13,8 @@ use runlog_events::resources::Prices;
 use runlog_testkit::{NatsServer, eventually};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+// The worker process, killed on drop.
+use runlog_testkit::KilledOnDrop as Worker;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -25,16 +27,6 @@ const PRICES: Prices = Prices {
     gb_hour: Some(0.5),
     gb_output: Some(0.09),
 };
-
-/// The worker process, killed on drop.
-struct Worker(Child);
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _gone = self.0.kill();
-        let _reaped = self.0.wait();
-    }
-}
 
 /// A server, an engine with a price table (in this process) and a
 /// `runlog worker` process.

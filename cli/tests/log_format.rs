@@ -2,7 +2,7 @@
 //! and the lines about an attempt carry its execution, attempt, queue and
 //! the trace id of the caller's `traceparent`, sent with the submission.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
@@ -10,19 +10,11 @@ use runlog_engine::{Engine, EngineConfig};
 use runlog_testkit::{NatsServer, eventually};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+// The worker process, killed on drop.
+use runlog_testkit::KilledOnDrop as Worker;
 
 const PATIENCE: Duration = Duration::from_secs(30);
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-
-/// The worker process, killed on drop.
-struct Worker(Child);
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _gone = self.0.kill();
-        let _reaped = self.0.wait();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_lines_about_an_attempt_carry_its_execution_queue_and_trace_id() -> Result<()> {

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -18,21 +18,13 @@ use runlog_events::{Envelope, Event, Subjects};
 use runlog_testkit::{NatsServer, eventually};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+// The worker process, killed on drop.
+use runlog_testkit::KilledOnDrop as Worker;
 
 const PATIENCE: Duration = Duration::from_secs(120);
 const SUCCEEDING: usize = 350;
 const RETRIED: usize = 100;
 const PERMANENT: usize = 50;
-
-/// The worker process, killed on drop.
-struct Worker(Child);
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _gone = self.0.kill();
-        let _reaped = self.0.wait();
-    }
-}
 
 /// One sample of a scrape: its labels and value.
 type Samples = Vec<(BTreeMap<String, String>, f64)>;

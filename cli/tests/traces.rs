@@ -5,7 +5,7 @@
 //! ids every event's `traceparent` derives, and the trace passed on to the
 //! process (`TRACEPARENT`) and to the HTTP server (`traceparent`).
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,20 +15,12 @@ use runlog_events::{ExecutionId, TraceParent};
 use runlog_testkit::{NatsServer, OtlpReceiver, ReceivedSpan, eventually};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+// The worker process, killed on drop.
+use runlog_testkit::KilledOnDrop as Worker;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
-
-/// The worker process, killed on drop.
-struct Worker(Child);
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _gone = self.0.kill();
-        let _reaped = self.0.wait();
-    }
-}
 
 /// A server, a receiver, an engine exporting to it (in this process) and
 /// a `runlog worker --otlp-endpoint` process.

@@ -731,3 +731,72 @@ fn an_invalid_submission_is_refused_with_the_field() {
     assert_eq!(err.code(), "invalid_task");
     assert!(err.to_string().contains("retry.max_attempts"));
 }
+
+#[test]
+fn what_each_attempt_used_lands_on_its_ending_event_and_sums_per_execution() {
+    use runlog_events::resources::Resources;
+    let mut spec = TaskSpec::new("shell");
+    spec.retry.max_attempts = 2;
+    let (mut state, _) = run(&[Cmd::Submit(spec), Cmd::Enqueue, Cmd::Claim(1, false)]).unwrap();
+    let used = |cpu: u64, rss: u64| Resources {
+        wall_ms: 1000,
+        cpu_user_ms: Some(cpu),
+        cpu_system_ms: Some(10),
+        peak_rss_bytes: Some(rss),
+        output_bytes: 40,
+        log_bytes: 100,
+        ..Resources::default()
+    };
+    let apply = |state: &mut ExecutionState, command: Command| {
+        let facts = decide(&command, state, t0()).unwrap();
+        let mut ended = None;
+        for fact in facts {
+            let env = Envelope::new(exec(), fact.attempt, t0(), "/test", fact.event);
+            ended.get_or_insert(env.event.clone());
+            *state = decider::evolve(std::mem::take(state), &env);
+        }
+        ended
+    };
+    let failed = apply(
+        &mut state,
+        Command::Finish {
+            attempt: 1,
+            outcome: Outcome::Failed {
+                error: TaskError::new(ErrorClass::Network, "reset"),
+            },
+            resources: Some(used(500, 100)),
+        },
+    );
+    assert!(
+        matches!(&failed, Some(Event::Failed(f)) if f.resources == Some(used(500, 100))),
+        "{failed:?}"
+    );
+    apply(&mut state, Command::ResolveFailure { jitter: 0.5 });
+    apply(&mut state, Command::Enqueue);
+    apply(
+        &mut state,
+        Command::Claim {
+            worker: "w2".into(),
+            redelivered: false,
+        },
+    );
+    // A timeout the worker saw carries what the attempt used too.
+    let timed_out = apply(
+        &mut state,
+        Command::Finish {
+            attempt: 2,
+            outcome: Outcome::TimedOut,
+            resources: Some(used(300, 400)),
+        },
+    );
+    assert!(
+        matches!(&timed_out, Some(Event::TimedOut(t)) if t.resources.is_some()),
+        "{timed_out:?}"
+    );
+    let totals = state.resources.as_deref().expect("totals");
+    assert_eq!(totals.attempts, 2);
+    assert_eq!(totals.wall_ms, 2000);
+    assert_eq!(totals.cpu_ms(), Some(820));
+    assert_eq!(totals.peak_rss_bytes, Some(400));
+    assert_eq!(totals.output_bytes + totals.log_bytes, 280);
+}

@@ -9,11 +9,13 @@
 
 mod otlp;
 mod postgres;
+mod process;
 mod sshd;
 mod wait;
 
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use postgres::Postgres;
+pub use process::KilledOnDrop;
 pub use runlog_localnats::*;
 pub use sshd::{KeyType, PASSPHRASE, Sshd};
 pub use wait::eventually;

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::render::{self, Table};
-use super::{Conn, Error, Exit};
+use super::{Conn, Error, Exit, push_since};
 
 /// Options of `runlog audit`.
 #[derive(Debug, clap::Args)]
@@ -59,14 +59,7 @@ pub async fn run(args: Args) -> Result<Exit, Error> {
             query.push((key, value.clone()));
         }
     }
-    if let Some(since) = &args.since {
-        let since = render::parse_since(since, Utc::now())
-            .map_err(|e| Error::Usage(format!("--since: {e}")))?;
-        query.push((
-            "since",
-            since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        ));
-    }
+    push_since(&mut query, args.since.as_deref())?;
     let raw: Value = client.get("/v1/audit", &query).await?;
     if args.conn.json() {
         println!("{raw}");

@@ -9,12 +9,11 @@
 //! runlog costs 01a23b25-…
 //! ```
 
-use chrono::Utc;
 use runlog_events::resources::{Cost, ResourceTotals, Resources};
 use serde_json::Value;
 
 use super::render::{self, Table};
-use super::{Conn, Error, Exit, path_id};
+use super::{Conn, Error, Exit, path_id, push_since};
 
 /// Options of `runlog costs`.
 #[derive(Debug, clap::Args)]
@@ -76,14 +75,7 @@ pub async fn run(args: Args) -> Result<Exit, Error> {
             .collect();
         query.push(("label", labels.join(",")));
     }
-    if let Some(since) = &args.since {
-        let since = render::parse_since(since, Utc::now())
-            .map_err(|e| Error::Usage(format!("--since: {e}")))?;
-        query.push((
-            "since",
-            since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        ));
-    }
+    push_since(&mut query, args.since.as_deref())?;
     let raw: Value = client.get("/v1/costs", &query).await?;
     if args.conn.json() {
         println!("{raw}");

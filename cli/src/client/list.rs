@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::render::{self, Table, parse_pair};
 use super::views::{Page, Summary};
-use super::{Client, Conn, Error, Exit};
+use super::{Client, Conn, Error, Exit, push_since};
 
 /// The largest page the API gives.
 const MAX_PAGE: usize = 1000;
@@ -75,14 +75,7 @@ impl Args {
                 .collect();
             query.push(("label", labels.join(",")));
         }
-        if let Some(since) = &self.since {
-            let since = render::parse_since(since, Utc::now())
-                .map_err(|e| Error::Usage(format!("--since: {e}")))?;
-            query.push((
-                "since",
-                since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            ));
-        }
+        push_since(&mut query, self.since.as_deref())?;
         Ok(query)
     }
 }

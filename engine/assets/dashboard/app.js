@@ -69,6 +69,21 @@ function duration(ms) {
   return `${Math.floor(h / 24)}d ${h % 24}h`;
 }
 
+// Bytes in powers of 1000, as the price table's GB: `512 B`, `3.4 KB`, `210 MB`.
+function bytes(n) {
+  if (n === null || n === undefined || !Number.isFinite(n)) return '';
+  const units = ['B', 'KB', 'MB', 'GB', 'TB'];
+  let unit = 0;
+  while (n >= 1000 && unit < units.length - 1) { n /= 1000; unit += 1; }
+  return unit === 0 ? `${n} B` : `${n.toFixed(n < 10 ? 1 : 0)} ${units[unit]}`;
+}
+
+// CPU time (user and system) of resources, in ms; null when not measured.
+function cpuMs(r) {
+  if (!r || (r.cpu_user_ms == null && r.cpu_system_ms == null)) return null;
+  return (r.cpu_user_ms || 0) + (r.cpu_system_ms || 0);
+}
+
 function between(from, to) {
   if (!from) return null;
   const start = Date.parse(from);
@@ -1029,6 +1044,17 @@ function drawDetail(exec) {
   }
   const labels = Object.entries(spec.labels || {}).map(([k, v]) => `${k}=${v}`).join(' ');
   fact(facts, 'labels', labels, true);
+  // What its measured attempts used, and what that cost (docs/costs.md).
+  const used = d.resources;
+  if (used) {
+    fact(facts, 'cpu', cpuMs(used) === null ? null : duration(cpuMs(used)));
+    fact(facts, 'peak memory', used.peak_rss_bytes == null ? null : bytes(used.peak_rss_bytes));
+    fact(facts, 'output + logs', bytes((used.output_bytes || 0) + (used.log_bytes || 0)));
+    if (used.network_sent_bytes != null) {
+      fact(facts, 'network', `${bytes(used.network_sent_bytes)} sent, ${bytes(used.network_received_bytes || 0)} received`);
+    }
+  }
+  fact(facts, 'cost', d.cost ? d.cost.total.toFixed(6) : null);
 
   const body = $('attempts').tBodies[0];
   body.textContent = '';
@@ -1047,6 +1073,8 @@ function drawDetail(exec) {
       el('td', 'mono', clock(a.started_at)),
       el('td', 'mono', clock(a.ended_at)),
       el('td', 'num', a.started_at ? duration(between(a.started_at, a.ended_at)) : ''),
+      el('td', 'num', cpuMs(a.resources) === null ? '' : duration(cpuMs(a.resources))),
+      el('td', 'num', a.resources && a.resources.peak_rss_bytes != null ? bytes(a.resources.peak_rss_bytes) : ''),
       outcome,
       el('td', 'error-text', a.error ? `${label(a.error.class)}: ${a.error.message}` : ''),
     );

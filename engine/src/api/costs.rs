@@ -69,12 +69,8 @@ pub(super) async fn execution(State(state): State<ApiState>, Path(id): Path<Stri
 pub(super) struct CostsQuery {
     /// `queue` (the default), `kind`, `day` or `label:<name>`.
     group_by: Option<String>,
-    status: Option<String>,
-    queue: Option<String>,
-    kind: Option<String>,
-    label: Option<String>,
-    since: Option<chrono::DateTime<chrono::Utc>>,
-    until: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(flatten)]
+    filter: FilterQuery,
 }
 
 /// What executions are grouped by.
@@ -139,15 +135,7 @@ pub(super) async fn list(
         .field("group_by")
         .into_response();
     };
-    let filter = FilterQuery {
-        status: q.status,
-        queue: q.queue,
-        kind: q.kind,
-        label: q.label,
-        since: q.since,
-        until: q.until,
-    }
-    .filter();
+    let filter = q.filter.filter();
     let filter = match filter {
         Ok(filter) => filter,
         Err(problem) => return problem.into_response(),
