@@ -476,6 +476,23 @@ pub fn path_id(id: &str) -> String {
         .collect()
 }
 
+/// Adds `since` to an API query: the time `--since` names (`2026-12-01`,
+/// or `10m`, `2h` ago) in RFC 3339.
+pub(crate) fn push_since(
+    query: &mut Vec<(&str, String)>,
+    since: Option<&str>,
+) -> Result<(), Error> {
+    if let Some(since) = since {
+        let since = render::parse_since(since, chrono::Utc::now())
+            .map_err(|e| Error::Usage(format!("--since: {e}")))?;
+        query.push((
+            "since",
+            since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -509,21 +526,4 @@ mod tests {
         assert_eq!(path_id("a-b_c"), "a-b_c");
         assert_eq!(path_id("../x"), "..%2Fx");
     }
-}
-
-/// Adds `since` to an API query: the time `--since` names (`2026-12-01`,
-/// or `10m`, `2h` ago) in RFC 3339.
-pub(crate) fn push_since(
-    query: &mut Vec<(&str, String)>,
-    since: Option<&str>,
-) -> Result<(), Error> {
-    if let Some(since) = since {
-        let since = render::parse_since(since, chrono::Utc::now())
-            .map_err(|e| Error::Usage(format!("--since: {e}")))?;
-        query.push((
-            "since",
-            since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        ));
-    }
-    Ok(())
 }
