@@ -552,5 +552,70 @@ async fn a_workflow_s_node_runs_hang_under_the_workflow_s_span() -> Result<()> {
             "{execution:#?} within {workflow:#?}"
         );
     }
+
+    // Started under a caller's span, the workflow's span is its child, in
+    // the caller's trace; a sub-workflow's span is a child of its parent's,
+    // and its node runs follow it there.
+    let defined = http
+        .post(format!("{base}/v1/workflows"))
+        .header("content-type", "application/yaml")
+        .body("name: outer\nversion: 1\nnodes:\n  inner: {kind: workflow, input: {workflow: traced}}\n")
+        .send()
+        .await?;
+    ensure!(
+        defined.status().as_u16() == 201,
+        "{}",
+        defined.text().await?
+    );
+    let caller: TraceParent = format!("00-{TRACE}-{CALLER_SPAN}-01").parse()?;
+    let started: Value = http
+        .post(format!("{base}/v1/workflows/outer/executions"))
+        .header("traceparent", caller.as_str())
+        .json(&json!({}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let outer = ExecutionId::new(started["id"].as_str().context("an id")?)?;
+    let spans = receiver
+        .wait_for("both workflow spans and the two runs", PATIENCE, |spans| {
+            let of = |n: &str| {
+                spans
+                    .iter()
+                    .filter(|s| s.trace_id == TRACE && s.name == n)
+                    .count()
+            };
+            of("workflow") == 2 && of("execution") == 2 && of("attempt") == 2
+        })
+        .await?;
+    let trace = Trace(spans.into_iter().filter(|s| s.trace_id == TRACE).collect());
+    let of_id = |id: &str| {
+        trace
+            .named("workflow")
+            .into_iter()
+            .find(|w| w.attributes["runlog.workflow.execution.id"] == id)
+    };
+    let parent = of_id(outer.as_str()).context("the outer workflow's span")?;
+    ensure!(
+        parent.parent_span_id == CALLER_SPAN
+            && parent.span_id == TraceParent::of_workflow_under(Some(&caller), &outer).span_id(),
+        "{parent:#?}"
+    );
+    let child = trace
+        .named("workflow")
+        .into_iter()
+        .find(|w| w.span_id != parent.span_id)
+        .context("the sub-workflow's span")?;
+    ensure!(child.parent_span_id == parent.span_id, "{child:#?}");
+    ensure!(
+        child.attributes["runlog.workflow"] == "traced",
+        "the sub-workflow's span names its workflow: {child:#?}"
+    );
+    let submits = trace.named("submit");
+    ensure!(
+        submits.len() == 2 && submits.iter().all(|s| s.parent_span_id == child.span_id),
+        "{submits:#?}"
+    );
     rig.stop().await
 }

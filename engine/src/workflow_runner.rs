@@ -180,15 +180,19 @@ impl Runner {
         all.into_iter().take(limit).map(|(_, _, s)| s).collect()
     }
 
-    /// Starts `name` (its newest version, or `version`) with `input`.
+    /// Starts `name` (its newest version, or `version`) with `input`,
+    /// under the caller's trace context when it sent one.
     pub async fn start(
         &self,
         name: &str,
         version: Option<u32>,
         input: Value,
+        traceparent: Option<TraceParent>,
     ) -> Result<(ExecutionId, WorkflowHistory), RunnerError> {
         let id = ExecutionId::generate();
-        let history = self.start_as(id.clone(), name, version, input).await?;
+        let history = self
+            .start_under(id.clone(), name, version, input, traceparent)
+            .await?;
         Ok((id, history))
     }
 
@@ -200,6 +204,17 @@ impl Runner {
         name: &str,
         version: Option<u32>,
         input: Value,
+    ) -> Result<WorkflowHistory, RunnerError> {
+        self.start_under(id, name, version, input, None).await
+    }
+
+    async fn start_under(
+        &self,
+        id: ExecutionId,
+        name: &str,
+        version: Option<u32>,
+        input: Value,
+        traceparent: Option<TraceParent>,
     ) -> Result<WorkflowHistory, RunnerError> {
         if let Some(history) = self.inner.states.get(&id)
             && history.last_seq > 0
@@ -214,6 +229,7 @@ impl Runner {
             input,
             handles: None,
             parent: None,
+            traceparent,
         };
         match self.command(&id, &command).await {
             Err(RunnerError::Rejected(WorkflowRejection::Exists)) => {
@@ -580,6 +596,17 @@ impl Runner {
         Some(todo)
     }
 
+    /// The trace context of workflow execution `id`: its span's, under
+    /// the context it was started in (docs/traces.md).
+    fn context_of(&self, id: &ExecutionId) -> TraceParent {
+        let caller = self
+            .inner
+            .states
+            .get(id)
+            .and_then(|h| h.state.traceparent.clone());
+        TraceParent::of_workflow_under(caller.as_ref(), id)
+    }
+
     /// Submits a run's task under the id its decision named.
     async fn submit_run(&self, id: &ExecutionId, execution: ExecutionId, spec: TaskSpec) {
         let mut submission = Submission::new(spec);
@@ -587,7 +614,7 @@ impl Runner {
         submission.correlation_id = Some(id.to_string());
         // With traces exported, a node's run hangs under its workflow's span.
         if self.inner.intake.traces().is_some() {
-            submission.traceparent = Some(TraceParent::of_workflow(id));
+            submission.traceparent = Some(self.context_of(id));
         }
         match self.inner.intake.submit(submission, Utc::now()).await {
             Ok(accepted) => {
@@ -630,6 +657,7 @@ impl Runner {
                 input,
                 handles: None,
                 parent: Some(id.clone()),
+                traceparent: Some(self.context_of(id)),
             };
             match Box::pin(self.command(&execution, &command)).await {
                 Ok(_) | Err(RunnerError::Rejected(WorkflowRejection::Exists)) => Ok(()),
@@ -694,6 +722,7 @@ impl Runner {
                 input,
                 handles: Some(id.clone()),
                 parent: None,
+                traceparent: Some(self.context_of(id)),
             };
             match Box::pin(self.command(handler, &command)).await {
                 Ok(_) | Err(RunnerError::Rejected(WorkflowRejection::Exists)) => Ok(()),
@@ -891,19 +920,31 @@ fn decide_step(
     Ok(events)
 }
 
-/// The span of workflow execution `id`, ended at `at` in `state`: the root
-/// of the trace its node runs are in.
+/// The span of workflow execution `id`, ended at `at` in `state`: the
+/// parent of its node runs' spans, a child of the context it was started
+/// under (a caller's span, a parent workflow's), or the root of a trace of
+/// its own.
 fn workflow_span(
     id: &ExecutionId,
     state: &run::WorkflowState,
     at: chrono::DateTime<Utc>,
 ) -> Option<runlog_telemetry::Span> {
+    use runlog_telemetry::Span;
     let started = state.started_at?;
-    let span = runlog_telemetry::Span::root_of(&TraceParent::of_workflow(id), "workflow")?
-        .between(started, at)
-        .attr("runlog.workflow.execution.id", id.as_str().to_owned())
-        .attr("runlog.status", state.status.as_str())
-        .attr("runlog.workflow.runs", i64::from(state.runs_started));
+    let caller = state.traceparent.as_ref();
+    let own = TraceParent::of_workflow_under(caller, id);
+    let span = match caller {
+        // A caller's span is another process's; a parent workflow's is ours.
+        Some(caller) if state.parent.is_none() && state.handles.is_none() => {
+            Span::child_of(caller, own.span_id(), "workflow")?.remote_parent()
+        }
+        Some(caller) => Span::child_of(caller, own.span_id(), "workflow")?,
+        None => Span::root_of(&own, "workflow")?,
+    }
+    .between(started, at)
+    .attr("runlog.workflow.execution.id", id.as_str().to_owned())
+    .attr("runlog.status", state.status.as_str())
+    .attr("runlog.workflow.runs", i64::from(state.runs_started));
     let span = match &state.definition {
         Some(d) => span
             .attr("runlog.workflow", d.name.clone())

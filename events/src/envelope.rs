@@ -175,6 +175,18 @@ impl TraceParent {
         TraceParent(format!("00-{trace}-{span}-01"))
     }
 
+    /// The context of workflow execution `workflow` started under
+    /// `caller` (a caller's `traceparent`, or its parent workflow's
+    /// context): the caller's trace and flags, the workflow span's id
+    /// derived as [`of_workflow`](Self::of_workflow) derives it. Without a
+    /// caller, [`of_workflow`](Self::of_workflow): a trace of its own.
+    pub fn of_workflow_under(caller: Option<&TraceParent>, workflow: &ExecutionId) -> Self {
+        match caller {
+            Some(caller) => caller.with_span(&derived(&["runlog/workflow", workflow.as_str()])),
+            None => Self::of_workflow(workflow),
+        }
+    }
+
     /// The id of the span of attempt `attempt` of `execution`, a child of
     /// the execution's span: SHA-256 over `runlog/attempt/<trace
     /// id>/<execution span id>/<attempt>`, first 8 bytes.

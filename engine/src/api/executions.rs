@@ -193,7 +193,7 @@ pub(super) async fn submit(
 /// The caller's W3C `traceparent` header. One that does not follow the
 /// format is ignored, as the W3C Trace Context asks: the trace starts anew
 /// instead of the submission failing.
-fn traceparent(headers: &axum::http::HeaderMap) -> Option<runlog_events::TraceParent> {
+pub(super) fn traceparent(headers: &axum::http::HeaderMap) -> Option<runlog_events::TraceParent> {
     headers.get("traceparent")?.to_str().ok()?.parse().ok()
 }
 

@@ -34,10 +34,17 @@ pub(super) struct StartBody {
 pub(super) async fn start(
     State(state): State<ApiState>,
     Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Option<Json<StartBody>>,
 ) -> Response {
     let Json(body) = body.unwrap_or_default();
-    match state.runner.start(&name, body.version, body.input).await {
+    // The workflow's span hangs under the caller's, when it sent one.
+    let traceparent = super::executions::traceparent(&headers);
+    match state
+        .runner
+        .start(&name, body.version, body.input, traceparent)
+        .await
+    {
         Ok((id, history)) => (
             StatusCode::CREATED,
             Json(workflow_runner::view(&id, &history)),

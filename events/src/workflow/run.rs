@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{Definition, Node, OnFailure, expr};
+use crate::envelope::TraceParent;
 use crate::id::ExecutionId;
 
 /// The longest id a workflow execution may have: its runs are named
@@ -150,6 +151,10 @@ pub enum WorkflowEvent {
         /// When it is a sub-workflow: the execution whose node runs it.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         parent: Option<ExecutionId>,
+        /// The trace context it was started under (a caller's
+        /// `traceparent`, or its parent workflow's): its span hangs there.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        traceparent: Option<TraceParent>,
     },
     /// A node's dependencies ended and its `when` held: it runs.
     NodeStarted {
@@ -406,6 +411,9 @@ pub struct WorkflowState {
     /// When it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
+    /// The trace context it was started under, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<TraceParent>,
 }
 
 impl WorkflowState {
@@ -566,9 +574,11 @@ fn transition(s: &mut WorkflowState, env: &WorkflowEnvelope) {
             input,
             handles,
             parent,
+            traceparent,
         } => {
             s.id = Some(env.workflow_execution.clone());
             s.parent.clone_from(parent);
+            s.traceparent.clone_from(traceparent);
             s.status = WorkflowStatus::Running;
             s.nodes = definition
                 .nodes
@@ -714,6 +724,8 @@ pub enum WorkflowCommand {
         handles: Option<ExecutionId>,
         /// When it is a sub-workflow: the execution whose node runs it.
         parent: Option<ExecutionId>,
+        /// The trace context it is started under, if any.
+        traceparent: Option<TraceParent>,
     },
     /// Record what is ready now: nodes to start or skip, runs to hand out,
     /// the workflow's end.
@@ -889,6 +901,7 @@ fn decide_with(
             input,
             handles,
             parent,
+            traceparent,
             ..
         } => {
             d.push(WorkflowEvent::Started {
@@ -896,6 +909,7 @@ fn decide_with(
                 input: input.clone(),
                 handles: handles.clone(),
                 parent: parent.clone(),
+                traceparent: traceparent.clone(),
             });
             d.advance(definition);
         }

@@ -43,6 +43,7 @@ fn start(def: Box<Definition>, input: Value) -> (WorkflowState, Vec<WorkflowEven
             input,
             handles: None,
             parent: None,
+            traceparent: None,
         },
         t0(),
     );
