@@ -176,6 +176,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
 
     let engine_url = format!("http://{}", engine.addr());
+    println!(
+        "auth         OFF: the API and dashboard answer anyone on this machine (loopback only); \
+         `runlog engine --auth` is the way to serve others"
+    );
     print_welcome(&engine_url, &server.url());
     let scratch = args.data_dir.join("demo");
     let demo = if args.demo {

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config_args::{SharedArgs, as_text, duration, print_config};
 
 /// The engine's own settings: key, variable, flag.
-pub const ENGINE: [Setting; 7] = [
+pub const ENGINE: [Setting; 10] = [
     setting(
         "nats.live-events",
         "RUNLOG_LIVE_EVENTS",
@@ -50,6 +50,19 @@ pub const ENGINE: [Setting; 7] = [
         "engine.otlp-endpoint",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "--otlp-endpoint",
+        Form::Text,
+    ),
+    setting("engine.auth", "RUNLOG_AUTH", "--auth", Form::Text),
+    setting(
+        "engine.insecure-no-auth",
+        "RUNLOG_INSECURE_NO_AUTH",
+        "--insecure-no-auth",
+        Form::Text,
+    ),
+    setting(
+        "engine.bootstrap-token-file",
+        "RUNLOG_BOOTSTRAP_TOKEN_FILE",
+        "--bootstrap-token-file",
         Form::Text,
     ),
 ];
@@ -90,6 +103,19 @@ pub struct Args {
     /// [default: none; env: OTEL_EXPORTER_OTLP_ENDPOINT].
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
+    /// Require an API token on every request but health, metrics and the
+    /// dashboard's files (docs/security.md) [env: RUNLOG_AUTH].
+    #[arg(long)]
+    auth: bool,
+    /// Serve the API to other hosts without auth; without it, an engine
+    /// refuses a non-loopback --listen with auth off [env:
+    /// RUNLOG_INSECURE_NO_AUTH].
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// With auth on and no admin token yet, write a new admin token to
+    /// this file (mode 0600) [env: RUNLOG_BOOTSTRAP_TOKEN_FILE].
+    #[arg(long, value_name = "FILE")]
+    bootstrap_token_file: Option<std::path::PathBuf>,
 }
 
 impl Args {
@@ -107,7 +133,16 @@ impl Args {
                 "engine.metrics-task-labels",
                 Some(self.metrics_task_labels.clone()).filter(|l| !l.is_empty()),
             )
-            .set_some("engine.otlp-endpoint", self.otlp_endpoint.clone());
+            .set_some("engine.otlp-endpoint", self.otlp_endpoint.clone())
+            .set_some("engine.auth", self.auth.then_some(true))
+            .set_some(
+                "engine.insecure-no-auth",
+                self.insecure_no_auth.then_some(true),
+            )
+            .set_some(
+                "engine.bootstrap-token-file",
+                self.bootstrap_token_file.clone(),
+            );
         let tree = self.shared.tree(&settings, defaults, flags)?;
         Ok(EngineConfig {
             nats: tree.table::<NatsConfig>("nats")?,
@@ -123,8 +158,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         return print_config(&config.nats, "engine", &config);
     }
     let shutdown = CancellationToken::new();
+    let auth = config.auth;
     let engine = Engine::start(config, shutdown.clone()).await?;
     println!("runlog engine listening on http://{}", engine.addr());
+    if !auth {
+        eprintln!(
+            "auth is off: the API answers everyone who reaches {} (--auth turns it on)",
+            engine.addr()
+        );
+    }
     wait_for_signal()
         .await
         .context("cannot wait for a signal")?;

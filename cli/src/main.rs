@@ -85,6 +85,10 @@ enum Cmd {
     /// agents and load, make and revoke tokens.
     #[command(after_help = client::EXIT_CODES)]
     Pool(client::pool::Args),
+    /// API tokens: make one with scopes (and queues), list them, revoke
+    /// one (needs an admin token once auth is on).
+    #[command(after_help = client::EXIT_CODES)]
+    Token(client::token::Args),
     /// The audit trail, newest first: who changed what, from where, and
     /// the answer (filters: --actor, --route, --method, --target, --since).
     #[command(after_help = client::EXIT_CODES)]
@@ -174,6 +178,9 @@ async fn main() -> std::process::ExitCode {
         }
         Cmd::Pool(args) => {
             return client::execute(args.conn().clone(), client::pool::run(args)).await;
+        }
+        Cmd::Token(args) => {
+            return client::execute(args.conn().clone(), client::token::run(args)).await;
         }
         Cmd::Audit(args) => {
             return client::execute(args.conn().clone(), client::audit::run(args)).await;

@@ -1236,3 +1236,116 @@ async fn the_log_search_box_finds_a_line_and_links_to_its_execution() -> Result<
     .await?;
     stack.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auth_on_the_dashboard_asks_for_a_token_and_logs_in_with_it() -> Result<()> {
+    let browser = Browser::start().await?;
+    let server = NatsServer::start()?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("admin-token");
+    let mut config = EngineConfig::local(&server.url());
+    config.auth = true;
+    config.bootstrap_token_file = Some(file.clone());
+    let shutdown = CancellationToken::new();
+    let engine = Engine::start(config, shutdown.clone()).await?;
+    let base = format!("http://{}", engine.addr());
+    let admin = std::fs::read_to_string(&file)?.trim().to_owned();
+    let http = reqwest::Client::new();
+    let made: Value = http
+        .post(format!("{base}/v1/tokens"))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "viewer", "scopes": ["read"]}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let token = made["token"].as_str().context("a token")?.to_owned();
+    let exec: Value = http
+        .post(format!("{base}/v1/executions"))
+        .bearer_auth(&admin)
+        .json(&json!({"kind": "shell", "input": {"shell": "true"}}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let exec = exec["id"].as_str().context("an id")?.to_owned();
+
+    const LOGIN_SHOWN: &str = "const f = document.getElementById('login'); \
+        return f && f.style.display !== 'none' ? true : null;";
+    browser.goto(&format!("{base}/")).await?;
+    browser
+        .wait_for(
+            "the login form",
+            Duration::from_secs(20),
+            LOGIN_SHOWN,
+            json!([]),
+        )
+        .await?;
+    // A wrong token is refused in words.
+    browser
+        .run(
+            "document.getElementById('login-token').value = '0a0b0c0d.wrong'; return true;",
+            json!([]),
+        )
+        .await?;
+    browser.click("[data-testid=login-submit]").await?;
+    let refused = browser
+        .wait_for(
+            "the refusal",
+            Duration::from_secs(20),
+            "const e = document.getElementById('login-error'); return e.hidden ? null : e.textContent;",
+            json!([]),
+        )
+        .await?;
+    ensure!(
+        refused.as_str().is_some_and(|t| t.contains("not valid")),
+        "{refused}"
+    );
+    browser
+        .run(
+            "document.getElementById('login-token').value = arguments[0]; return true;",
+            json!([token]),
+        )
+        .await?;
+    browser.click("[data-testid=login-submit]").await?;
+    browser
+        .wait_for(
+            "the list loads and the feed is live once logged in",
+            Duration::from_secs(20),
+            LIST_READY,
+            json!([]),
+        )
+        .await?;
+    let seen = browser
+        .wait_for(
+            "the execution's row and the viewer's name",
+            Duration::from_secs(20),
+            "const row = document.querySelector(`#list .row[data-id=\"${arguments[0]}\"]`); \
+             const who = document.getElementById('who'); \
+             return row && !who.hidden ? document.getElementById('who-name').textContent : null;",
+            json!([exec]),
+        )
+        .await?;
+    ensure!(seen == "viewer", "{seen}");
+    // The token is in an HttpOnly cookie: no script on the page reads it.
+    let cookies = browser.run("return document.cookie;", json!([])).await?;
+    ensure!(
+        !cookies.as_str().unwrap_or_default().contains(&token),
+        "{cookies}"
+    );
+    browser.click("[data-testid=logout]").await?;
+    browser
+        .wait_for(
+            "the login form after logging out",
+            Duration::from_secs(20),
+            LOGIN_SHOWN,
+            json!([]),
+        )
+        .await?;
+    browser.quit().await?;
+    shutdown.cancel();
+    engine.wait().await;
+    Ok(())
+}

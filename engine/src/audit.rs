@@ -10,7 +10,8 @@
 //! (`GET /v1/audit`) walk the stream backwards, newest first, like the log
 //! search.
 //!
-//! The actor is `anonymous` until the API has tokens; `from` is the peer
+//! The actor is the name of the request's API token (`anonymous` with auth
+//! off, and for a request that carried no valid token); `from` is the peer
 //! address, with `X-Forwarded-For` kept beside it (a proxy's word, not
 //! proof). Records never hold bodies, so no secret reaches the trail.
 
@@ -41,7 +42,7 @@ const PER_MESSAGE: usize = 500;
 pub struct Record {
     /// When it was answered.
     pub time: DateTime<Utc>,
-    /// Who sent it (`anonymous` until the API has tokens).
+    /// Who sent it: the API token's name (`anonymous` without one).
     pub actor: String,
     /// `http` or `nats`.
     pub door: String,
@@ -213,12 +214,11 @@ async fn write(
     }
 }
 
-/// The layer of the HTTP API: records every request that changes state.
+/// The layer of the HTTP API: records every request that changes state,
+/// and every request refused for its token (401, 403), reads too.
 pub async fn layer(State(audit): State<Audit>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
-    if matches!(method, Method::GET | Method::HEAD | Method::OPTIONS) {
-        return next.run(request).await;
-    }
+    let reads = matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -233,12 +233,19 @@ pub async fn layer(State(audit): State<Audit>, request: Request, next: Next) -> 
     let user_agent = header(headers, "user-agent");
     let response = next.run(request).await;
     let status = response.status().as_u16();
+    if reads && !matches!(status, 401 | 403) {
+        return response;
+    }
+    let actor = response
+        .extensions()
+        .get::<crate::tokens::Caller>()
+        .map_or_else(|| "anonymous".to_owned(), |c| c.actor.clone());
     let (response, created) = created_id(response).await;
     let target = created.or_else(|| named_in(route.as_deref(), &path));
     audit
         .record(Record {
             time: Utc::now(),
-            actor: "anonymous".to_owned(),
+            actor,
             door: "http".to_owned(),
             from,
             forwarded_for,

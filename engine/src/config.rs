@@ -5,6 +5,7 @@
 //! `runlog engine` merges them into an [`EngineConfig`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub use runlog_config::{ConfigError, NatsConfig};
@@ -40,6 +41,15 @@ pub struct EngineConfig {
     /// What resources cost (`[engine.prices]`: `cpu-second`, `gb-hour`,
     /// `gb-output`); without, the API reports resources and no cost.
     pub prices: Prices,
+    /// Require an API token on every request but `/healthz`, `/readyz`,
+    /// `/metrics` and the dashboard's files (docs/security.md).
+    pub auth: bool,
+    /// Listen on an address other hosts reach without auth; without it an
+    /// engine refuses to.
+    pub insecure_no_auth: bool,
+    /// With auth on and no admin token in the bucket, the engine makes one
+    /// and writes it to this file (mode 0600) at start.
+    pub bootstrap_token_file: Option<PathBuf>,
 }
 
 impl EngineConfig {
@@ -67,6 +77,9 @@ impl Default for EngineConfig {
             metrics_task_labels: Vec::new(),
             otlp_endpoint: None,
             prices: Prices::default(),
+            auth: false,
+            insecure_no_auth: false,
+            bootstrap_token_file: None,
         }
     }
 }

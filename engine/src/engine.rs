@@ -52,6 +52,15 @@ pub enum EngineError {
         #[source]
         source: async_nats::SubscribeError,
     },
+    /// An API other hosts can reach, without auth, and not told to.
+    #[error(
+        "refusing to serve the API on {0} without auth: other hosts can reach it. Turn auth on \
+         (--auth, engine.auth = true) or say --insecure-no-auth (engine.insecure-no-auth = true)"
+    )]
+    Unprotected(SocketAddr),
+    /// Auth is on and no token could be made or found to let anyone in.
+    #[error("{0}")]
+    Auth(String),
 }
 
 /// A running engine.
@@ -73,6 +82,9 @@ impl Engine {
         config: EngineConfig,
         shutdown: CancellationToken,
     ) -> Result<Engine, EngineError> {
+        if !config.auth && !config.insecure_no_auth && !config.listen.ip().is_loopback() {
+            return Err(EngineError::Unprotected(config.listen));
+        }
         let layout = config.nats.layout()?;
         let subjects = layout.subjects.clone();
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "engine".to_owned());
@@ -90,7 +102,7 @@ impl Engine {
         // later step of the start meets a cluster that is not ready.
         let mut pause = Duration::from_millis(250);
         let owner = format!("{host}-{}", runlog_events::ExecutionId::generate());
-        let (env, idempotency, servers, operations, pools, workflows) = loop {
+        let (env, idempotency, servers, operations, pools, workflows, tokens) = loop {
             let attempt = async {
                 layout.ensure(&pub_js).await?;
                 Ok::<_, LayoutError>((
@@ -100,6 +112,7 @@ impl Engine {
                     crate::operations::Operations::open(&pub_js, &layout, owner.clone()).await?,
                     layout.pools_bucket(&pub_js).await?,
                     layout.workflows_bucket(&pub_js).await?,
+                    layout.tokens_bucket(&pub_js).await?,
                 ))
             };
             match attempt.await {
@@ -191,6 +204,22 @@ impl Engine {
             crate::audit::Audit::start(pub_js.clone(), &subjects, shutdown.clone());
         tasks.once("audit trail", audit_writer);
         let pools = crate::pools::Pools::new(pools);
+        let tokens = crate::tokens::Tokens::new(tokens);
+        if config.auth {
+            bootstrap(&tokens, config.bootstrap_token_file.as_deref()).await?;
+        } else {
+            tracing::warn!(
+                listen = %config.listen,
+                "the HTTP API answers everyone who reaches it: auth is off"
+            );
+        }
+        {
+            let tokens = tokens.clone();
+            tasks.restart("API tokens", shutdown.clone(), move |stop| {
+                let tokens = tokens.clone();
+                async move { tokens.follow(stop).await }
+            });
+        }
         {
             let (pools, client, subjects) = (pools.clone(), publisher.clone(), subjects.clone());
             tasks.restart("pool joins", shutdown.clone(), move |stop| {
@@ -306,6 +335,8 @@ impl Engine {
             feeds: crate::metrics::FeedCount::default(),
             audit,
             prices: config.prices,
+            tokens,
+            auth: config.auth,
         };
         tasks.once(
             "bulk operations",
@@ -362,4 +393,59 @@ impl Engine {
             let _late = tokio::time::timeout(TRACES_FLUSH, traces.flush()).await;
         }
     }
+}
+
+/// With auth on, makes sure someone can get in: when no admin token exists,
+/// makes one and writes it to `file` (readable by its owner only).
+async fn bootstrap(
+    tokens: &crate::tokens::Tokens,
+    file: Option<&std::path::Path>,
+) -> Result<(), EngineError> {
+    let failed =
+        |e: &dyn std::fmt::Display| EngineError::Auth(format!("cannot check the API tokens: {e}"));
+    if tokens.has_admin().await.map_err(|e| failed(&e))? {
+        return Ok(());
+    }
+    let Some(file) = file else {
+        return Err(EngineError::Auth(
+            "auth is on and no admin token exists: set --bootstrap-token-file \
+             (engine.bootstrap-token-file) and the engine writes one there"
+                .to_owned(),
+        ));
+    };
+    let new = crate::tokens::NewToken {
+        name: "bootstrap".to_owned(),
+        scopes: [crate::tokens::Scope::Admin].into(),
+        queues: Vec::new(),
+    };
+    let issued = tokens.create(new, "engine").await.map_err(|e| failed(&e))?;
+    write_private(file, &issued.token).map_err(|e| {
+        EngineError::Auth(format!(
+            "cannot write the bootstrap token to {}: {e}",
+            file.display()
+        ))
+    })?;
+    tracing::warn!(
+        file = %file.display(),
+        token = issued.id,
+        "no admin token existed: one was written to the file; make your own with \
+         `runlog token create` and revoke this one"
+    );
+    Ok(())
+}
+
+/// Writes `text` to `path`, readable and writable by its owner only.
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(file, "{text}")
 }

@@ -25,6 +25,8 @@
 //!   that ask to join.
 //! - [`servers`]: the server inventory `ssh` tasks name, resolved by
 //!   intake into the address each execution records.
+//! - [`tokens`]: API tokens with scopes, and who a request comes from;
+//!   the API's auth layer checks them.
 //! - [`engine`] puts them together under one shutdown token; [`config`]
 //!   describes it.
 #![warn(missing_docs)]
@@ -50,6 +52,7 @@ pub mod servers;
 pub mod snapshot;
 pub mod submit;
 mod supervisor;
+pub mod tokens;
 pub mod workers;
 pub mod workflow_runner;
 pub mod workflows;

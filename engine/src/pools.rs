@@ -24,10 +24,8 @@ use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use runlog_events::Subjects;
-use runlog_events::envelope::hex;
 use runlog_events::pool::{JoinAnswer, JoinRequest};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::bucket::{BucketError, failed};
@@ -249,7 +247,7 @@ impl Pools {
         let Some(known) = pool.tokens.get(id) else {
             return Err(format!("the token is not one of pool {name:?}'s"));
         };
-        if known.sha256 != hash(secret) {
+        if known.sha256 != crate::tokens::hash(secret) {
             return Err(format!("the token is not one of pool {name:?}'s"));
         }
         if let Some(at) = known.revoked_at {
@@ -312,20 +310,11 @@ impl Pools {
 
 /// A new token: its id, the token to hand out, and what is stored.
 fn make_token() -> (String, String, Token) {
-    use rand::RngCore;
-    let mut id = [0u8; 4];
-    let mut secret = [0u8; 32];
-    rand::rng().fill_bytes(&mut id);
-    rand::rng().fill_bytes(&mut secret);
-    let (id, secret) = (hex(&id), hex(&secret));
+    let minted = crate::tokens::mint();
     let stored = Token {
-        sha256: hash(&secret),
+        sha256: minted.sha256,
         created_at: Utc::now(),
         revoked_at: None,
     };
-    (id.clone(), format!("{id}.{secret}"), stored)
-}
-
-fn hash(secret: &str) -> String {
-    hex(&Sha256::digest(secret.as_bytes()))
+    (minted.id, minted.token, stored)
 }

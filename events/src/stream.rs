@@ -362,6 +362,14 @@ impl Layout {
         self.bucket(js, bucket, Duration::ZERO).await
     }
 
+    /// The key-value bucket of API tokens (`<p>-tokens`: one key per
+    /// token id, holding its name, scopes and the hash of its secret),
+    /// created if missing.
+    pub async fn tokens_bucket(&self, js: &Context) -> Result<jetstream::kv::Store, LayoutError> {
+        let bucket = format!("{}-tokens", self.subjects.prefix());
+        self.bucket(js, bucket, Duration::ZERO).await
+    }
+
     /// The key-value bucket of the server inventory (`<p>-servers`: one key
     /// per server name), created if missing.
     pub async fn servers_bucket(&self, js: &Context) -> Result<jetstream::kv::Store, LayoutError> {

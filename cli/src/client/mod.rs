@@ -23,6 +23,7 @@ pub mod server;
 pub mod sse;
 pub mod status;
 pub mod submit;
+pub mod token;
 pub mod views;
 pub mod watch;
 pub mod workflow;
@@ -54,6 +55,7 @@ pub const EXIT_CODES: &str = "Exit codes:
   6    the command does not apply in the execution's state (already ended, not retryable)
   7    cannot reach the engine, or it is unavailable
   8    any other error (an answer the CLI cannot read, a local I/O error)
+  9    the engine refused the token: none sent, a wrong or revoked one, or one without the scope
   130  interrupted (Ctrl-C) while waiting; the execution keeps running";
 
 /// How a command ended, as the process exit code.
@@ -77,6 +79,8 @@ pub enum Exit {
     Unreachable,
     /// Anything else.
     Other,
+    /// The engine refused the token (401, 403).
+    Denied,
     /// Ctrl-C while waiting.
     Interrupted,
 }
@@ -94,6 +98,7 @@ impl Exit {
             Exit::Conflict => 6,
             Exit::Unreachable => 7,
             Exit::Other => 8,
+            Exit::Denied => 9,
             Exit::Interrupted => 130,
         }
     }
@@ -125,6 +130,10 @@ pub struct Conn {
     /// per line for feeds).
     #[arg(long, short, value_enum, env = "RUNLOG_OUTPUT", default_value_t = Output::Text)]
     pub output: Output,
+    /// A file holding the API token, for an engine with auth on (the
+    /// variable RUNLOG_TOKEN holds the token itself, and wins).
+    #[arg(long, env = "RUNLOG_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 impl Conn {
@@ -133,9 +142,35 @@ impl Conn {
         self.output == Output::Json
     }
 
-    /// A client for the engine at `--engine-url`.
+    /// A client for the engine at `--engine-url`, with the token of
+    /// `RUNLOG_TOKEN` or `--token-file`.
     pub fn client(&self) -> Result<Client, Error> {
-        Client::new(&self.engine_url)
+        Client::authorized(&self.engine_url, self.token()?.as_deref())
+    }
+
+    /// The API token: `RUNLOG_TOKEN`, else the first line of `--token-file`.
+    fn token(&self) -> Result<Option<String>, Error> {
+        if let Ok(token) = std::env::var("RUNLOG_TOKEN")
+            && !token.trim().is_empty()
+        {
+            return Ok(Some(token.trim().to_owned()));
+        }
+        let Some(file) = &self.token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            Error::Local(format!(
+                "cannot read the token file {}: {e}",
+                file.display()
+            ))
+        })?;
+        match text.lines().next().map(str::trim).filter(|t| !t.is_empty()) {
+            Some(token) => Ok(Some(token.to_owned())),
+            None => Err(Error::Usage(format!(
+                "the token file {} is empty",
+                file.display()
+            ))),
+        }
     }
 }
 
@@ -202,6 +237,7 @@ impl Error {
             Error::Unreachable { .. } => Exit::Unreachable,
             Error::Api(p) => match (p.status, p.code.as_str()) {
                 (_, "not_found") => Exit::NotFound,
+                (401 | 403, _) => Exit::Denied,
                 (_, "unavailable" | "not_ready") | (502..=504, _) => Exit::Unreachable,
                 (409, _) => Exit::Conflict,
                 (400 | 413 | 415 | 422, _) => Exit::Usage,
@@ -265,8 +301,14 @@ pub struct Client {
 
 impl Client {
     /// A client for the engine at `url` (`http://host:port`; the scheme may
-    /// be left out).
+    /// be left out), sending no token.
     pub fn new(url: &str) -> Result<Client, Error> {
+        Client::authorized(url, None)
+    }
+
+    /// A client for the engine at `url` that sends `token` with every
+    /// request (`Authorization: Bearer`).
+    pub fn authorized(url: &str, token: Option<&str>) -> Result<Client, Error> {
         let url = url.trim().trim_end_matches('/');
         if url.is_empty() {
             return Err(Error::Usage(
@@ -283,7 +325,17 @@ impl Client {
                 "the engine URL {base:?} is not a URL ({e}): use http://host:port"
             ))
         })?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| {
+                    Error::Usage("the API token holds characters a header cannot".to_owned())
+                })?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("runlog-cli/", env!("CARGO_PKG_VERSION")))
             .build()

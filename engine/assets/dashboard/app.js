@@ -146,6 +146,46 @@ async function request(method, path, body) {
 const getJSON = (path) => request('GET', path);
 const enc = encodeURIComponent;
 
+// ---------------------------------------------------------------- login
+
+// With auth on, every route needs a token. The dashboard asks for one and
+// hands it to POST /v1/session, which keeps it in an HttpOnly session
+// cookie: no script reads it, and it is gone when the browser closes.
+async function gate() {
+  let session = null;
+  try {
+    session = await getJSON('/v1/session');
+  } catch (_) {
+    return; // an older engine, or none: the page shows its own errors
+  }
+  if (!session || !session.auth) return;
+  if (session.name) {
+    $('who-name').textContent = session.name;
+    $('who').hidden = false;
+    $('logout').addEventListener('click', async () => {
+      await request('DELETE', '/v1/session').catch(() => {});
+      location.reload();
+    });
+    return;
+  }
+  document.querySelector('main').style.display = 'none';
+  const form = $('login');
+  form.style.display = '';
+  $('login-token').focus();
+  form.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    try {
+      await request('POST', '/v1/session', { token: $('login-token').value.trim() });
+      location.reload();
+    } catch (err) {
+      $('login-error').textContent = err.message;
+      $('login-error').hidden = false;
+    }
+  });
+  // The page reloads once logged in; until then nothing else starts.
+  await new Promise(() => {});
+}
+
 // ---------------------------------------------------------------- the store
 
 // Every known execution, by id; `newer` holds ids created by the feed
@@ -1199,4 +1239,4 @@ function start() {
   route();
 }
 
-start();
+gate().then(start);

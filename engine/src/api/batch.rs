@@ -18,7 +18,8 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use super::executions::{answer, field_named, invalid_body};
+use super::executions::answer;
+use super::problem::{field_named, invalid_body};
 use super::{ApiState, MAX_BODY, Problem, SubmitBody};
 use crate::intake::{Accepted, Intake};
 use crate::workers::LiveWorkers;
@@ -46,6 +47,7 @@ struct MsgpackBatch {
 /// batch was read.
 pub(super) async fn submit(
     State(state): State<ApiState>,
+    axum::Extension(caller): axum::Extension<crate::tokens::Caller>,
     body: Result<Json<JsonBatch>, JsonRejection>,
 ) -> Response {
     let Json(batch) = match body {
@@ -58,7 +60,11 @@ pub(super) async fn submit(
     let specs = batch
         .executions
         .iter()
-        .map(|raw| json_spec(raw.get()))
+        .map(|raw| {
+            json_spec(raw.get()).and_then(|body| {
+                super::auth::may_submit_to(&caller, body.spec.queue.as_str()).map(|()| body)
+            })
+        })
         .collect();
     Json(submit_all(&state.intake, &state.workers, specs, None).await).into_response()
 }

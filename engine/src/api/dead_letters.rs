@@ -18,7 +18,7 @@ use runlog_events::event::DeadLetterReason;
 use runlog_events::{ErrorClass, ExecutionId, QueueName};
 use serde_json::{Map, Value, json};
 
-use super::executions::invalid_body;
+use super::problem::invalid_body;
 use super::{ApiState, Problem};
 use crate::operations::{
     CANCELLABLE, CancelOutcome, DEFAULT_RATE, MAX_RATE, Operation, OperationFilter, OperationKind,

@@ -18,6 +18,7 @@ use runlog_events::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::problem::invalid_body;
 use super::{ApiState, Problem};
 use crate::intake::{Accepted, Submission};
 use crate::projection::Filter;
@@ -156,6 +157,7 @@ impl SubmitBody {
 
 pub(super) async fn submit(
     State(state): State<ApiState>,
+    axum::Extension(caller): axum::Extension<crate::tokens::Caller>,
     headers: axum::http::HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Response {
@@ -167,6 +169,9 @@ pub(super) async fn submit(
         Ok(submission) => submission,
         Err(problem) => return problem.into_response(),
     };
+    if let Err(problem) = super::auth::may_submit_to(&caller, submission.spec.queue.as_str()) {
+        return problem.into_response();
+    }
     submission.traceparent = traceparent(&headers);
     if let Some(fanned) = super::servers::fan_out(&state.intake, &state.workers, &submission).await
     {
@@ -219,33 +224,6 @@ pub(crate) fn answer(result: Result<Accepted, Problem>, warning: Option<String>)
 }
 
 /// The problem of a body that could not be read as the JSON a route takes:
-/// 400 when it is not JSON at all, 422 when it is JSON that breaks the
-/// route's shape (a missing or mistyped field), 413 and 415 for its size
-/// and content type.
-pub(super) fn invalid_body(e: JsonRejection) -> Problem {
-    let status = match e {
-        JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        JsonRejection::BytesRejection(_) => StatusCode::PAYLOAD_TOO_LARGE,
-        JsonRejection::JsonSyntaxError(_) => StatusCode::BAD_REQUEST,
-        _ => StatusCode::UNPROCESSABLE_ENTITY,
-    };
-    let detail = e.body_text();
-    let problem = Problem::new(status, "invalid_body", detail.clone());
-    match field_named(&detail) {
-        Some(field) if status == StatusCode::UNPROCESSABLE_ENTITY => problem.field(field),
-        _ => problem,
-    }
-}
-
-/// The field a serde error names, where it can be picked out: "missing
-/// field `kind`", "unknown variant ... at `priority`".
-pub(super) fn field_named(detail: &str) -> Option<&str> {
-    detail
-        .split('`')
-        .nth(1)
-        .filter(|field| !field.contains(' '))
-}
-
 /// The filters of `GET /v1/executions` (and `GET /v1/costs`).
 #[derive(Debug, Default, Deserialize)]
 pub(super) struct FilterQuery {

@@ -26,8 +26,14 @@
 //! | `GET`, `PUT`, `DELETE /v1/schedules/{id}` | one schedule: read (next ticks, run counts), replace, delete |
 //! | `POST /v1/schedules/{id}/pause`, `/resume`, `/run-now`, `/backfill` | pause, resume, run now, run the ticks of a past range |
 //! | `GET /v1/schedules/{id}/runs`, `/events` | its runs with their outcomes and durations; its own history |
+//! | `POST /v1/tokens`, `GET /v1/tokens`, `DELETE /v1/tokens/{id}` | API tokens: make one (its secret shown once), list, revoke |
+//! | `GET`, `POST`, `DELETE /v1/session` | the dashboard's session: who is logged in, log in with a token, log out |
 //! | `GET /`, `GET /assets/{file}` | the [dashboard](dashboard) |
+//!
+//! With auth on ([`auth`]), every route but health, metrics, the session
+//! and the dashboard's files needs a token with the route's scope.
 
+pub mod auth;
 pub(crate) mod batch;
 mod breakers;
 mod costs;
@@ -110,6 +116,10 @@ pub struct ApiState {
     pub audit: crate::audit::Audit,
     /// What resources cost (`[engine.prices]`; empty: no cost figures).
     pub prices: runlog_events::resources::Prices,
+    /// The API tokens.
+    pub tokens: crate::tokens::Tokens,
+    /// Whether requests need a token ([`auth`]).
+    pub auth: bool,
 }
 
 /// The API's routes.
@@ -213,6 +223,12 @@ pub fn router(state: ApiState) -> Router {
             "/v1/workflow-executions/{id}/signal",
             post(workflow_executions::signal),
         )
+        .route("/v1/tokens", post(auth::create).get(auth::list))
+        .route("/v1/tokens/{id}", delete(auth::revoke))
+        .route(
+            "/v1/session",
+            get(auth::session).post(auth::login).delete(auth::logout),
+        )
         .merge(dashboard::router())
         .fallback(|| async {
             Problem::new(
@@ -222,6 +238,10 @@ pub fn router(state: ApiState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::layer,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             audit,
             crate::audit::layer,

@@ -1,6 +1,7 @@
 //! RFC 9457 problem details: every API error has a stable `code`, a
 //! sentence that says what to do, and the offending field where there is one.
 
+use axum::extract::rejection::JsonRejection;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use runlog_events::Rejection;
@@ -159,4 +160,31 @@ impl IntoResponse for Problem {
         );
         response
     }
+}
+
+/// 400 when it is not JSON at all, 422 when it is JSON that breaks the
+/// route's shape (a missing or mistyped field), 413 and 415 for its size
+/// and content type.
+pub(in crate::api) fn invalid_body(e: JsonRejection) -> Problem {
+    let status = match e {
+        JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        JsonRejection::BytesRejection(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        JsonRejection::JsonSyntaxError(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    let detail = e.body_text();
+    let problem = Problem::new(status, "invalid_body", detail.clone());
+    match field_named(&detail) {
+        Some(field) if status == StatusCode::UNPROCESSABLE_ENTITY => problem.field(field),
+        _ => problem,
+    }
+}
+
+/// The field a serde error names, where it can be picked out: "missing
+/// field `kind`", "unknown variant ... at `priority`".
+pub(in crate::api) fn field_named(detail: &str) -> Option<&str> {
+    detail
+        .split('`')
+        .nth(1)
+        .filter(|field| !field.contains(' '))
 }

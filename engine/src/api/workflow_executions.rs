@@ -34,9 +34,13 @@ pub(super) struct StartBody {
 pub(super) async fn start(
     State(state): State<ApiState>,
     Path(name): Path<String>,
+    axum::Extension(caller): axum::Extension<crate::tokens::Caller>,
     headers: axum::http::HeaderMap,
     body: Option<Json<StartBody>>,
 ) -> Response {
+    if let Err(problem) = super::auth::not_queue_limited(&caller, "start a workflow") {
+        return problem.into_response();
+    }
     let Json(body) = body.unwrap_or_default();
     // The workflow's span hangs under the caller's, when it sent one.
     let traceparent = super::executions::traceparent(&headers);
