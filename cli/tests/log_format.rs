@@ -34,7 +34,7 @@ async fn json_lines_about_an_attempt_carry_its_execution_queue_and_trace_id() ->
                 "--nats-url",
                 &server.url(),
             ])
-            .args(["--id", "w1"])
+            .args(["--id", "w1", "--allow-root"])
             .env("RUNLOG_LOG", "runlog_worker=debug")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)

@@ -134,7 +134,14 @@ async fn engine_and_worker_metrics_match_the_log_of_500_tasks_with_failures() ->
     let base = format!("http://{}", engine.addr());
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_runlog"))
-        .args(["worker", "--nats-url", &server.url(), "--id", "w1"])
+        .args([
+            "worker",
+            "--allow-root",
+            "--nats-url",
+            &server.url(),
+            "--id",
+            "w1",
+        ])
         .args(["--concurrency", "16", "--metrics-addr", "127.0.0.1:0"])
         .args(["--breaker-min-calls", "5"])
         .stdout(Stdio::piped())

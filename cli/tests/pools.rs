@@ -55,7 +55,16 @@ impl Drop for Agents {
 
 fn agent(nats: &str, id: &str, pool: &str, token_file: &Path, log: &Path) -> Result<Child> {
     Ok(Command::new(env!("CARGO_BIN_EXE_runlog"))
-        .args(["worker", "--nats-url", nats, "--id", id, "--pool", pool])
+        .args([
+            "worker",
+            "--allow-root",
+            "--nats-url",
+            nats,
+            "--id",
+            id,
+            "--pool",
+            pool,
+        ])
         .arg("--token-file")
         .arg(token_file)
         .args([

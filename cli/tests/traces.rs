@@ -50,7 +50,14 @@ impl Rig {
         let engine = Engine::start(config, shutdown.clone()).await?;
         let base = format!("http://{}", engine.addr());
         let child = Command::new(env!("CARGO_BIN_EXE_runlog"))
-            .args(["worker", "--nats-url", &server.url(), "--id", "w1"])
+            .args([
+                "worker",
+                "--allow-root",
+                "--nats-url",
+                &server.url(),
+                "--id",
+                "w1",
+            ])
             .args(["--otlp-endpoint", receiver.endpoint()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -225,7 +225,14 @@ async fn a_killed_worker_s_fifty_tasks_are_finished_by_another() -> Result<()> {
     let ack_wait = Duration::from_secs(2);
     let mut doomed = WorkerProcess(
         Command::new(env!("CARGO_BIN_EXE_runlog"))
-            .args(["worker", "--nats-url", &server.url(), "--id", "doomed"])
+            .args([
+                "worker",
+                "--allow-root",
+                "--nats-url",
+                &server.url(),
+                "--id",
+                "doomed",
+            ])
             .args(["--concurrency", "50", "--ack-wait", "2s"])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -101,7 +101,14 @@ impl Stack {
         } else {
             let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_runlog"));
             command
-                .args(["worker", "--nats-url", &server.url(), "--concurrency", "16"])
+                .args([
+                    "worker",
+                    "--allow-root",
+                    "--nats-url",
+                    &server.url(),
+                    "--concurrency",
+                    "16",
+                ])
                 .env("RUNLOG_LOG", "warn")
                 .stdout(std::process::Stdio::null());
             for (name, value) in secrets {

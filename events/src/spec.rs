@@ -457,6 +457,24 @@ impl TaskSpec {
                 return bad(field, reason);
             }
         }
+        for (field, labels) in [
+            ("labels", &self.labels),
+            ("worker_labels", &self.worker_labels),
+        ] {
+            if labels.len() > MAX_LABELS {
+                return bad(field, "must hold at most 64 labels");
+            }
+            if let Some((key, value)) = labels.iter().find(|(k, v)| {
+                k.trim().is_empty() || k.len() > MAX_LABEL_KEY_LEN || v.len() > MAX_LABEL_VALUE_LEN
+            }) {
+                let reason = if value.len() > MAX_LABEL_VALUE_LEN {
+                    "values must be at most 1024 bytes"
+                } else {
+                    "keys must be 1 to 128 bytes"
+                };
+                return bad(&format!("{field}.{key}"), reason);
+            }
+        }
         if let Some(name) = self
             .env
             .keys()
@@ -498,6 +516,12 @@ impl TaskSpec {
 
 /// The longest rate or concurrency key, in bytes.
 pub const MAX_LIMIT_KEY_LEN: usize = 128;
+/// Labels (and worker labels) a task may carry.
+pub const MAX_LABELS: usize = 64;
+/// The longest label key, in bytes.
+pub const MAX_LABEL_KEY_LEN: usize = 128;
+/// The longest label value, in bytes.
+pub const MAX_LABEL_VALUE_LEN: usize = 1024;
 
 /// Why `key` is not a valid rate or concurrency key, if it is not: 1–128 of
 /// `A-Z a-z 0-9 _ - = .` with no leading, trailing or double dot (the key
@@ -570,6 +594,13 @@ mod tests {
         assert!(spec.validate().is_ok());
         spec.retry.max_attempts = 0;
         assert_eq!(spec.validate().unwrap_err().field, "retry.max_attempts");
+        let mut spec = TaskSpec::new("shell");
+        spec.labels = (0..65).map(|i| (format!("k{i}"), "v".to_owned())).collect();
+        assert_eq!(spec.validate().unwrap_err().field, "labels");
+        spec.labels = BTreeMap::from([("team".to_owned(), "x".repeat(1025))]);
+        assert_eq!(spec.validate().unwrap_err().field, "labels.team");
+        spec.labels = BTreeMap::from([("team".to_owned(), "x".repeat(1024))]);
+        assert!(spec.validate().is_ok());
         let mut spec = TaskSpec::new("shell");
         spec.env.insert("1BAD".into(), "x".into());
         assert_eq!(spec.validate().unwrap_err().field, "env.1BAD");

@@ -770,7 +770,14 @@ async fn worker_throughput(args: &Args) -> anyhow::Result<(Figure, f64, f64)> {
     let engine = runlog_engine::Engine::start(config, shutdown.clone()).await?;
     let mut worker = rig::spawn(
         std::process::Command::new(rig::runlog_binary()?)
-            .args(["worker", "--nats-url", &server.url(), "--id", "bench"])
+            .args([
+                "worker",
+                "--allow-root",
+                "--nats-url",
+                &server.url(),
+                "--id",
+                "bench",
+            ])
             .args(["--concurrency", &args.concurrency.to_string()]),
     )?;
     let client = async_nats::connect(server.url()).await?;

@@ -102,7 +102,7 @@ impl Rig {
         for i in first..first + count {
             let worker = spawn(traced(
                 Command::new(&self.binary)
-                    .args(["worker", "--nats-url", &self.server.url()])
+                    .args(["worker", "--allow-root", "--nats-url", &self.server.url()])
                     .args(["--id", &format!("load-{i}")])
                     .args(["--concurrency", &concurrency.to_string()]),
             ))?;

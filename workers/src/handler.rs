@@ -41,6 +41,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::identity::RunAs;
 use crate::meters::Meters;
 
 /// What a handler returns: the output, or a classified error.
@@ -125,6 +126,7 @@ pub struct Context {
     deadline: Option<Instant>,
     cancel: CancellationToken,
     traceparent: Option<TraceParent>,
+    run_as: Option<Arc<RunAs>>,
     progress: watch::Sender<Option<Progress>>,
     logs: mpsc::Sender<LogLine>,
     dropped: Arc<AtomicU64>,
@@ -156,9 +158,16 @@ pub struct ContextBuilder {
     deadline: Option<Instant>,
     cancel: CancellationToken,
     traceparent: Option<TraceParent>,
+    run_as: Option<Arc<RunAs>>,
 }
 
 impl ContextBuilder {
+    /// The user the attempt's child processes run as (none: the worker's).
+    pub fn run_as(mut self, run_as: Option<Arc<RunAs>>) -> Self {
+        self.run_as = run_as;
+        self
+    }
+
     /// The trace context of the handler's span, passed on to what it calls.
     pub fn traceparent(mut self, traceparent: Option<TraceParent>) -> Self {
         self.traceparent = traceparent;
@@ -198,6 +207,7 @@ impl ContextBuilder {
             deadline: self.deadline,
             cancel: self.cancel,
             traceparent: self.traceparent,
+            run_as: self.run_as,
             progress,
             logs,
             dropped: dropped.clone(),
@@ -231,7 +241,14 @@ impl Context {
             deadline: None,
             cancel: CancellationToken::new(),
             traceparent: None,
+            run_as: None,
         }
+    }
+
+    /// The user child processes of the attempt run as (none: the
+    /// worker's own).
+    pub fn run_as(&self) -> Option<&RunAs> {
+        self.run_as.as_deref()
     }
 
     /// The execution.

@@ -8,6 +8,8 @@
 //! - [`handler`] is the contract with the code that runs a task: a
 //!   [`Handler`] per kind, in a [`Registry`], called with a [`Context`].
 //! - [`executor`] holds the built-in handlers: `shell`, `http`, `echo`.
+//! - [`policy`] is what a worker lets tasks do (kinds, programs, root),
+//!   and [`identity`] the user child processes run as (`--run-as`).
 //! - [`meters`] is what a handler measured of its attempt (CPU, memory,
 //!   network and log bytes), recorded with its result.
 //! - [`attempt`] is one attempt as the log sees it: the claim (an
@@ -21,7 +23,9 @@
 pub mod attempt;
 pub mod executor;
 pub mod handler;
+pub mod identity;
 pub mod meters;
+pub mod policy;
 pub mod runtime;
 
 pub use attempt::{Attempt, AttemptError, Claim};

@@ -15,6 +15,7 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use anyhow::Context;
 use runlog_config::{NATS, NatsConfig, Setting, Values};
 use runlog_events::QueueName;
+use runlog_worker::executor::HostPattern;
 use runlog_worker::runtime::{CapacityRule, ConcurrencyRule, RateRule, Worker};
 use tokio_util::sync::CancellationToken;
 
@@ -115,6 +116,44 @@ pub struct Args {
     /// OTEL_EXPORTER_OTLP_ENDPOINT].
     #[arg(long, value_name = "URL")]
     otlp_endpoint: Option<String>,
+    #[command(flatten)]
+    executors: Box<ExecutorArgs>,
+}
+
+/// What tasks may do on this worker (boxed: they are many).
+#[derive(Debug, clap::Args)]
+struct ExecutorArgs {
+    /// Start `shell` and `script` programs as this user (a root worker
+    /// only) [env: RUNLOG_RUN_AS].
+    #[arg(long, value_name = "USER")]
+    run_as: Option<String>,
+    /// Let `shell` and `script` programs run as root; without it a worker
+    /// running as root with no --run-as fails such tasks `permission`
+    /// [env: RUNLOG_ALLOW_ROOT].
+    #[arg(long)]
+    allow_root: bool,
+    /// A kind this worker refuses on every queue; repeat [env:
+    /// RUNLOG_DISABLED_KINDS, comma-separated].
+    #[arg(long = "disable-kind", value_delimiter = ',', value_name = "KIND")]
+    disabled: Vec<String>,
+    /// A program `shell`, `script` and `ssh` tasks may start (a name on
+    /// the worker's PATH, or a path); once given, no other [env:
+    /// RUNLOG_ALLOWED_PROGRAMS, comma-separated].
+    #[arg(long = "allow-program", value_delimiter = ',', value_name = "PROGRAM")]
+    programs: Vec<String>,
+    /// A host `http` tasks may reach (`api.example.com`, `*.example.com`,
+    /// `10.0.0.0/8`); once given, no other [env: RUNLOG_HTTP_ALLOW_HOSTS,
+    /// comma-separated].
+    #[arg(long = "allow-host", value_delimiter = ',', value_name = "HOST")]
+    allow_hosts: Vec<HostPattern>,
+    /// A host `http` tasks may never reach [env: RUNLOG_HTTP_DENY_HOSTS,
+    /// comma-separated].
+    #[arg(long = "deny-host", value_delimiter = ',', value_name = "HOST")]
+    deny_hosts: Vec<HostPattern>,
+    /// Let `http` tasks reach link-local and cloud metadata addresses
+    /// (169.254.169.254) [env: RUNLOG_HTTP_ALLOW_LINK_LOCAL].
+    #[arg(long)]
+    allow_link_local: bool,
 }
 
 /// Circuit-breaker options of `runlog worker` (boxed: they are many).
@@ -153,6 +192,7 @@ impl Args {
         let defaults = Values::new().set("worker", WorkerTable::default());
         let texts = |rules: Vec<String>| Some(rules).filter(|r| !r.is_empty());
         let b = &self.breakers;
+        let e = &self.executors;
         let flags = Values::new()
             .set_some("worker.id", self.id.clone())
             .set_some("worker.pool", self.pool.clone())
@@ -193,7 +233,17 @@ impl Args {
             )
             .set_some("worker.limits.lease-ttl", as_text(self.lease_ttl))
             .set_some("worker.metrics-addr", self.metrics_addr)
-            .set_some("worker.otlp-endpoint", self.otlp_endpoint.clone());
+            .set_some("worker.otlp-endpoint", self.otlp_endpoint.clone())
+            .set_some("worker.run-as", e.run_as.clone())
+            .set_some("worker.allow-root", e.allow_root.then_some(true))
+            .set_some("worker.executors.disabled", texts(e.disabled.clone()))
+            .set_some("worker.executors.programs", texts(e.programs.clone()))
+            .set_some("worker.http.allow-hosts", texts(strings(&e.allow_hosts)))
+            .set_some("worker.http.deny-hosts", texts(strings(&e.deny_hosts)))
+            .set_some(
+                "worker.http.allow-link-local",
+                e.allow_link_local.then_some(true),
+            );
         let tree = self.shared.tree(&settings, defaults, flags)?;
         Ok((tree.table("nats")?, tree.table("worker")?))
     }
@@ -212,7 +262,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let pool = table.pool_membership()?;
     let metrics_addr = table.metrics_addr;
+    let run_as = table.run_as()?;
+    let hosts = table.hosts();
     let mut config = table.into_config(&nats);
+    config.run_as = run_as;
     if let Some(pool) = pool {
         if config.queues == [QueueName::default()] {
             config.queues =
@@ -226,7 +279,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let client = nats
         .connect(&format!("runlog-worker-{}", config.id))
         .await?;
-    let registry = runlog_worker::executor::builtin();
+    let registry = runlog_worker::executor::builtin_with(hosts);
     println!(
         "runlog worker {} on {} (queues {}, concurrency {}, kinds {})",
         config.id,
@@ -240,6 +293,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         config.concurrency,
         registry.kinds().join(","),
     );
+    match &config.run_as {
+        Some(user) => println!("shell and script programs run as {}", user.name),
+        None if runlog_worker::identity::children_run_as_root(None)
+            && !config.executors.allow_root =>
+        {
+            println!(
+                "this worker runs as root: shell and script tasks fail `permission` \
+                 (give --run-as USER, or --allow-root if programs should run as root)"
+            )
+        }
+        None => {}
+    }
     let shutdown = CancellationToken::new();
     let worker = Worker::new(client, config, registry);
     if let Some(addr) = metrics_addr {

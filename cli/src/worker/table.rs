@@ -1,12 +1,15 @@
 //! The `[worker]` table of runlog.toml, and how it becomes the runtime's
 //! [`WorkerConfig`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 use runlog_config::{Form, NatsConfig, Setting, setting};
 use runlog_events::QueueName;
+use runlog_worker::executor::{HostPattern, HostPolicy};
+use runlog_worker::identity::RunAs;
+use runlog_worker::policy::{ExecutorPolicy, QueueRule, QueueRulePatch};
 use runlog_worker::runtime::{
     BreakerConfig, CapacityRule, ConcurrencyRule, GuardConfig, LimitsConfig, PoolMembership,
     RateRule, WorkerConfig,
@@ -14,7 +17,7 @@ use runlog_worker::runtime::{
 use serde::{Deserialize, Serialize};
 
 /// The worker's settings: key, variable, flag.
-pub const WORKER: [Setting; 27] = [
+pub const WORKER: [Setting; 34] = [
     setting("worker.id", "RUNLOG_WORKER_ID", "--id", Form::Text),
     setting("worker.pool", "RUNLOG_POOL", "--pool", Form::Text),
     setting(
@@ -162,6 +165,43 @@ pub const WORKER: [Setting; 27] = [
         "--otlp-endpoint",
         Form::Text,
     ),
+    setting("worker.run-as", "RUNLOG_RUN_AS", "--run-as", Form::Text),
+    setting(
+        "worker.allow-root",
+        "RUNLOG_ALLOW_ROOT",
+        "--allow-root",
+        Form::Text,
+    ),
+    setting(
+        "worker.executors.disabled",
+        "RUNLOG_DISABLED_KINDS",
+        "--disable-kind",
+        Form::List(','),
+    ),
+    setting(
+        "worker.executors.programs",
+        "RUNLOG_ALLOWED_PROGRAMS",
+        "--allow-program",
+        Form::List(','),
+    ),
+    setting(
+        "worker.http.allow-hosts",
+        "RUNLOG_HTTP_ALLOW_HOSTS",
+        "--allow-host",
+        Form::List(','),
+    ),
+    setting(
+        "worker.http.deny-hosts",
+        "RUNLOG_HTTP_DENY_HOSTS",
+        "--deny-host",
+        Form::List(','),
+    ),
+    setting(
+        "worker.http.allow-link-local",
+        "RUNLOG_HTTP_ALLOW_LINK_LOCAL",
+        "--allow-link-local",
+        Form::Text,
+    ),
 ];
 
 /// The `[worker]` table.
@@ -219,6 +259,60 @@ pub struct WorkerTable {
     /// The OTLP/HTTP receiver spans go to; none: no traces.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub otlp_endpoint: Option<String>,
+    /// The user `shell` and `script` programs run as (a root worker
+    /// only); none: the worker's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<String>,
+    /// Let `shell` and `script` programs run as root.
+    pub allow_root: bool,
+    /// Kinds and programs refused, on every queue and per queue.
+    pub executors: ExecutorsTable,
+    /// Where `http` tasks may go.
+    pub http: HttpTable,
+}
+
+/// `[worker.executors]`: what tasks may start, on every queue; a table
+/// under `queues` replaces a field for one queue.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ExecutorsTable {
+    /// Kinds this worker refuses (`["ssh", "script"]`).
+    pub disabled: BTreeSet<String>,
+    /// When set, the only programs `shell`, `script` and `ssh` tasks may
+    /// start (`["restic", "/usr/bin/tofu"]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub programs: Option<BTreeSet<String>>,
+    /// Rules of single queues (`[worker.executors.queues.backups]`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub queues: BTreeMap<QueueName, QueueExecutorsTable>,
+}
+
+/// `[worker.executors.queues.NAME]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct QueueExecutorsTable {
+    /// Kinds refused on the queue (replaces the worker-wide list).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<BTreeSet<String>>,
+    /// The only programs tasks of the queue may start (replaces the
+    /// worker-wide list).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub programs: Option<BTreeSet<String>>,
+}
+
+/// `[worker.http]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, rename_all = "kebab-case", deny_unknown_fields)]
+pub struct HttpTable {
+    /// When not empty, the only hosts `http` tasks may reach (names,
+    /// `*.example.com`, addresses, networks).
+    #[serde(with = "as_text")]
+    pub allow_hosts: Vec<HostPattern>,
+    /// Hosts `http` tasks may never reach.
+    #[serde(with = "as_text")]
+    pub deny_hosts: Vec<HostPattern>,
+    /// Let `http` tasks reach link-local and cloud metadata addresses.
+    pub allow_link_local: bool,
 }
 
 /// `[worker.guard]`.
@@ -276,6 +370,10 @@ impl Default for WorkerTable {
             pool_token_file: None,
             metrics_addr: None,
             otlp_endpoint: None,
+            run_as: None,
+            allow_root: false,
+            executors: ExecutorsTable::default(),
+            http: HttpTable::default(),
             queues: runtime.queues,
             concurrency: runtime.concurrency,
             capacity: runtime.capacity,
@@ -371,6 +469,40 @@ impl WorkerTable {
             },
             pool: None,
             otlp_endpoint: self.otlp_endpoint,
+            executors: ExecutorPolicy {
+                default: QueueRule {
+                    disabled: self.executors.disabled,
+                    programs: self.executors.programs,
+                },
+                queues: self
+                    .executors
+                    .queues
+                    .into_iter()
+                    .map(|(queue, rule)| {
+                        let patch = QueueRulePatch {
+                            disabled: rule.disabled,
+                            programs: rule.programs,
+                        };
+                        (queue, patch)
+                    })
+                    .collect(),
+                allow_root: self.allow_root,
+            },
+            run_as: None,
+        }
+    }
+
+    /// The user of `run-as`, looked up.
+    pub fn run_as(&self) -> anyhow::Result<Option<RunAs>> {
+        Ok(self.run_as.as_deref().map(RunAs::lookup).transpose()?)
+    }
+
+    /// Where `http` tasks may go.
+    pub fn hosts(&self) -> HostPolicy {
+        HostPolicy {
+            allow: self.http.allow_hosts.clone(),
+            deny: self.http.deny_hosts.clone(),
+            allow_link_local: self.http.allow_link_local,
         }
     }
 

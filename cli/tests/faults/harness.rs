@@ -246,7 +246,14 @@ impl WorkerProcesses {
         self.generation += 1;
         let id = format!("w{slot}-g{}", self.generation);
         let child = Command::new(env!("CARGO_BIN_EXE_runlog"))
-            .args(["worker", "--nats-url", &self.urls.join(","), "--id", &id])
+            .args([
+                "worker",
+                "--allow-root",
+                "--nats-url",
+                &self.urls.join(","),
+                "--id",
+                &id,
+            ])
             .args(["--replicas", &self.replicas.to_string()])
             .args(["--concurrency", &self.concurrency.to_string()])
             .args(["--ack-wait", "2s", "--heartbeat", "1s"])

@@ -7,10 +7,15 @@
 //! references to the task's environment, and never appear in errors or
 //! output.
 //!
+//! Every request and redirect hop is held to the worker's [`HostPolicy`]
+//! (link-local and cloud metadata addresses are refused by default); a
+//! refused host fails the attempt with a `permission` error.
+//!
 //! [`HttpInput`] is the input format; `docs/executors.md` describes it for
 //! users.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -23,6 +28,7 @@ use runlog_events::{ErrorClass, TaskError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::hosts::{GuardedResolver, HostPolicy, Refused};
 use super::mask::mask;
 use super::stop::{StopReason, stop_requested};
 use crate::handler::{Context, Handler, HandlerResult};
@@ -94,6 +100,7 @@ fn get() -> String {
 #[derive(Debug, Clone)]
 pub struct HttpExecutor {
     client: reqwest::Client,
+    hosts: Arc<HostPolicy>,
 }
 
 impl Default for HttpExecutor {
@@ -103,25 +110,46 @@ impl Default for HttpExecutor {
 }
 
 impl HttpExecutor {
-    /// An executor with a default client (rustls, system proxies).
+    /// An executor with a default client (rustls, system proxies) and the
+    /// default [`HostPolicy`]: every host but link-local and cloud
+    /// metadata addresses.
     ///
     /// # Panics
     /// When the TLS backend cannot be initialised, as
     /// [`reqwest::Client::new`] does.
     pub fn new() -> Self {
+        Self::guarded(HostPolicy::default())
+    }
+
+    /// An executor whose tasks reach only the hosts `hosts` lets them: its
+    /// client resolves names through the policy, so a name that resolves
+    /// to a refused address is refused too.
+    ///
+    /// # Panics
+    /// As [`HttpExecutor::new`].
+    pub fn guarded(hosts: HostPolicy) -> Self {
+        let hosts = Arc::new(hosts);
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(GuardedResolver {
+                policy: hosts.clone(),
+            }))
             .build()
             .expect("the TLS backend initialises");
-        Self::with_client(client)
+        HttpExecutor { client, hosts }
     }
 
     /// An executor sending through `client` (proxies, custom roots, ...).
     /// Build it with `redirect(Policy::none())`: the executor follows
     /// redirects itself, so that request headers never reach another
-    /// origin. Per-request timeouts come from the input.
+    /// origin. Per-request timeouts come from the input. The hosts of
+    /// URLs are checked against the default [`HostPolicy`], but names are
+    /// resolved by `client`'s own resolver, unchecked.
     pub fn with_client(client: reqwest::Client) -> Self {
-        HttpExecutor { client }
+        HttpExecutor {
+            client,
+            hosts: Arc::new(HostPolicy::default()),
+        }
     }
 }
 
@@ -144,7 +172,7 @@ impl Handler for HttpExecutor {
         }
         let traffic = Traffic::default();
         let result = tokio::select! {
-            result = request.send(&self.client, &traffic) => result,
+            result = request.send(&self.client, &self.hosts, &traffic) => result,
             reason = stop_requested(&ctx) => Err(reason.error(match reason {
                 StopReason::Cancelled => format!("cancelled: {} was abandoned", request.shown),
                 StopReason::Timeout => format!(
@@ -315,6 +343,7 @@ impl Request {
     async fn exchange(
         &self,
         client: &reqwest::Client,
+        hosts: &HostPolicy,
         traffic: &Traffic,
     ) -> Result<reqwest::Response, TaskError> {
         let deadline = tokio::time::Instant::now() + self.timeout;
@@ -324,6 +353,7 @@ impl Request {
         let mut body = self.body.clone();
         let mut hops = 0;
         loop {
+            self.admit(hosts, &url)?;
             let mut request = client
                 .request(method.clone(), url.clone())
                 .headers(headers.clone())
@@ -378,8 +408,35 @@ impl Request {
         }
     }
 
-    async fn send(&self, client: &reqwest::Client, traffic: &Traffic) -> HandlerResult {
-        let mut response = self.exchange(client, traffic).await?;
+    /// Refuses a URL whose host the worker's policy refuses (addresses
+    /// a name resolves to are checked by the client's resolver).
+    fn admit(&self, hosts: &HostPolicy, url: &Url) -> Result<(), TaskError> {
+        let Some(host) = url.host_str() else {
+            return Ok(());
+        };
+        let checked = match host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+            Ok(addr) => hosts.check_addr(None, addr),
+            Err(_) => hosts.check_name(host),
+        };
+        checked.map_err(|refused| self.refused(&refused))
+    }
+
+    fn refused(&self, refused: &Refused) -> TaskError {
+        let mut error = TaskError::new(
+            ErrorClass::Permission,
+            format!("{} was not sent: {refused}", self.shown),
+        );
+        error.retryable = false;
+        error
+    }
+
+    async fn send(
+        &self,
+        client: &reqwest::Client,
+        hosts: &HostPolicy,
+        traffic: &Traffic,
+    ) -> HandlerResult {
+        let mut response = self.exchange(client, hosts, traffic).await?;
         let status = response.status();
         let expected = self.expected(status);
         let retry_after = response
@@ -438,6 +495,9 @@ impl Request {
         let mut cause = String::new();
         let mut source = std::error::Error::source(&error);
         while let Some(inner) = source {
+            if let Some(refused) = inner.downcast_ref::<Refused>() {
+                return self.refused(refused);
+            }
             cause = inner.to_string();
             source = inner.source();
         }

@@ -9,11 +9,13 @@
 //! classifies the answer so retries do the right thing. [`echo`] returns
 //! its input. [`builtin`] puts all three in a [`Registry`]
 //! under their kind names. What they share is below them: `stop` (why and
-//! when an attempt stops) and `mask` (secret values out of messages).
+//! when an attempt stops) and `mask` (secret values out of messages);
+//! [`hosts`] is where `http` tasks may go.
 //!
 //! The input formats are described for users in `docs/executors.md`.
 
 pub mod echo;
+pub mod hosts;
 pub mod http;
 mod mask;
 pub mod shell;
@@ -22,6 +24,7 @@ pub mod ssh;
 mod stop;
 
 pub use echo::EchoExecutor;
+pub use hosts::{HostPattern, HostPolicy};
 pub use http::{HttpExecutor, HttpInput};
 pub use shell::{
     Extract, JsonProgress, ProgressPattern, ScriptExecutor, ScriptInput, ShellExecutor, ShellInput,
@@ -42,13 +45,18 @@ use crate::handler::Registry;
 /// assert_eq!(registry.kinds(), ["echo", "http", "script", "shell", "sql", "ssh"]);
 /// ```
 pub fn builtin() -> Registry {
+    builtin_with(HostPolicy::default())
+}
+
+/// The built-in kinds, `http` tasks held to `hosts`.
+pub fn builtin_with(hosts: HostPolicy) -> Registry {
     let mut registry = Registry::new();
     registry
         .register("shell", ShellExecutor::new())
         .register("script", ScriptExecutor)
         .register("sql", SqlExecutor)
         .register("ssh", SshExecutor::new())
-        .register("http", HttpExecutor::new())
+        .register("http", HttpExecutor::guarded(hosts))
         .register("echo", EchoExecutor);
     registry
 }

@@ -8,8 +8,9 @@
 //! 1. `claim`: watch for the execution's cancel signal (before the claim,
 //!    so a signal sent right after it is not missed), then claim the
 //!    attempt. A skip is acknowledged and dropped.
-//! 2. `prepare`: resolve the environment and find the handler by kind; an
-//!    error here fails the attempt without running it.
+//! 2. `prepare`: hold the task to the worker's executor policy (kinds,
+//!    programs, root), resolve the environment and find the handler by
+//!    kind; an error here fails the attempt without running it.
 //! 3. `run`: start the handler under a token that a cancel signal, the
 //!    attempt deadline or a hard shutdown cancels. Telemetry is published
 //!    alongside; the work item gets in-progress acks.
@@ -48,7 +49,9 @@ use super::signals::{Signals, Watch};
 use super::telemetry::{self, TelemetryConfig};
 use crate::attempt::{Attempt, AttemptError, Claim, Outcome};
 use crate::handler::{Context, DynHandler, HandlerResult, Registry};
+use crate::identity::RunAs;
 use crate::meters::{Meters, json_len};
+use crate::policy::ExecutorPolicy;
 
 /// What every attempt task of a worker shares.
 pub(crate) struct Shared {
@@ -74,6 +77,12 @@ pub(crate) struct Shared {
     pub metrics: WorkerMetrics,
     /// Where the attempts' spans go, when traces are exported.
     pub traces: Option<Traces>,
+    /// What tasks may do here.
+    pub policy: ExecutorPolicy,
+    /// Whether child processes run as root.
+    pub children_run_as_root: bool,
+    /// The user child processes run as.
+    pub run_as: Option<Arc<RunAs>>,
 }
 
 impl Shared {
@@ -398,6 +407,7 @@ async fn prepare(
     attempt: &Attempt,
 ) -> Result<(BTreeMap<String, String>, Arc<dyn DynHandler>), TaskError> {
     let spec = attempt.spec();
+    shared.policy.check(spec, shared.children_run_as_root)?;
     let bucket = if spec.sealed_env.is_empty() {
         None
     } else {
@@ -452,6 +462,7 @@ impl Claimed {
         )
         .env(env)
         .deadline(deadline)
+        .run_as(shared.run_as.clone())
         .cancel(token.clone())
         .traceparent(traced.as_ref().map(|(_, own, _, _)| own.clone()))
         .build();

@@ -89,6 +89,8 @@ pub use metrics::WorkerMetrics;
 pub use telemetry::TelemetryConfig;
 
 use crate::handler::Registry;
+use crate::identity::RunAs;
+use crate::policy::ExecutorPolicy;
 
 /// Everything that configures one worker.
 #[derive(Debug, Clone)]
@@ -141,6 +143,11 @@ pub struct WorkerConfig {
     /// The OTLP/HTTP receiver this worker's spans go to
     /// (`http://collector:4318`); none are exported without one.
     pub otlp_endpoint: Option<String>,
+    /// Kinds and programs refused per queue, and whether programs may run
+    /// as root (the default refuses nothing).
+    pub executors: ExecutorPolicy,
+    /// The user `shell` and `script` programs run as; none: the worker's.
+    pub run_as: Option<RunAs>,
 }
 
 /// A worker's pool and the token it joins with.
@@ -185,6 +192,8 @@ impl Default for WorkerConfig {
             breakers: BreakerConfig::default(),
             pool: None,
             otlp_endpoint: None,
+            executors: ExecutorPolicy::default(),
+            run_as: None,
         }
     }
 }
@@ -565,6 +574,9 @@ impl Worker {
             limits: limits.clone(),
             metrics,
             traces,
+            children_run_as_root: crate::identity::children_run_as_root(config.run_as.as_ref()),
+            policy: config.executors.clone(),
+            run_as: config.run_as.clone().map(Arc::new),
         });
 
         let entry = WorkerEntry {

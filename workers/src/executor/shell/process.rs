@@ -59,10 +59,14 @@ pub(super) async fn spawn(program: &Program, ctx: &Context) -> Result<Child, Tas
         ));
     }
     let mut command = Command::new(&program.executable);
+    if !program.task_env {
+        command.env_clear();
+    }
+    if let Some(user) = ctx.run_as() {
+        user.apply(&mut command);
+    }
     if program.task_env {
         command.envs(ctx.env());
-    } else {
-        command.env_clear();
     }
     // The process joins the execution's trace (the `TRACEPARENT`
     // convention of OpenTelemetry's environment carriers).
