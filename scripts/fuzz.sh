@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Fuzzes the wire decoder with cargo-fuzz (libFuzzer) for a fixed time.
+# Fuzzes one target with cargo-fuzz (libFuzzer) for a fixed time: `decode`
+# (the wire decoder), `workflow` (workflow definitions) or `request_body`
+# (the API's request bodies).
 #
 #   ./scripts/fuzz.sh [SECONDS] [TARGET]      # defaults: 60 s, target `decode`
 #
@@ -11,7 +13,9 @@
 # artifact and the command that reproduces it.
 #
 # Environment: FUZZ_SANITIZER (default `address`; `none` runs about twice as
-# fast, which is fine for this safe-Rust code), FUZZ_JOBS (default 1).
+# fast, which is fine for this safe-Rust code), FUZZ_JOBS (default 1),
+# FUZZ_SEED (libFuzzer's -seed; random when unset), FUZZ_TIMEOUT (seconds one
+# input may take before it counts as a hang, default 10).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -53,7 +57,10 @@ if [[ -d fuzz/seeds/$target ]]; then
     cp -n fuzz/seeds/"$target"/* "$corpus"/ 2>/dev/null || true
 fi
 
-libfuzzer_args=(-max_total_time="$seconds" -print_final_stats=1)
+libfuzzer_args=(-max_total_time="$seconds" -timeout="${FUZZ_TIMEOUT:-10}" -print_final_stats=1)
+if [[ -n ${FUZZ_SEED:-} ]]; then
+    libfuzzer_args+=(-seed="$FUZZ_SEED")
+fi
 if [[ -f fuzz/$target.dict ]]; then
     libfuzzer_args+=(-dict="$root/fuzz/$target.dict")
 fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs the pinned tools, then every test target and the doc
-# tests of the workspace. Extra arguments go to the main `cargo test` run, e.g.
+# tests of the workspace, then (with a nightly toolchain, and no extra arguments) a 30 s
+# run of each fuzz target. Extra arguments go to the main `cargo test` run, e.g.
 #   ./scripts/test.sh -p runlog-events
 #   ./scripts/test.sh -- --nocapture
 set -euo pipefail
@@ -25,3 +26,8 @@ fi
 # selections, hence two runs.
 cargo test "${locked[@]}" --workspace --all-targets "$@"
 cargo test "${locked[@]}" --workspace --doc
+
+# Fuzz targets, briefly: only where nightly is installed, and only for the whole suite.
+if (($# == 0)) && [[ ${RUNLOG_FUZZ_SMOKE:-1} != 0 ]]; then
+    ./scripts/fuzz-smoke.sh
+fi

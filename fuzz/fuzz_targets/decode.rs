@@ -49,12 +49,18 @@ fn message(headers: &async_nats::HeaderMap, body: &[u8]) {
         Err(e) => {
             check_error(&e);
             if body.len() > LIMITS.max_payload {
-                assert!(matches!(e, DecodeError::TooLarge { .. }), "oversized body not refused as too large: {e}");
+                assert!(
+                    matches!(e, DecodeError::TooLarge { .. }),
+                    "oversized body not refused as too large: {e}"
+                );
             }
             return;
         }
     };
-    assert!(body.len() <= LIMITS.max_payload, "a body over the limit was accepted");
+    assert!(
+        body.len() <= LIMITS.max_payload,
+        "a body over the limit was accepted"
+    );
     for format in FORMATS {
         let (h, b) = codec::encode(&envelope, format).unwrap_or_else(|e| {
             panic!("a decoded envelope does not re-encode as {format}: {e}\n{envelope:#?}")
@@ -66,7 +72,10 @@ fn message(headers: &async_nats::HeaderMap, body: &[u8]) {
                 String::from_utf8_lossy(&b)
             )
         });
-        assert_eq!(back, envelope, "the {format} round trip changed the envelope");
+        assert_eq!(
+            back, envelope,
+            "the {format} round trip changed the envelope"
+        );
     }
 }
 
@@ -82,7 +91,11 @@ fn raw(data: &[u8]) {
                     continue;
                 }
             };
-            assert_eq!(event.event_type(), event_type, "decode_body returned another type");
+            assert_eq!(
+                event.event_type(),
+                event_type,
+                "decode_body returned another type"
+            );
             for again in FORMATS {
                 let b = codec::encode_body(&event, again).unwrap_or_else(|e| {
                     panic!("a {event_type} body decoded from {format} does not re-encode as {again}: {e}\n{event:#?}")
@@ -94,7 +107,10 @@ fn raw(data: &[u8]) {
                         String::from_utf8_lossy(&b)
                     )
                 });
-                assert_eq!(back, event, "the {format} -> {again} round trip changed a {event_type} body");
+                assert_eq!(
+                    back, event,
+                    "the {format} -> {again} round trip changed a {event_type} body"
+                );
             }
         }
     }

@@ -13,22 +13,25 @@ use std::path::PathBuf;
 use chrono::{DateTime, TimeZone, Utc};
 use runlog_events::codec::{self, Format, Limits};
 use runlog_events::event::{
-    AttemptError, AttemptLost, CancelRequested, Cancelled, DeadLetterReason, DeadLettered,
-    Failed, Heartbeat, LogBatch, LogLine, LogStream, Progress, Queued, Rejected, RetryScheduled,
-    Started, Submitted, Succeeded, TimedOut, TimeoutScope,
+    AttemptError, AttemptLost, CancelRequested, Cancelled, DeadLetterReason, DeadLettered, Failed,
+    Heartbeat, LogBatch, LogLine, LogStream, Progress, Queued, Rejected, RetryScheduled, Started,
+    Submitted, Succeeded, TimedOut, TimeoutScope,
 };
+use runlog_events::resources::Resources;
 use runlog_events::{
     Envelope, ErrorClass, Event, EventType, ExecutionId, Priority, QueueName, TaskError, TaskSpec,
 };
 use runlog_events_fuzz::{format_input, parse_input};
 
 fn at(secs: i64) -> DateTime<Utc> {
-    Utc.timestamp_opt(1_767_225_600 + secs, 123_456_000).unwrap()
+    Utc.timestamp_opt(1_767_225_600 + secs, 123_456_000)
+        .unwrap()
 }
 
 fn events() -> Vec<Event> {
     let mut spec = TaskSpec::new("shell");
-    spec.input = serde_json::json!({"cmd": ["echo", "hi"], "n": 1.5, "deep": {"ok": true, "none": null}});
+    spec.input =
+        serde_json::json!({"cmd": ["echo", "hi"], "n": 1.5, "deep": {"ok": true, "none": null}});
     spec.env.insert("MODE".into(), "fast".into());
     spec.secrets.insert("TOKEN".into(), "api-token".into());
     spec.labels.insert("team".into(), "infra".into());
@@ -51,7 +54,10 @@ fn events() -> Vec<Event> {
             capacity: None,
             spec: None,
         }),
-        Event::Started(Started { worker: "w1".into(), deadline: None }),
+        Event::Started(Started {
+            worker: "w1".into(),
+            deadline: None,
+        }),
         Event::Progress(Progress {
             percent: Some(42.5),
             message: Some("copying".into()),
@@ -60,29 +66,75 @@ fn events() -> Vec<Event> {
         Event::Log(LogBatch {
             first_line: 10,
             lines: vec![
-                LogLine { stream: LogStream::Stdout, line: "hello \"world\"".into() },
-                LogLine { stream: LogStream::Stderr, line: "tab\there\u{0}".into() },
+                LogLine {
+                    stream: LogStream::Stdout,
+                    line: "hello \"world\"".into(),
+                },
+                LogLine {
+                    stream: LogStream::Stderr,
+                    line: "tab\there\u{0}".into(),
+                },
             ],
             dropped: 3,
         }),
-        Event::Heartbeat(Heartbeat { worker: "w1".into() }),
+        Event::Heartbeat(Heartbeat {
+            worker: "w1".into(),
+        }),
         Event::Succeeded(Succeeded {
             output: serde_json::json!({"rows": 3, "neg": -1, "list": [1, "two", 3.25, false]}),
+            resources: Some(Resources {
+                wall_ms: 1_250,
+                cpu_user_ms: Some(900),
+                cpu_system_ms: Some(40),
+                peak_rss_bytes: Some(209_715_200),
+                output_bytes: 57,
+                log_bytes: 31,
+                ..Resources::default()
+            }),
         }),
-        Event::Failed(Failed { error: error.clone() }),
-        Event::RetryScheduled(RetryScheduled { at: at(120), class: ErrorClass::Network }),
-        Event::CancelRequested(CancelRequested { reason: "operator".into() }),
-        Event::Cancelled(Cancelled { reason: String::new() }),
-        Event::TimedOut(TimedOut { scope: TimeoutScope::Attempt }),
-        Event::AttemptLost(AttemptLost { worker: "w2".into() }),
+        Event::Failed(Failed {
+            error: error.clone(),
+            resources: None,
+        }),
+        Event::RetryScheduled(RetryScheduled {
+            at: at(120),
+            class: ErrorClass::Network,
+        }),
+        Event::CancelRequested(CancelRequested {
+            reason: "operator".into(),
+            operation: Some("op-7".into()),
+        }),
+        Event::Cancelled(Cancelled {
+            reason: String::new(),
+            operation: None,
+            resources: None,
+        }),
+        Event::TimedOut(TimedOut {
+            scope: TimeoutScope::Attempt,
+            resources: None,
+        }),
+        Event::AttemptLost(AttemptLost {
+            worker: "w2".into(),
+        }),
         Event::DeadLettered(DeadLettered {
             reason: DeadLetterReason::AttemptsExhausted,
             errors: vec![
-                AttemptError { attempt: 1, at: at(10), error: error.clone() },
-                AttemptError { attempt: 2, at: at(20), error: TaskError::new(ErrorClass::Crashed, "exit 137") },
+                AttemptError {
+                    attempt: 1,
+                    at: at(10),
+                    error: error.clone(),
+                },
+                AttemptError {
+                    attempt: 2,
+                    at: at(20),
+                    error: TaskError::new(ErrorClass::Crashed, "exit 137"),
+                },
             ],
         }),
-        Event::Rejected(Rejected { field: Some("retry.max_attempts".into()), reason: "must be at least 1".into() }),
+        Event::Rejected(Rejected {
+            field: Some("retry.max_attempts".into()),
+            reason: "must be at least 1".into(),
+        }),
     ];
     assert_eq!(
         events.iter().map(Event::event_type).collect::<Vec<_>>(),
@@ -110,7 +162,9 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
         }
         if i % 3 == 0 {
             env.traceparent = Some(
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap(),
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                    .parse()
+                    .unwrap(),
             );
         }
         for (format, ext) in [(Format::Json, "json"), (Format::MessagePack, "msgpack")] {
@@ -119,7 +173,10 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
             // The seed must reach the decoder as the message it stands for.
             let (parsed, parsed_body) = parse_input(&input);
             assert_eq!(parsed_body, &body[..]);
-            assert_eq!(codec::decode(&parsed, parsed_body, &Limits::default()).unwrap(), env);
+            assert_eq!(
+                codec::decode(&parsed, parsed_body, &Limits::default()).unwrap(),
+                env
+            );
             out.push((format!("{ty}.{ext}"), input));
         }
     }

@@ -35,6 +35,7 @@
 
 pub mod auth;
 pub(crate) mod batch;
+pub mod bodies;
 mod breakers;
 mod costs;
 pub mod dashboard;

@@ -21,27 +21,9 @@ use crate::scheduler::SchedulerError;
 /// `POST /v1/schedules`: a schedule spec, with an optional `id`; 201 with
 /// the schedule, 409 when the id is taken, 422 naming every bad field.
 pub(super) async fn create(State(state): State<ApiState>, body: Bytes) -> Response {
-    let mut value = match json_body(&body) {
-        Ok(value) => value,
+    let (id, spec) = match read_new(&body) {
+        Ok(read) => read,
         Err(problem) => return problem.into_response(),
-    };
-    let id = match value.as_object_mut().and_then(|o| o.remove("id")) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(id)) => match ScheduleId::new(id) {
-            Ok(id) => Some(id),
-            Err(e) => return invalid(vec![field_error("id", e.to_string())]).into_response(),
-        },
-        Some(other) => {
-            return invalid(vec![field_error(
-                "id",
-                format!("an id is text, not {other}"),
-            )])
-            .into_response();
-        }
-    };
-    let spec = match ScheduleSpec::read(value) {
-        Ok(spec) => spec,
-        Err(e) => return invalid(vec![e]).into_response(),
     };
     match state.scheduler.create(id, spec).await {
         Ok((id, history)) => (
@@ -264,6 +246,26 @@ fn answer(
         Ok(history) => Json(state.scheduler.view(id, &history)).into_response(),
         Err(e) => problem(e).into_response(),
     }
+}
+
+/// The body of `POST /v1/schedules`: the id it asks for, if any, and the
+/// spec.
+pub(super) fn read_new(body: &[u8]) -> Result<(Option<ScheduleId>, ScheduleSpec), Problem> {
+    let mut value = json_body(body)?;
+    let id = match value.as_object_mut().and_then(|o| o.remove("id")) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) => {
+            Some(ScheduleId::new(id).map_err(|e| invalid(vec![field_error("id", e.to_string())]))?)
+        }
+        Some(other) => {
+            return Err(invalid(vec![field_error(
+                "id",
+                format!("an id is text, not {other}"),
+            )]));
+        }
+    };
+    let spec = ScheduleSpec::read(value).map_err(|e| invalid(vec![e]))?;
+    Ok((id, spec))
 }
 
 fn json_body(body: &[u8]) -> Result<Value, Problem> {

@@ -32,7 +32,7 @@ const RECENT_RUNS: usize = 10;
 /// How long a connection test may take when the request does not say.
 const TEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn problem(e: ServersError) -> Problem {
+pub(super) fn problem(e: ServersError) -> Problem {
     match e {
         ServersError::Invalid(errors) => {
             let field = errors.first().map(|e| e.field.clone());
@@ -63,7 +63,7 @@ fn no_inventory() -> Response {
     .into_response()
 }
 
-fn read(body: Value) -> Result<Server, Problem> {
+pub(super) fn read(body: Value) -> Result<Server, Problem> {
     serde_json::from_value(body).map_err(|e| {
         Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,

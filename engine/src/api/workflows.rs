@@ -25,22 +25,9 @@ pub(super) async fn define(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|t| t.contains("yaml"));
-    let Ok(text) = std::str::from_utf8(&body) else {
-        return Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_body",
-            "the body is not UTF-8",
-        )
-        .into_response();
-    };
-    let read = if yaml {
-        Definition::from_yaml(text)
-    } else {
-        Definition::from_json(text)
-    };
-    let definition = match read {
+    let definition = match read(&body, yaml) {
         Ok(definition) => definition,
-        Err(errors) => return invalid(errors).into_response(),
+        Err(problem) => return problem.into_response(),
     };
     let workers = state.workers.clone();
     match state
@@ -68,6 +55,24 @@ pub(super) async fn define(
         }
         Err(e) => problem(e).into_response(),
     }
+}
+
+/// The body of `POST /v1/workflows`: a definition in JSON, or in YAML when
+/// `yaml`; not yet checked (that needs the kinds live workers run).
+pub(super) fn read(body: &[u8], yaml: bool) -> Result<Definition, Problem> {
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_body",
+            "the body is not UTF-8",
+        ));
+    };
+    let read = if yaml {
+        Definition::from_yaml(text)
+    } else {
+        Definition::from_json(text)
+    };
+    read.map_err(invalid)
 }
 
 /// `GET /v1/workflows`: every workflow with its versions.
@@ -111,7 +116,7 @@ pub(super) async fn version(
     }
 }
 
-fn invalid(errors: Vec<runlog_events::spec::FieldError>) -> Problem {
+pub(super) fn invalid(errors: Vec<runlog_events::spec::FieldError>) -> Problem {
     Problem::invalid("invalid_workflow", "the definition", errors)
 }
 

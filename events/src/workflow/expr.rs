@@ -7,11 +7,40 @@
 //! values as JSON).
 
 use jaq_core::load::{Arena, File, Loader};
-use jaq_core::{Compiler, Ctx, Vars, data, unwrap_valr};
+use jaq_core::{Compiler, Ctx, Vars, data};
 use jaq_json::Val;
 use serde_json::Value;
 
 use crate::spec::FieldError;
+
+/// Filters of jq's standard library that a workflow expression may not
+/// use, with why: they reach out of the expression into the engine's
+/// process. The expression runs inside the engine, so `env` would read its
+/// environment (and so its credentials), `debug` and `stderr` would write
+/// to its standard error, `input` would read its standard input, and `halt`
+/// would end the engine itself.
+const REFUSED: [(&str, &str); 7] = [
+    ("env", "it would read the engine's environment"),
+    ("debug", "it would write to the engine's standard error"),
+    ("stderr", "it would write to the engine's standard error"),
+    ("input", "it would read the engine's standard input"),
+    ("inputs", "it would read the engine's standard input"),
+    ("halt", "it would stop the engine"),
+    ("halt_error", "it would stop the engine"),
+];
+
+/// The native filters behind [`REFUSED`], left out of the compiler.
+const REFUSED_NATIVES: [&str; 6] = [
+    "env",
+    "debug_empty",
+    "stderr_empty",
+    "input",
+    "inputs",
+    "halt",
+];
+
+/// The standard library's definitions behind [`REFUSED`], left out too.
+const REFUSED_DEFS: [&str; 4] = ["debug", "stderr", "halt", "halt_error"];
 
 const OPEN: &str = "${{";
 const CLOSE: &str = "}}";
@@ -28,15 +57,58 @@ impl std::fmt::Debug for Expr {
     }
 }
 
+/// The longest expression, in bytes. jaq parses, compiles and runs by
+/// recursion, so the stack an expression needs grows with its size: on a
+/// 2 MiB thread (tokio's, where the engine checks and runs workflows) a
+/// release build overflowed at about 2,000 items of a flat chain (`1,1,…`,
+/// `.|.|…`) and at 1,024 nested brackets, and a stack overflow aborts the
+/// whole process. 1 KiB keeps both under half of that.
+pub const MAX_EXPR_BYTES: usize = 1024;
+
+/// The deepest nesting of brackets (`(`, `[`, `{`, and `\(` in strings).
+pub const MAX_EXPR_DEPTH: usize = 64;
+
+/// Refuses an expression longer or deeper than the limits, before jaq sees it.
+fn within_limits(code: &str) -> Result<(), String> {
+    if code.len() > MAX_EXPR_BYTES {
+        return Err(format!(
+            "a jq expression is at most {MAX_EXPR_BYTES} bytes, this one is {}: \
+             move the work into a transform node or a task",
+            code.len()
+        ));
+    }
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for b in code.bytes() {
+        match b {
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    if deepest > MAX_EXPR_DEPTH {
+        return Err(format!(
+            "a jq expression nests brackets at most {MAX_EXPR_DEPTH} deep, this one {deepest}"
+        ));
+    }
+    Ok(())
+}
+
 impl Expr {
-    /// Compiles `code`; the error says what the parser or compiler found.
+    /// Compiles `code`; the error says what the parser or compiler found,
+    /// or which limit ([`MAX_EXPR_BYTES`], [`MAX_EXPR_DEPTH`]) it broke.
     pub fn compile(code: &str) -> Result<Expr, String> {
+        within_limits(code)?;
         let defs = jaq_core::defs()
             .chain(jaq_std::defs())
-            .chain(jaq_json::defs());
+            .chain(jaq_json::defs())
+            .filter(|def| !REFUSED_DEFS.contains(&def.name));
         let funs = jaq_core::funs()
             .chain(jaq_std::funs())
-            .chain(jaq_json::funs());
+            .chain(jaq_json::funs())
+            .filter(|(name, ..)| !REFUSED_NATIVES.contains(name));
         let loader = Loader::new(defs);
         let arena = Arena::default();
         let modules = loader
@@ -58,7 +130,14 @@ impl Expr {
                 let reasons: Vec<String> = errors
                     .into_iter()
                     .flat_map(|(_, undefined)| undefined)
-                    .map(|(name, kind)| format!("undefined {} `{name}`", kind.as_str()))
+                    .map(|(name, kind)| {
+                        match REFUSED.iter().find(|(refused, _)| *refused == name) {
+                            Some((_, why)) => {
+                                format!("`{name}` is not available in workflow expressions: {why}")
+                            }
+                            None => format!("undefined {} `{name}`", kind.as_str()),
+                        }
+                    })
                     .collect();
                 format!(
                     "cannot compile the jq expression {code:?}: {}",
@@ -108,11 +187,15 @@ impl Expr {
         let input = jaq_json::read::parse_single(&bytes)
             .map_err(|e| format!("cannot read the context: {e}"))?;
         let ctx = Ctx::<data::JustLut<Val>>::new(&self.filter.lut, Vars::new([]));
-        match self.filter.id.run((ctx, input)).map(unwrap_valr).next() {
+        // Not `jaq_core::unwrap_valr`: it exits the process on `halt`.
+        match self.filter.id.run((ctx, input)).next() {
             None => Ok(Value::Null),
             Some(Ok(value)) => serde_json::from_str(&value.to_string())
                 .map_err(|e| format!("{:?} yields a value that is not JSON: {e}", self.code)),
-            Some(Err(e)) => Err(format!("{:?} failed: {e}", self.code)),
+            Some(Err(exn)) => match exn.get_err() {
+                Ok(e) => Err(format!("{:?} failed: {e}", self.code)),
+                Err(_) => Err(format!("{:?} stopped without a value", self.code)),
+            },
         }
     }
 }

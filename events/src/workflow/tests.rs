@@ -137,3 +137,110 @@ fn templates_render_values_and_text() {
             .is_err()
     );
 }
+
+/// A workflow expression runs inside the engine: nothing in it may read
+/// the engine's environment, write to its standard streams, or end it.
+#[test]
+fn expressions_cannot_reach_the_engine_process() {
+    for (code, named) in [
+        ("env.HOME", "`env`"),
+        ("env | keys", "`env`"),
+        (". | debug", "`debug`"),
+        ("debug(\"x\")", "`debug`"),
+        ("stderr", "`stderr`"),
+        ("input", "`input`"),
+        ("[inputs]", "`inputs`"),
+        ("halt", "`halt`"),
+        ("\"bye\" | halt_error", "`halt_error`"),
+        ("halt_error(1)", "`halt_error`"),
+    ] {
+        let reason = Expr::compile(code).expect_err(code);
+        assert!(
+            reason.contains(named) && reason.contains("not available in workflow expressions"),
+            "{code}: {reason}"
+        );
+    }
+    let reason = Expr::compile("$ENV.HOME").expect_err("$ENV");
+    assert!(reason.contains("ENV"), "{reason}");
+    // A definition that uses one is refused when it is stored.
+    let def = Definition::from_yaml(
+        "name: w\nversion: 1\nnodes:\n  a: {kind: transform, input: {home: '${{ env.HOME }}'}}\n",
+    )
+    .unwrap();
+    let errors = def.check(|_| false);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.field == "nodes.a.input.home" && e.reason.contains("`env`")),
+        "{errors:?}"
+    );
+}
+
+/// jaq recurses to parse, compile and run, and a stack overflow aborts the
+/// engine: expressions are held to a size and a depth that fit a 2 MiB
+/// thread with room to spare.
+#[test]
+fn expressions_are_held_to_a_size_and_depth_that_fit_the_stack() {
+    use crate::workflow::expr::{MAX_EXPR_BYTES, MAX_EXPR_DEPTH};
+    let chain = |item: &str, sep: &str, len: usize| {
+        let n = (len + sep.len()) / (item.len() + sep.len());
+        vec![item; n].join(sep)
+    };
+    let nested = |open: &str, close: &str, depth: usize| {
+        format!("{}1{}", open.repeat(depth), close.repeat(depth))
+    };
+    // The largest of each shape compiles and runs. A debug build's frames
+    // are about four times a release build's (measured), hence its stack.
+    let stack = if cfg!(debug_assertions) {
+        8 << 20
+    } else {
+        2 << 20
+    };
+    let largest = [
+        chain("1", ",", MAX_EXPR_BYTES),
+        chain(".", "|", MAX_EXPR_BYTES),
+        chain("1", "+", MAX_EXPR_BYTES),
+        format!("{} | 1", chain(". as $x", " | ", MAX_EXPR_BYTES - 4)),
+        format!("{}1", "-".repeat(MAX_EXPR_BYTES - 1)),
+        nested("(", ")", MAX_EXPR_DEPTH),
+        nested("[", "]", MAX_EXPR_DEPTH),
+        nested("{a:", "}", MAX_EXPR_DEPTH),
+        nested("\"\\(", ")\"", MAX_EXPR_DEPTH),
+    ];
+    for code in largest {
+        assert!(code.len() <= MAX_EXPR_BYTES, "{} bytes", code.len());
+        let ran = std::thread::Builder::new()
+            .stack_size(stack)
+            .spawn(move || {
+                Expr::compile(&code)
+                    .and_then(|e| e.eval(&json!({})))
+                    .map(|_| ())
+            })
+            .unwrap()
+            .join()
+            .expect("no panic");
+        assert!(ran.is_ok(), "{ran:?}");
+    }
+    // One byte or one level more is refused with the limit it broke.
+    let long = format!("{} ", chain("1", ",", MAX_EXPR_BYTES));
+    let too_long = format!("{long}{}", " ".repeat(MAX_EXPR_BYTES + 1 - long.len()));
+    let reason = Expr::compile(&too_long).map(|_| ()).expect_err("too long");
+    assert!(reason.contains("at most 1024 bytes"), "{reason}");
+    let reason = Expr::compile(&nested("(", ")", MAX_EXPR_DEPTH + 1))
+        .map(|_| ())
+        .expect_err("too deep");
+    assert!(reason.contains("at most 64 deep, this one 65"), "{reason}");
+    // A definition with such an expression is refused when it is stored.
+    let def = Definition::from_json(&format!(
+        r#"{{"name": "w", "version": 1, "nodes": {{"a": {{"kind": "condition", "when": "{}"}}}}}}"#,
+        "(".repeat(2000) + &")".repeat(2000)
+    ))
+    .unwrap();
+    let errors = def.check(|_| false);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.field == "nodes.a.when" && e.reason.contains("bytes")),
+        "{errors:?}"
+    );
+}
