@@ -1,5 +1,5 @@
 //! The input format of the `decode` fuzz target, shared with the seed
-//! generator (`tests/seeds.rs`).
+//! generator (`events/tests/fuzz_seeds.rs`, which includes this file as a module).
 //!
 //! A fuzz input is a NATS message written as text, so that seeds and crash
 //! artifacts can be read and edited by hand:

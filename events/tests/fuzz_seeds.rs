@@ -2,10 +2,11 @@
 //! and body format, in `fuzz/seeds/decode/` (scripts/fuzz.sh copies them into
 //! the corpus before a run).
 //!
-//! Check that the committed seeds are current (stable toolchain is enough):
-//!     cargo test --manifest-path fuzz/Cargo.toml
-//! Rewrite them after a change to the codec or the events:
-//!     RUNLOG_UPDATE_SEEDS=1 cargo test --manifest-path fuzz/Cargo.toml
+//! The test lives in the workspace so that the default test command checks the
+//! committed seeds are current without building the fuzz crate (which needs
+//! nightly and the engine). Rewrite them after a change to the codec or the
+//! events:
+//!     RUNLOG_UPDATE_SEEDS=1 cargo test -p runlog-events --test fuzz_seeds
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -21,7 +22,11 @@ use runlog_events::resources::Resources;
 use runlog_events::{
     Envelope, ErrorClass, Event, EventType, ExecutionId, Priority, QueueName, TaskError, TaskSpec,
 };
-use runlog_events_fuzz::{format_input, parse_input};
+
+// The input format the `decode` target reads, shared with it as source.
+#[path = "../../fuzz/src/lib.rs"]
+mod fuzz_input;
+use fuzz_input::{format_input, parse_input};
 
 fn at(secs: i64) -> DateTime<Utc> {
     Utc.timestamp_opt(1_767_225_600 + secs, 123_456_000)
@@ -185,7 +190,7 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn seeds_are_current() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("seeds/decode");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/decode");
     let update = std::env::var_os("RUNLOG_UPDATE_SEEDS").is_some();
     if update {
         std::fs::create_dir_all(&dir).unwrap();
