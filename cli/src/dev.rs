@@ -69,6 +69,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         )
     })?;
     println!("nats-server  {}  (store {})", server.url(), store.display());
+    // One key ring for the engine and the worker, made on the first run.
+    let key_file = args.data_dir.join("secret.key");
+    let made = runlog_events::sealing::Keyring::create_file(&key_file)
+        .with_context(|| format!("cannot write the secret key {}", key_file.display()))?;
+    let ring = runlog_events::sealing::Keyring::load(&key_file)?;
+    println!(
+        "secrets      sealed with {} ({}key {})",
+        key_file.display(),
+        if made { "new " } else { "" },
+        ring.ids()[0]
+    );
 
     let shutdown = tokio_util::sync::CancellationToken::new();
     let mut config = EngineConfig::default();
@@ -77,6 +88,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     config.nats.live_events = true;
     config.listen = args.listen;
     config.otlp_endpoint.clone_from(&args.otlp_endpoint);
+    config.secret_key_file = Some(key_file.clone());
     let engine = Engine::start(config, shutdown.clone()).await?;
     let subjects = Subjects::default();
     let projection = engine.projection().clone();
@@ -99,6 +111,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         id: format!("dev-worker-{}", std::process::id()),
         concurrency: std::num::NonZeroUsize::new(8).expect("8 is not zero"),
         otlp_endpoint: args.otlp_endpoint.clone(),
+        secret_key_file: Some(key_file.clone()),
         ..WorkerConfig::default()
     };
     if let Some(endpoint) = &args.otlp_endpoint {

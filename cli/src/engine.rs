@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config_args::{SharedArgs, as_text, duration, print_config};
 
 /// The engine's own settings: key, variable, flag.
-pub const ENGINE: [Setting; 10] = [
+pub const ENGINE: [Setting; 11] = [
     setting(
         "nats.live-events",
         "RUNLOG_LIVE_EVENTS",
@@ -63,6 +63,12 @@ pub const ENGINE: [Setting; 10] = [
         "engine.bootstrap-token-file",
         "RUNLOG_BOOTSTRAP_TOKEN_FILE",
         "--bootstrap-token-file",
+        Form::Text,
+    ),
+    setting(
+        "engine.secret-key-file",
+        "RUNLOG_SECRET_KEY_FILE",
+        "--secret-key-file",
         Form::Text,
     ),
 ];
@@ -116,6 +122,10 @@ pub struct Args {
     /// this file (mode 0600) [env: RUNLOG_BOOTSTRAP_TOKEN_FILE].
     #[arg(long, value_name = "FILE")]
     bootstrap_token_file: Option<std::path::PathBuf>,
+    /// The key ring that seals task environments and secrets at rest (mode
+    /// 0600; `runlog secret keygen` makes one) [env: RUNLOG_SECRET_KEY_FILE].
+    #[arg(long, value_name = "FILE")]
+    secret_key_file: Option<std::path::PathBuf>,
 }
 
 impl Args {
@@ -142,7 +152,8 @@ impl Args {
             .set_some(
                 "engine.bootstrap-token-file",
                 self.bootstrap_token_file.clone(),
-            );
+            )
+            .set_some("engine.secret-key-file", self.secret_key_file.clone());
         let tree = self.shared.tree(&settings, defaults, flags)?;
         Ok(EngineConfig {
             nats: tree.table::<NatsConfig>("nats")?,

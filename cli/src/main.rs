@@ -89,6 +89,11 @@ enum Cmd {
     /// one (needs an admin token once auth is on).
     #[command(after_help = client::EXIT_CODES)]
     Token(client::token::Args),
+    /// Secrets, sealed at rest: make a key file, set one (from stdin or a
+    /// file; never printed), list, remove, seal everything again under a
+    /// new key (needs an admin token once auth is on).
+    #[command(after_help = client::EXIT_CODES)]
+    Secret(client::secret::Args),
     /// The audit trail, newest first: who changed what, from where, and
     /// the answer (filters: --actor, --route, --method, --target, --since).
     #[command(after_help = client::EXIT_CODES)]
@@ -181,6 +186,9 @@ async fn main() -> std::process::ExitCode {
         }
         Cmd::Token(args) => {
             return client::execute(args.conn().clone(), client::token::run(args)).await;
+        }
+        Cmd::Secret(args) => {
+            return client::execute(args.conn().clone(), client::secret::run(args)).await;
         }
         Cmd::Audit(args) => {
             return client::execute(args.conn().clone(), client::audit::run(args)).await;

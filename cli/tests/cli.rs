@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use runlog_engine::{Engine, EngineConfig};
-use runlog_testkit::{NatsServer, eventually};
+use runlog_testkit::{NatsServer, SecretKey, eventually};
 use runlog_worker::runtime::{Worker, WorkerConfig};
 use serde_json::Value;
 use tokio::task::JoinHandle;
@@ -25,13 +25,18 @@ struct Stack {
     shutdown: CancellationToken,
     url: String,
     worker_id: String,
+    /// The engine's and the worker's secret key file.
+    _key: SecretKey,
 }
 
 impl Stack {
     async fn start(name: &str) -> Result<Stack> {
         let server = NatsServer::start()?;
         let shutdown = CancellationToken::new();
-        let engine = Engine::start(EngineConfig::local(&server.url()), shutdown.clone()).await?;
+        let key = SecretKey::new()?;
+        let mut config = EngineConfig::local(&server.url());
+        config.secret_key_file = key.file();
+        let engine = Engine::start(config, shutdown.clone()).await?;
         let url = format!("http://{}", engine.addr());
         let client = async_nats::connect(server.url()).await?;
         let worker_id = format!("cli-test-{name}");
@@ -40,6 +45,7 @@ impl Stack {
             WorkerConfig {
                 nats_url: server.url(),
                 id: worker_id.clone(),
+                secret_key_file: key.file(),
                 ..WorkerConfig::default()
             },
             runlog_worker::executor::builtin(),
@@ -57,6 +63,7 @@ impl Stack {
             shutdown,
             url,
             worker_id,
+            _key: key,
         })
     }
 
@@ -739,4 +746,89 @@ async fn every_command_explains_itself_and_bad_flags_exit_two() -> Result<()> {
     ensure!(bad.code == 2, "{bad:?}");
     ensure!(bad.stderr.contains("high, normal or low"), "{bad:?}");
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_set_from_a_file_used_by_name_and_never_printed() -> Result<()> {
+    const VALUE: &str = "s3cr3t-from-a-file";
+    let stack = Stack::start("secrets").await?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("token");
+    std::fs::write(&file, VALUE)?;
+    let file = file.to_str().context("a UTF-8 path")?;
+
+    let set = stack
+        .runlog(&["secret", "set", "api-token", "--from-file", file])
+        .await?;
+    ensure!(set.code == 0, "{set:?}");
+    ensure!(set.stdout.contains("api-token set (18 bytes"), "{set:?}");
+    let ls = stack.runlog(&["secret", "ls"]).await?;
+    ensure!(ls.code == 0 && ls.stdout.contains("api-token"), "{ls:?}");
+
+    // The worker resolves it by name; the task's output shows it masked.
+    let run = stack
+        .runlog(&[
+            "submit",
+            "shell",
+            "--secret",
+            "TOKEN=api-token",
+            "--wait",
+            "--",
+            "sh",
+            "-c",
+            "echo \"length ${#TOKEN}\"; echo \"token $TOKEN\"",
+        ])
+        .await?;
+    ensure!(run.code == 0, "{run:?}");
+    ensure!(run.stdout == "length 18\ntoken ***\n", "{run:?}");
+    let list = stack.json(&["ls", "--limit", "1"]).await?;
+    let id = list["executions"][0]["id"].as_str().context("an id")?;
+    let logs = stack.runlog(&["logs", id]).await?;
+    ensure!(logs.stdout == "length 18\ntoken ***\n", "{logs:?}");
+    for shown in [&set, &ls, &run, &logs] {
+        ensure!(
+            !shown.stdout.contains(VALUE) && !shown.stderr.contains(VALUE),
+            "{shown:?}"
+        );
+    }
+
+    let rm = stack.runlog(&["secret", "rm", "api-token"]).await?;
+    ensure!(rm.code == 0, "{rm:?}");
+    let again = stack.runlog(&["secret", "rm", "api-token"]).await?;
+    ensure!(
+        again.code != 0 && again.stderr.contains("not_found"),
+        "{again:?}"
+    );
+    // A task naming it now fails `permission` and says where to put it.
+    let missing = stack
+        .runlog(&[
+            "submit",
+            "shell",
+            "--secret",
+            "TOKEN=api-token",
+            "--wait",
+            "--",
+            "true",
+        ])
+        .await?;
+    ensure!(missing.code == 1, "{missing:?}");
+    let list = stack.json(&["ls", "--limit", "1"]).await?;
+    let id = list["executions"][0]["id"].as_str().context("an id")?;
+    let status = stack.json(&["status", id]).await?;
+    ensure!(status["error"]["class"] == "permission", "{status}");
+    let message = status["error"]["message"].as_str().unwrap_or_default();
+    ensure!(message.contains("runlog secret set api-token"), "{status}");
+
+    let key = dir.path().join("new.key");
+    let key_arg = key.to_str().context("a UTF-8 path")?;
+    let made = stack.runlog(&["secret", "keygen", key_arg]).await?;
+    ensure!(made.code == 0, "{made:?}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key)?.permissions());
+    ensure!(mode & 0o777 == 0o600, "mode {mode:o}");
+    let again = stack.runlog(&["secret", "keygen", key_arg]).await?;
+    ensure!(
+        again.code != 0 && again.stderr.contains("exists already"),
+        "{again:?}"
+    );
+    stack.stop().await
 }

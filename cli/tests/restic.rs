@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use runlog_engine::{Engine, EngineConfig};
 use runlog_events::{Event, EventType, ExecutionId, Subjects, codec, direct};
-use runlog_testkit::{NatsServer, eventually};
+use runlog_testkit::{NatsServer, SecretKey, eventually};
 use runlog_worker::runtime::{Worker, WorkerConfig};
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -117,13 +117,17 @@ async fn restic_init_backup_check_and_forget_run_as_tasks() -> Result<()> {
 
     let server = NatsServer::start()?;
     let shutdown = CancellationToken::new();
-    let engine = Engine::start(EngineConfig::local(&server.url()), shutdown.clone()).await?;
+    let key = SecretKey::new()?;
+    let mut config = EngineConfig::local(&server.url());
+    config.secret_key_file = key.file();
+    let engine = Engine::start(config, shutdown.clone()).await?;
     let client = async_nats::connect(server.url()).await?;
     let worker = Worker::new(
         client.clone(),
         WorkerConfig {
             nats_url: server.url(),
             id: "restic-worker".into(),
+            secret_key_file: key.file(),
             ..WorkerConfig::default()
         },
         runlog_worker::executor::builtin(),

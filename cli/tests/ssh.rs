@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Result, ensure};
 use runlog_engine::{Engine, EngineConfig};
 use runlog_events::{ExecutionId, Subjects};
-use runlog_testkit::{KeyType, NatsServer, Sshd, eventually};
+use runlog_testkit::{KeyType, NatsServer, SecretKey, Sshd, eventually};
 use runlog_worker::runtime::{Worker, WorkerConfig};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -84,13 +84,17 @@ async fn ssh_tasks_retry_a_host_that_is_down_and_keep_their_key_out_of_the_log()
     let mut sshd = Sshd::start()?;
     let server = NatsServer::start()?;
     let shutdown = CancellationToken::new();
-    let engine = Engine::start(EngineConfig::local(&server.url()), shutdown.clone()).await?;
+    let key = SecretKey::new()?;
+    let mut config = EngineConfig::local(&server.url());
+    config.secret_key_file = key.file();
+    let engine = Engine::start(config, shutdown.clone()).await?;
     let client = async_nats::connect(server.url()).await?;
     let worker = Worker::new(
         client.clone(),
         WorkerConfig {
             nats_url: server.url(),
             id: "ssh-worker".into(),
+            secret_key_file: key.file(),
             ..WorkerConfig::default()
         },
         runlog_worker::executor::builtin(),

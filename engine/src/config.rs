@@ -50,6 +50,10 @@ pub struct EngineConfig {
     /// With auth on and no admin token in the bucket, the engine makes one
     /// and writes it to this file (mode 0600) at start.
     pub bootstrap_token_file: Option<PathBuf>,
+    /// The key ring that seals task environments and named secrets (a
+    /// file only its owner may read; docs/security.md). Without it, tasks
+    /// with `env` values and `/v1/secrets` are refused.
+    pub secret_key_file: Option<PathBuf>,
 }
 
 impl EngineConfig {
@@ -80,6 +84,7 @@ impl Default for EngineConfig {
             auth: false,
             insecure_no_auth: false,
             bootstrap_token_file: None,
+            secret_key_file: None,
         }
     }
 }

@@ -61,6 +61,9 @@ pub enum EngineError {
     /// Auth is on and no token could be made or found to let anyone in.
     #[error("{0}")]
     Auth(String),
+    /// The secret key file cannot be used.
+    #[error(transparent)]
+    SecretKey(#[from] runlog_events::sealing::KeyringError),
 }
 
 /// A running engine.
@@ -85,6 +88,10 @@ impl Engine {
         if !config.auth && !config.insecure_no_auth && !config.listen.ip().is_loopback() {
             return Err(EngineError::Unprotected(config.listen));
         }
+        let ring = match &config.secret_key_file {
+            Some(path) => Some(Arc::new(runlog_events::sealing::Keyring::load(path)?)),
+            None => None,
+        };
         let layout = config.nats.layout()?;
         let subjects = layout.subjects.clone();
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "engine".to_owned());
@@ -102,7 +109,7 @@ impl Engine {
         // later step of the start meets a cluster that is not ready.
         let mut pause = Duration::from_millis(250);
         let owner = format!("{host}-{}", runlog_events::ExecutionId::generate());
-        let (env, idempotency, servers, operations, pools, workflows, tokens) = loop {
+        let (env, idempotency, servers, operations, pools, workflows, tokens, secrets) = loop {
             let attempt = async {
                 layout.ensure(&pub_js).await?;
                 Ok::<_, LayoutError>((
@@ -113,6 +120,10 @@ impl Engine {
                     layout.pools_bucket(&pub_js).await?,
                     layout.workflows_bucket(&pub_js).await?,
                     layout.tokens_bucket(&pub_js).await?,
+                    match ring {
+                        Some(_) => Some(layout.secrets_bucket(&pub_js).await?),
+                        None => None,
+                    },
                 ))
             };
             match attempt.await {
@@ -145,7 +156,19 @@ impl Engine {
             journal = journal.on_ended(runlog_telemetry::spans::on_ended(traces.clone()));
         }
         let servers = crate::servers::Inventory::new(servers);
+        let secrets = secrets
+            .zip(ring.clone())
+            .map(|(bucket, ring)| runlog_events::secrets::Secrets::new(bucket, env.clone(), ring));
         let mut intake = Intake::new(journal.clone(), env, idempotency).with_servers(servers);
+        match &ring {
+            Some(ring) => {
+                tracing::info!(key = %ring.ids()[0], "task environments and secrets are sealed at rest");
+                intake = intake.with_keyring(ring.clone());
+            }
+            None => tracing::warn!(
+                "no secret key (--secret-key-file): tasks with env values and /v1/secrets are refused"
+            ),
+        }
         if let Some(traces) = &traces {
             intake = intake.with_traces(traces.clone());
         }
@@ -336,6 +359,7 @@ impl Engine {
             audit,
             prices: config.prices,
             tokens,
+            secrets,
             auth: config.auth,
         };
         tasks.once(

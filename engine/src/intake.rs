@@ -28,6 +28,8 @@ use runlog_events::decider::{self, Command, ExecutionState, Rejection};
 use runlog_events::envelope::random_span_id;
 use runlog_events::event::Queued;
 use runlog_events::journal::{AppendError, Journal, LoadError};
+use runlog_events::sealing::{Keyring, OpenError};
+use runlog_events::secrets::{open_env, seal_env};
 use runlog_events::server::Target;
 use runlog_events::spec::FieldError;
 use runlog_events::timer::{Schedule, Timer};
@@ -106,6 +108,26 @@ pub enum IntakeError {
     /// The original's sealed environment is gone (its bucket entries expire).
     #[error("the sealed environment of {0} has expired; submit the task again with its env")]
     EnvExpired(ExecutionId),
+    /// The original's sealed environment does not open with this engine's
+    /// key ring.
+    #[error("the sealed environment of {execution} cannot be opened: {reason}")]
+    EnvUnreadable {
+        /// The original.
+        execution: ExecutionId,
+        /// Why.
+        reason: OpenError,
+    },
+}
+
+/// Why a task with environment values is refused by an engine without a key.
+fn no_key() -> FieldError {
+    FieldError {
+        field: "env".to_owned(),
+        reason: "this engine has no secret key to seal environment values with: start it \
+                 with --secret-key-file (`runlog secret keygen` makes one), or name stored \
+                 secrets in secrets"
+            .to_owned(),
+    }
 }
 
 impl IntakeError {
@@ -126,7 +148,7 @@ impl IntakeError {
         match self {
             IntakeError::Rejected(r) => r.code(),
             IntakeError::Append(AppendError::Conflict { .. }) => "conflict",
-            IntakeError::EnvExpired(_) => "not_retryable",
+            IntakeError::EnvExpired(_) | IntakeError::EnvUnreadable { .. } => "not_retryable",
             IntakeError::Append(_) | IntakeError::Load(_) | IntakeError::Store { .. } => {
                 "unavailable"
             }
@@ -139,6 +161,8 @@ impl IntakeError {
 pub struct Intake {
     journal: Journal,
     env: kv::Store,
+    /// Seals environments; without it a task with `env` values is refused.
+    ring: Option<Arc<Keyring>>,
     idempotency: kv::Store,
     /// Resolves the servers `ssh` tasks name; without it, naming one is
     /// refused.
@@ -156,11 +180,18 @@ impl Intake {
         Intake {
             journal,
             env,
+            ring: None,
             idempotency,
             servers: None,
             batch_window: Arc::new(Semaphore::new(BATCH_IN_FLIGHT)),
             traces: None,
         }
+    }
+
+    /// Seals task environments with `ring`.
+    pub fn with_keyring(mut self, ring: Arc<Keyring>) -> Self {
+        self.ring = Some(ring);
+        self
     }
 
     /// Where spans go, when traces are exported.
@@ -217,12 +248,17 @@ impl Intake {
             spec.sealed_env = env.keys().cloned().collect();
         }
         spec.validate_recorded().map_err(Rejection::Invalid)?;
+        let ring = match &self.ring {
+            Some(ring) => Some(ring),
+            None if env.is_empty() => None,
+            None => return Err(Rejection::Invalid(no_key()).into()),
+        };
         let mut execution = execution.unwrap_or_else(ExecutionId::generate);
         if let Some(key) = &spec.idempotency_key {
             execution = self.claim_key(key, execution).await?;
         }
-        if !env.is_empty() {
-            let sealed = serde_json::to_vec(&env).expect("a string map always serialises");
+        if let Some(ring) = ring.filter(|_| !env.is_empty()) {
+            let sealed = seal_env(ring, &execution, &env);
             self.env
                 .put(execution.as_str(), sealed.into())
                 .await
@@ -406,21 +442,42 @@ impl Intake {
         }
     }
 
-    /// Copies the sealed environment of `from` to `to` (a retry runs with
-    /// its original's environment; the values never leave the bucket).
+    /// Seals the environment of `from` again for `to` (a retry runs with
+    /// its original's environment; the values leave the bucket only into
+    /// this engine's memory). A plain environment, written before
+    /// environments were sealed, is sealed for the first time.
     pub async fn copy_sealed_env(
         &self,
         from: &ExecutionId,
         to: &ExecutionId,
     ) -> Result<(), IntakeError> {
+        let ring = self
+            .ring
+            .as_ref()
+            .ok_or_else(|| IntakeError::Rejected(Rejection::Invalid(no_key())))?;
         let value = self
             .env
             .get(from.as_str())
             .await
             .map_err(|e| IntakeError::store("read the sealed environment", e))?
             .ok_or_else(|| IntakeError::EnvExpired(from.clone()))?;
+        let env = match open_env(ring, from, &value) {
+            Ok(env) => env,
+            Err(OpenError::NotSealed) => {
+                serde_json::from_slice(&value).map_err(|_| IntakeError::EnvUnreadable {
+                    execution: from.clone(),
+                    reason: OpenError::Corrupt,
+                })?
+            }
+            Err(reason) => {
+                return Err(IntakeError::EnvUnreadable {
+                    execution: from.clone(),
+                    reason,
+                });
+            }
+        };
         self.env
-            .put(to.as_str(), value)
+            .put(to.as_str(), seal_env(ring, to, &env).into())
             .await
             .map_err(|e| IntakeError::store("seal the task environment", e))?;
         Ok(())

@@ -4,12 +4,28 @@ use anyhow::Result;
 use async_nats::jetstream;
 use chrono::Utc;
 use runlog_engine::{Intake, IntakeError, Submission};
+use std::sync::Arc;
+
 use runlog_events::journal::Journal;
+use runlog_events::sealing::Keyring;
+use runlog_events::secrets::open_env;
 use runlog_events::stream::Layout;
 use runlog_events::{ExecutionId, Status, Subjects, TaskSpec};
 use runlog_testkit::NatsServer;
 
+/// The key ring the intakes of these tests seal with.
+fn ring() -> Arc<Keyring> {
+    static RING: std::sync::OnceLock<Arc<Keyring>> = std::sync::OnceLock::new();
+    RING.get_or_init(|| Arc::new(Keyring::parse(&Keyring::generate_line()).unwrap()))
+        .clone()
+}
+
 async fn intake(server: &NatsServer) -> Result<(Intake, Journal)> {
+    let (intake, journal) = intake_without_key(server).await?;
+    Ok((intake.with_keyring(ring()), journal))
+}
+
+async fn intake_without_key(server: &NatsServer) -> Result<(Intake, Journal)> {
     let js = jetstream::new(async_nats::connect(server.url()).await?);
     let layout = Layout::default();
     layout.ensure(&js).await?;
@@ -127,10 +143,44 @@ async fn environment_values_are_sealed_and_only_their_names_recorded() -> Result
         .get(accepted.execution.as_str())
         .await?
         .unwrap();
-    assert_eq!(
-        sealed,
-        serde_json::to_vec(&serde_json::json!({"RESTIC_PASSWORD": "hunter2"}))?
-    );
+    // Sealed at rest, for this execution only.
+    assert!(!String::from_utf8_lossy(&sealed).contains("hunter2"));
+    let opened = open_env(&ring(), &accepted.execution, &sealed)?;
+    assert_eq!(opened["RESTIC_PASSWORD"], "hunter2");
+    let retry = ExecutionId::generate();
+    assert!(open_env(&ring(), &retry, &sealed).is_err());
+    // A retry's copy is sealed again for the retry.
+    intake.copy_sealed_env(&accepted.execution, &retry).await?;
+    let env = js.get_key_value("runlog-env").await?;
+    let copy = env.get(retry.as_str()).await?.unwrap();
+    assert_eq!(open_env(&ring(), &retry, &copy)?, opened);
+    assert_ne!(copy, sealed);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_intake_without_a_key_refuses_environment_values_and_records_nothing() -> Result<()> {
+    let server = NatsServer::start()?;
+    let (intake, journal) = intake_without_key(&server).await?;
+    let mut spec = TaskSpec::new("shell");
+    spec.env.insert("TOKEN".into(), "s3cr3t-value".into());
+    let mut submission = Submission::new(spec);
+    let id = ExecutionId::generate();
+    submission.execution = Some(id.clone());
+    match intake.submit(submission, Utc::now()).await {
+        Err(IntakeError::Rejected(rejection)) => {
+            assert_eq!(rejection.code(), "invalid_task");
+            let text = rejection.to_string();
+            assert!(text.contains("--secret-key-file"), "{text}");
+            assert!(!text.contains("s3cr3t"), "{text}");
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert!(journal.load(&id).await?.events.is_empty());
+    // Without env values it submits as before.
+    intake
+        .submit(Submission::new(TaskSpec::new("shell")), Utc::now())
+        .await?;
     Ok(())
 }
 

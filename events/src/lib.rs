@@ -31,6 +31,8 @@ pub mod pool;
 pub mod resources;
 pub mod schedule;
 pub mod schema;
+pub mod sealing;
+pub mod secrets;
 pub mod server;
 pub mod spec;
 pub mod stream;

@@ -487,6 +487,12 @@ impl TaskSpec {
                 "is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)",
             );
         }
+        if let Some((variable, _)) = self.secrets.iter().find(|(_, name)| !is_secret_name(name)) {
+            return bad(
+                &format!("secrets.{variable}"),
+                "does not name a secret: use 1 to 128 of A-Z a-z 0-9 _ . - (not starting with .)",
+            );
+        }
         if let Some(name) = self
             .sealed_env
             .iter()
@@ -505,13 +511,35 @@ impl TaskSpec {
             return Err(FieldError {
                 field: "env".to_owned(),
                 reason: "environment values would be recorded in the log: submit them through \
-                         the HTTP or NATS intake, which seals them, or put them in the env \
-                         bucket yourself and list their names in sealed_env"
+                         the HTTP or NATS intake, which seals them, or store them with \
+                         `runlog secret set` and name them in secrets"
                     .to_owned(),
             });
         }
         Ok(())
     }
+}
+
+/// The longest secret name, in bytes.
+pub const MAX_SECRET_NAME_LEN: usize = 128;
+/// Whether `name` can name a secret: 1 to 128 of `A-Z a-z 0-9 _ . -`, not
+/// starting with `.`.
+///
+/// # Examples
+/// ```
+/// use runlog_events::secrets::is_secret_name;
+///
+/// assert!(is_secret_name("db-password"));
+/// assert!(!is_secret_name("a/b"));
+/// assert!(!is_secret_name(".hidden"));
+/// ```
+pub fn is_secret_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_SECRET_NAME_LEN
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 /// The longest rate or concurrency key, in bytes.

@@ -370,6 +370,13 @@ impl Layout {
         self.bucket(js, bucket, Duration::ZERO).await
     }
 
+    /// The key-value bucket of named secrets (`<p>-secrets`: one sealed
+    /// value per name), created if missing.
+    pub async fn secrets_bucket(&self, js: &Context) -> Result<jetstream::kv::Store, LayoutError> {
+        self.bucket(js, self.subjects.secrets_bucket(), Duration::ZERO)
+            .await
+    }
+
     /// The key-value bucket of the server inventory (`<p>-servers`: one key
     /// per server name), created if missing.
     pub async fn servers_bucket(&self, js: &Context) -> Result<jetstream::kv::Store, LayoutError> {

@@ -275,6 +275,11 @@ impl Subjects {
         format!("{}-env", self.prefix)
     }
 
+    /// The key-value bucket of named secrets, sealed (key: secret name).
+    pub fn secrets_bucket(&self) -> String {
+        format!("{}-secrets", self.prefix)
+    }
+
     /// The key-value bucket of live workers (key: worker id, with a TTL).
     pub fn workers_bucket(&self) -> String {
         format!("{}-workers", self.prefix)

@@ -10,6 +10,7 @@
 mod otlp;
 mod postgres;
 mod process;
+mod secret_key;
 mod sshd;
 mod wait;
 
@@ -17,5 +18,6 @@ pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use postgres::Postgres;
 pub use process::KilledOnDrop;
 pub use runlog_localnats::*;
+pub use secret_key::SecretKey;
 pub use sshd::{KeyType, PASSPHRASE, Sshd};
 pub use wait::eventually;

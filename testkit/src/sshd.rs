@@ -314,7 +314,7 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-fn unique() -> u128 {
+pub(crate) fn unique() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos())

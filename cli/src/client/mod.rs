@@ -19,6 +19,7 @@ pub mod logs;
 pub mod pool;
 pub mod render;
 pub mod schedule;
+pub mod secret;
 pub mod server;
 pub mod sse;
 pub mod status;

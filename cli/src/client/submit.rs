@@ -43,8 +43,8 @@ pub struct Args {
         value_name = "FILE",
         conflicts_with_all = [
             "kind", "input", "args", "queue", "priority", "timeout", "deadline",
-            "retries", "not_before", "labels", "require", "env", "idempotency_key",
-            "id", "wait",
+            "retries", "not_before", "labels", "require", "env", "secrets",
+            "idempotency_key", "id", "wait",
         ]
     )]
     from_file: Option<PathBuf>,
@@ -62,6 +62,11 @@ pub struct Args {
     /// or printed. Repeat for more.
     #[arg(long = "env", short = 'e', value_name = "NAME[=VALUE]")]
     env: Vec<String>,
+    /// An environment variable the worker fills from a stored secret
+    /// (`runlog secret set NAME`) or its own `RUNLOG_SECRET_<NAME>`; only
+    /// the name travels. Repeat for more.
+    #[arg(long = "secret", value_name = "VARIABLE=SECRET")]
+    secrets: Vec<String>,
     /// Submissions with the same key get the same execution (kept 30 days).
     #[arg(long, value_name = "KEY")]
     idempotency_key: Option<String>,
@@ -300,6 +305,19 @@ fn body(args: &Args, now: DateTime<Utc>) -> Result<Value, Error> {
     }
     if !env.is_empty() {
         body["env"] = json!(env);
+    }
+    let mut secrets = BTreeMap::new();
+    for entry in &args.secrets {
+        let (variable, name) = entry.split_once('=').ok_or_else(|| {
+            Error::Usage(format!(
+                "--secret {entry}: write --secret VARIABLE=SECRET (the variable the task \
+                 sees, the secret's name)"
+            ))
+        })?;
+        secrets.insert(variable.to_owned(), name.to_owned());
+    }
+    if !secrets.is_empty() {
+        body["secrets"] = json!(secrets);
     }
     if let Some(key) = &args.idempotency_key {
         body["idempotency_key"] = json!(key);

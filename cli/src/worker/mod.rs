@@ -132,6 +132,10 @@ struct ExecutorArgs {
     /// [env: RUNLOG_ALLOW_ROOT].
     #[arg(long)]
     allow_root: bool,
+    /// The engine's key ring (mode 0600), to open sealed task environments
+    /// and stored secrets with [env: RUNLOG_SECRET_KEY_FILE].
+    #[arg(long, value_name = "FILE")]
+    secret_key_file: Option<std::path::PathBuf>,
     /// A kind this worker refuses on every queue; repeat [env:
     /// RUNLOG_DISABLED_KINDS, comma-separated].
     #[arg(long = "disable-kind", value_delimiter = ',', value_name = "KIND")]
@@ -236,6 +240,7 @@ impl Args {
             .set_some("worker.otlp-endpoint", self.otlp_endpoint.clone())
             .set_some("worker.run-as", e.run_as.clone())
             .set_some("worker.allow-root", e.allow_root.then_some(true))
+            .set_some("worker.secret-key-file", e.secret_key_file.clone())
             .set_some("worker.executors.disabled", texts(e.disabled.clone()))
             .set_some("worker.executors.programs", texts(e.programs.clone()))
             .set_some("worker.http.allow-hosts", texts(strings(&e.allow_hosts)))
@@ -306,6 +311,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         None => {}
     }
     let shutdown = CancellationToken::new();
+    match &config.secret_key_file {
+        // Read here too, so a bad file is said before connecting.
+        Some(path) => println!(
+            "sealed environments and stored secrets open with key {}",
+            runlog_events::sealing::Keyring::load(path)?.ids()[0]
+        ),
+        None => println!(
+            "no secret key (--secret-key-file): tasks with sealed env or stored secrets fail `permission`"
+        ),
+    }
     let worker = Worker::new(client, config, registry);
     if let Some(addr) = metrics_addr {
         let addr = serve_metrics(addr, worker.metrics(), shutdown.clone()).await?;

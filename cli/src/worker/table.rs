@@ -17,7 +17,7 @@ use runlog_worker::runtime::{
 use serde::{Deserialize, Serialize};
 
 /// The worker's settings: key, variable, flag.
-pub const WORKER: [Setting; 34] = [
+pub const WORKER: [Setting; 35] = [
     setting("worker.id", "RUNLOG_WORKER_ID", "--id", Form::Text),
     setting("worker.pool", "RUNLOG_POOL", "--pool", Form::Text),
     setting(
@@ -167,6 +167,12 @@ pub const WORKER: [Setting; 34] = [
     ),
     setting("worker.run-as", "RUNLOG_RUN_AS", "--run-as", Form::Text),
     setting(
+        "worker.secret-key-file",
+        "RUNLOG_SECRET_KEY_FILE",
+        "--secret-key-file",
+        Form::Text,
+    ),
+    setting(
         "worker.allow-root",
         "RUNLOG_ALLOW_ROOT",
         "--allow-root",
@@ -265,6 +271,10 @@ pub struct WorkerTable {
     pub run_as: Option<String>,
     /// Let `shell` and `script` programs run as root.
     pub allow_root: bool,
+    /// The engine's key ring, to open sealed task environments and stored
+    /// secrets with; none: attempts that need them fail `permission`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_key_file: Option<std::path::PathBuf>,
     /// Kinds and programs refused, on every queue and per queue.
     pub executors: ExecutorsTable,
     /// Where `http` tasks may go.
@@ -372,6 +382,7 @@ impl Default for WorkerTable {
             otlp_endpoint: None,
             run_as: None,
             allow_root: false,
+            secret_key_file: None,
             executors: ExecutorsTable::default(),
             http: HttpTable::default(),
             queues: runtime.queues,
@@ -489,6 +500,7 @@ impl WorkerTable {
                 allow_root: self.allow_root,
             },
             run_as: None,
+            secret_key_file: self.secret_key_file,
         }
     }
 

@@ -13,7 +13,7 @@
 //! | route | scope |
 //! |---|---|
 //! | `/healthz`, `/readyz`, `/metrics`, the dashboard's files, `/v1/session` | none |
-//! | `/v1/tokens…`, `GET /v1/audit` | `admin` |
+//! | `/v1/tokens…`, `/v1/secrets…`, `GET /v1/audit` | `admin` |
 //! | every other `GET` | `read` |
 //! | `POST /v1/executions`, `…/batch`, `/v1/workflows/{name}/executions` | `submit` |
 //! | workflow definitions, pools, servers | `admin` |
@@ -37,7 +37,8 @@ pub fn needed(method: &Method, route: Option<&str>) -> Option<Scope> {
     let route = route?;
     match route {
         "/healthz" | "/readyz" | "/metrics" | "/" | "/assets/{file}" | "/v1/session" => None,
-        "/v1/tokens" | "/v1/tokens/{id}" | "/v1/audit" => Some(Scope::Admin),
+        "/v1/tokens" | "/v1/tokens/{id}" | "/v1/audit" | "/v1/secrets" | "/v1/secrets/{name}"
+        | "/v1/secrets/rotate" => Some(Scope::Admin),
         _ if matches!(*method, Method::GET | Method::HEAD) => Some(Scope::Read),
         "/v1/executions" | "/v1/executions/batch" | "/v1/workflows/{name}/executions" => {
             Some(Scope::Submit)
@@ -426,6 +427,15 @@ mod tests {
         );
         assert_eq!(needed(&get, Some("/v1/tokens")), Some(Scope::Admin));
         assert_eq!(needed(&get, Some("/v1/audit")), Some(Scope::Admin));
+        assert_eq!(needed(&get, Some("/v1/secrets")), Some(Scope::Admin));
+        assert_eq!(
+            needed(&Method::PUT, Some("/v1/secrets/{name}")),
+            Some(Scope::Admin)
+        );
+        assert_eq!(
+            needed(&post, Some("/v1/secrets/rotate")),
+            Some(Scope::Admin)
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@
 //! | `GET`, `PUT`, `DELETE /v1/schedules/{id}` | one schedule: read (next ticks, run counts), replace, delete |
 //! | `POST /v1/schedules/{id}/pause`, `/resume`, `/run-now`, `/backfill` | pause, resume, run now, run the ticks of a past range |
 //! | `GET /v1/schedules/{id}/runs`, `/events` | its runs with their outcomes and durations; its own history |
+//! | `GET /v1/secrets`, `PUT`, `DELETE /v1/secrets/{name}`, `POST /v1/secrets/rotate` | named secrets, sealed at rest: list names (never values), set, remove, seal everything again under the current key |
 //! | `POST /v1/tokens`, `GET /v1/tokens`, `DELETE /v1/tokens/{id}` | API tokens: make one (its secret shown once), list, revoke |
 //! | `GET`, `POST`, `DELETE /v1/session` | the dashboard's session: who is logged in, log in with a token, log out |
 //! | `GET /`, `GET /assets/{file}` | the [dashboard](dashboard) |
@@ -45,6 +46,7 @@ mod log_search;
 mod pools;
 pub mod problem;
 mod schedules;
+mod secrets;
 pub(crate) mod servers;
 mod sse;
 mod workflow_executions;
@@ -119,6 +121,8 @@ pub struct ApiState {
     pub prices: runlog_events::resources::Prices,
     /// The API tokens.
     pub tokens: crate::tokens::Tokens,
+    /// Named secrets; `None` when the engine has no secret key.
+    pub secrets: Option<runlog_events::secrets::Secrets>,
     /// Whether requests need a token ([`auth`]).
     pub auth: bool,
 }
@@ -223,6 +227,12 @@ pub fn router(state: ApiState) -> Router {
         .route(
             "/v1/workflow-executions/{id}/signal",
             post(workflow_executions::signal),
+        )
+        .route("/v1/secrets", get(secrets::list))
+        .route("/v1/secrets/rotate", post(secrets::rotate))
+        .route(
+            "/v1/secrets/{name}",
+            axum::routing::put(secrets::set).delete(secrets::remove),
         )
         .route("/v1/tokens", post(auth::create).get(auth::list))
         .route("/v1/tokens/{id}", delete(auth::revoke))

@@ -141,7 +141,7 @@ impl From<RetryError> for Problem {
             RetryError::NotFound(what) => Problem::not_found(what),
             RetryError::NotRetryable { .. }
             | RetryError::Unreadable { .. }
-            | RetryError::Intake(IntakeError::EnvExpired(_)) => {
+            | RetryError::Intake(IntakeError::EnvExpired(_) | IntakeError::EnvUnreadable { .. }) => {
                 Problem::new(StatusCode::CONFLICT, "not_retryable", e.to_string())
             }
             RetryError::Intake(e) => e.into(),

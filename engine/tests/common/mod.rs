@@ -8,7 +8,7 @@ use async_nats::jetstream;
 use runlog_engine::{Engine, EngineConfig};
 use runlog_events::journal::Journal;
 use runlog_events::{ExecutionId, Status, Subjects};
-use runlog_testkit::{NatsServer, eventually};
+use runlog_testkit::{NatsServer, SecretKey, eventually};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +22,8 @@ pub struct Running {
     pub js: jetstream::Context,
     pub journal: Journal,
     pub subjects: Subjects,
+    /// The engine's secret key file.
+    pub key: SecretKey,
 }
 
 pub async fn start() -> Result<Running> {
@@ -37,7 +39,9 @@ pub async fn start_with(
     server: NatsServer,
     tune: impl FnOnce(&mut EngineConfig),
 ) -> Result<Running> {
+    let key = SecretKey::new()?;
     let mut config = EngineConfig::local(&server.url());
+    config.secret_key_file = key.file();
     tune(&mut config);
     let shutdown = CancellationToken::new();
     let engine = Engine::start(config, shutdown.clone()).await?;
@@ -55,6 +59,7 @@ pub async fn start_with(
         js,
         journal,
         subjects: Subjects::default(),
+        key,
     })
 }
 

@@ -17,7 +17,7 @@
 pub mod echo;
 pub mod hosts;
 pub mod http;
-mod mask;
+pub(crate) mod mask;
 pub mod shell;
 pub mod sql;
 pub mod ssh;

@@ -41,13 +41,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::breaker::{Breakers, Gate, Permit};
-use super::environment::{self, SecretSource};
+use super::environment::{self, SecretSource, Vault};
 use super::limits::{Admission, LimitKeys, Limits};
 use super::liveness::{Running, RunningAttempt};
 use super::metrics::{Append, RunOutcome, WorkerMetrics};
 use super::signals::{Signals, Watch};
 use super::telemetry::{self, TelemetryConfig};
+use runlog_events::sealing::Keyring;
+
 use crate::attempt::{Attempt, AttemptError, Claim, Outcome};
+use crate::executor::mask::Masker;
 use crate::handler::{Context, DynHandler, HandlerResult, Registry};
 use crate::identity::RunAs;
 use crate::meters::{Meters, json_len};
@@ -62,7 +65,10 @@ pub(crate) struct Shared {
     pub worker: String,
     pub registry: Registry,
     pub secrets: Arc<dyn SecretSource>,
+    /// Opens sealed environments and stored secrets.
+    pub keyring: Option<Arc<Keyring>>,
     pub env_bucket: OnceCell<kv::Store>,
+    pub secrets_bucket: OnceCell<kv::Store>,
     pub telemetry: TelemetryConfig,
     pub cancel_grace: Duration,
     /// Interval of in-progress acks.
@@ -101,6 +107,16 @@ impl Shared {
         let js = self.journal.jetstream();
         let name = self.subjects.env_bucket();
         self.env_bucket
+            .get_or_try_init(|| async { js.get_key_value(name).await })
+            .await
+            .ok()
+    }
+
+    /// The `<p>-secrets` bucket, `None` while it does not exist.
+    async fn secrets_bucket(&self) -> Option<&kv::Store> {
+        let js = self.journal.jetstream();
+        let name = self.subjects.secrets_bucket();
+        self.secrets_bucket
             .get_or_try_init(|| async { js.get_key_value(name).await })
             .await
             .ok()
@@ -408,13 +424,20 @@ async fn prepare(
 ) -> Result<(BTreeMap<String, String>, Arc<dyn DynHandler>), TaskError> {
     let spec = attempt.spec();
     shared.policy.check(spec, shared.children_run_as_root)?;
-    let bucket = if spec.sealed_env.is_empty() {
-        None
-    } else {
-        shared.env_bucket().await
+    let ring = shared.keyring.as_deref();
+    let vault = Vault {
+        ring,
+        sealed: match spec.sealed_env.is_empty() {
+            true => None,
+            false => shared.env_bucket().await,
+        },
+        stored: match spec.secrets.is_empty() || ring.is_none() {
+            true => None,
+            false => shared.secrets_bucket().await,
+        },
     };
     let env =
-        environment::resolve(spec, attempt.execution(), bucket, shared.secrets.as_ref()).await?;
+        environment::resolve(spec, attempt.execution(), vault, shared.secrets.as_ref()).await?;
     let handler = shared.registry.get(&spec.kind).ok_or_else(|| {
         let mut error = TaskError::new(
             ErrorClass::InvalidInput,
@@ -454,6 +477,9 @@ impl Claimed {
             let own = random_span_id();
             (traces.clone(), attempt.with_span(&own), attempt, own)
         });
+        // Every value of the environment is sealed or secret: none leaves
+        // this worker in a log line, progress message, error or output.
+        let masker = Masker::new(env.values().map(String::as_str));
         let (ctx, telemetry) = Context::builder(
             self.attempt.execution().clone(),
             self.attempt.number(),
@@ -475,13 +501,17 @@ impl Claimed {
                 telemetry,
                 shared.telemetry,
                 finish.clone(),
+                masker.clone(),
             )
             .in_current_span(),
         ));
         let mut run = AbortOnDrop(tokio::spawn(handler.run_boxed(ctx).in_current_span()));
-        let ending = self
+        let mut ending = self
             .supervise(shared.cancel_grace, &mut run, &token, deadline)
             .await;
+        if let Ending::Recorded(outcome) = &mut ending {
+            mask_outcome(&masker, outcome);
+        }
         let kind = &self.attempt.spec().kind;
         if let Some((traces, _, attempt, own)) = traced
             && let Some(span) = Span::child_of(&attempt, &own, kind.clone())
@@ -640,6 +670,15 @@ impl Claimed {
                 tracing::warn!(execution = %exec, error = %e, "cannot record the result; the work item will be redelivered");
             }
         }
+    }
+}
+
+/// Masks the environment's values in an output or error.
+fn mask_outcome(masker: &Masker, outcome: &mut Outcome) {
+    match outcome {
+        Outcome::Succeeded { output } => masker.mask_json(output),
+        Outcome::Failed { error } => masker.mask_string(&mut error.message),
+        Outcome::Cancelled | Outcome::TimedOut => {}
     }
 }
 

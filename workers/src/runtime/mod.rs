@@ -73,6 +73,7 @@ use async_nats::jetstream;
 use chrono::Utc;
 use runlog_events::id::validate_token;
 use runlog_events::journal::Journal;
+use runlog_events::sealing::Keyring;
 use runlog_events::stream::{Layout, LayoutError};
 use runlog_events::{Priority, QueueName, Subjects};
 use tokio::sync::{OnceCell, watch};
@@ -148,6 +149,10 @@ pub struct WorkerConfig {
     pub executors: ExecutorPolicy,
     /// The user `shell` and `script` programs run as; none: the worker's.
     pub run_as: Option<RunAs>,
+    /// The engine's key ring (a file only its owner may read), to open
+    /// sealed task environments and stored secrets with; none: attempts
+    /// that need them fail `permission`.
+    pub secret_key_file: Option<std::path::PathBuf>,
 }
 
 /// A worker's pool and the token it joins with.
@@ -194,6 +199,7 @@ impl Default for WorkerConfig {
             otlp_endpoint: None,
             executors: ExecutorPolicy::default(),
             run_as: None,
+            secret_key_file: None,
         }
     }
 }
@@ -449,6 +455,12 @@ impl Worker {
             metrics,
         } = self;
         config.validate()?;
+        let keyring = match &config.secret_key_file {
+            Some(path) => Some(Arc::new(
+                Keyring::load(path).map_err(|e| WorkerError::Config(e.to_string()))?,
+            )),
+            None => None,
+        };
         let subjects =
             Subjects::new(&config.prefix).map_err(|e| WorkerError::Config(e.to_string()))?;
         if let Some(pool) = &config.pool
@@ -561,7 +573,9 @@ impl Worker {
             worker: config.id.clone(),
             registry,
             secrets,
+            keyring,
             env_bucket: OnceCell::new(),
+            secrets_bucket: OnceCell::new(),
             telemetry: TelemetryConfig {
                 heartbeat: config.heartbeat,
                 ..config.telemetry

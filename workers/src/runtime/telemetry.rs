@@ -10,6 +10,9 @@
 //! - **Heartbeats** (`Heartbeat{worker}`) every `heartbeat` interval say the
 //!   worker still runs the attempt.
 //!
+//! The values of the attempt's environment (sealed values and secrets)
+//! are masked (`***`) in every line and progress message.
+//!
 //! When the handler ends, the rest is flushed before the result is
 //! recorded, so a reader sees every line before the end.
 
@@ -23,6 +26,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::attempt::Reporter;
+use crate::executor::mask::Masker;
 use crate::handler::Telemetry;
 
 /// How telemetry is paced.
@@ -93,6 +97,7 @@ pub(crate) async fn publish(
     mut telemetry: Telemetry,
     config: TelemetryConfig,
     finish: CancellationToken,
+    masker: Masker,
 ) {
     let mut batcher = Batcher {
         reporter: reporter.clone(),
@@ -115,7 +120,8 @@ pub(crate) async fn publish(
             biased;
             _ = finish.cancelled() => break,
             line = telemetry.logs.recv(), if logs_open => match line {
-                Some(line) => {
+                Some(mut line) => {
+                    masker.mask_string(&mut line.line);
                     if batcher.lines.is_empty() {
                         batch_due = Some(Instant::now() + config.log_batch_delay);
                     }
@@ -144,13 +150,14 @@ pub(crate) async fn publish(
             }
         }
         if progress_dirty && Instant::now() >= progress_due {
-            send_progress(&reporter, &mut telemetry).await;
+            send_progress(&reporter, &mut telemetry, &masker).await;
             progress_dirty = false;
             progress_due = Instant::now() + config.progress_interval;
         }
     }
     // The handler is done: everything it wrote is in the channel.
-    while let Ok(line) = telemetry.logs.try_recv() {
+    while let Ok(mut line) = telemetry.logs.try_recv() {
+        masker.mask_string(&mut line.line);
         batcher.lines.push(line);
         if batcher.lines.len() >= batcher.max_lines {
             batcher.flush(&telemetry).await;
@@ -161,12 +168,15 @@ pub(crate) async fn publish(
     // context was dropped.
     let unseen = matches!(telemetry.progress.changed().now_or_never(), Some(Ok(())));
     if progress_dirty || unseen {
-        send_progress(&reporter, &mut telemetry).await;
+        send_progress(&reporter, &mut telemetry, &masker).await;
     }
 }
 
-async fn send_progress(reporter: &Reporter, telemetry: &mut Telemetry) {
-    let progress = telemetry.progress.borrow_and_update().clone();
+async fn send_progress(reporter: &Reporter, telemetry: &mut Telemetry, masker: &Masker) {
+    let mut progress = telemetry.progress.borrow_and_update().clone();
+    if let Some(message) = progress.as_mut().and_then(|p| p.message.as_mut()) {
+        masker.mask_string(message);
+    }
     if let Some(progress) = progress
         && let Err(e) = reporter.progress(progress, Utc::now()).await
     {
